@@ -1,0 +1,453 @@
+//! A real ZooKeeper ensemble on demand: 1 or 3 servers of Debian's `zookeeper` package on
+//! 127.0.0.1, each with its own data directory, for tests, benchmarks and the local run.
+//!
+//! Invariants:
+//! - Every server is a child JVM of this process, started with `PR_SET_PDEATHSIG`, so even
+//!   a test binary killed with SIGKILL leaves no orphan JVM; `Drop` kills and reaps them
+//!   (also while a test panics).
+//! - When the owning thread panics, the ensemble's directory (configs, data, one log per
+//!   server) is kept and its path printed, so a failed test can be read afterwards.
+//! - Fault injection (`kill`, `pause`, `resume`, `restart`) acts on one server by index.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+/// Where Debian's `zookeeper` package puts the server; `scripts/install-deps.sh` installs it.
+const ZOOKEEPER_JAR: &str = "/usr/share/java/zookeeper.jar";
+/// The slf4j binding that sends server logs to stderr (captured into `server-N.log`).
+const SLF4J_SIMPLE_JAR: &str = "/usr/share/java/slf4j-simple.jar";
+
+/// ZooKeeper's tick. Session timeouts are bounded by 2..=20 ticks unless set explicitly;
+/// they are set explicitly below so tests may use short sessions (1 s) and the sidecar
+/// its production default (10 s).
+const TICK_MS: u64 = 250;
+const MIN_SESSION_TIMEOUT_MS: u64 = 500;
+const MAX_SESSION_TIMEOUT_MS: u64 = 60_000;
+
+/// Settings for [`Ensemble::start_with`].
+#[derive(Debug, Clone)]
+pub struct EnsembleOptions {
+    /// Number of servers: 1 (standalone) or an odd number for a quorum.
+    pub servers: usize,
+    /// How long to wait for a quorum to serve before giving up.
+    pub start_timeout: Duration,
+    /// Keep the data directory even when nothing failed (the local run prints it).
+    pub keep_dir: bool,
+}
+
+impl Default for EnsembleOptions {
+    fn default() -> Self {
+        Self { servers: 3, start_timeout: Duration::from_secs(60), keep_dir: false }
+    }
+}
+
+/// The role a server reports through the `srvr` four-letter word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Leader,
+    Follower,
+    Standalone,
+    Observer,
+}
+
+#[derive(Debug)]
+struct Server {
+    id: usize,
+    client_port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+    paused: bool,
+}
+
+impl Server {
+    fn config_path(&self) -> PathBuf {
+        self.dir.join("zoo.cfg")
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.join(format!("server-{}.log", self.id))
+    }
+
+    fn client_addr(&self) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.client_port))
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .with_context(|| format!("opening log of ZooKeeper server {}", self.id))?;
+        let mut command = Command::new("java");
+        command
+            .args([
+                "-Xmx256m",
+                "-XX:+UseSerialGC",
+                "-XX:TieredStopAtLevel=1",
+                "-Xss512k",
+                "-Dzookeeper.admin.enableServer=false",
+                "-Dzookeeper.cnxTimeout=1000",
+                "-Dorg.slf4j.simpleLogger.showDateTime=true",
+                "-cp",
+                &format!("{ZOOKEEPER_JAR}:{SLF4J_SIMPLE_JAR}"),
+                "org.apache.zookeeper.server.quorum.QuorumPeerMain",
+            ])
+            .arg(self.config_path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        // SAFETY: prctl is async-signal-safe; it only asks the kernel to SIGKILL the JVM
+        // when the thread that spawned it exits, so no JVM outlives its test.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting ZooKeeper server {} (is a JRE installed?)", self.id))?;
+        self.child = Some(child);
+        self.paused = false;
+        Ok(())
+    }
+
+    fn signal(&self, signal: libc::c_int) -> Result<()> {
+        let child = self
+            .child
+            .as_ref()
+            .with_context(|| format!("ZooKeeper server {} is not running", self.id))?;
+        // SAFETY: kill(2) on the pid of our own child, which we have not reaped yet.
+        let rc = unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+        if rc != 0 {
+            bail!("signal {signal} to ZooKeeper server {}: {}", self.id, std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            if self.paused {
+                // SAFETY: as in `signal`; a stopped process must be continued to die promptly.
+                unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGCONT) };
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.paused = false;
+    }
+}
+
+/// A running ZooKeeper ensemble. Dropping it stops every server.
+#[derive(Debug)]
+pub struct Ensemble {
+    servers: Vec<Server>,
+    dir: Option<tempfile::TempDir>,
+    keep_dir: bool,
+}
+
+impl Ensemble {
+    /// Starts a 3-node ensemble and waits until it serves.
+    pub async fn start() -> Result<Self> {
+        Self::start_with(EnsembleOptions::default()).await
+    }
+
+    /// Starts a single standalone server and waits until it serves.
+    pub async fn start_single() -> Result<Self> {
+        Self::start_with(EnsembleOptions { servers: 1, ..Default::default() }).await
+    }
+
+    pub async fn start_with(options: EnsembleOptions) -> Result<Self> {
+        check_installed()?;
+        if options.servers == 0 || options.servers % 2 == 0 {
+            bail!("an ensemble needs an odd number of servers, got {}", options.servers);
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("paddock-zk-")
+            .tempdir()
+            .context("creating the ensemble's directory")?;
+        let ports = free_ports(options.servers * 3)?;
+        let quorum: Vec<(usize, u16, u16, u16)> = (0..options.servers)
+            .map(|i| (i + 1, ports[3 * i], ports[3 * i + 1], ports[3 * i + 2]))
+            .collect();
+        let mut servers = Vec::with_capacity(options.servers);
+        for &(id, client_port, _, _) in &quorum {
+            let server_dir = dir.path().join(format!("server-{id}"));
+            fs::create_dir_all(server_dir.join("data"))?;
+            fs::write(server_dir.join("data/myid"), format!("{id}\n"))?;
+            fs::write(server_dir.join("zoo.cfg"), server_config(&server_dir, client_port, &quorum))?;
+            servers.push(Server { id, client_port, dir: server_dir, child: None, paused: false });
+        }
+        let mut ensemble = Ensemble { servers, dir: Some(dir), keep_dir: options.keep_dir };
+        for server in &mut ensemble.servers {
+            server.spawn()?;
+        }
+        ensemble.wait_until_serving(options.start_timeout).await?;
+        Ok(ensemble)
+    }
+
+    /// The connect string for clients: every server, comma separated.
+    pub fn connect_string(&self) -> String {
+        self.servers.iter().map(|s| s.client_addr().to_string()).collect::<Vec<_>>().join(",")
+    }
+
+    /// The client address of one server.
+    pub fn address(&self, index: usize) -> SocketAddr {
+        self.servers[index].client_addr()
+    }
+
+    pub fn len(&self) -> usize {
+        self.servers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.servers.is_empty()
+    }
+
+    /// Where configs, data and logs live.
+    pub fn dir(&self) -> &Path {
+        self.dir.as_ref().map(|d| d.path()).expect("ensemble directory exists until drop")
+    }
+
+    /// Sends a four-letter word (`srvr`, `mntr`, `ruok`, ...) to one server.
+    pub async fn four_letter_word(&self, index: usize, word: &str) -> Result<String> {
+        four_letter_word(self.servers[index].client_addr(), word).await
+    }
+
+    /// The role of one server, or None when it does not answer or does not serve.
+    pub async fn mode(&self, index: usize) -> Option<Mode> {
+        if self.servers[index].paused || self.servers[index].child.is_none() {
+            return None;
+        }
+        let reply = self.four_letter_word(index, "srvr").await.ok()?;
+        let mode = reply.lines().find_map(|l| l.strip_prefix("Mode: "))?;
+        match mode.trim() {
+            "leader" => Some(Mode::Leader),
+            "follower" => Some(Mode::Follower),
+            "standalone" => Some(Mode::Standalone),
+            "observer" => Some(Mode::Observer),
+            _ => None,
+        }
+    }
+
+    /// Index of the current leader (or of the standalone server), if one serves.
+    pub async fn leader(&self) -> Option<usize> {
+        for index in 0..self.servers.len() {
+            if matches!(self.mode(index).await, Some(Mode::Leader | Mode::Standalone)) {
+                return Some(index);
+            }
+        }
+        None
+    }
+
+    /// Waits until a leader serves, returning its index.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Result<usize> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(leader) = self.leader().await {
+                return Ok(leader);
+            }
+            if Instant::now() > deadline {
+                bail!("no ZooKeeper leader within {timeout:?}; logs in {}", self.dir().display());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until every running server serves (has a role) and one is the leader.
+    pub async fn wait_until_serving(&self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut serving = 0;
+            let mut leaders = 0;
+            let mut running = 0;
+            for index in 0..self.servers.len() {
+                if self.servers[index].child.is_none() || self.servers[index].paused {
+                    continue;
+                }
+                running += 1;
+                match self.mode(index).await {
+                    Some(Mode::Leader | Mode::Standalone) => {
+                        serving += 1;
+                        leaders += 1
+                    }
+                    Some(_) => serving += 1,
+                    None => {}
+                }
+            }
+            if leaders == 1 && serving == running {
+                return Ok(());
+            }
+            self.check_alive()?;
+            if Instant::now() > deadline {
+                bail!(
+                    "ZooKeeper ensemble not serving within {timeout:?} ({serving}/{running} serving); logs in {}",
+                    self.dir().display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Fails when a server we started has exited by itself (bad config, port taken).
+    fn check_alive(&self) -> Result<()> {
+        for server in &self.servers {
+            if let Some(child) = &server.child {
+                // try_wait needs &mut; /proc tells whether the pid still exists.
+                let proc_path = format!("/proc/{}/stat", child.id());
+                let stat = fs::read_to_string(&proc_path).unwrap_or_default();
+                if stat.is_empty() || stat.contains(") Z ") {
+                    let log = fs::read_to_string(server.log_path()).unwrap_or_default();
+                    let tail: Vec<&str> = log.lines().rev().take(20).collect();
+                    bail!(
+                        "ZooKeeper server {} exited; last log lines:\n{}",
+                        server.id,
+                        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// SIGKILLs one server (a crash: no clean shutdown).
+    pub fn kill(&mut self, index: usize) {
+        tracing::info!(server = index, "killing ZooKeeper server");
+        self.servers[index].kill();
+    }
+
+    /// SIGSTOPs one server: it keeps its sockets but answers nothing.
+    pub fn pause(&mut self, index: usize) -> Result<()> {
+        tracing::info!(server = index, "pausing ZooKeeper server");
+        self.servers[index].signal(libc::SIGSTOP)?;
+        self.servers[index].paused = true;
+        Ok(())
+    }
+
+    /// SIGCONTs a paused server.
+    pub fn resume(&mut self, index: usize) -> Result<()> {
+        tracing::info!(server = index, "resuming ZooKeeper server");
+        self.servers[index].signal(libc::SIGCONT)?;
+        self.servers[index].paused = false;
+        Ok(())
+    }
+
+    /// Starts a killed server again with its data; waits until it serves.
+    pub async fn restart(&mut self, index: usize, timeout: Duration) -> Result<()> {
+        tracing::info!(server = index, "restarting ZooKeeper server");
+        self.servers[index].kill();
+        self.servers[index].spawn()?;
+        self.wait_until_serving(timeout).await
+    }
+
+    /// Stops every server; the ensemble can be brought back with [`Ensemble::start_all`].
+    pub fn stop_all(&mut self) {
+        for server in &mut self.servers {
+            server.kill();
+        }
+    }
+
+    /// Starts every stopped server again and waits until the ensemble serves.
+    pub async fn start_all(&mut self, timeout: Duration) -> Result<()> {
+        for server in &mut self.servers {
+            if server.child.is_none() {
+                server.spawn()?;
+            }
+        }
+        self.wait_until_serving(timeout).await
+    }
+
+    /// Process id of one server, while it runs.
+    pub fn pid(&self, index: usize) -> Option<u32> {
+        self.servers[index].child.as_ref().map(Child::id)
+    }
+}
+
+impl Drop for Ensemble {
+    fn drop(&mut self) {
+        self.stop_all();
+        if let Some(dir) = self.dir.take()
+            && (std::thread::panicking() || self.keep_dir)
+        {
+            let path = dir.keep();
+            eprintln!("ZooKeeper ensemble logs kept in {}", path.display());
+        }
+    }
+}
+
+fn check_installed() -> Result<()> {
+    if !Path::new(ZOOKEEPER_JAR).exists() || !Path::new(SLF4J_SIMPLE_JAR).exists() {
+        bail!(
+            "ZooKeeper is not installed ({ZOOKEEPER_JAR} missing): run `bash scripts/install-deps.sh` \
+             (installs Debian's zookeeper package and a JRE)"
+        );
+    }
+    Ok(())
+}
+
+fn server_config(dir: &Path, client_port: u16, quorum: &[(usize, u16, u16, u16)]) -> String {
+    let mut cfg = format!(
+        "tickTime={TICK_MS}\n\
+         initLimit=20\n\
+         syncLimit=8\n\
+         minSessionTimeout={MIN_SESSION_TIMEOUT_MS}\n\
+         maxSessionTimeout={MAX_SESSION_TIMEOUT_MS}\n\
+         dataDir={data}\n\
+         clientPort={client_port}\n\
+         clientPortAddress=127.0.0.1\n\
+         maxClientCnxns=0\n\
+         4lw.commands.whitelist=*\n\
+         admin.enableServer=false\n\
+         extendedTypesEnabled=true\n\
+         autopurge.purgeInterval=0\n",
+        data = dir.join("data").display(),
+    );
+    if quorum.len() > 1 {
+        for (id, _, peer, election) in quorum {
+            cfg.push_str(&format!("server.{id}=127.0.0.1:{peer}:{election}\n"));
+        }
+    }
+    cfg
+}
+
+/// Picks distinct free ports by binding to port 0 and letting them go. All listeners are
+/// held until every port is chosen, so the picks never collide with each other.
+pub fn free_ports(count: usize) -> Result<Vec<u16>> {
+    let listeners: Vec<TcpListener> = (0..count)
+        .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
+        .collect::<std::io::Result<_>>()
+        .context("finding free ports on 127.0.0.1")?;
+    listeners.iter().map(|l| Ok(l.local_addr()?.port())).collect()
+}
+
+/// Sends a four-letter word to a server and returns its reply.
+pub async fn four_letter_word(addr: SocketAddr, word: &str) -> Result<String> {
+    let word = word.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
+        stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+        stream.write_all(word.as_bytes())?;
+        let mut reply = String::new();
+        stream.read_to_string(&mut reply)?;
+        Ok(reply)
+    })
+    .await?
+}
+
+/// Parses `mntr` output into (key, value) pairs.
+pub fn parse_mntr(reply: &str) -> Vec<(String, String)> {
+    reply
+        .lines()
+        .filter_map(|line| line.split_once('\t'))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect()
+}
