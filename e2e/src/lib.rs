@@ -2,9 +2,13 @@
 //! sidecar processes standing for pods. Never shipped; used by tests, benchmarks and the
 //! local run.
 
+pub mod client;
 pub mod ensemble;
+pub mod fenced;
 pub mod process;
+pub mod provision;
 
+pub use client::{Acquire, PodClient};
 pub use ensemble::{Ensemble, EnsembleOptions, Mode};
 pub use process::{ProcessHandle, Sidecar, SidecarOptions};
 

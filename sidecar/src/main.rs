@@ -1,1 +1,94 @@
-fn main() {}
+//! paddock-sidecar: reads its config, keeps a ZooKeeper session, serves the HTTP API on
+//! loopback, and on SIGTERM drains requests and releases what the pod holds.
+
+mod api;
+mod config;
+mod error;
+mod events;
+mod locks;
+mod metrics;
+mod state;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use paddock_recipes::{Session, SessionOptions};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::config::Config;
+use crate::events::EventBus;
+use crate::locks::LockService;
+use crate::metrics::Metrics;
+use crate::state::AppState;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Config::parse();
+    init_tracing(&config.log_format);
+    let digest_auth = config.digest_auth()?;
+
+    let session = Session::start(SessionOptions {
+        connect: config.zookeeper.clone(),
+        session_timeout: config.session_timeout,
+        digest_auth,
+    });
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("PADDOCK_LISTEN {}: cannot bind", config.listen))?;
+    tracing::info!(
+        listen = %config.listen,
+        zookeeper = %config.zookeeper,
+        pod = %config.pod_name,
+        namespace = %config.pod_namespace,
+        "paddock-sidecar serving"
+    );
+
+    let events = EventBus::new();
+    let metrics = Arc::new(Metrics::new());
+    let locks = LockService::new(
+        session.clone(),
+        config.zk_root.clone(),
+        config.pod_namespace.clone(),
+        config.pod_name.clone(),
+        events.clone(),
+        metrics.clone(),
+    );
+    let state = AppState { session: session.clone(), locks: locks.clone(), events, metrics };
+
+    let (shutting_down, drained) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(listener, api::router(state)).with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        let _ = shutting_down.send(());
+    });
+    let server = tokio::spawn(server.into_future());
+    // On SIGTERM: stop accepting, give in-flight requests the grace period, then release.
+    let _ = drained.await;
+    if tokio::time::timeout(config.shutdown_grace, server).await.is_err() {
+        tracing::warn!(grace = ?config.shutdown_grace, "requests still in flight after the grace period");
+    }
+    tracing::info!("shutting down: releasing locks and closing the ZooKeeper session");
+    locks.release_all().await;
+    session.close().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing the SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}
+
+fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,zookeeper_client=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

@@ -1,0 +1,47 @@
+//! Provisioning for tests and the local run, through the same recipes code the operator
+//! uses (`paddock_recipes::provision`), with open ACLs.
+
+use anyhow::{Context, Result};
+use paddock_recipes::provision::{ensure_lock, ensure_queue};
+use paddock_recipes::{Layout, LockConfig, Name, QueueConfig, zk};
+
+/// A client for provisioning.
+pub async fn admin(connect: &str) -> Result<zk::Client> {
+    zk::Client::connect(connect).await.with_context(|| format!("connecting to ZooKeeper at {connect}"))
+}
+
+pub async fn lock(client: &zk::Client, namespace: &str, name: &str, config: LockConfig) -> Result<String> {
+    let layout = Layout::new("/paddock")?;
+    Ok(ensure_lock(
+        client,
+        &layout,
+        &Name::new("namespace", namespace)?,
+        &Name::new("lock", name)?,
+        &config,
+        zk::Acls::anyone_all(),
+    )
+    .await?)
+}
+
+pub async fn queue(client: &zk::Client, namespace: &str, name: &str, config: QueueConfig) -> Result<String> {
+    let layout = Layout::new("/paddock")?;
+    Ok(ensure_queue(
+        client,
+        &layout,
+        &Name::new("namespace", namespace)?,
+        &Name::new("queue", name)?,
+        &config,
+        zk::Acls::anyone_all(),
+    )
+    .await?)
+}
+
+/// What the local run provisions in namespace `default`: a mutex `orders`, a semaphore
+/// `workers` (3 holders) and a queue `jobs`.
+pub async fn examples(connect: &str) -> Result<()> {
+    let client = admin(connect).await?;
+    lock(&client, "default", "orders", LockConfig::default()).await?;
+    lock(&client, "default", "workers", LockConfig { max_holders: 3, ..Default::default() }).await?;
+    queue(&client, "default", "jobs", QueueConfig::default()).await?;
+    Ok(())
+}

@@ -1,0 +1,452 @@
+//! The lock recipe: mutex, semaphore (N holders) and read/write lock on one znode.
+//!
+//! Each contender is an ephemeral sequential child of the lock's znode, named the way
+//! Apache Curator names them, so Curator clients and Paddock exclude each other:
+//!
+//! ```text
+//! _c_<uuid>-lock-<seq>        exclusive (Curator InterProcessMutex)
+//! _c_<uuid>-__READ__<seq>     shared    (Curator InterProcessReadWriteLock, read side)
+//! ```
+//!
+//! Contenders are ordered by sequence number (arrival order, so FIFO). Who holds:
+//! - exclusive: fewer than `maxHolders` contenders ahead of it;
+//! - shared (only when `maxHolders` is 1): no exclusive contender ahead of it.
+//!
+//! No herd: a waiter watches only the nodes whose deletion can make it a holder — its
+//! predecessor (exclusive, mutex), the first exclusive contender ahead (shared), or, for
+//! the one waiter next in line of a semaphore, the current holders. A semaphore waiter
+//! further back watches its predecessor, and a semaphore contender that becomes a holder
+//! touches its own node so its successor re-arms its watches (it is now next in line).
+//!
+//! Fencing token: the contender's `czxid`. Zxids are assigned by the ensemble in total
+//! order and never reused — also across leader elections (the epoch is the high word) and
+//! across deletion and re-creation of the lock's znode — and holders acquire in sequence
+//! order, so successive holders of one lock see strictly increasing tokens.
+//!
+//! Connection loss while creating: the uuid in the name lets us find our node if the
+//! create was applied but its reply lost, so no orphan contender blocks the lock.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use crate::config::{ConfigError, LockConfig};
+use crate::zk;
+
+const PROTECTED_PREFIX: &str = "_c_";
+const MUTEX_NAME: &str = "lock-";
+const READ_NAME: &str = "__READ__";
+
+/// Exclusive (a writer, or a mutex/semaphore holder) or shared (a reader).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LockMode {
+    Exclusive,
+    Shared,
+}
+
+impl LockMode {
+    fn node_name(self) -> &'static str {
+        match self {
+            LockMode::Exclusive => MUTEX_NAME,
+            LockMode::Shared => READ_NAME,
+        }
+    }
+}
+
+/// What a Paddock contender stores in its znode: who it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HolderInfo {
+    pub pod: String,
+    pub owner: String,
+}
+
+/// One contender as seen by everyone: its node, order, kind and (when read) who it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContenderView {
+    pub node: String,
+    pub sequence: i64,
+    pub mode: LockMode,
+    /// None for a contender whose data is not Paddock's (a Curator client).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub holder: Option<HolderInfo>,
+    /// Raw data as text when it is not Paddock's (Curator stores the client's IP).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub foreign: Option<String>,
+}
+
+/// Holders and waiters of a lock at one moment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LockSnapshot {
+    pub max_holders: u32,
+    pub holders: Vec<ContenderView>,
+    pub waiters: usize,
+}
+
+/// A held lock: the node to delete on release and the fencing token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    pub lock_path: String,
+    pub node_path: String,
+    pub token: i64,
+    pub mode: LockMode,
+}
+
+#[derive(Debug, Clone)]
+pub enum Acquisition {
+    Acquired(Held),
+    /// Not acquired within the wait; our contender was withdrawn.
+    TimedOut(LockSnapshot),
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LockError {
+    /// The lock's znode does not exist: no DistributedLock provisions it.
+    #[error("lock znode {0} does not exist")]
+    NotProvisioned(String),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("shared mode needs a lock with maxHolders 1 (a read/write lock); {path} has maxHolders {max_holders}")]
+    SharedSemaphore { path: String, max_holders: u32 },
+    /// Our contender vanished while waiting: the session expired or someone deleted it.
+    #[error("our contender {0} vanished while waiting (session expired?)")]
+    ContenderLost(String),
+    #[error("ZooKeeper: {0}")]
+    ZooKeeper(#[from] zk::Error),
+}
+
+/// Parameters of one acquire.
+#[derive(Debug, Clone)]
+pub struct AcquireRequest<'a> {
+    pub lock_path: &'a str,
+    pub mode: LockMode,
+    pub holder: &'a HolderInfo,
+    /// How long to wait; zero tries once.
+    pub wait: Duration,
+}
+
+/// Counts watch wake-ups, so tests and metrics can show that a release wakes one waiter.
+pub trait WakeObserver: Send + Sync {
+    fn woken(&self);
+}
+
+impl WakeObserver for () {
+    fn woken(&self) {}
+}
+
+/// Reads a lock's config; `NotProvisioned` when its znode is missing.
+pub async fn read_config(client: &zk::Client, lock_path: &str) -> Result<LockConfig, LockError> {
+    match client.get_data(lock_path).await {
+        Ok((data, _)) => Ok(LockConfig::from_znode(lock_path, &data)?),
+        Err(zk::Error::NoNode) => Err(LockError::NotProvisioned(lock_path.to_owned())),
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// Acquires the lock at `request.lock_path`, waiting up to `request.wait`.
+///
+/// If the returned future is dropped midway (the caller went away), the contender is
+/// deleted in the background so it cannot block the lock.
+pub async fn acquire(
+    client: &zk::Client,
+    config: &LockConfig,
+    request: &AcquireRequest<'_>,
+    observer: &dyn WakeObserver,
+) -> Result<Acquisition, LockError> {
+    if request.mode == LockMode::Shared && config.max_holders != 1 {
+        return Err(LockError::SharedSemaphore {
+            path: request.lock_path.to_owned(),
+            max_holders: config.max_holders,
+        });
+    }
+    let deadline = Instant::now() + request.wait;
+    let data = serde_json::to_vec(request.holder).expect("holder info serializes");
+    let (node_path, token) = create_contender(client, request.lock_path, request.mode, &data).await?;
+    let mut guard = WithdrawOnDrop { client: client.clone(), node_path: Some(node_path.clone()) };
+    let node_name = node_path.rsplit('/').next().expect("node path has a name").to_owned();
+
+    loop {
+        let children = match client.list_children(request.lock_path).await {
+            Ok(children) => children,
+            Err(zk::Error::NoNode) => {
+                guard.disarm();
+                return Err(LockError::NotProvisioned(request.lock_path.to_owned()));
+            }
+            Err(err) => return Err(err.into()),
+        };
+        let contenders = sorted_contenders(&children);
+        let Some(index) = contenders.iter().position(|c| c.name == node_name) else {
+            guard.disarm();
+            return Err(LockError::ContenderLost(node_path));
+        };
+        match decide(&contenders, index, config.max_holders) {
+            Decision::Holds => {
+                guard.disarm();
+                if config.max_holders > 1 {
+                    // Wake our successor: it may now be next in line and must watch the holders.
+                    client.set_data(&node_path, &data, None).await?;
+                }
+                return Ok(Acquisition::Acquired(Held {
+                    lock_path: request.lock_path.to_owned(),
+                    node_path,
+                    token,
+                    mode: request.mode,
+                }));
+            }
+            Decision::Wait(targets) => {
+                if Instant::now() >= deadline {
+                    guard.withdraw().await;
+                    let snapshot = snapshot(client, request.lock_path, config.max_holders).await?;
+                    return Ok(Acquisition::TimedOut(snapshot));
+                }
+                let mut watchers = Vec::with_capacity(targets.len());
+                let mut gone = false;
+                for target in targets {
+                    let path = format!("{}/{}", request.lock_path, contenders[target].name);
+                    let (stat, watcher) = client.check_and_watch_stat(&path).await?;
+                    if stat.is_none() {
+                        gone = true;
+                        break;
+                    }
+                    watchers.push(Box::pin(watcher.changed()));
+                }
+                if gone {
+                    continue;
+                }
+                let any_change = futures::future::select_all(watchers);
+                if tokio::time::timeout_at(deadline, any_change).await.is_ok() {
+                    observer.woken();
+                }
+            }
+        }
+    }
+}
+
+/// Releases a held lock. Already gone (session expired, TTL reaper) is not an error here;
+/// the caller learns of it from `Ok(false)`.
+pub async fn release(client: &zk::Client, held: &Held) -> Result<bool, zk::Error> {
+    match client.delete(&held.node_path, None).await {
+        Ok(()) => Ok(true),
+        Err(zk::Error::NoNode) => Ok(false),
+        Err(err) => Err(err),
+    }
+}
+
+/// Holders (with who they are) and the number of waiters.
+pub async fn snapshot(client: &zk::Client, lock_path: &str, max_holders: u32) -> Result<LockSnapshot, LockError> {
+    let children = match client.list_children(lock_path).await {
+        Ok(children) => children,
+        Err(zk::Error::NoNode) => return Err(LockError::NotProvisioned(lock_path.to_owned())),
+        Err(err) => return Err(err.into()),
+    };
+    let contenders = sorted_contenders(&children);
+    let holders: Vec<usize> =
+        (0..contenders.len()).filter(|&i| decide(&contenders, i, max_holders) == Decision::Holds).collect();
+    let mut views = Vec::with_capacity(holders.len());
+    for &i in &holders {
+        let c = &contenders[i];
+        let data = match client.get_data(&format!("{lock_path}/{}", c.name)).await {
+            Ok((data, _)) => data,
+            Err(zk::Error::NoNode) => continue, // released meanwhile
+            Err(err) => return Err(err.into()),
+        };
+        let holder = serde_json::from_slice::<HolderInfo>(&data).ok();
+        let foreign = holder.is_none().then(|| String::from_utf8_lossy(&data).into_owned());
+        views.push(ContenderView { node: c.name.clone(), sequence: c.sequence, mode: c.mode, holder, foreign });
+    }
+    Ok(LockSnapshot { max_holders, waiters: contenders.len() - holders.len(), holders: views })
+}
+
+/// Creates our contender and returns its path and fencing token (czxid). Retries a
+/// create whose reply was lost by looking for our uuid first.
+async fn create_contender(
+    client: &zk::Client,
+    lock_path: &str,
+    mode: LockMode,
+    data: &[u8],
+) -> Result<(String, i64), LockError> {
+    let prefix = format!("{PROTECTED_PREFIX}{}-", uuid::Uuid::new_v4());
+    let base = format!("{lock_path}/{prefix}{}", mode.node_name());
+    let options = zk::CreateMode::EphemeralSequential.with_acls(zk::Acls::anyone_all());
+    let mut attempts = 0;
+    loop {
+        match client.create(&base, data, &options).await {
+            Ok((stat, sequence)) => return Ok((format!("{base}{sequence}"), stat.czxid)),
+            Err(zk::Error::NoNode) => return Err(LockError::NotProvisioned(lock_path.to_owned())),
+            Err(err @ (zk::Error::ConnectionLoss | zk::Error::Timeout)) if attempts < 5 => {
+                attempts += 1;
+                tracing::debug!(lock_path, error = %err, "create of contender interrupted; looking for it");
+                tokio::time::sleep(Duration::from_millis(50 * attempts)).await;
+                if let Ok(children) = client.list_children(lock_path).await
+                    && let Some(ours) = children.iter().find(|c| c.starts_with(&prefix))
+                {
+                    let node_path = format!("{lock_path}/{ours}");
+                    match client.check_stat(&node_path).await {
+                        Ok(Some(stat)) => return Ok((node_path, stat.czxid)),
+                        Ok(None) => {}
+                        Err(err) => return Err(err.into()),
+                    }
+                }
+            }
+            Err(err) => return Err(err.into()),
+        }
+    }
+}
+
+/// A contender parsed from a child name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Contender {
+    name: String,
+    sequence: i64,
+    mode: LockMode,
+}
+
+/// Parses and orders the children of a lock's znode by sequence. Children that are not
+/// sequential contenders are ignored.
+fn sorted_contenders(children: &[String]) -> Vec<Contender> {
+    let mut contenders: Vec<Contender> = children.iter().filter_map(|name| parse_contender(name)).collect();
+    contenders.sort_by_key(|c| c.sequence);
+    contenders
+}
+
+fn parse_contender(name: &str) -> Option<Contender> {
+    let digits = name.bytes().rev().take_while(u8::is_ascii_digit).count();
+    if digits < 10 {
+        return None;
+    }
+    let (stem, seq) = name.split_at(name.len() - digits);
+    // Everything but a reader excludes: our mutex (`lock-`), Curator's InterProcessMutex
+    // (`lock-`) and Curator's write lock (`__WRIT__`).
+    let mode = if stem.ends_with(READ_NAME) { LockMode::Shared } else { LockMode::Exclusive };
+    Some(Contender { name: name.to_owned(), sequence: seq.parse().ok()?, mode })
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Decision {
+    Holds,
+    /// Indices of the contenders to watch.
+    Wait(Vec<usize>),
+}
+
+/// Whether the contender at `index` holds, and if not, which contenders to watch.
+fn decide(contenders: &[Contender], index: usize, max_holders: u32) -> Decision {
+    let max = max_holders.max(1) as usize;
+    match contenders[index].mode {
+        LockMode::Shared => match contenders[..index].iter().position(|c| c.mode == LockMode::Exclusive) {
+            None => Decision::Holds,
+            Some(first_writer) => Decision::Wait(vec![first_writer]),
+        },
+        LockMode::Exclusive if index < max => Decision::Holds,
+        LockMode::Exclusive if max == 1 || index > max => Decision::Wait(vec![index - 1]),
+        // Next in line of a semaphore: any holder leaving lets us in.
+        LockMode::Exclusive => Decision::Wait((0..index).collect()),
+    }
+}
+
+/// Deletes the contender unless disarmed — also when the acquire future is dropped.
+struct WithdrawOnDrop {
+    client: zk::Client,
+    node_path: Option<String>,
+}
+
+impl WithdrawOnDrop {
+    fn disarm(&mut self) {
+        self.node_path = None;
+    }
+
+    async fn withdraw(&mut self) {
+        if let Some(path) = self.node_path.take() {
+            delete_contender(&self.client, &path).await;
+        }
+    }
+}
+
+impl Drop for WithdrawOnDrop {
+    fn drop(&mut self) {
+        if let Some(path) = self.node_path.take() {
+            let client = self.client.clone();
+            tokio::spawn(async move { delete_contender(&client, &path).await });
+        }
+    }
+}
+
+/// Deletes a contender, retrying connection loss for as long as the session may live.
+async fn delete_contender(client: &zk::Client, path: &str) {
+    let deadline = Instant::now() + client.session_timeout() * 2;
+    loop {
+        match client.delete(path, None).await {
+            Ok(()) | Err(zk::Error::NoNode) => return,
+            Err(zk::Error::SessionExpired | zk::Error::ClientClosed) => return, // gone with the session
+            Err(err) if Instant::now() < deadline => {
+                tracing::debug!(path, error = %err, "withdrawing contender; retrying");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(err) => {
+                tracing::warn!(path, error = %err, "could not withdraw contender; it goes with the session");
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(seq: i64, mode: LockMode) -> Contender {
+        let name = match mode {
+            LockMode::Exclusive => format!("_c_x-lock-{seq:010}"),
+            LockMode::Shared => format!("_c_x-__READ__{seq:010}"),
+        };
+        Contender { name, sequence: seq, mode }
+    }
+
+    #[test]
+    fn parses_curator_names_and_orders_by_sequence_not_by_name() {
+        let children = vec![
+            "_c_b-lock-0000000003".to_owned(),
+            "_c_a-__READ__0000000001".to_owned(),
+            "_c_z-__WRIT__0000000002".to_owned(),
+            "not-a-contender".to_owned(),
+        ];
+        let sorted = sorted_contenders(&children);
+        assert_eq!(sorted.iter().map(|c| c.sequence).collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert_eq!(sorted[0].mode, LockMode::Shared);
+        assert_eq!(sorted[1].mode, LockMode::Exclusive, "a Curator write lock excludes");
+    }
+
+    #[test]
+    fn mutex_waiters_watch_only_their_predecessor() {
+        let cs: Vec<_> = (0..4).map(|i| c(i, LockMode::Exclusive)).collect();
+        assert_eq!(decide(&cs, 0, 1), Decision::Holds);
+        for i in 1..4 {
+            assert_eq!(decide(&cs, i, 1), Decision::Wait(vec![i - 1]));
+        }
+    }
+
+    #[test]
+    fn semaphore_admits_max_holders_and_next_in_line_watches_them() {
+        let cs: Vec<_> = (0..6).map(|i| c(i, LockMode::Exclusive)).collect();
+        for i in 0..3 {
+            assert_eq!(decide(&cs, i, 3), Decision::Holds);
+        }
+        assert_eq!(decide(&cs, 3, 3), Decision::Wait(vec![0, 1, 2]));
+        assert_eq!(decide(&cs, 4, 3), Decision::Wait(vec![3]));
+        assert_eq!(decide(&cs, 5, 3), Decision::Wait(vec![4]));
+    }
+
+    #[test]
+    fn readers_share_until_a_writer_and_wait_on_the_first_writer_ahead() {
+        use LockMode::*;
+        let cs = vec![c(0, Shared), c(1, Shared), c(2, Exclusive), c(3, Shared), c(4, Exclusive)];
+        assert_eq!(decide(&cs, 0, 1), Decision::Holds);
+        assert_eq!(decide(&cs, 1, 1), Decision::Holds);
+        assert_eq!(decide(&cs, 2, 1), Decision::Wait(vec![1]), "a writer waits for everyone ahead");
+        assert_eq!(decide(&cs, 3, 1), Decision::Wait(vec![2]), "a reader behind a writer waits for it (FIFO)");
+        assert_eq!(decide(&cs, 4, 1), Decision::Wait(vec![3]));
+    }
+}

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs what Paddock's local run and tests need on a fresh Debian machine (as root):
+# Debian's zookeeper package (3.8) with a JRE. Idempotent: does nothing when present.
+set -euo pipefail
+
+need=()
+[ -f /usr/share/java/zookeeper.jar ] || need+=(zookeeper)
+[ -f /usr/share/java/slf4j-simple.jar ] || need+=(libslf4j-java)
+command -v java >/dev/null 2>&1 || need+=(default-jre-headless)
+
+if [ ${#need[@]} -gt 0 ]; then
+  echo "==> installing ${need[*]} (apt-get)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+# The package enables a system-wide server on 2181; Paddock runs its own ensembles.
+if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet zookeeper 2>/dev/null; then
+  systemctl stop zookeeper || true
+fi
+echo "==> $(dpkg-query -W -f 'zookeeper ${Version}' zookeeper 2>/dev/null || echo zookeeper) and $(java -version 2>&1 | head -1) ready"

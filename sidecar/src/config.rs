@@ -1,0 +1,156 @@
+//! The sidecar's settings, from flags or the environment (the pod spec sets the
+//! environment). A bad setting fails at start with a message that names it.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+use paddock_recipes::{Layout, Name};
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "paddock-sidecar", version, about = "Locks and work queues over ZooKeeper, on a localhost HTTP API")]
+pub struct Config {
+    /// ZooKeeper connect string, e.g. `zk-0:2181,zk-1:2181,zk-2:2181`.
+    #[arg(long, env = "PADDOCK_ZOOKEEPER", value_name = "PADDOCK_ZOOKEEPER", value_parser = parse_connect_string)]
+    pub zookeeper: String,
+
+    /// Address of the HTTP API. Keep it on loopback: only the pod's own containers may call it.
+    #[arg(long, env = "PADDOCK_LISTEN", value_name = "PADDOCK_LISTEN", default_value = "127.0.0.1:7420")]
+    pub listen: SocketAddr,
+
+    /// Root of Paddock's subtree in ZooKeeper.
+    #[arg(long, env = "PADDOCK_ZK_ROOT", value_name = "PADDOCK_ZK_ROOT", default_value = "/paddock", value_parser = parse_root)]
+    pub zk_root: Layout,
+
+    /// This pod's name (downward API); the default owner of its locks.
+    #[arg(long, env = "POD_NAME", value_name = "POD_NAME", value_parser = parse_pod_name)]
+    pub pod_name: String,
+
+    /// This pod's namespace (downward API); selects `<root>/<namespace>`.
+    #[arg(long, env = "POD_NAMESPACE", value_name = "POD_NAMESPACE", value_parser = parse_namespace)]
+    pub pod_namespace: Name,
+
+    /// ZooKeeper session timeout: how long after losing contact the ensemble frees this
+    /// pod's locks and claims.
+    #[arg(long, env = "PADDOCK_SESSION_TIMEOUT", value_name = "PADDOCK_SESSION_TIMEOUT", default_value = "10s", value_parser = parse_session_timeout)]
+    pub session_timeout: Duration,
+
+    /// The queue `GET /queue/next` serves when the request names none.
+    #[arg(long, env = "PADDOCK_QUEUE", value_name = "PADDOCK_QUEUE", value_parser = parse_queue)]
+    pub queue: Option<Name>,
+
+    /// ZooKeeper digest credentials `user:password` of this namespace's identity.
+    #[arg(long, env = "PADDOCK_ZK_AUTH", value_name = "PADDOCK_ZK_AUTH", hide_env_values = true, value_parser = parse_digest)]
+    pub zk_auth: Option<String>,
+
+    /// File holding the digest credentials instead (a mounted Secret).
+    #[arg(long, env = "PADDOCK_ZK_AUTH_FILE", value_name = "PADDOCK_ZK_AUTH_FILE", conflicts_with = "zk_auth")]
+    pub zk_auth_file: Option<std::path::PathBuf>,
+
+    /// How long SIGTERM waits for in-flight requests before releasing and exiting.
+    #[arg(long, env = "PADDOCK_SHUTDOWN_GRACE", value_name = "PADDOCK_SHUTDOWN_GRACE", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// Log format: `text` or `json`.
+    #[arg(long, env = "PADDOCK_LOG_FORMAT", value_name = "PADDOCK_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+}
+
+impl Config {
+    /// The digest credentials from `--zk-auth` or the file named by `--zk-auth-file`.
+    pub fn digest_auth(&self) -> anyhow::Result<Option<String>> {
+        if let Some(path) = &self.zk_auth_file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("PADDOCK_ZK_AUTH_FILE {}: {e}", path.display()))?;
+            return parse_digest(text.trim()).map(Some).map_err(|e| anyhow::anyhow!("PADDOCK_ZK_AUTH_FILE: {e}"));
+        }
+        Ok(self.zk_auth.clone())
+    }
+}
+
+fn parse_connect_string(value: &str) -> Result<String, String> {
+    let hosts = value.split('/').next().unwrap_or_default();
+    if hosts.is_empty() {
+        return Err("expected host:port[,host:port...], e.g. 127.0.0.1:2181".into());
+    }
+    for host in hosts.split(',') {
+        let Some((name, port)) = host.rsplit_once(':') else {
+            return Err(format!("{host:?} has no port; expected host:port, e.g. 127.0.0.1:2181"));
+        };
+        if name.is_empty() || port.parse::<u16>().is_err() {
+            return Err(format!("{host:?} is not host:port with a port from 1 to 65535"));
+        }
+    }
+    Ok(value.to_owned())
+}
+
+fn parse_root(value: &str) -> Result<Layout, String> {
+    Layout::new(value).map_err(|e| e.to_string())
+}
+
+fn parse_namespace(value: &str) -> Result<Name, String> {
+    Name::new("namespace", value).map_err(|e| e.to_string())
+}
+
+fn parse_queue(value: &str) -> Result<Name, String> {
+    Name::new("queue", value).map_err(|e| e.to_string())
+}
+
+/// Pod names are DNS-1123 subdomains (up to 253 characters, dots allowed).
+fn parse_pod_name(value: &str) -> Result<String, String> {
+    let ok = !value.is_empty()
+        && value.len() <= 253
+        && value.split('.').all(|label| Name::new("pod", label).is_ok());
+    if ok { Ok(value.to_owned()) } else { Err("must be a Kubernetes pod name (DNS-1123 subdomain)".into()) }
+}
+
+fn parse_session_timeout(value: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(value).map_err(|e| format!("{e}; use a duration like 10s or 1500ms"))?;
+    if d < Duration::from_millis(500) || d > Duration::from_secs(120) {
+        return Err("must be between 500ms and 120s".into());
+    }
+    Ok(d)
+}
+
+fn parse_digest(value: &str) -> Result<String, String> {
+    match value.split_once(':') {
+        Some((user, password)) if !user.is_empty() && !password.is_empty() => Ok(value.to_owned()),
+        _ => Err("expected digest credentials as user:password".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, clap::Error> {
+        let base = ["paddock-sidecar", "--zookeeper", "127.0.0.1:2181", "--pod-name", "web-0", "--pod-namespace", "team-a"];
+        Config::try_parse_from(base.iter().chain(args))
+    }
+
+    #[test]
+    fn defaults_match_the_documentation() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:7420");
+        assert_eq!(c.zk_root.root(), "/paddock");
+        assert_eq!(c.session_timeout, Duration::from_secs(10));
+        assert_eq!(c.queue, None);
+    }
+
+    #[test]
+    fn bad_settings_name_themselves() {
+        for (args, setting) in [
+            (&["--session-timeout", "soon"][..], "PADDOCK_SESSION_TIMEOUT"),
+            (&["--session-timeout", "10ms"][..], "PADDOCK_SESSION_TIMEOUT"),
+            (&["--listen", "nowhere"][..], "PADDOCK_LISTEN"),
+            (&["--zk-root", "paddock/"][..], "PADDOCK_ZK_ROOT"),
+            (&["--zookeeper", "zk"][..], "PADDOCK_ZOOKEEPER"),
+            (&["--pod-namespace", "Team_A"][..], "POD_NAMESPACE"),
+            (&["--queue", "../x"][..], "PADDOCK_QUEUE"),
+            (&["--zk-auth", "nopassword"][..], "PADDOCK_ZK_AUTH"),
+        ] {
+            let err = parse(args).unwrap_err().to_string();
+            assert!(err.contains(setting), "{args:?}: {err}");
+        }
+    }
+}

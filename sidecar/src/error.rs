@@ -1,0 +1,139 @@
+//! The one error type of the HTTP API. Every error is JSON
+//! `{"error": "<stable code>", "message": "<what happened and what to do>", ...details}`;
+//! internal details go to the log, not to the caller.
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use paddock_recipes::zk;
+use serde_json::{Value, json};
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub details: Option<Value>,
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into(), details: None }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad-request", message)
+    }
+
+    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, code, message)
+    }
+
+    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, code, message)
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "zookeeper-unavailable", message)
+    }
+
+    pub fn with_details(mut self, details: Value) -> Self {
+        self.details = Some(details);
+        self
+    }
+
+    /// A ZooKeeper failure while doing `what` (e.g. "acquiring lock orders").
+    pub fn zookeeper(what: &str, err: zk::Error) -> Self {
+        match err {
+            zk::Error::ConnectionLoss | zk::Error::Timeout | zk::Error::SessionExpired | zk::Error::ClientClosed => {
+                Self::unavailable(format!(
+                    "{what}: ZooKeeper is unreachable ({err}); the outcome is unknown, retry when /readyz answers 200"
+                ))
+            }
+            zk::Error::NoAuth => Self::new(
+                StatusCode::FORBIDDEN,
+                "zookeeper-no-auth",
+                format!("{what}: ZooKeeper refused this namespace's identity (NoAuth); check PADDOCK_ZK_AUTH"),
+            ),
+            other => {
+                tracing::error!(what, error = %other, "unexpected ZooKeeper error");
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("{what}: ZooKeeper error: {other}"))
+            }
+        }
+    }
+}
+
+impl From<paddock_recipes::session::SessionError> for ApiError {
+    fn from(err: paddock_recipes::session::SessionError) -> Self {
+        Self::unavailable(format!("{err}; retry when /readyz answers 200"))
+    }
+}
+
+impl From<paddock_recipes::names::NameError> for ApiError {
+    fn from(err: paddock_recipes::names::NameError) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid-name", err.to_string())
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        let status = rejection.status();
+        let code = if status == StatusCode::PAYLOAD_TOO_LARGE { "payload-too-large" } else { "invalid-json" };
+        Self::new(status, code, format!("{}; send a JSON object as documented in /openapi.json", rejection.body_text()))
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid-query", rejection.body_text())
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid-path", rejection.body_text())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({ "error": self.code, "message": self.message });
+        if let (Some(Value::Object(details)), Value::Object(map)) = (self.details, &mut body) {
+            map.extend(details);
+        }
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+/// Extractors whose rejections are [`ApiError`]s, so malformed input gets the same JSON shape.
+pub mod extract {
+    use axum::extract::FromRequest;
+    use axum::extract::FromRequestParts;
+
+    use super::ApiError;
+
+    #[derive(Debug, FromRequest)]
+    #[from_request(via(axum::Json), rejection(ApiError))]
+    pub struct Json<T>(pub T);
+
+    #[derive(Debug, FromRequestParts)]
+    #[from_request(via(axum::extract::Query), rejection(ApiError))]
+    pub struct Query<T>(pub T);
+
+    #[derive(Debug, FromRequestParts)]
+    #[from_request(via(axum::extract::Path), rejection(ApiError))]
+    pub struct Path<T>(pub T);
+}
+
+/// Parses a user-supplied duration (`250ms`, `5s`, `1m`), naming the field on error.
+pub fn parse_duration(field: &str, value: &str) -> ApiResult<std::time::Duration> {
+    humantime::parse_duration(value).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-duration",
+            format!("{field} {value:?} is not a duration ({e}); use e.g. \"250ms\", \"5s\", \"1m\""),
+        )
+    })
+}

@@ -1,0 +1,561 @@
+//! This pod's locks: acquire, release, renew and status per (lock, owner), over the lock
+//! recipe of `paddock-recipes`.
+//!
+//! Invariants:
+//! - One entry per (lock, owner): waiting, held, or lost. A held entry names the
+//!   contender node and the fencing token; re-acquiring returns the same token.
+//! - A lock is never silently re-acquired: once its session expires, its TTL elapses,
+//!   its node is deleted, or the connection stays lost past the session timeout, the
+//!   entry turns `lost` and an event is sent; the owner must acquire again (new token).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use paddock_recipes::lock::{self, AcquireRequest, Acquisition, HolderInfo, LockError, LockMode, LockSnapshot};
+use paddock_recipes::session::SessionError;
+use paddock_recipes::{Layout, Name, Session, SessionEvent, zk};
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::events::{Event, EventBus, LossReason, now};
+use crate::metrics::{Metrics, ReasonLabel};
+
+type Key = (Name, String);
+
+#[derive(Debug, Clone)]
+enum Entry {
+    Waiting,
+    Held(HeldLock),
+    Lost(LostLock),
+}
+
+#[derive(Debug, Clone)]
+struct HeldLock {
+    held: lock::Held,
+    generation: u64,
+    acquired_at: String,
+    ttl: Option<Duration>,
+    expires_at: Option<Instant>,
+}
+
+#[derive(Debug, Clone)]
+struct LostLock {
+    token: i64,
+    reason: LossReason,
+    at: String,
+    /// A node we could not delete when we declared the lock lost (we were disconnected);
+    /// deleted once the connection is back, if the session survived.
+    orphan: Option<String>,
+}
+
+/// What the caller gets for a held lock.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Grant {
+    pub name: String,
+    pub owner: String,
+    pub pod: String,
+    pub token: i64,
+    pub mode: LockMode,
+    pub acquired_at: String,
+    #[serde(skip_serializing_if = "Option::is_none", with = "humantime_serde")]
+    pub ttl: Option<Duration>,
+    /// Milliseconds left on the lease, when there is a ttl.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_in_ms: Option<u64>,
+    /// True when this owner already held the lock (same token).
+    pub reentrant: bool,
+}
+
+#[derive(Debug)]
+pub enum AcquireOutcome {
+    Acquired(Grant),
+    Busy(LockSnapshot),
+}
+
+/// The state of a lock for one owner, plus who holds it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    pub name: String,
+    pub owner: String,
+    /// `free` (this owner neither holds nor waits), `held`, `waiting` or `lost`.
+    pub state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lost_reason: Option<LossReason>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lost_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_in_ms: Option<u64>,
+    #[serde(flatten)]
+    pub snapshot: LockSnapshot,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LockServiceError {
+    #[error("{0}")]
+    Lock(#[from] LockError),
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    #[error("owner {owner} is already waiting for lock {name}")]
+    AlreadyWaiting { name: Name, owner: String },
+    #[error("lock {name} is not held by owner {owner}")]
+    NotHeld { name: Name, owner: String },
+    #[error("lock {name} was lost ({}) before this request; acquire it again", reason.as_str())]
+    Lost { name: Name, owner: String, token: i64, reason: LossReason },
+    #[error("ZooKeeper: {0}")]
+    ZooKeeper(#[from] zk::Error),
+}
+
+#[derive(Clone)]
+pub struct LockService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    session: Session,
+    layout: Layout,
+    namespace: Name,
+    pod: String,
+    table: Mutex<HashMap<Key, Entry>>,
+    events: EventBus,
+    metrics: Arc<Metrics>,
+    /// Bumped on every connection state change, so a stale "suspended too long" timer
+    /// knows it is stale.
+    connection_epoch: AtomicU64,
+}
+
+struct MetricWake<'a>(&'a Metrics);
+
+impl lock::WakeObserver for MetricWake<'_> {
+    fn woken(&self) {
+        self.0.lock_wakeups.inc();
+    }
+}
+
+impl LockService {
+    pub fn new(
+        session: Session,
+        layout: Layout,
+        namespace: Name,
+        pod: String,
+        events: EventBus,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let inner = Arc::new(Inner {
+            session,
+            layout,
+            namespace,
+            pod,
+            table: Mutex::new(HashMap::new()),
+            events,
+            metrics,
+            connection_epoch: AtomicU64::new(0),
+        });
+        tokio::spawn(follow_session(inner.clone()));
+        Self { inner }
+    }
+
+    pub fn namespace(&self) -> &Name {
+        &self.inner.namespace
+    }
+
+    pub fn pod(&self) -> &str {
+        &self.inner.pod
+    }
+
+    pub fn lock_path(&self, name: &Name) -> String {
+        self.inner.layout.lock(&self.inner.namespace, name)
+    }
+
+    pub async fn acquire(
+        &self,
+        name: Name,
+        owner: String,
+        mode: LockMode,
+        wait: Duration,
+        ttl: Option<Duration>,
+    ) -> Result<AcquireOutcome, LockServiceError> {
+        let inner = &self.inner;
+        let key = (name.clone(), owner.clone());
+        let reentrant = {
+            let mut table = inner.table.lock().expect("not poisoned");
+            match table.get(&key) {
+                Some(Entry::Held(_)) => true,
+                Some(Entry::Waiting) => return Err(LockServiceError::AlreadyWaiting { name, owner }),
+                Some(Entry::Lost(_)) | None => {
+                    table.insert(key.clone(), Entry::Waiting);
+                    false
+                }
+            }
+        };
+        if reentrant {
+            // Same token; a ttl given now (or the lease's own) restarts the lease.
+            return self.renew(name, owner, ttl).map(AcquireOutcome::Acquired);
+        }
+        let mut waiting = ClearWaiting { inner, key: Some(key.clone()) };
+
+        let started = Instant::now();
+        let current = inner.session.client()?;
+        let lock_path = self.lock_path(&name);
+        let config = lock::read_config(&current.client, &lock_path).await?;
+        let holder = HolderInfo { pod: inner.pod.clone(), owner: owner.clone() };
+        let request = AcquireRequest { lock_path: &lock_path, mode, holder: &holder, wait };
+        let outcome = lock::acquire(&current.client, &config, &request, &MetricWake(&inner.metrics)).await?;
+        inner.metrics.lock_wait_seconds.observe(started.elapsed().as_secs_f64());
+
+        match outcome {
+            Acquisition::TimedOut(snapshot) => {
+                inner.metrics.lock_timeouts.inc();
+                Ok(AcquireOutcome::Busy(snapshot))
+            }
+            Acquisition::Acquired(held) => {
+                waiting.key = None;
+                let ttl = ttl.or(config.default_ttl);
+                let entry = HeldLock {
+                    held,
+                    generation: current.generation,
+                    acquired_at: now(),
+                    ttl,
+                    expires_at: ttl.map(|t| Instant::now() + t),
+                };
+                let grant = inner.grant(&name, &owner, &entry, false);
+                let node_path = entry.held.node_path.clone();
+                inner.table.lock().expect("not poisoned").insert(key.clone(), Entry::Held(entry));
+                inner.metrics.lock_acquires.inc();
+                inner.metrics.locks_held.inc();
+                inner.events.publish(Event::LockAcquired {
+                    name: name.to_string(),
+                    owner: owner.clone(),
+                    token: grant.token,
+                    at: grant.acquired_at.clone(),
+                });
+                tokio::spawn(watch_holder(self.inner.clone(), key.clone(), grant.token, node_path, current.client));
+                if ttl.is_some() {
+                    tokio::spawn(enforce_lease(self.inner.clone(), key, grant.token));
+                }
+                Ok(AcquireOutcome::Acquired(grant))
+            }
+        }
+    }
+
+    pub async fn release(&self, name: Name, owner: String) -> Result<i64, LockServiceError> {
+        let inner = &self.inner;
+        let key = (name.clone(), owner.clone());
+        let entry = inner.table.lock().expect("not poisoned").remove(&key);
+        match entry {
+            Some(Entry::Held(held)) => {
+                // The entry is gone before the node is, so our own delete is not taken for a loss.
+                let put_back = |held: HeldLock| {
+                    inner.table.lock().expect("not poisoned").insert(key.clone(), Entry::Held(held));
+                };
+                let client = match inner.session.client() {
+                    Ok(current) => current.client,
+                    Err(err) => {
+                        put_back(held);
+                        return Err(err.into());
+                    }
+                };
+                let token = held.held.token;
+                match lock::release(&client, &held.held).await {
+                    Ok(deleted) => {
+                        inner.metrics.locks_held.dec();
+                        if !deleted {
+                            inner.count_loss(LossReason::NodeDeleted);
+                            return Err(LockServiceError::Lost { name, owner, token, reason: LossReason::NodeDeleted });
+                        }
+                        inner.metrics.lock_releases.inc();
+                        inner.events.publish(Event::LockReleased { name: name.to_string(), owner, token, at: now() });
+                        Ok(token)
+                    }
+                    Err(err) => {
+                        put_back(held);
+                        Err(err.into())
+                    }
+                }
+            }
+            Some(Entry::Lost(lost)) => Err(LockServiceError::Lost { name, owner, token: lost.token, reason: lost.reason }),
+            Some(Entry::Waiting) => {
+                inner.table.lock().expect("not poisoned").insert(key, Entry::Waiting);
+                Err(LockServiceError::NotHeld { name, owner })
+            }
+            None => Err(LockServiceError::NotHeld { name, owner }),
+        }
+    }
+
+    /// Extends a lease by `ttl` (or the lease's own ttl) from now.
+    pub fn renew(&self, name: Name, owner: String, ttl: Option<Duration>) -> Result<Grant, LockServiceError> {
+        let key = (name.clone(), owner.clone());
+        let mut table = self.inner.table.lock().expect("not poisoned");
+        match table.get_mut(&key) {
+            Some(Entry::Held(held)) => {
+                let had_lease = held.expires_at.is_some();
+                if let Some(ttl) = ttl.or(held.ttl) {
+                    held.ttl = Some(ttl);
+                    held.expires_at = Some(Instant::now() + ttl);
+                }
+                let grant = self.inner.grant(&name, &owner, held, true);
+                drop(table);
+                if !had_lease && grant.ttl.is_some() {
+                    tokio::spawn(enforce_lease(self.inner.clone(), key, grant.token));
+                }
+                Ok(grant)
+            }
+            Some(Entry::Lost(lost)) => Err(LockServiceError::Lost { name, owner, token: lost.token, reason: lost.reason }),
+            Some(Entry::Waiting) | None => Err(LockServiceError::NotHeld { name, owner }),
+        }
+    }
+
+    pub async fn status(&self, name: Name, owner: String) -> Result<Status, LockServiceError> {
+        let current = self.inner.session.client()?;
+        let lock_path = self.lock_path(&name);
+        let config = lock::read_config(&current.client, &lock_path).await?;
+        let snapshot = lock::snapshot(&current.client, &lock_path, config.max_holders).await?;
+        let entry = self.inner.table.lock().expect("not poisoned").get(&(name.clone(), owner.clone())).cloned();
+        let mut status = Status {
+            name: name.to_string(),
+            owner,
+            state: "free",
+            token: None,
+            lost_reason: None,
+            lost_at: None,
+            expires_in_ms: None,
+            snapshot,
+        };
+        match entry {
+            Some(Entry::Held(held)) => {
+                status.state = "held";
+                status.token = Some(held.held.token);
+                status.expires_in_ms = held.expires_at.map(millis_left);
+            }
+            Some(Entry::Waiting) => status.state = "waiting",
+            Some(Entry::Lost(lost)) => {
+                status.state = "lost";
+                status.token = Some(lost.token);
+                status.lost_reason = Some(lost.reason);
+                status.lost_at = Some(lost.at);
+            }
+            None => {}
+        }
+        Ok(status)
+    }
+
+    /// Releases every held lock (SIGTERM).
+    pub async fn release_all(&self) {
+        let held: Vec<Key> = self
+            .inner
+            .table
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .filter(|(_, e)| matches!(e, Entry::Held(_)))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for (name, owner) in held {
+            match self.release(name.clone(), owner.clone()).await {
+                Ok(token) => tracing::info!(lock = %name, owner, token, "released at shutdown"),
+                Err(err) => tracing::warn!(lock = %name, owner, error = %err, "could not release at shutdown"),
+            }
+        }
+    }
+}
+
+fn millis_left(deadline: Instant) -> u64 {
+    deadline.saturating_duration_since(Instant::now()).as_millis() as u64
+}
+
+impl Inner {
+    fn grant(&self, name: &Name, owner: &str, held: &HeldLock, reentrant: bool) -> Grant {
+        Grant {
+            name: name.to_string(),
+            owner: owner.to_owned(),
+            pod: self.pod.clone(),
+            token: held.held.token,
+            mode: held.held.mode,
+            acquired_at: held.acquired_at.clone(),
+            ttl: held.ttl,
+            expires_in_ms: held.expires_at.map(millis_left),
+            reentrant,
+        }
+    }
+
+    /// Turns a held entry into a lost one (if it still holds `token`) and tells everyone.
+    fn mark_lost(&self, key: &Key, token: i64, reason: LossReason, orphan: Option<String>) -> bool {
+        let mut table = self.table.lock().expect("not poisoned");
+        if !matches!(table.get(key), Some(Entry::Held(h)) if h.held.token == token) {
+            return false;
+        }
+        let at = now();
+        table.insert(key.clone(), Entry::Lost(LostLock { token, reason, at: at.clone(), orphan }));
+        drop(table);
+        self.metrics.locks_held.dec();
+        self.count_loss(reason);
+        self.events.publish(Event::LockLost { name: key.0.to_string(), owner: key.1.clone(), token, reason, at });
+        true
+    }
+
+    fn count_loss(&self, reason: LossReason) {
+        self.metrics.lock_losses.get_or_create(&ReasonLabel { reason: reason.as_str().to_owned() }).inc();
+    }
+
+    fn held_of_generation(&self, generation: u64) -> Vec<(Key, HeldLock)> {
+        self.table
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .filter_map(|(k, e)| match e {
+                Entry::Held(h) if h.generation <= generation => Some((k.clone(), h.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// Removes a `waiting` entry when an acquire ends without a grant (or its caller left).
+struct ClearWaiting<'a> {
+    inner: &'a Inner,
+    key: Option<Key>,
+}
+
+impl Drop for ClearWaiting<'_> {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            let mut table = self.inner.table.lock().expect("not poisoned");
+            if matches!(table.get(&key), Some(Entry::Waiting)) {
+                table.remove(&key);
+            }
+        }
+    }
+}
+
+/// Watches our contender node: deleted by anyone but us means the lock is lost.
+async fn watch_holder(inner: Arc<Inner>, key: Key, token: i64, node_path: String, client: zk::Client) {
+    loop {
+        let watcher = match client.check_and_watch_stat(&node_path).await {
+            Ok((Some(_), watcher)) => watcher,
+            Ok((None, _)) | Err(zk::Error::NoNode) => {
+                inner.mark_lost(&key, token, LossReason::NodeDeleted, None);
+                return;
+            }
+            // The session is over; `follow_session` reports the loss.
+            Err(zk::Error::SessionExpired | zk::Error::ClientClosed) => return,
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        let event = watcher.changed().await;
+        if !matches!(inner.table.lock().expect("not poisoned").get(&key), Some(Entry::Held(h)) if h.held.token == token) {
+            return; // released (or already lost)
+        }
+        match event.event_type {
+            zk::EventType::NodeDeleted => {
+                inner.mark_lost(&key, token, LossReason::NodeDeleted, None);
+                return;
+            }
+            zk::EventType::Session => {
+                if event.session_state.is_terminated() {
+                    return; // `follow_session` reports it
+                }
+            }
+            _ => {} // data change (our own semaphore touch): watch again
+        }
+    }
+}
+
+/// Releases a lock whose lease was not renewed in time and reports it lost.
+async fn enforce_lease(inner: Arc<Inner>, key: Key, token: i64) {
+    loop {
+        let due = match inner.table.lock().expect("not poisoned").get(&key) {
+            Some(Entry::Held(h)) if h.held.token == token => h.expires_at,
+            _ => return,
+        };
+        let Some(due) = due else { return };
+        if Instant::now() < due {
+            tokio::time::sleep_until(due).await;
+            continue;
+        }
+        let held = match inner.table.lock().expect("not poisoned").get(&key) {
+            Some(Entry::Held(h)) if h.held.token == token => h.held.clone(),
+            _ => return,
+        };
+        // Lost first, so the app sees `lost` before anyone else can hold the lock.
+        if !inner.mark_lost(&key, token, LossReason::TtlElapsed, None) {
+            return;
+        }
+        if let Ok(current) = inner.session.client()
+            && let Err(err) = lock::release(&current.client, &held).await
+        {
+            tracing::warn!(node = held.node_path, error = %err, "could not delete expired lease's node");
+        }
+        return;
+    }
+}
+
+/// Turns session events into lost locks and events for the app.
+async fn follow_session(inner: Arc<Inner>) {
+    let mut events = inner.session.subscribe();
+    loop {
+        let event = match events.recv().await {
+            Ok(event) => event,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        };
+        let (state, generation) = match &event {
+            SessionEvent::Established { generation, .. } => ("established", *generation),
+            SessionEvent::Suspended { generation } => ("suspended", *generation),
+            SessionEvent::Reconnected { generation } => ("reconnected", *generation),
+            SessionEvent::Expired { generation, .. } => ("expired", *generation),
+        };
+        inner.events.publish(Event::Session { state, generation, at: now() });
+        let epoch = inner.connection_epoch.fetch_add(1, Ordering::SeqCst) + 1;
+        match event {
+            SessionEvent::Expired { generation, .. } => {
+                for (key, held) in inner.held_of_generation(generation) {
+                    inner.mark_lost(&key, held.held.token, LossReason::SessionExpired, None);
+                }
+            }
+            SessionEvent::Suspended { generation } => {
+                let inner = inner.clone();
+                let timeout = inner.session.session_timeout();
+                tokio::spawn(async move {
+                    tokio::time::sleep(timeout).await;
+                    if inner.connection_epoch.load(Ordering::SeqCst) != epoch {
+                        return; // reconnected or expired meanwhile
+                    }
+                    for (key, held) in inner.held_of_generation(generation) {
+                        let orphan = Some(held.held.node_path.clone());
+                        inner.mark_lost(&key, held.held.token, LossReason::ConnectionLost, orphan);
+                    }
+                });
+            }
+            SessionEvent::Reconnected { .. } => delete_orphans(&inner).await,
+            SessionEvent::Established { .. } => {}
+        }
+    }
+}
+
+/// Deletes nodes of locks declared lost while disconnected, if the session survived.
+async fn delete_orphans(inner: &Inner) {
+    let orphans: Vec<String> = inner
+        .table
+        .lock()
+        .expect("not poisoned")
+        .values_mut()
+        .filter_map(|e| match e {
+            Entry::Lost(lost) => lost.orphan.take(),
+            _ => None,
+        })
+        .collect();
+    let Ok(current) = inner.session.client() else { return };
+    for path in orphans {
+        match current.client.delete(&path, None).await {
+            Ok(()) | Err(zk::Error::NoNode) => {}
+            Err(err) => tracing::warn!(node = path, error = %err, "could not delete a lost lock's node"),
+        }
+    }
+}

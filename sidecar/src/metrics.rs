@@ -1,0 +1,87 @@
+//! Prometheus metrics, served at `/metrics`. The names here are the ones the README lists.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueueLabel {
+    pub queue: String,
+}
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub lock_acquires: Counter,
+    pub lock_timeouts: Counter,
+    pub lock_releases: Counter,
+    pub lock_losses: Family<ReasonLabel, Counter>,
+    pub lock_wait_seconds: Histogram,
+    pub locks_held: Gauge,
+    pub lock_wakeups: Counter,
+    pub queue_enqueued: Family<QueueLabel, Counter>,
+    pub queue_delivered: Family<QueueLabel, Counter>,
+    pub queue_acked: Family<QueueLabel, Counter>,
+    pub queue_nacked: Family<QueueLabel, Counter>,
+    pub queue_redelivered: Family<QueueLabel, Counter>,
+    pub queue_dead_lettered: Family<QueueLabel, Counter>,
+    pub queue_wait_seconds: Histogram,
+    pub queue_zk_reads: Counter,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("paddock");
+        let m = Self {
+            lock_acquires: Counter::default(),
+            lock_timeouts: Counter::default(),
+            lock_releases: Counter::default(),
+            lock_losses: Family::default(),
+            lock_wait_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 20)),
+            locks_held: Gauge::default(),
+            lock_wakeups: Counter::default(),
+            queue_enqueued: Family::default(),
+            queue_delivered: Family::default(),
+            queue_acked: Family::default(),
+            queue_nacked: Family::default(),
+            queue_redelivered: Family::default(),
+            queue_dead_lettered: Family::default(),
+            queue_wait_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 20)),
+            queue_zk_reads: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register("lock_acquires", "Locks acquired", m.lock_acquires.clone());
+        registry.register("lock_timeouts", "Acquires that timed out (409)", m.lock_timeouts.clone());
+        registry.register("lock_releases", "Locks released", m.lock_releases.clone());
+        registry.register("lock_losses", "Locks lost, by reason", m.lock_losses.clone());
+        registry.register("lock_wait_seconds", "Time from acquire request to outcome", m.lock_wait_seconds.clone());
+        registry.register("locks_held", "Locks held by this pod now", m.locks_held.clone());
+        registry.register("lock_wakeups", "Watch wake-ups of waiting acquires", m.lock_wakeups.clone());
+        registry.register("queue_enqueued", "Items enqueued", m.queue_enqueued.clone());
+        registry.register("queue_delivered", "Items handed to the app", m.queue_delivered.clone());
+        registry.register("queue_acked", "Items acked", m.queue_acked.clone());
+        registry.register("queue_nacked", "Items nacked", m.queue_nacked.clone());
+        registry.register("queue_redelivered", "Deliveries with attempt > 1", m.queue_redelivered.clone());
+        registry.register("queue_dead_lettered", "Items moved to dead-letter", m.queue_dead_lettered.clone());
+        registry.register("queue_wait_seconds", "Time from enqueue to delivery", m.queue_wait_seconds.clone());
+        registry.register("queue_zookeeper_reads", "ZooKeeper reads made by queue consumers", m.queue_zk_reads.clone());
+        Self { registry, ..m }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");
+        out
+    }
+}
+
+pub fn queue_label(queue: &str) -> QueueLabel {
+    QueueLabel { queue: queue.to_owned() }
+}

@@ -1,0 +1,31 @@
+//! What the sidecar's tests share: a real ensemble and sidecar processes standing for pods.
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use paddock_e2e::process::Sidecar;
+use paddock_e2e::{Ensemble, PodClient, SidecarOptions};
+
+pub const SIDECAR: &str = env!("CARGO_BIN_EXE_paddock-sidecar");
+
+/// A sidecar for `pod` in `namespace` with the given session timeout.
+pub async fn sidecar(ensemble: &Ensemble, pod: &str, namespace: &str, session_timeout: Duration) -> (Sidecar, PodClient) {
+    let options = SidecarOptions::new(SIDECAR, ensemble.connect_string(), pod, namespace).session_timeout(session_timeout);
+    let sidecar = Sidecar::start(options).await.expect("sidecar starts");
+    let client = PodClient::new(sidecar.url(""));
+    (sidecar, client)
+}
+
+/// Waits (watch-free, on the sidecar's own state) until `check` holds, or panics after `timeout`.
+pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
