@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Installs what Paddock's local run and tests need on a fresh Debian machine (as root):
-# Debian's zookeeper package (3.8) with a JRE. Idempotent: does nothing when present.
+# Debian's zookeeper package (3.8) with a JDK, and Apache Curator (libcurator-recipes-java)
+# as a peer for interop tests. Idempotent: does nothing when present.
 set -euo pipefail
 
 need=()
 [ -f /usr/share/java/zookeeper.jar ] || need+=(zookeeper)
 [ -f /usr/share/java/slf4j-simple.jar ] || need+=(libslf4j-java)
+[ -f /usr/share/java/curator-recipes.jar ] || need+=(libcurator-recipes-java)
+command -v javac >/dev/null 2>&1 || need+=(default-jdk-headless)
 command -v java >/dev/null 2>&1 || need+=(default-jre-headless)
 
 if [ ${#need[@]} -gt 0 ]; then

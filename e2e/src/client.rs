@@ -15,10 +15,16 @@ pub struct PodClient {
 /// The outcome of `POST /lock`.
 #[derive(Debug, Clone)]
 pub enum Acquire {
-    Acquired { token: i64, body: Value },
+    Acquired {
+        token: i64,
+        body: Value,
+    },
     Busy(Value),
     /// Any other status, with its JSON body (e.g. 503 while ZooKeeper elects a leader).
-    Failed { status: u16, body: Value },
+    Failed {
+        status: u16,
+        body: Value,
+    },
 }
 
 impl PodClient {
@@ -56,8 +62,7 @@ impl PodClient {
 
     /// `DELETE /lock/{name}?owner=`: status and body.
     pub async fn release(&self, name: &str, owner: &str) -> Result<(u16, Value)> {
-        let response =
-            self.http.delete(self.url(&format!("/lock/{name}"))).query(&[("owner", owner)]).send().await?;
+        let response = self.http.delete(self.url(&format!("/lock/{name}"))).query(&[("owner", owner)]).send().await?;
         Ok((response.status().as_u16(), response.json().await?))
     }
 
@@ -101,7 +106,8 @@ impl PodClient {
                             data.push_str(v.trim());
                         }
                     }
-                    if !kind.is_empty() && tx.send((kind, serde_json::from_str(&data).unwrap_or(Value::Null))).is_err() {
+                    if !kind.is_empty() && tx.send((kind, serde_json::from_str(&data).unwrap_or(Value::Null))).is_err()
+                    {
                         return;
                     }
                 }

@@ -113,19 +113,15 @@ impl Server {
                 Ok(())
             });
         }
-        let child = command
-            .spawn()
-            .with_context(|| format!("starting ZooKeeper server {} (is a JRE installed?)", self.id))?;
+        let child =
+            command.spawn().with_context(|| format!("starting ZooKeeper server {} (is a JRE installed?)", self.id))?;
         self.child = Some(child);
         self.paused = false;
         Ok(())
     }
 
     fn signal(&self, signal: libc::c_int) -> Result<()> {
-        let child = self
-            .child
-            .as_ref()
-            .with_context(|| format!("ZooKeeper server {} is not running", self.id))?;
+        let child = self.child.as_ref().with_context(|| format!("ZooKeeper server {} is not running", self.id))?;
         // SAFETY: kill(2) on the pid of our own child, which we have not reaped yet.
         let rc = unsafe { libc::kill(child.id() as libc::pid_t, signal) };
         if rc != 0 {
@@ -168,17 +164,14 @@ impl Ensemble {
 
     pub async fn start_with(options: EnsembleOptions) -> Result<Self> {
         check_installed()?;
-        if options.servers == 0 || options.servers % 2 == 0 {
+        if options.servers == 0 || options.servers.is_multiple_of(2) {
             bail!("an ensemble needs an odd number of servers, got {}", options.servers);
         }
-        let dir = tempfile::Builder::new()
-            .prefix("paddock-zk-")
-            .tempdir()
-            .context("creating the ensemble's directory")?;
+        let dir =
+            tempfile::Builder::new().prefix("paddock-zk-").tempdir().context("creating the ensemble's directory")?;
         let ports = free_ports(options.servers * 3)?;
-        let quorum: Vec<(usize, u16, u16, u16)> = (0..options.servers)
-            .map(|i| (i + 1, ports[3 * i], ports[3 * i + 1], ports[3 * i + 2]))
-            .collect();
+        let quorum: Vec<(usize, u16, u16, u16)> =
+            (0..options.servers).map(|i| (i + 1, ports[3 * i], ports[3 * i + 1], ports[3 * i + 2])).collect();
         let mut servers = Vec::with_capacity(options.servers);
         for &(id, client_port, _, _) in &quorum {
             let server_dir = dir.path().join(format!("server-{id}"));

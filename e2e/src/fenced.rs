@@ -24,7 +24,9 @@ struct State {
 pub enum Write {
     Accepted,
     /// The token is older than one already seen: the writer's lock was lost.
-    Stale { highest: i64 },
+    Stale {
+        highest: i64,
+    },
 }
 
 impl FencedCounter {

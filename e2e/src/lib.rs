@@ -3,6 +3,7 @@
 //! local run.
 
 pub mod client;
+pub mod curator;
 pub mod ensemble;
 pub mod fenced;
 pub mod process;

@@ -22,9 +22,16 @@ pub struct ProcessHandle {
 
 impl ProcessHandle {
     /// Spawns `command` (stdin closed) tied to this thread's lifetime.
-    pub fn spawn(name: impl Into<String>, mut command: Command) -> Result<Self> {
+    pub fn spawn(name: impl Into<String>, command: Command) -> Result<Self> {
+        Self::spawn_with_stdin(name, command, false)
+    }
+
+    /// As `spawn`, keeping the stdin the command was given when `keep_stdin`.
+    pub fn spawn_with_stdin(name: impl Into<String>, mut command: Command, keep_stdin: bool) -> Result<Self> {
         let name = name.into();
-        command.stdin(Stdio::null());
+        if !keep_stdin {
+            command.stdin(Stdio::null());
+        }
         // SAFETY: prctl is async-signal-safe; the child dies with the thread that spawned it.
         unsafe {
             command.pre_exec(|| {
@@ -40,6 +47,12 @@ impl ProcessHandle {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The child's piped stdin and stdout, once.
+    pub fn take_stdio(&mut self) -> Option<(std::process::ChildStdin, std::process::ChildStdout)> {
+        let child = self.child.as_mut()?;
+        Some((child.stdin.take()?, child.stdout.take()?))
     }
 
     /// The child's piped stdout, once.
@@ -229,6 +242,8 @@ fn spawn_sidecar(options: &SidecarOptions, addr: SocketAddr) -> Result<ProcessHa
         .env("POD_NAME", &options.pod_name)
         .env("POD_NAMESPACE", &options.namespace)
         .env("PADDOCK_SESSION_TIMEOUT", humantime_ms(options.session_timeout))
+        // Sidecar logs in tests: warnings only unless PADDOCK_TEST_SIDECAR_LOG says otherwise.
+        .env("RUST_LOG", std::env::var("PADDOCK_TEST_SIDECAR_LOG").unwrap_or_else(|_| "warn".to_owned()))
         .envs(options.env.iter().map(|(k, v)| (k, v)));
     if let Some(path) = &options.log_file {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(path)?;

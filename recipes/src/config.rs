@@ -56,7 +56,11 @@ impl LockConfig {
     pub fn from_znode(path: &str, data: &[u8]) -> Result<Self, ConfigError> {
         let config: Self = parse("lock", path, data)?;
         if config.max_holders == 0 {
-            return Err(ConfigError { kind: "lock", path: path.to_owned(), reason: "maxHolders must be at least 1".into() });
+            return Err(ConfigError {
+                kind: "lock",
+                path: path.to_owned(),
+                reason: "maxHolders must be at least 1".into(),
+            });
         }
         Ok(config)
     }
@@ -76,7 +80,11 @@ impl QueueConfig {
     }
 }
 
-fn parse<T: Default + serde::de::DeserializeOwned>(kind: &'static str, path: &str, data: &[u8]) -> Result<T, ConfigError> {
+fn parse<T: Default + serde::de::DeserializeOwned>(
+    kind: &'static str,
+    path: &str,
+    data: &[u8],
+) -> Result<T, ConfigError> {
     if data.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }

@@ -30,9 +30,9 @@ impl Layout {
         let valid = root.len() > 1
             && root.starts_with('/')
             && !root.ends_with('/')
-            && root[1..].split('/').all(|seg| {
-                !seg.is_empty() && seg != "." && seg != ".." && seg.chars().all(|c| c.is_ascii_graphic())
-            });
+            && root[1..]
+                .split('/')
+                .all(|seg| !seg.is_empty() && seg != "." && seg != ".." && seg.chars().all(|c| c.is_ascii_graphic()));
         if valid { Ok(Self { root: root.to_owned() }) } else { Err(RootError(root.to_owned())) }
     }
 

@@ -158,10 +158,7 @@ pub async fn acquire(
     observer: &dyn WakeObserver,
 ) -> Result<Acquisition, LockError> {
     if request.mode == LockMode::Shared && config.max_holders != 1 {
-        return Err(LockError::SharedSemaphore {
-            path: request.lock_path.to_owned(),
-            max_holders: config.max_holders,
-        });
+        return Err(LockError::SharedSemaphore { path: request.lock_path.to_owned(), max_holders: config.max_holders });
     }
     let deadline = Instant::now() + request.wait;
     let data = serde_json::to_vec(request.holder).expect("holder info serializes");
@@ -226,13 +223,22 @@ pub async fn acquire(
     }
 }
 
-/// Releases a held lock. Already gone (session expired, TTL reaper) is not an error here;
-/// the caller learns of it from `Ok(false)`.
+/// Releases a held lock. Connection loss is retried for as long as the session may
+/// live; a node found gone after a lost reply was deleted by our own earlier attempt.
+/// Otherwise already gone (session expired, lease reaper, someone else) gives `Ok(false)`.
 pub async fn release(client: &zk::Client, held: &Held) -> Result<bool, zk::Error> {
-    match client.delete(&held.node_path, None).await {
-        Ok(()) => Ok(true),
-        Err(zk::Error::NoNode) => Ok(false),
-        Err(err) => Err(err),
+    let deadline = Instant::now() + client.session_timeout();
+    let mut retried = false;
+    loop {
+        match client.delete(&held.node_path, None).await {
+            Ok(()) => return Ok(true),
+            Err(zk::Error::NoNode) => return Ok(retried),
+            Err(zk::Error::ConnectionLoss | zk::Error::Timeout) if Instant::now() < deadline => {
+                retried = true;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(err) => return Err(err),
+        }
     }
 }
 

@@ -71,8 +71,21 @@ mod tests {
     fn rejects_path_tricks_and_look_alikes() {
         let long = "x".repeat(64);
         for bad in [
-            "", "..", ".", "a/b", "/a", "a\0b", "Orders", "-a", "a-", "a_b", "a.b", &long, "ordеrs", // Cyrillic 'е'
-            "a b", "ｏrders", // fullwidth 'ｏ'
+            "",
+            "..",
+            ".",
+            "a/b",
+            "/a",
+            "a\0b",
+            "Orders",
+            "-a",
+            "a-",
+            "a_b",
+            "a.b",
+            &long,
+            "ordеrs", // Cyrillic 'е'
+            "a b",
+            "ｏrders",   // fullwidth 'ｏ'
             "zookeeper", // fine as a label: shows the rule is about syntax, not reserved words
         ] {
             let result = Name::new("lock", bad);

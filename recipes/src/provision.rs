@@ -32,9 +32,9 @@ pub async fn ensure_queue(
     acls: zk::Acls<'_>,
 ) -> Result<String, zk::Error> {
     let paths = layout.queue(namespace, name);
-    ensure_node(client, &paths.base, &to_znode(config), acls.clone()).await?;
+    ensure_node(client, &paths.base, &to_znode(config), acls).await?;
     for child in [paths.items(), paths.claims(), paths.dead()] {
-        ensure_node(client, &child, b"", acls.clone()).await?;
+        ensure_node(client, &child, b"", acls).await?;
     }
     Ok(paths.base)
 }

@@ -27,13 +27,23 @@ pub struct SessionOptions {
 /// What happened to the session; `generation` counts sessions opened by this process.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SessionEvent {
-    Established { generation: u64, session_id: i64 },
+    Established {
+        generation: u64,
+        session_id: i64,
+    },
     /// Connection to the ensemble lost; the session may still be alive on the server.
-    Suspended { generation: u64 },
+    Suspended {
+        generation: u64,
+    },
     /// Connection back within the session timeout: ephemerals and watches are intact.
-    Reconnected { generation: u64 },
+    Reconnected {
+        generation: u64,
+    },
     /// The session is gone and with it every ephemeral node it owned.
-    Expired { generation: u64, session_id: i64 },
+    Expired {
+        generation: u64,
+        session_id: i64,
+    },
 }
 
 #[derive(Debug, Clone, thiserror::Error)]

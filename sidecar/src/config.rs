@@ -98,9 +98,7 @@ fn parse_queue(value: &str) -> Result<Name, String> {
 
 /// Pod names are DNS-1123 subdomains (up to 253 characters, dots allowed).
 fn parse_pod_name(value: &str) -> Result<String, String> {
-    let ok = !value.is_empty()
-        && value.len() <= 253
-        && value.split('.').all(|label| Name::new("pod", label).is_ok());
+    let ok = !value.is_empty() && value.len() <= 253 && value.split('.').all(|label| Name::new("pod", label).is_ok());
     if ok { Ok(value.to_owned()) } else { Err("must be a Kubernetes pod name (DNS-1123 subdomain)".into()) }
 }
 
@@ -124,7 +122,8 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> Result<Config, clap::Error> {
-        let base = ["paddock-sidecar", "--zookeeper", "127.0.0.1:2181", "--pod-name", "web-0", "--pod-namespace", "team-a"];
+        let base =
+            ["paddock-sidecar", "--zookeeper", "127.0.0.1:2181", "--pod-name", "web-0", "--pod-namespace", "team-a"];
         Config::try_parse_from(base.iter().chain(args))
     }
 

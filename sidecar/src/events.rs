@@ -15,8 +15,6 @@ pub enum Event {
     LockLost { name: String, owner: String, token: i64, reason: LossReason, at: String },
     #[serde(rename = "session")]
     Session { state: &'static str, generation: u64, at: String },
-    #[serde(rename = "queue.claim-lost")]
-    ClaimLost { queue: String, id: String, reason: &'static str, at: String },
 }
 
 impl Event {
@@ -26,7 +24,6 @@ impl Event {
             Event::LockReleased { .. } => "lock.released",
             Event::LockLost { .. } => "lock.lost",
             Event::Session { .. } => "session",
-            Event::ClaimLost { .. } => "queue.claim-lost",
         }
     }
 }

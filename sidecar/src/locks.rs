@@ -91,8 +91,11 @@ pub struct Status {
     pub lost_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expires_in_ms: Option<u64>,
+    /// Set when ZooKeeper is unreachable: why holders and waiters are missing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zookeeper: Option<String>,
     #[serde(flatten)]
-    pub snapshot: LockSnapshot,
+    pub snapshot: Option<LockSnapshot>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +112,23 @@ pub enum LockServiceError {
     Lost { name: Name, owner: String, token: i64, reason: LossReason },
     #[error("ZooKeeper: {0}")]
     ZooKeeper(#[from] zk::Error),
+}
+
+impl LockServiceError {
+    /// ZooKeeper could not be asked (no session, connection lost): not the caller's fault.
+    pub fn is_unavailable(&self) -> bool {
+        let unavailable = |e: &zk::Error| {
+            matches!(
+                e,
+                zk::Error::ConnectionLoss | zk::Error::Timeout | zk::Error::SessionExpired | zk::Error::ClientClosed
+            )
+        };
+        match self {
+            LockServiceError::Session(_) => true,
+            LockServiceError::ZooKeeper(e) | LockServiceError::Lock(LockError::ZooKeeper(e)) => unavailable(e),
+            _ => false,
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -278,7 +298,9 @@ impl LockService {
                     }
                 }
             }
-            Some(Entry::Lost(lost)) => Err(LockServiceError::Lost { name, owner, token: lost.token, reason: lost.reason }),
+            Some(Entry::Lost(lost)) => {
+                Err(LockServiceError::Lost { name, owner, token: lost.token, reason: lost.reason })
+            }
             Some(Entry::Waiting) => {
                 inner.table.lock().expect("not poisoned").insert(key, Entry::Waiting);
                 Err(LockServiceError::NotHeld { name, owner })
@@ -305,16 +327,27 @@ impl LockService {
                 }
                 Ok(grant)
             }
-            Some(Entry::Lost(lost)) => Err(LockServiceError::Lost { name, owner, token: lost.token, reason: lost.reason }),
+            Some(Entry::Lost(lost)) => {
+                Err(LockServiceError::Lost { name, owner, token: lost.token, reason: lost.reason })
+            }
             Some(Entry::Waiting) | None => Err(LockServiceError::NotHeld { name, owner }),
         }
     }
 
+    /// This owner's state, which is known locally even while ZooKeeper is unreachable
+    /// (an app must learn `lost` then too), plus the holders and waiters when reachable.
     pub async fn status(&self, name: Name, owner: String) -> Result<Status, LockServiceError> {
-        let current = self.inner.session.client()?;
-        let lock_path = self.lock_path(&name);
-        let config = lock::read_config(&current.client, &lock_path).await?;
-        let snapshot = lock::snapshot(&current.client, &lock_path, config.max_holders).await?;
+        let remote = async {
+            let current = self.inner.session.client()?;
+            let lock_path = self.lock_path(&name);
+            let config = lock::read_config(&current.client, &lock_path).await?;
+            Ok::<_, LockServiceError>(lock::snapshot(&current.client, &lock_path, config.max_holders).await?)
+        };
+        let (snapshot, zookeeper) = match remote.await {
+            Ok(snapshot) => (Some(snapshot), None),
+            Err(err) if err.is_unavailable() => (None, Some(format!("{err}; holders and waiters unknown"))),
+            Err(err) => return Err(err),
+        };
         let entry = self.inner.table.lock().expect("not poisoned").get(&(name.clone(), owner.clone())).cloned();
         let mut status = Status {
             name: name.to_string(),
@@ -324,6 +357,7 @@ impl LockService {
             lost_reason: None,
             lost_at: None,
             expires_in_ms: None,
+            zookeeper,
             snapshot,
         };
         match entry {
@@ -449,19 +483,21 @@ async fn watch_holder(inner: Arc<Inner>, key: Key, token: i64, node_path: String
             }
         };
         let event = watcher.changed().await;
-        if !matches!(inner.table.lock().expect("not poisoned").get(&key), Some(Entry::Held(h)) if h.held.token == token) {
+        if !matches!(inner.table.lock().expect("not poisoned").get(&key), Some(Entry::Held(h)) if h.held.token == token)
+        {
             return; // released (or already lost)
         }
         match event.event_type {
             zk::EventType::NodeDeleted => {
-                inner.mark_lost(&key, token, LossReason::NodeDeleted, None);
+                // Deleted while we are cut off: the ensemble expired our session (a watch
+                // notification can arrive just before the connection is found dead).
+                let reason =
+                    if inner.session.is_connected() { LossReason::NodeDeleted } else { LossReason::SessionExpired };
+                inner.mark_lost(&key, token, reason, None);
                 return;
             }
-            zk::EventType::Session => {
-                if event.session_state.is_terminated() {
-                    return; // `follow_session` reports it
-                }
-            }
+            // The session is over: `follow_session` reports it.
+            zk::EventType::Session if event.session_state.is_terminated() => return,
             _ => {} // data change (our own semaphore touch): watch again
         }
     }

@@ -54,16 +54,16 @@ async fn main() -> anyhow::Result<()> {
         events.clone(),
         metrics.clone(),
     );
-    let state = AppState { session: session.clone(), locks: locks.clone(), events, metrics };
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let state =
+        AppState { session: session.clone(), locks: locks.clone(), events, metrics, shutdown: shutdown.clone() };
 
-    let (shutting_down, drained) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, api::router(state)).with_graceful_shutdown(async move {
-        shutdown_signal().await;
-        let _ = shutting_down.send(());
-    });
+    let server = axum::serve(listener, api::router(state)).with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let server = tokio::spawn(server.into_future());
-    // On SIGTERM: stop accepting, give in-flight requests the grace period, then release.
-    let _ = drained.await;
+    // On SIGTERM: stop accepting, end streams, give in-flight requests the grace period,
+    // then release what the pod holds.
+    shutdown_signal().await;
+    shutdown.cancel();
     if tokio::time::timeout(config.shutdown_grace, server).await.is_err() {
         tracing::warn!(grace = ?config.shutdown_grace, "requests still in flight after the grace period");
     }

@@ -81,7 +81,3 @@ impl Metrics {
         out
     }
 }
-
-pub fn queue_label(queue: &str) -> QueueLabel {
-    QueueLabel { queue: queue.to_owned() }
-}

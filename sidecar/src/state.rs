@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use paddock_recipes::Session;
+use tokio_util::sync::CancellationToken;
 
 use crate::events::EventBus;
 use crate::locks::LockService;
@@ -14,4 +15,6 @@ pub struct AppState {
     pub locks: LockService,
     pub events: EventBus,
     pub metrics: Arc<Metrics>,
+    /// Cancelled on SIGTERM: event streams and long-polls end so the server can drain.
+    pub shutdown: CancellationToken,
 }

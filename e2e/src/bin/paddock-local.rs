@@ -28,8 +28,8 @@ async fn main() -> Result<()> {
     paddock_e2e::init_tracing();
     let args = Args::parse();
     println!("==> starting a {}-node ZooKeeper ensemble on 127.0.0.1", args.servers);
-    let ensemble = Ensemble::start_with(EnsembleOptions { servers: args.servers, keep_dir: true, ..Default::default() })
-        .await?;
+    let ensemble =
+        Ensemble::start_with(EnsembleOptions { servers: args.servers, keep_dir: true, ..Default::default() }).await?;
     let connect = ensemble.connect_string();
     println!("    connect string: {connect}\n    data and logs:  {}", ensemble.dir().display());
 

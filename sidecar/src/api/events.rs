@@ -28,5 +28,6 @@ async fn events(State(state): State<AppState>) -> Sse<impl Stream<Item = Result<
             }
         })
     });
+    let stream = futures::StreamExt::take_until(stream, state.shutdown.clone().cancelled_owned());
     Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
 }

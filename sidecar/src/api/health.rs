@@ -29,6 +29,8 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({ "status": "suspended", "message": "connection to ZooKeeper lost; reconnecting" })),
         ),
-        Err(err) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "not-ready", "message": err.to_string() }))),
+        Err(err) => {
+            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "not-ready", "message": err.to_string() })))
+        }
     }
 }

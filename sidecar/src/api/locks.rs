@@ -133,9 +133,9 @@ fn owner_or_pod(state: &AppState, owner: Option<String>) -> ApiResult<String> {
     match owner {
         None => Ok(state.locks.pod().to_owned()),
         Some(o) if !o.is_empty() && o.len() <= 253 && o.chars().all(|c| c.is_ascii_graphic()) => Ok(o),
-        Some(_) => Err(ApiError::bad_request(
-            "owner must be 1 to 253 visible ASCII characters (no spaces), e.g. \"worker-3\"",
-        )),
+        Some(_) => {
+            Err(ApiError::bad_request("owner must be 1 to 253 visible ASCII characters (no spaces), e.g. \"worker-3\""))
+        }
     }
 }
 

@@ -6,7 +6,7 @@ mod locks;
 mod metrics;
 
 use axum::Router;
-use tower_http::limit::RequestBodyLimitLayer;
+use axum::extract::DefaultBodyLimit;
 use tower_http::trace::TraceLayer;
 
 use crate::state::AppState;
@@ -20,7 +20,7 @@ pub fn router(state: AppState) -> Router {
         .merge(locks::router())
         .merge(events::router())
         .merge(metrics::router())
-        .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

@@ -10,8 +10,14 @@ use paddock_e2e::{Ensemble, PodClient, SidecarOptions};
 pub const SIDECAR: &str = env!("CARGO_BIN_EXE_paddock-sidecar");
 
 /// A sidecar for `pod` in `namespace` with the given session timeout.
-pub async fn sidecar(ensemble: &Ensemble, pod: &str, namespace: &str, session_timeout: Duration) -> (Sidecar, PodClient) {
-    let options = SidecarOptions::new(SIDECAR, ensemble.connect_string(), pod, namespace).session_timeout(session_timeout);
+pub async fn sidecar(
+    ensemble: &Ensemble,
+    pod: &str,
+    namespace: &str,
+    session_timeout: Duration,
+) -> (Sidecar, PodClient) {
+    let options =
+        SidecarOptions::new(SIDECAR, ensemble.connect_string(), pod, namespace).session_timeout(session_timeout);
     let sidecar = Sidecar::start(options).await.expect("sidecar starts");
     let client = PodClient::new(sidecar.url(""));
     (sidecar, client)
