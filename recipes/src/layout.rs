@@ -6,6 +6,7 @@
 //! <root>/<namespace>/queues/<name>             queue config (JSON)
 //!     items/<bucket>/item-<seq>                persistent sequential items
 //!     claims/<item-id>                         ephemeral claims of consumers' sessions
+//!     attempts/<item-id>                       delivery count and history of an item
 //!     dead/<item-id>                           dead-lettered items
 //! ```
 
@@ -82,6 +83,14 @@ impl QueuePaths {
 
     pub fn claim(&self, item_id: &str) -> String {
         format!("{}/claims/{item_id}", self.base)
+    }
+
+    pub fn attempts(&self) -> String {
+        format!("{}/attempts", self.base)
+    }
+
+    pub fn attempts_of(&self, item_id: &str) -> String {
+        format!("{}/attempts/{item_id}", self.base)
     }
 
     pub fn dead(&self) -> String {

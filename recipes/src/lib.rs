@@ -14,3 +14,4 @@ pub use session::{Session, SessionEvent, SessionOptions};
 pub use zookeeper_client as zk;
 pub mod lock;
 pub mod provision;
+pub mod queue;

@@ -21,8 +21,8 @@ pub async fn ensure_lock(
     Ok(path)
 }
 
-/// Creates (or updates the config of) a queue's znode and its `items`, `claims` and
-/// `dead` children.
+/// Creates (or updates the config of) a queue's znode and its `items`, `claims`,
+/// `attempts` and `dead` children.
 pub async fn ensure_queue(
     client: &zk::Client,
     layout: &Layout,
@@ -33,7 +33,7 @@ pub async fn ensure_queue(
 ) -> Result<String, zk::Error> {
     let paths = layout.queue(namespace, name);
     ensure_node(client, &paths.base, &to_znode(config), acls).await?;
-    for child in [paths.items(), paths.claims(), paths.dead()] {
+    for child in [paths.items(), paths.claims(), paths.attempts(), paths.dead()] {
         ensure_node(client, &child, b"", acls).await?;
     }
     Ok(paths.base)

@@ -15,6 +15,10 @@ pub enum Event {
     LockLost { name: String, owner: String, token: i64, reason: LossReason, at: String },
     #[serde(rename = "session")]
     Session { state: &'static str, generation: u64, at: String },
+    /// A queue item this pod held is no longer its own: `visibility-timeout` or
+    /// `session-expired`. Its ack will be refused; it may be redelivered elsewhere.
+    #[serde(rename = "queue.claim-lost")]
+    ClaimLost { queue: String, id: String, reason: &'static str, at: String },
 }
 
 impl Event {
@@ -24,6 +28,7 @@ impl Event {
             Event::LockReleased { .. } => "lock.released",
             Event::LockLost { .. } => "lock.lost",
             Event::Session { .. } => "session",
+            Event::ClaimLost { .. } => "queue.claim-lost",
         }
     }
 }

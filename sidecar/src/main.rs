@@ -7,6 +7,7 @@ mod error;
 mod events;
 mod locks;
 mod metrics;
+mod queues;
 mod state;
 
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use crate::config::Config;
 use crate::events::EventBus;
 use crate::locks::LockService;
 use crate::metrics::Metrics;
+use crate::queues::QueueService;
 use crate::state::AppState;
 
 #[tokio::main]
@@ -55,8 +57,24 @@ async fn main() -> anyhow::Result<()> {
         metrics.clone(),
     );
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let state =
-        AppState { session: session.clone(), locks: locks.clone(), events, metrics, shutdown: shutdown.clone() };
+    let queues = QueueService::new(
+        session.clone(),
+        config.zk_root.clone(),
+        config.pod_namespace.clone(),
+        config.pod_name.clone(),
+        events.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    );
+    let state = AppState {
+        session: session.clone(),
+        locks: locks.clone(),
+        queues: queues.clone(),
+        default_queue: config.queue.clone(),
+        events,
+        metrics,
+        shutdown: shutdown.clone(),
+    };
 
     let server = axum::serve(listener, api::router(state)).with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let server = tokio::spawn(server.into_future());
@@ -67,7 +85,8 @@ async fn main() -> anyhow::Result<()> {
     if tokio::time::timeout(config.shutdown_grace, server).await.is_err() {
         tracing::warn!(grace = ?config.shutdown_grace, "requests still in flight after the grace period");
     }
-    tracing::info!("shutting down: releasing locks and closing the ZooKeeper session");
+    tracing::info!("shutting down: returning unacked items, releasing locks, closing the ZooKeeper session");
+    queues.return_all().await;
     locks.release_all().await;
     session.close().await;
     Ok(())

@@ -81,3 +81,7 @@ impl Metrics {
         out
     }
 }
+
+pub fn queue_label(queue: &str) -> QueueLabel {
+    QueueLabel { queue: queue.to_owned() }
+}

@@ -8,11 +8,15 @@ use tokio_util::sync::CancellationToken;
 use crate::events::EventBus;
 use crate::locks::LockService;
 use crate::metrics::Metrics;
+use crate::queues::QueueService;
 
 #[derive(Clone)]
 pub struct AppState {
     pub session: Session,
     pub locks: LockService,
+    pub queues: QueueService,
+    /// The queue `GET /queue/next` serves when the request names none (PADDOCK_QUEUE).
+    pub default_queue: Option<paddock_recipes::Name>,
     pub events: EventBus,
     pub metrics: Arc<Metrics>,
     /// Cancelled on SIGTERM: event streams and long-polls end so the server can drain.

@@ -1,0 +1,547 @@
+//! The work queue recipe: at-least-once delivery over ZooKeeper.
+//!
+//! ```text
+//! <queue>                         config (JSON)
+//!     items/<bucket>/item-<seq>   persistent sequential; envelope + payload (immutable)
+//!     claims/<id>                 ephemeral, owned by the consuming session
+//!     attempts/<id>               persistent; delivery count and history of an item
+//!     dead/<id>                   dead-lettered item with its history
+//! ```
+//!
+//! Invariants:
+//! - An item is removed only by an ack (or moved, by a delayed nack or dead-lettering),
+//!   in one multi that also removes its claim: nothing is deleted before it is processed.
+//! - A claim is an ephemeral create: at most one live consumer holds an item. When the
+//!   consumer's session ends the claim vanishes and the item is ready again, no timer
+//!   needed. A live consumer that exceeds the visibility timeout gives its claim up (the
+//!   sidecar does, see `paddock-sidecar`), and its later ack is refused.
+//! - Every claim counts one attempt in `attempts/<id>`, in the same multi, so an item
+//!   whose consumers keep dying is dead-lettered after `maxAttempts` like a nacked one.
+
+pub mod item;
+pub mod view;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use self::item::{Attempts, DeadLetter, Envelope, ItemId, bucket_name, decode, encode, now_ms};
+use self::view::{Next, QueueView};
+use crate::config::{ConfigError, QueueConfig};
+use crate::layout::QueuePaths;
+use crate::zk;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum QueueError {
+    #[error("queue znode {0} does not exist")]
+    NotProvisioned(String),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("item {0} is not in the queue")]
+    NoSuchItem(String),
+    #[error("dead letter {0} does not exist")]
+    NoSuchDeadLetter(String),
+    #[error("ZooKeeper: {0}")]
+    ZooKeeper(#[from] zk::Error),
+}
+
+/// An item to enqueue.
+#[derive(Debug, Clone)]
+pub struct NewItem {
+    pub payload: Vec<u8>,
+    pub content_type: Option<String>,
+    pub priority: u8,
+    pub delay: Duration,
+}
+
+/// An item handed to a consumer.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub id: ItemId,
+    pub attempt: u32,
+    pub envelope: Envelope,
+    pub payload: Vec<u8>,
+}
+
+/// Counts by state, for `GET /queue/{name}` and the operator's status.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueStats {
+    /// Items in the queue (ready, delayed and in flight); dead letters not included.
+    pub depth: u64,
+    pub ready: u64,
+    pub in_flight: u64,
+    pub delayed: u64,
+    pub dead_lettered: u64,
+}
+
+fn open_acl() -> zk::Acls<'static> {
+    zk::Acls::anyone_all()
+}
+
+pub async fn read_config(client: &zk::Client, paths: &QueuePaths) -> Result<QueueConfig, QueueError> {
+    match client.get_data(&paths.base).await {
+        Ok((data, _)) => Ok(QueueConfig::from_znode(&paths.base, &data)?),
+        Err(zk::Error::NoNode) => Err(QueueError::NotProvisioned(paths.base.clone())),
+        Err(err) => Err(err.into()),
+    }
+}
+
+fn envelope_for(item: &NewItem, now: u64) -> Envelope {
+    Envelope {
+        enqueued_at_ms: now,
+        content_type: item.content_type.clone(),
+        priority: item.priority,
+        due_ms: now + item.delay.as_millis() as u64,
+        original_id: None,
+        carried: None,
+    }
+}
+
+/// Creates a bucket (a container node: the server removes it once empty).
+async fn ensure_bucket(client: &zk::Client, paths: &QueuePaths, bucket: &str) -> Result<(), QueueError> {
+    match client.create(&paths.bucket(bucket), b"", &zk::CreateMode::Container.with_acls(open_acl())).await {
+        Ok(_) | Err(zk::Error::NodeExists) => Ok(()),
+        Err(zk::Error::NoNode) => Err(QueueError::NotProvisioned(paths.base.clone())),
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// Enqueues items: one create for a single item, one multi (all or none) for several.
+/// Returns their ids in order.
+pub async fn enqueue(client: &zk::Client, paths: &QueuePaths, items: &[NewItem]) -> Result<Vec<ItemId>, QueueError> {
+    let now = now_ms();
+    let prepared: Vec<(String, Vec<u8>)> = items
+        .iter()
+        .map(|item| {
+            let envelope = envelope_for(item, now);
+            (bucket_name(item.priority, envelope.due_ms), encode(&envelope, &item.payload))
+        })
+        .collect();
+    let options = zk::CreateMode::PersistentSequential.with_acls(open_acl());
+    for attempt in 0..3 {
+        let result = if let [(bucket, data)] = prepared.as_slice() {
+            let prefix = format!("{}/item-", paths.bucket(bucket));
+            client.create(&prefix, data, &options).await.map(|(_, seq)| vec![(bucket.clone(), seq.to_string())])
+        } else {
+            let mut multi = client.new_multi_writer();
+            for (bucket, data) in &prepared {
+                multi.add_create(&format!("{}/item-", paths.bucket(bucket)), data, &options)?;
+            }
+            multi.commit().await.map_err(zk::Error::from).and_then(|results| {
+                results
+                    .into_iter()
+                    .zip(&prepared)
+                    .map(|(r, (bucket, _))| match r {
+                        zk::MultiWriteResult::Create { path, .. } => {
+                            let seq = path.rsplit("item-").next().unwrap_or_default().to_owned();
+                            Ok((bucket.clone(), seq))
+                        }
+                        other => Err(zk::Error::UnexpectedError(format!("expected a create result, got {other:?}"))),
+                    })
+                    .collect()
+            })
+        };
+        match result {
+            Ok(created) => {
+                return Ok(created.into_iter().map(|(bucket, seq)| ItemId { bucket, seq }).collect());
+            }
+            Err(zk::Error::NoNode) if attempt < 2 => {
+                let buckets: HashSet<&String> = prepared.iter().map(|(b, _)| b).collect();
+                for bucket in buckets {
+                    ensure_bucket(client, paths, bucket).await?;
+                }
+            }
+            Err(zk::Error::NoNode) => return Err(QueueError::NotProvisioned(paths.base.clone())),
+            Err(err) => return Err(err.into()),
+        }
+    }
+    unreachable!("the loop returns on its last attempt")
+}
+
+/// Claims the next ready item for `pod`, or None when nothing is ready. Items past
+/// `max_attempts` deliveries are dead-lettered on the way.
+pub async fn claim_next(
+    client: &zk::Client,
+    paths: &QueuePaths,
+    view: &QueueView,
+    config: &QueueConfig,
+    pod: &str,
+    observer: &dyn view::ConsumerObserver,
+) -> Result<Option<Delivery>, QueueError> {
+    let mut skip = HashSet::new();
+    loop {
+        let id = match view.next(&skip) {
+            Next::Item(id) => id,
+            Next::Empty { .. } => return Ok(None),
+        };
+        let item_path = format!("{}/{}", paths.bucket(&id.bucket), id.node_name());
+        let attempts_path = paths.attempts_of(&id.to_string());
+        // One round trip reads the item and its history as of the same moment.
+        let mut reader = client.new_multi_reader();
+        reader.add_get_data(&item_path)?;
+        reader.add_get_data(&attempts_path)?;
+        let results = reader.commit().await?;
+        observer.reads(1);
+        let mut results = results.into_iter();
+        let (data, item_stat) = match results.next() {
+            Some(zk::MultiReadResult::Data { data, stat }) => (data, stat),
+            _ => {
+                view.forget(&id); // acked or moved meanwhile
+                continue;
+            }
+        };
+        let history = match results.next() {
+            Some(zk::MultiReadResult::Data { data, stat }) => {
+                Some((serde_json::from_slice::<Attempts>(&data).unwrap_or_default(), stat.version))
+            }
+            _ => None,
+        };
+        let Some((envelope, payload)) = decode(&data) else {
+            tracing::warn!(item = item_path, "not a Paddock item; skipping it");
+            skip.insert(id);
+            continue;
+        };
+        let attempts_version = history.as_ref().map(|(_, v)| *v);
+        let mut attempts = match history {
+            Some((attempts, _)) => attempts,
+            None => envelope.carried.clone().unwrap_or_default(),
+        };
+        let now = now_ms();
+        attempts.record(pod, now);
+
+        if attempts.attempt > config.max_attempts {
+            let reason = format!(
+                "delivered {} times without an ack (maxAttempts {})",
+                attempts.attempt - 1,
+                config.max_attempts
+            );
+            attempts.attempt -= 1;
+            attempts.deliveries.pop();
+            match dead_letter(
+                client,
+                paths,
+                &id,
+                &envelope,
+                payload,
+                &attempts,
+                attempts_version,
+                item_stat.version,
+                &reason,
+            )
+            .await
+            {
+                Ok(()) => {
+                    view.forget(&id);
+                    observer.dead_lettered();
+                    tracing::info!(item = %id, reason, "dead-lettered");
+                }
+                Err(_) => {
+                    skip.insert(id);
+                }
+            }
+            continue;
+        }
+
+        let claim = serde_json::to_vec(&serde_json::json!({ "pod": pod, "attempt": attempts.attempt, "atMs": now }))
+            .expect("claim serializes");
+        let history = serde_json::to_vec(&attempts).expect("attempts serialize");
+        let mut multi = client.new_multi_writer();
+        multi.add_check_version(&item_path, item_stat.version)?;
+        multi.add_create(&paths.claim(&id.to_string()), &claim, &zk::CreateMode::Ephemeral.with_acls(open_acl()))?;
+        match attempts_version {
+            Some(version) => multi.add_set_data(&attempts_path, &history, Some(version))?,
+            None => multi.add_create(&attempts_path, &history, &zk::CreateMode::Persistent.with_acls(open_acl()))?,
+        }
+        match multi.commit().await {
+            Ok(_) => {
+                view.mark_claimed(&id);
+                return Ok(Some(Delivery { attempt: attempts.attempt, envelope, payload: payload.to_vec(), id }));
+            }
+            Err(zk::MultiWriteError::OperationFailed { source: zk::Error::NoNode, .. }) => view.forget(&id),
+            Err(zk::MultiWriteError::OperationFailed {
+                source: zk::Error::NodeExists | zk::Error::BadVersion, ..
+            }) => {
+                // Another consumer won this item (or its history moved on): next one.
+                view.mark_claimed(&id);
+                skip.insert(id);
+            }
+            Err(err) => return Err(zk::Error::from(err).into()),
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn dead_letter(
+    client: &zk::Client,
+    paths: &QueuePaths,
+    id: &ItemId,
+    envelope: &Envelope,
+    payload: &[u8],
+    attempts: &Attempts,
+    attempts_version: Option<i32>,
+    item_version: i32,
+    reason: &str,
+) -> Result<(), QueueError> {
+    let letter = DeadLetter {
+        envelope: envelope.clone(),
+        attempts: attempts.clone(),
+        dead_at_ms: now_ms(),
+        reason: reason.to_owned(),
+    };
+    let mut data = serde_json::to_vec(&letter).expect("dead letter serializes");
+    data.push(b'\n');
+    data.extend_from_slice(payload);
+    let id_text = id.to_string();
+    let mut multi = client.new_multi_writer();
+    multi.add_delete(&format!("{}/{}", paths.bucket(&id.bucket), id.node_name()), Some(item_version))?;
+    if let Some(version) = attempts_version {
+        multi.add_delete(&paths.attempts_of(&id_text), Some(version))?;
+    }
+    multi.add_create(&paths.dead_item(&id_text), &data, &zk::CreateMode::Persistent.with_acls(open_acl()))?;
+    multi.commit().await.map_err(zk::Error::from)?;
+    Ok(())
+}
+
+/// Runs a multi, retrying connection loss for as long as the session may live. A retry
+/// that finds the nodes gone after a lost reply counts as done by the first attempt: the
+/// caller holds the claim, so nobody else can have removed them.
+async fn commit_owned(client: &zk::Client, ops: &[Op]) -> Result<Vec<zk::MultiWriteResult>, QueueError> {
+    let deadline = tokio::time::Instant::now() + client.session_timeout();
+    let mut retried = false;
+    loop {
+        let mut multi = client.new_multi_writer();
+        for op in ops {
+            match op {
+                Op::Delete(path) => multi.add_delete(path, None)?,
+                Op::Create(path, data) => {
+                    multi.add_create(path, data, &zk::CreateMode::PersistentSequential.with_acls(open_acl()))?
+                }
+                Op::SetData(path, data) => multi.add_set_data(path, data, None)?,
+            }
+        }
+        match multi.commit().await {
+            Ok(results) => return Ok(results),
+            Err(zk::MultiWriteError::OperationFailed { source: zk::Error::NoNode, .. }) if retried => {
+                return Ok(Vec::new());
+            }
+            Err(zk::MultiWriteError::RequestFailed { source: zk::Error::ConnectionLoss | zk::Error::Timeout })
+                if tokio::time::Instant::now() < deadline =>
+            {
+                retried = true;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(err) => return Err(zk::Error::from(err).into()),
+        }
+    }
+}
+
+enum Op {
+    Delete(String),
+    Create(String, Vec<u8>),
+    SetData(String, Vec<u8>),
+}
+
+/// Acks a claimed item: it is gone with its claim and history. The caller must hold the
+/// claim (same session, not given up).
+pub async fn ack(client: &zk::Client, paths: &QueuePaths, id: &ItemId) -> Result<(), QueueError> {
+    let id_text = id.to_string();
+    commit_owned(
+        client,
+        &[
+            Op::Delete(paths.claim(&id_text)),
+            Op::Delete(format!("{}/{}", paths.bucket(&id.bucket), id.node_name())),
+            Op::Delete(paths.attempts_of(&id_text)),
+        ],
+    )
+    .await
+    .map(drop)
+}
+
+/// Gives a claim up without counting anything (visibility timeout, shutdown): the item
+/// is ready again at once; its next delivery counts the next attempt.
+pub async fn release_claim(client: &zk::Client, paths: &QueuePaths, id: &ItemId) -> Result<(), QueueError> {
+    match client.delete(&paths.claim(&id.to_string()), None).await {
+        Ok(()) | Err(zk::Error::NoNode) => Ok(()),
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// What a nack did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NackOutcome {
+    /// Ready again (after `delay`). A delayed item moves to another bucket and so gets a
+    /// new id (None in the rare case that a lost reply hid it).
+    Requeued {
+        id: Option<ItemId>,
+    },
+    DeadLettered,
+}
+
+/// Nacks a claimed item: back to the queue after `delay`, or to dead letters when it has
+/// had `max_attempts` deliveries.
+pub async fn nack(
+    client: &zk::Client,
+    paths: &QueuePaths,
+    config: &QueueConfig,
+    id: &ItemId,
+    delay: Duration,
+    reason: Option<&str>,
+) -> Result<NackOutcome, QueueError> {
+    let id_text = id.to_string();
+    let item_path = format!("{}/{}", paths.bucket(&id.bucket), id.node_name());
+    let attempts_path = paths.attempts_of(&id_text);
+    let mut reader = client.new_multi_reader();
+    reader.add_get_data(&item_path)?;
+    reader.add_get_data(&attempts_path)?;
+    let mut results = reader.commit().await?.into_iter();
+    let (data, item_stat) = match results.next() {
+        Some(zk::MultiReadResult::Data { data, stat }) => (data, stat),
+        _ => return Err(QueueError::NoSuchItem(id_text)),
+    };
+    let (mut attempts, attempts_version) = match results.next() {
+        Some(zk::MultiReadResult::Data { data, stat }) => {
+            (serde_json::from_slice::<Attempts>(&data).unwrap_or_default(), Some(stat.version))
+        }
+        _ => (Attempts::default(), None),
+    };
+    if let Some(last) = attempts.deliveries.last_mut() {
+        last.outcome = Some(match reason {
+            Some(r) => format!("nack: {}", r.chars().take(200).collect::<String>()),
+            None => "nack".to_owned(),
+        });
+    }
+    let (envelope, payload) = decode(&data).ok_or_else(|| QueueError::NoSuchItem(id_text.clone()))?;
+
+    if attempts.attempt >= config.max_attempts {
+        let reason = format!("nacked on attempt {} (maxAttempts {})", attempts.attempt, config.max_attempts);
+        let mut multi_ok =
+            dead_letter(client, paths, id, &envelope, payload, &attempts, attempts_version, item_stat.version, &reason)
+                .await;
+        if multi_ok.is_ok() {
+            multi_ok = release_claim(client, paths, id).await;
+        }
+        multi_ok?;
+        return Ok(NackOutcome::DeadLettered);
+    }
+    let history = serde_json::to_vec(&attempts).expect("attempts serialize");
+    if delay.is_zero() {
+        // Same place in the queue; the history notes the nack.
+        commit_owned(client, &[Op::SetData(attempts_path, history), Op::Delete(paths.claim(&id_text))]).await?;
+        return Ok(NackOutcome::Requeued { id: Some(id.clone()) });
+    }
+    // Delayed: the item moves to the bucket of its new due time, carrying its history.
+    let _ = history;
+    let due = now_ms() + delay.as_millis() as u64;
+    let original_id = Some(envelope.original_id.clone().unwrap_or_else(|| id_text.clone()));
+    let moved = Envelope { due_ms: due, original_id, carried: Some(attempts), ..envelope };
+    let bucket = bucket_name(moved.priority, due);
+    ensure_bucket(client, paths, &bucket).await?;
+    let results = commit_owned(
+        client,
+        &[
+            Op::Delete(paths.claim(&id_text)),
+            Op::Delete(item_path),
+            Op::Delete(paths.attempts_of(&id_text)),
+            Op::Create(format!("{}/item-", paths.bucket(&bucket)), encode(&moved, payload)),
+        ],
+    )
+    .await?;
+    let new_id = results.into_iter().find_map(|r| match r {
+        zk::MultiWriteResult::Create { path, .. } => {
+            path.rsplit("item-").next().map(|seq| ItemId { bucket: bucket.clone(), seq: seq.to_owned() })
+        }
+        _ => None,
+    });
+    Ok(NackOutcome::Requeued { id: new_id })
+}
+
+/// Dead letters, oldest first: id and the letter (payload not included).
+pub async fn dead_letters(
+    client: &zk::Client,
+    paths: &QueuePaths,
+    limit: usize,
+) -> Result<Vec<(String, DeadLetter, usize)>, QueueError> {
+    let mut ids = match client.list_children(&paths.dead()).await {
+        Ok(ids) => ids,
+        Err(zk::Error::NoNode) => return Err(QueueError::NotProvisioned(paths.base.clone())),
+        Err(err) => return Err(err.into()),
+    };
+    ids.sort();
+    let mut letters = Vec::new();
+    for id in ids.into_iter().take(limit) {
+        match client.get_data(&paths.dead_item(&id)).await {
+            Ok((data, _)) => {
+                if let Some(newline) = data.iter().position(|b| *b == b'\n')
+                    && let Ok(letter) = serde_json::from_slice::<DeadLetter>(&data[..newline])
+                {
+                    letters.push((id, letter, data.len() - newline - 1));
+                }
+            }
+            Err(zk::Error::NoNode) => {}
+            Err(err) => return Err(err.into()),
+        }
+    }
+    Ok(letters)
+}
+
+/// Moves a dead letter back into the queue (ready now, attempts reset). Returns its new id.
+pub async fn requeue_dead(client: &zk::Client, paths: &QueuePaths, dead_id: &str) -> Result<ItemId, QueueError> {
+    let (data, stat) = match client.get_data(&paths.dead_item(dead_id)).await {
+        Ok(found) => found,
+        Err(zk::Error::NoNode) => return Err(QueueError::NoSuchDeadLetter(dead_id.to_owned())),
+        Err(err) => return Err(err.into()),
+    };
+    let newline =
+        data.iter().position(|b| *b == b'\n').ok_or_else(|| QueueError::NoSuchDeadLetter(dead_id.to_owned()))?;
+    let letter: DeadLetter =
+        serde_json::from_slice(&data[..newline]).map_err(|_| QueueError::NoSuchDeadLetter(dead_id.to_owned()))?;
+    let payload = &data[newline + 1..];
+    let now = now_ms();
+    let original_id = Some(letter.envelope.original_id.clone().unwrap_or_else(|| dead_id.to_owned()));
+    let envelope = Envelope { due_ms: now, original_id, carried: None, ..letter.envelope };
+    let bucket = bucket_name(envelope.priority, now);
+    ensure_bucket(client, paths, &bucket).await?;
+    let mut multi = client.new_multi_writer();
+    multi.add_delete(&paths.dead_item(dead_id), Some(stat.version))?;
+    multi.add_create(
+        &format!("{}/item-", paths.bucket(&bucket)),
+        &encode(&envelope, payload),
+        &zk::CreateMode::PersistentSequential.with_acls(open_acl()),
+    )?;
+    let results = multi.commit().await.map_err(zk::Error::from)?;
+    let seq = results
+        .into_iter()
+        .find_map(|r| match r {
+            zk::MultiWriteResult::Create { path, .. } => path.rsplit("item-").next().map(str::to_owned),
+            _ => None,
+        })
+        .unwrap_or_default();
+    Ok(ItemId { bucket, seq })
+}
+
+/// Counts from ZooKeeper: one stat per bucket, plus claims and dead letters.
+pub async fn stats(client: &zk::Client, paths: &QueuePaths) -> Result<QueueStats, QueueError> {
+    let buckets = match client.list_children(&paths.items()).await {
+        Ok(b) => b,
+        Err(zk::Error::NoNode) => return Err(QueueError::NotProvisioned(paths.base.clone())),
+        Err(err) => return Err(err.into()),
+    };
+    let now = now_ms();
+    let mut stats = QueueStats::default();
+    for bucket in buckets {
+        let Some((_, due)) = item::parse_bucket(&bucket) else { continue };
+        if let Some(stat) = client.check_stat(&paths.bucket(&bucket)).await? {
+            let n = stat.num_children as u64;
+            stats.depth += n;
+            if due > now {
+                stats.delayed += n;
+            }
+        }
+    }
+    stats.in_flight = client.check_stat(&paths.claims()).await?.map_or(0, |s| s.num_children as u64);
+    stats.dead_lettered = client.check_stat(&paths.dead()).await?.map_or(0, |s| s.num_children as u64);
+    stats.ready = stats.depth.saturating_sub(stats.delayed + stats.in_flight);
+    Ok(stats)
+}

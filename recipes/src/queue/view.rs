@@ -1,0 +1,283 @@
+//! A consumer's watch-fed view of one queue: which items exist and which are claimed.
+//!
+//! One persistent recursive watch on the queue's znode keeps the view current, so finding
+//! the next item costs no ZooKeeper read and an enqueue wakes a waiting consumer at once.
+//! The view is rebuilt from a full listing when it starts and after every reconnect
+//! (ZooKeeper does not replay events a persistent watch missed while disconnected).
+//!
+//! The view is advisory: it may briefly list an item that is gone or miss a claim; the
+//! claim itself is the atomic step that decides (see `consumer`).
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
+
+use super::item::{ItemId, now_ms};
+use crate::layout::QueuePaths;
+use crate::session::{Session, SessionEvent};
+use crate::zk;
+
+/// What a consumer wants counted: ZooKeeper reads (tests show that waiting costs none)
+/// and items dead-lettered on the way to the next item.
+pub trait ConsumerObserver: Send + Sync {
+    fn reads(&self, count: u64);
+    fn dead_lettered(&self) {}
+}
+
+impl ConsumerObserver for () {
+    fn reads(&self, _: u64) {}
+}
+
+#[derive(Clone)]
+pub struct QueueView {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    paths: QueuePaths,
+    state: Mutex<State>,
+    changed: Notify,
+    observer: Arc<dyn ConsumerObserver>,
+}
+
+#[derive(Default)]
+struct State {
+    items: BTreeSet<ItemId>,
+    claimed: HashSet<ItemId>,
+    synced: bool,
+    /// Set when the queue's znode does not exist.
+    missing: bool,
+}
+
+/// What `next` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Next {
+    Item(ItemId),
+    /// Nothing ready; the earliest delayed item is due at this time (ms), if any.
+    Empty {
+        next_due_ms: Option<u64>,
+    },
+}
+
+impl QueueView {
+    /// Starts keeping a view of the queue at `paths`, following `session` across reconnects
+    /// and new sessions. The task ends when the last handle to the view is dropped.
+    pub fn start(session: Session, paths: QueuePaths, observer: Arc<dyn ConsumerObserver>) -> Self {
+        let inner = Arc::new(Inner { paths, state: Mutex::default(), changed: Notify::new(), observer });
+        tokio::spawn(follow(session, Arc::downgrade(&inner)));
+        Self { inner }
+    }
+
+    /// The first ready item (due, not claimed, not in `skip`) in queue order.
+    pub fn next(&self, skip: &HashSet<ItemId>) -> Next {
+        let now = now_ms();
+        let state = self.inner.state.lock().expect("not poisoned");
+        let mut next_due: Option<u64> = None;
+        for id in &state.items {
+            if state.claimed.contains(id) || skip.contains(id) {
+                continue;
+            }
+            let (_, due) = id.priority_and_due();
+            if due <= now {
+                return Next::Item(id.clone());
+            }
+            next_due = Some(next_due.map_or(due, |d: u64| d.min(due)));
+        }
+        Next::Empty { next_due_ms: next_due }
+    }
+
+    /// Waits until the view changes (an item or claim appeared or vanished, or a resync).
+    pub fn changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.inner.changed.notified()
+    }
+
+    pub fn is_synced(&self) -> bool {
+        self.inner.state.lock().expect("not poisoned").synced
+    }
+
+    /// True when the last sync found no znode for the queue.
+    pub fn is_missing(&self) -> bool {
+        self.inner.state.lock().expect("not poisoned").missing
+    }
+
+    /// Forgets an item known to be gone.
+    pub fn forget(&self, id: &ItemId) {
+        let mut state = self.inner.state.lock().expect("not poisoned");
+        state.items.remove(id);
+        state.claimed.remove(id);
+    }
+
+    /// Marks an item claimed (we just claimed it, or found it claimed).
+    pub fn mark_claimed(&self, id: &ItemId) {
+        self.inner.state.lock().expect("not poisoned").claimed.insert(id.clone());
+    }
+
+    /// (items, claimed) as the view sees them.
+    pub fn counts(&self) -> (usize, usize) {
+        let state = self.inner.state.lock().expect("not poisoned");
+        (state.items.len(), state.claimed.len())
+    }
+}
+
+enum Change {
+    ItemCreated(ItemId),
+    ItemDeleted(ItemId),
+    Claimed(ItemId),
+    Unclaimed(ItemId),
+}
+
+impl Inner {
+    fn classify(&self, event: &zk::WatchedEvent) -> Option<Change> {
+        let rest = event.path.strip_prefix(&self.paths.base)?;
+        let parts: Vec<&str> = rest.trim_start_matches('/').split('/').collect();
+        match (parts.as_slice(), event.event_type) {
+            (["items", bucket, node], zk::EventType::NodeCreated) => {
+                ItemId::from_node(bucket, node).map(Change::ItemCreated)
+            }
+            (["items", bucket, node], zk::EventType::NodeDeleted) => {
+                ItemId::from_node(bucket, node).map(Change::ItemDeleted)
+            }
+            (["claims", id], zk::EventType::NodeCreated) => ItemId::parse(id).ok().map(Change::Claimed),
+            (["claims", id], zk::EventType::NodeDeleted) => ItemId::parse(id).ok().map(Change::Unclaimed),
+            _ => None,
+        }
+    }
+
+    fn apply(&self, change: Change) {
+        let mut state = self.state.lock().expect("not poisoned");
+        let wakes = match change {
+            Change::ItemCreated(id) => state.items.insert(id),
+            Change::ItemDeleted(id) => {
+                state.claimed.remove(&id);
+                state.items.remove(&id);
+                false
+            }
+            Change::Claimed(id) => {
+                state.claimed.insert(id);
+                false
+            }
+            Change::Unclaimed(id) => state.claimed.remove(&id) && state.items.contains(&id),
+        };
+        drop(state);
+        if wakes {
+            self.changed.notify_waiters();
+        }
+    }
+
+    fn set_unsynced(&self) {
+        self.state.lock().expect("not poisoned").synced = false;
+    }
+
+    /// Lists every bucket, item and claim, and replaces the view with what it found.
+    async fn resync(&self, client: &zk::Client) -> Result<(), zk::Error> {
+        let mut reads = 0u64;
+        let listed = async {
+            let buckets = match client.list_children(&self.paths.items()).await {
+                Ok(b) => b,
+                Err(zk::Error::NoNode) => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            reads += 1;
+            let mut items = BTreeSet::new();
+            for bucket in buckets {
+                reads += 1;
+                match client.list_children(&self.paths.bucket(&bucket)).await {
+                    Ok(nodes) => items.extend(nodes.iter().filter_map(|n| ItemId::from_node(&bucket, n))),
+                    Err(zk::Error::NoNode) => {} // emptied and removed meanwhile
+                    Err(e) => return Err(e),
+                }
+            }
+            reads += 1;
+            let claimed: HashSet<ItemId> = match client.list_children(&self.paths.claims()).await {
+                Ok(c) => c.iter().filter_map(|c| ItemId::parse(c).ok()).collect(),
+                Err(zk::Error::NoNode) => HashSet::new(),
+                Err(e) => return Err(e),
+            };
+            Ok(Some((items, claimed)))
+        }
+        .await;
+        self.observer.reads(reads);
+        let mut state = self.state.lock().expect("not poisoned");
+        match listed? {
+            Some((items, claimed)) => {
+                *state = State { items, claimed, synced: true, missing: false };
+            }
+            None => *state = State { synced: true, missing: true, ..State::default() },
+        }
+        drop(state);
+        self.changed.notify_waiters();
+        Ok(())
+    }
+}
+
+/// Keeps the view in sync for as long as anyone holds it.
+async fn follow(session: Session, inner: std::sync::Weak<Inner>) {
+    let mut session_events = session.subscribe();
+    loop {
+        let Some(strong) = inner.upgrade() else { return };
+        let current = match session.wait_connected(std::time::Duration::from_secs(5)).await {
+            Ok(current) => current,
+            Err(_) => continue,
+        };
+        let mut watcher = match current.client.watch(&strong.paths.base, zk::AddWatchMode::PersistentRecursive).await {
+            Ok(watcher) => watcher,
+            Err(err) => {
+                tracing::warn!(queue = strong.paths.base, error = %err, "cannot watch queue; retrying");
+                drop(strong);
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        if let Err(err) = strong.resync(&current.client).await {
+            tracing::warn!(queue = strong.paths.base, error = %err, "cannot list queue; retrying");
+            drop(strong);
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            continue;
+        }
+        drop(strong);
+        // Follow events until the session ends; resync after each reconnect.
+        loop {
+            let event = tokio::select! {
+                event = watcher.changed() => event,
+                session_event = session_events.recv() => {
+                    match session_event {
+                        Ok(SessionEvent::Expired { .. }) => break,
+                        _ => continue,
+                    }
+                }
+                _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {
+                    let Some(strong) = inner.upgrade() else { return };
+                    // A resync that failed after a reconnect is retried here.
+                    if !strong.state.lock().expect("not poisoned").synced
+                        && current.client.state() == zk::SessionState::SyncConnected
+                        && let Err(err) = strong.resync(&current.client).await
+                    {
+                        tracing::warn!(queue = strong.paths.base, error = %err, "resync failed; retrying");
+                    }
+                    continue;
+                }
+            };
+            let Some(strong) = inner.upgrade() else { return };
+            if event.event_type == zk::EventType::Session {
+                match event.session_state {
+                    zk::SessionState::Disconnected => strong.set_unsynced(),
+                    zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly => {
+                        if let Err(err) = strong.resync(&current.client).await {
+                            tracing::warn!(queue = strong.paths.base, error = %err, "resync after reconnect failed");
+                            strong.set_unsynced();
+                        }
+                    }
+                    _ => break, // terminal: the watcher must not be polled again
+                }
+                continue;
+            }
+            if let Some(change) = strong.classify(&event) {
+                strong.apply(change);
+            }
+        }
+        if let Some(strong) = inner.upgrade() {
+            strong.set_unsynced();
+        }
+    }
+}

@@ -1,0 +1,396 @@
+//! This pod's side of the work queues: enqueue, hand out items (long-poll over a
+//! watch-fed view), ack, nack, the visibility timeout, and giving back what the app has
+//! not acked when the session ends or the sidecar stops.
+//!
+//! Invariants:
+//! - A delivery is ours while its claim is: same session generation, visibility timeout
+//!   not passed. Ack and nack of anything else are refused (409), so an app learns that
+//!   its item was (or may be) redelivered elsewhere.
+//! - The visibility timeout is enforced here, by the sidecar that holds the claim: it
+//!   deletes its own claim, so the item is ready for others without any central reaper.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use paddock_recipes::queue::item::{ItemId, MAX_PAYLOAD_BYTES, now_ms};
+use paddock_recipes::queue::view::{ConsumerObserver, Next, QueueView};
+use paddock_recipes::queue::{self, Delivery, NackOutcome, NewItem, QueueError, QueueStats};
+use paddock_recipes::session::SessionError;
+use paddock_recipes::{Layout, Name, QueueConfig, Session, SessionEvent, zk};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::events::{Event, EventBus, now};
+use crate::metrics::{Metrics, queue_label};
+
+/// How long a cached queue config is trusted.
+const CONFIG_TTL: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueServiceError {
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    #[error("payload of {size} bytes is over the limit of {limit} bytes for queue {queue}")]
+    PayloadTooLarge { queue: Name, size: usize, limit: usize },
+    #[error("item {id} of queue {queue} is not held by this pod")]
+    NotHeld { queue: Name, id: String },
+    #[error("the sidecar is shutting down")]
+    ShuttingDown,
+    #[error("ZooKeeper: {0}")]
+    ZooKeeper(#[from] zk::Error),
+}
+
+/// An item handed to the app.
+#[derive(Debug, Clone)]
+pub struct Handed {
+    pub queue: Name,
+    pub delivery: Delivery,
+}
+
+#[derive(Clone)]
+pub struct QueueService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    session: Session,
+    layout: Layout,
+    namespace: Name,
+    pod: String,
+    views: Mutex<HashMap<Name, QueueView>>,
+    configs: Mutex<HashMap<Name, (QueueConfig, Instant)>>,
+    /// Deliveries this pod holds, with the session generation that claimed them.
+    held: Mutex<HashMap<(Name, ItemId), u64>>,
+    events: EventBus,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+}
+
+struct Observer<'a>(&'a Metrics, &'a Name);
+
+impl ConsumerObserver for Observer<'_> {
+    fn reads(&self, count: u64) {
+        self.0.queue_zk_reads.inc_by(count);
+    }
+
+    fn dead_lettered(&self) {
+        self.0.queue_dead_lettered.get_or_create(&queue_label(self.1.as_str())).inc();
+    }
+}
+
+/// The view's reads, counted into the same metric.
+struct ViewObserver(Arc<Metrics>);
+
+impl ConsumerObserver for ViewObserver {
+    fn reads(&self, count: u64) {
+        self.0.queue_zk_reads.inc_by(count);
+    }
+}
+
+impl QueueService {
+    pub fn new(
+        session: Session,
+        layout: Layout,
+        namespace: Name,
+        pod: String,
+        events: EventBus,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let inner = Arc::new(Inner {
+            session,
+            layout,
+            namespace,
+            pod,
+            views: Mutex::default(),
+            configs: Mutex::default(),
+            held: Mutex::default(),
+            events,
+            metrics,
+            shutdown,
+        });
+        tokio::spawn(follow_session(inner.clone()));
+        Self { inner }
+    }
+
+    pub fn namespace(&self) -> &Name {
+        &self.inner.namespace
+    }
+
+    /// The config of a queue (cached for a few seconds); 404-worthy when missing.
+    pub async fn config(&self, queue: &Name) -> Result<QueueConfig, QueueServiceError> {
+        if let Some((config, at)) = self.inner.configs.lock().expect("not poisoned").get(queue)
+            && at.elapsed() < CONFIG_TTL
+        {
+            return Ok(config.clone());
+        }
+        let client = self.inner.session.client()?.client;
+        let config = queue::read_config(&client, &self.paths(queue)).await?;
+        self.inner.configs.lock().expect("not poisoned").insert(queue.clone(), (config.clone(), Instant::now()));
+        Ok(config)
+    }
+
+    /// The largest payload the queue accepts.
+    pub fn payload_limit(config: &QueueConfig) -> usize {
+        config.max_payload_bytes.map_or(MAX_PAYLOAD_BYTES, |l| (l as usize).min(MAX_PAYLOAD_BYTES))
+    }
+
+    fn paths(&self, queue: &Name) -> paddock_recipes::layout::QueuePaths {
+        self.inner.layout.queue(&self.inner.namespace, queue)
+    }
+
+    pub async fn enqueue(&self, queue: &Name, items: Vec<NewItem>) -> Result<Vec<ItemId>, QueueServiceError> {
+        let config = self.config(queue).await?;
+        let limit = Self::payload_limit(&config);
+        if let Some(item) = items.iter().find(|i| i.payload.len() > limit) {
+            return Err(QueueServiceError::PayloadTooLarge { queue: queue.clone(), size: item.payload.len(), limit });
+        }
+        let client = self.inner.session.client()?.client;
+        let ids = queue::enqueue(&client, &self.paths(queue), &items).await?;
+        self.inner.metrics.queue_enqueued.get_or_create(&queue_label(queue.as_str())).inc_by(ids.len() as u64);
+        Ok(ids)
+    }
+
+    fn view(&self, queue: &Name) -> QueueView {
+        self.inner
+            .views
+            .lock()
+            .expect("not poisoned")
+            .entry(queue.clone())
+            .or_insert_with(|| {
+                QueueView::start(
+                    self.inner.session.clone(),
+                    self.paths(queue),
+                    Arc::new(ViewObserver(self.inner.metrics.clone())),
+                )
+            })
+            .clone()
+    }
+
+    /// Hands out up to `max` items, waiting up to `wait` for the first one.
+    pub async fn next(&self, queue: &Name, wait: Duration, max: usize) -> Result<Vec<Handed>, QueueServiceError> {
+        if self.inner.shutdown.is_cancelled() {
+            return Err(QueueServiceError::ShuttingDown);
+        }
+        let config = self.config(queue).await?;
+        let view = self.view(queue);
+        let deadline = Instant::now() + wait;
+        let mut handed = Vec::new();
+        loop {
+            // Register interest before looking, so a change in between is not missed.
+            let changed = view.changed();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let next_due = if view.is_synced() {
+                if view.is_missing() {
+                    return Err(QueueError::NotProvisioned(self.paths(queue).base).into());
+                }
+                while handed.len() < max {
+                    match self.claim_one(queue, &view, &config).await? {
+                        Some(item) => handed.push(item),
+                        None => break,
+                    }
+                }
+                if !handed.is_empty() {
+                    return Ok(handed);
+                }
+                match view.next(&HashSet::new()) {
+                    Next::Empty { next_due_ms } => next_due_ms,
+                    Next::Item(_) => continue, // became ready meanwhile
+                }
+            } else {
+                None
+            };
+            let now = now_ms();
+            let due_in = next_due.map(|d| Duration::from_millis(d.saturating_sub(now) + 1));
+            let wake_at = due_in.map_or(deadline, |d| deadline.min(Instant::now() + d));
+            if Instant::now() >= deadline {
+                return Ok(handed);
+            }
+            tokio::select! {
+                _ = &mut changed => {}
+                _ = tokio::time::sleep_until(wake_at) => {}
+                _ = self.inner.shutdown.cancelled() => return Err(QueueServiceError::ShuttingDown),
+            }
+        }
+    }
+
+    async fn claim_one(
+        &self,
+        queue: &Name,
+        view: &QueueView,
+        config: &QueueConfig,
+    ) -> Result<Option<Handed>, QueueServiceError> {
+        let current = self.inner.session.client()?;
+        let observer = Observer(&self.inner.metrics, queue);
+        let paths = self.paths(queue);
+        let Some(delivery) =
+            queue::claim_next(&current.client, &paths, view, config, &self.inner.pod, &observer).await?
+        else {
+            return Ok(None);
+        };
+        let key = (queue.clone(), delivery.id.clone());
+        self.inner.held.lock().expect("not poisoned").insert(key.clone(), current.generation);
+        let label = queue_label(queue.as_str());
+        self.inner.metrics.queue_delivered.get_or_create(&label).inc();
+        if delivery.attempt > 1 {
+            self.inner.metrics.queue_redelivered.get_or_create(&label).inc();
+        }
+        let waited = now_ms().saturating_sub(delivery.envelope.due_ms.max(delivery.envelope.enqueued_at_ms));
+        self.inner.metrics.queue_wait_seconds.observe(waited as f64 / 1000.0);
+        tokio::spawn(enforce_visibility(self.inner.clone(), key, current.generation, config.visibility_timeout));
+        Ok(Some(Handed { queue: queue.clone(), delivery }))
+    }
+
+    /// Takes a delivery out of `held` if this pod holds it in the current session.
+    fn take_held(&self, queue: &Name, id: &ItemId) -> Result<(zk::Client, u64), QueueServiceError> {
+        let key = (queue.clone(), id.clone());
+        let current = self.inner.session.client()?;
+        let mut held = self.inner.held.lock().expect("not poisoned");
+        match held.get(&key) {
+            Some(generation) if *generation == current.generation => {
+                let generation = *generation;
+                held.remove(&key);
+                Ok((current.client, generation))
+            }
+            _ => Err(QueueServiceError::NotHeld { queue: queue.clone(), id: id.to_string() }),
+        }
+    }
+
+    fn put_back(&self, queue: &Name, id: &ItemId, generation: u64) {
+        self.inner.held.lock().expect("not poisoned").insert((queue.clone(), id.clone()), generation);
+    }
+
+    pub async fn ack(&self, queue: &Name, id: &ItemId) -> Result<(), QueueServiceError> {
+        let (client, generation) = self.take_held(queue, id)?;
+        match queue::ack(&client, &self.paths(queue), id).await {
+            Ok(()) => {
+                self.inner.metrics.queue_acked.get_or_create(&queue_label(queue.as_str())).inc();
+                Ok(())
+            }
+            Err(err) => {
+                self.put_back(queue, id, generation);
+                Err(err.into())
+            }
+        }
+    }
+
+    pub async fn nack(
+        &self,
+        queue: &Name,
+        id: &ItemId,
+        delay: Duration,
+        reason: Option<&str>,
+    ) -> Result<NackOutcome, QueueServiceError> {
+        let config = self.config(queue).await?;
+        let (client, generation) = self.take_held(queue, id)?;
+        match queue::nack(&client, &self.paths(queue), &config, id, delay, reason).await {
+            Ok(outcome) => {
+                let label = queue_label(queue.as_str());
+                self.inner.metrics.queue_nacked.get_or_create(&label).inc();
+                if outcome == NackOutcome::DeadLettered {
+                    self.inner.metrics.queue_dead_lettered.get_or_create(&label).inc();
+                }
+                Ok(outcome)
+            }
+            Err(err) => {
+                self.put_back(queue, id, generation);
+                Err(err.into())
+            }
+        }
+    }
+
+    pub async fn stats(&self, queue: &Name) -> Result<(QueueStats, QueueConfig), QueueServiceError> {
+        let config = self.config(queue).await?;
+        let client = self.inner.session.client()?.client;
+        Ok((queue::stats(&client, &self.paths(queue)).await?, config))
+    }
+
+    pub async fn dead_letters(
+        &self,
+        queue: &Name,
+        limit: usize,
+    ) -> Result<Vec<(String, queue::item::DeadLetter, usize)>, QueueServiceError> {
+        let client = self.inner.session.client()?.client;
+        Ok(queue::dead_letters(&client, &self.paths(queue), limit).await?)
+    }
+
+    pub async fn requeue_dead(&self, queue: &Name, dead_id: &str) -> Result<ItemId, QueueServiceError> {
+        let client = self.inner.session.client()?.client;
+        Ok(queue::requeue_dead(&client, &self.paths(queue), dead_id).await?)
+    }
+
+    /// Gives back every item the app has not acked (SIGTERM): ready for others at once.
+    pub async fn return_all(&self) {
+        let held: Vec<(Name, ItemId)> = self.inner.held.lock().expect("not poisoned").drain().map(|(k, _)| k).collect();
+        let Ok(current) = self.inner.session.client() else { return };
+        for (queue, id) in held {
+            match queue::release_claim(&current.client, &self.paths(&queue), &id).await {
+                Ok(()) => tracing::info!(queue = %queue, item = %id, "returned unacked item at shutdown"),
+                Err(err) => tracing::warn!(queue = %queue, item = %id, error = %err, "could not return item"),
+            }
+        }
+    }
+}
+
+/// Gives up a claim the app kept past the visibility timeout.
+async fn enforce_visibility(inner: Arc<Inner>, key: (Name, ItemId), generation: u64, timeout: Duration) {
+    tokio::time::sleep(timeout).await;
+    let still_held = {
+        let mut held = inner.held.lock().expect("not poisoned");
+        if held.get(&key) == Some(&generation) {
+            held.remove(&key);
+            true
+        } else {
+            false
+        }
+    };
+    if !still_held {
+        return;
+    }
+    let (queue, id) = key;
+    if let Ok(current) = inner.session.client()
+        && current.generation == generation
+    {
+        let paths = inner.layout.queue(&inner.namespace, &queue);
+        if let Err(err) = queue::release_claim(&current.client, &paths, &id).await {
+            tracing::warn!(queue = %queue, item = %id, error = %err, "could not give up a timed-out claim");
+        }
+    }
+    inner.events.publish(Event::ClaimLost {
+        queue: queue.to_string(),
+        id: id.to_string(),
+        reason: "visibility-timeout",
+        at: now(),
+    });
+}
+
+/// When the session ends, every claim it held is gone: tell the app.
+async fn follow_session(inner: Arc<Inner>) {
+    let mut events = inner.session.subscribe();
+    loop {
+        match events.recv().await {
+            Ok(SessionEvent::Expired { generation, .. }) => {
+                let lost: Vec<(Name, ItemId)> = {
+                    let mut held = inner.held.lock().expect("not poisoned");
+                    let lost = held.iter().filter(|(_, g)| **g <= generation).map(|(k, _)| k.clone()).collect();
+                    held.retain(|_, g| *g > generation);
+                    lost
+                };
+                for (queue, id) in lost {
+                    inner.events.publish(Event::ClaimLost {
+                        queue: queue.to_string(),
+                        id: id.to_string(),
+                        reason: "session-expired",
+                        at: now(),
+                    });
+                }
+            }
+            Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
