@@ -12,6 +12,15 @@ pub struct PodClient {
     base: String,
 }
 
+/// An item from `GET /queue/next`.
+#[derive(Debug, Clone)]
+pub struct Item {
+    pub queue: String,
+    pub id: String,
+    pub attempt: u32,
+    pub payload: Vec<u8>,
+}
+
 /// The outcome of `POST /lock`.
 #[derive(Debug, Clone)]
 pub enum Acquire {
@@ -70,6 +79,52 @@ impl PodClient {
     pub async fn lock_status(&self, name: &str, owner: &str) -> Result<(u16, Value)> {
         let response = self.http.get(self.url(&format!("/lock/{name}"))).query(&[("owner", owner)]).send().await?;
         Ok((response.status().as_u16(), response.json().await?))
+    }
+
+    /// `POST /queue/{name}` with `payload`; the new id.
+    pub async fn enqueue(&self, queue: &str, payload: impl Into<reqwest::Body>) -> Result<(u16, Value)> {
+        let response = self.http.post(self.url(&format!("/queue/{queue}"))).body(payload).send().await?;
+        Ok((response.status().as_u16(), response.json().await?))
+    }
+
+    /// `POST /queue/{name}/batch` with text payloads.
+    pub async fn enqueue_batch(&self, queue: &str, payloads: &[String]) -> Result<(u16, Value)> {
+        let items: Vec<Value> = payloads.iter().map(|p| json!({ "payload": p })).collect();
+        let response =
+            self.http.post(self.url(&format!("/queue/{queue}/batch"))).json(&json!({ "items": items })).send().await?;
+        Ok((response.status().as_u16(), response.json().await?))
+    }
+
+    /// `GET /queue/next?queue=&wait=`: Ok(None) on 204; Err on anything but 200/204.
+    pub async fn next(&self, queue: &str, wait: &str) -> Result<Option<Item>> {
+        let response = self.http.get(self.url("/queue/next")).query(&[("queue", queue), ("wait", wait)]).send().await?;
+        match response.status().as_u16() {
+            204 => Ok(None),
+            200 => {
+                let header = |name: &str| {
+                    response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned).unwrap_or_default()
+                };
+                let (queue, id, attempt) =
+                    (header("paddock-queue"), header("paddock-item-id"), header("paddock-attempt"));
+                let payload = response.bytes().await?.to_vec();
+                Ok(Some(Item { queue, id, attempt: attempt.parse().context("Paddock-Attempt")?, payload }))
+            }
+            status => anyhow::bail!("GET /queue/next: {status} {}", response.text().await.unwrap_or_default()),
+        }
+    }
+
+    /// `POST /queue/{name}/{id}/ack` or `/nack` (with a query such as `delay=1s`): status and body.
+    pub async fn settle(&self, queue: &str, id: &str, verb: &str, query: &str) -> Result<(u16, Value)> {
+        let url = self.url(&format!("/queue/{queue}/{id}/{verb}?{query}"));
+        let response = self.http.post(url).send().await?;
+        Ok((response.status().as_u16(), response.json().await?))
+    }
+
+    /// `GET /queue/{name}`: the stats object.
+    pub async fn queue_stats(&self, queue: &str) -> Result<Value> {
+        let response = self.http.get(self.url(&format!("/queue/{queue}"))).send().await?;
+        anyhow::ensure!(response.status().is_success(), "GET /queue/{queue}: {}", response.status());
+        Ok(response.json::<Value>().await?["stats"].clone())
     }
 
     /// The value of a metric (summed over its labels) from `/metrics`.

@@ -3,6 +3,7 @@
 //! writes and the sidecar reads.
 
 pub mod config;
+pub mod errors;
 pub mod layout;
 pub mod names;
 pub mod session;

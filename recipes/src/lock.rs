@@ -233,7 +233,7 @@ pub async fn release(client: &zk::Client, held: &Held) -> Result<bool, zk::Error
         match client.delete(&held.node_path, None).await {
             Ok(()) => return Ok(true),
             Err(zk::Error::NoNode) => return Ok(retried),
-            Err(zk::Error::ConnectionLoss | zk::Error::Timeout) if Instant::now() < deadline => {
+            Err(err) if crate::errors::outcome_unknown(&err) && Instant::now() < deadline => {
                 retried = true;
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
@@ -283,7 +283,7 @@ async fn create_contender(
         match client.create(&base, data, &options).await {
             Ok((stat, sequence)) => return Ok((format!("{base}{sequence}"), stat.czxid)),
             Err(zk::Error::NoNode) => return Err(LockError::NotProvisioned(lock_path.to_owned())),
-            Err(err @ (zk::Error::ConnectionLoss | zk::Error::Timeout)) if attempts < 5 => {
+            Err(err) if crate::errors::outcome_unknown(&err) && attempts < 5 => {
                 attempts += 1;
                 tracing::debug!(lock_path, error = %err, "create of contender interrupted; looking for it");
                 tokio::time::sleep(Duration::from_millis(50 * attempts)).await;

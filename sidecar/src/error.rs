@@ -47,11 +47,9 @@ impl ApiError {
     /// A ZooKeeper failure while doing `what` (e.g. "acquiring lock orders").
     pub fn zookeeper(what: &str, err: zk::Error) -> Self {
         match err {
-            zk::Error::ConnectionLoss | zk::Error::Timeout | zk::Error::SessionExpired | zk::Error::ClientClosed => {
-                Self::unavailable(format!(
-                    "{what}: ZooKeeper is unreachable ({err}); the outcome is unknown, retry when /readyz answers 200"
-                ))
-            }
+            err if paddock_recipes::errors::unavailable(&err) => Self::unavailable(format!(
+                "{what}: ZooKeeper is unreachable ({err}); the outcome is unknown, retry when /readyz answers 200"
+            )),
             zk::Error::NoAuth => Self::new(
                 StatusCode::FORBIDDEN,
                 "zookeeper-no-auth",

@@ -117,15 +117,11 @@ pub enum LockServiceError {
 impl LockServiceError {
     /// ZooKeeper could not be asked (no session, connection lost): not the caller's fault.
     pub fn is_unavailable(&self) -> bool {
-        let unavailable = |e: &zk::Error| {
-            matches!(
-                e,
-                zk::Error::ConnectionLoss | zk::Error::Timeout | zk::Error::SessionExpired | zk::Error::ClientClosed
-            )
-        };
         match self {
             LockServiceError::Session(_) => true,
-            LockServiceError::ZooKeeper(e) | LockServiceError::Lock(LockError::ZooKeeper(e)) => unavailable(e),
+            LockServiceError::ZooKeeper(e) | LockServiceError::Lock(LockError::ZooKeeper(e)) => {
+                paddock_recipes::errors::unavailable(e)
+            }
             _ => false,
         }
     }

@@ -178,6 +178,22 @@ impl QueueService {
         let config = self.config(queue).await?;
         let view = self.view(queue);
         let deadline = Instant::now() + wait;
+        // A fresh view is listed first (also for `wait=0`, up to a few seconds), so a
+        // consumer is not told "empty" about a queue that has items.
+        let synced_by = Instant::now() + wait.max(Duration::from_secs(5));
+        while !view.is_synced() {
+            let changed = view.changed();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if view.is_synced() {
+                break;
+            }
+            tokio::select! {
+                _ = &mut changed => {}
+                _ = tokio::time::sleep_until(synced_by) => return Ok(Vec::new()),
+                _ = self.inner.shutdown.cancelled() => return Err(QueueServiceError::ShuttingDown),
+            }
+        }
         let mut handed = Vec::new();
         loop {
             // Register interest before looking, so a change in between is not missed.

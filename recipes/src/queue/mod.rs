@@ -267,7 +267,35 @@ pub async fn claim_next(
                 view.mark_claimed(&id);
                 skip.insert(id);
             }
+            Err(zk::MultiWriteError::RequestFailed { source }) if crate::errors::outcome_unknown(&source) => {
+                // The claim may have been applied: if it is ours, deliver; never leave an
+                // item claimed by a live session that nobody knows of.
+                if claim_is_ours(client, &paths.claim(&id.to_string())).await? {
+                    view.mark_claimed(&id);
+                    return Ok(Some(Delivery { attempt: attempts.attempt, envelope, payload: payload.to_vec(), id }));
+                }
+                return Err(source.into());
+            }
             Err(err) => return Err(zk::Error::from(err).into()),
+        }
+    }
+}
+
+/// After a claim whose reply was lost: waits for the connection, then tells whether the
+/// claim node exists and belongs to this session.
+async fn claim_is_ours(client: &zk::Client, claim_path: &str) -> Result<bool, QueueError> {
+    let deadline = tokio::time::Instant::now() + client.session_timeout();
+    loop {
+        let checked = async {
+            client.sync(claim_path).await?;
+            client.check_stat(claim_path).await
+        };
+        match checked.await {
+            Ok(stat) => return Ok(stat.is_some_and(|s| s.ephemeral_owner == client.session_id().0)),
+            Err(err) if crate::errors::outcome_unknown(&err) && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(err) => return Err(err.into()),
         }
     }
 }
@@ -326,8 +354,8 @@ async fn commit_owned(client: &zk::Client, ops: &[Op]) -> Result<Vec<zk::MultiWr
             Err(zk::MultiWriteError::OperationFailed { source: zk::Error::NoNode, .. }) if retried => {
                 return Ok(Vec::new());
             }
-            Err(zk::MultiWriteError::RequestFailed { source: zk::Error::ConnectionLoss | zk::Error::Timeout })
-                if tokio::time::Instant::now() < deadline =>
+            Err(zk::MultiWriteError::RequestFailed { source })
+                if crate::errors::outcome_unknown(&source) && tokio::time::Instant::now() < deadline =>
             {
                 retried = true;
                 tokio::time::sleep(Duration::from_millis(100)).await;

@@ -201,7 +201,9 @@ async fn next(State(state): State<AppState>, Query(query): Query<NextQuery>) -> 
     };
     let max = query.max.unwrap_or(1);
     if max == 0 || max > MAX_ITEMS_PER_NEXT {
-        return Err(ApiError::bad_request(format!("max must be 1 to {MAX_ITEMS_PER_NEXT}")));
+        return Err(ApiError::bad_request(format!(
+            "max must be 1 to {MAX_ITEMS_PER_NEXT}: how many items to hand out at once"
+        )));
     }
     let handed = state.queues.next(&queue, wait, max).await.map_err(|e| queue_error(&state, &queue, e))?;
     if handed.is_empty() {

@@ -1,0 +1,347 @@
+//! The queue API through the sidecar's HTTP interface, against a real 3-node ensemble.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{eventually, sidecar};
+use paddock_e2e::{Ensemble, init_tracing, provision};
+use paddock_recipes::QueueConfig;
+use serde_json::Value;
+
+const NS: &str = "team-q";
+const SESSION: Duration = Duration::from_secs(10);
+
+async fn setup(queues: &[(&str, QueueConfig)]) -> Ensemble {
+    init_tracing();
+    let ensemble = Ensemble::start().await.expect("ensemble starts");
+    let admin = provision::admin(&ensemble.connect_string()).await.unwrap();
+    for (name, config) in queues {
+        provision::queue(&admin, NS, name, config.clone()).await.unwrap();
+    }
+    ensemble
+}
+
+fn config(max_attempts: u32, visibility: Duration) -> QueueConfig {
+    QueueConfig { max_attempts, visibility_timeout: visibility, max_payload_bytes: None }
+}
+
+/// What happened to each item, by its number.
+#[derive(Default)]
+struct Ledger {
+    deliveries: HashMap<u64, u32>,
+    acks: HashMap<u64, u32>,
+    refused_acks: u64,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_items_survive_a_sidecar_kill_and_a_leader_kill() {
+    const ITEMS: u64 = 10_000;
+    let mut ensemble = setup(&[("work", config(20, Duration::from_secs(60)))]).await;
+    // Short enough that a killed sidecar's claims come back soon, long enough that a
+    // leader election does not expire the sessions of live sidecars.
+    let short = Duration::from_secs(4);
+    let (_a, pod_a) = sidecar(&ensemble, "pod-a", NS, short).await;
+    let (b, pod_b) = sidecar(&ensemble, "pod-b", NS, short).await;
+    let b = Arc::new(tokio::sync::Mutex::new(b));
+
+    for chunk in (0..ITEMS).collect::<Vec<_>>().chunks(500) {
+        let payloads: Vec<String> = chunk.iter().map(u64::to_string).collect();
+        let (status, body) = pod_a.enqueue_batch("work", &payloads).await.unwrap();
+        assert_eq!(status, 201, "{body}");
+    }
+
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let acked = Arc::new(AtomicU64::new(0));
+    // Items whose consumer's sidecar died between delivery and ack (the ack could not be
+    // sent, or was refused because the claim died with the sidecar's session): the only
+    // items allowed to come twice.
+    let consumer_died: Arc<Mutex<HashSet<u64>>> = Arc::default();
+    let mut consumers = Vec::new();
+    for i in 0..4 {
+        let pod = if i % 2 == 1 { pod_b.clone() } else { pod_a.clone() };
+        let (ledger, acked, consumer_died) = (ledger.clone(), acked.clone(), consumer_died.clone());
+        consumers.push(tokio::spawn(async move {
+            while acked.load(Ordering::SeqCst) < ITEMS {
+                let item = match pod.next("work", "1s").await {
+                    Ok(Some(item)) => item,
+                    Ok(None) => continue,
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_millis(100)).await; // sidecar down or ZooKeeper electing
+                        continue;
+                    }
+                };
+                let n: u64 = String::from_utf8(item.payload.clone()).unwrap().parse().unwrap();
+                *ledger.lock().unwrap().deliveries.entry(n).or_default() += 1;
+                tokio::time::sleep(Duration::from_micros(n % 500)).await; // "processing"
+                loop {
+                    match pod.settle("work", &item.id, "ack", "").await {
+                        Ok((200, _)) => {
+                            *ledger.lock().unwrap().acks.entry(n).or_default() += 1;
+                            acked.fetch_add(1, Ordering::SeqCst);
+                            break;
+                        }
+                        Ok((409, _)) => {
+                            ledger.lock().unwrap().refused_acks += 1;
+                            consumer_died.lock().unwrap().insert(n);
+                            break;
+                        }
+                        Ok(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                        Err(_) => {
+                            // The sidecar died with the claim; the item comes back.
+                            consumer_died.lock().unwrap().insert(n);
+                            break;
+                        }
+                    }
+                }
+            }
+        }));
+    }
+
+    eventually(Duration::from_secs(120), "2,000 items acked", || async { acked.load(Ordering::SeqCst) >= 2_000 }).await;
+    {
+        let mut b = b.lock().await;
+        b.restart().await.unwrap(); // SIGKILL, then start again: its claims die with its session
+    }
+    eventually(Duration::from_secs(120), "5,000 items acked", || async { acked.load(Ordering::SeqCst) >= 5_000 }).await;
+    let leader = ensemble.leader().await.unwrap();
+    ensemble.kill(leader);
+    ensemble.wait_for_leader(Duration::from_secs(30)).await.unwrap();
+    eventually(Duration::from_secs(300), "all items acked", || async { acked.load(Ordering::SeqCst) >= ITEMS }).await;
+    for c in consumers {
+        c.await.unwrap();
+    }
+
+    let ledger = std::mem::take(&mut *ledger.lock().unwrap());
+    let lost: Vec<u64> = (0..ITEMS).filter(|n| !ledger.acks.contains_key(n)).collect();
+    assert!(lost.is_empty(), "items never acked: {lost:?}");
+    let twice: Vec<u64> = (0..ITEMS).filter(|n| ledger.acks[n] != 1).collect();
+    assert!(twice.is_empty(), "items acked more than once: {twice:?}");
+    let duplicates: Vec<u64> = (0..ITEMS).filter(|n| ledger.deliveries[n] > 1).collect();
+    let consumer_died = consumer_died.lock().unwrap().clone();
+    let unexplained: Vec<&u64> = duplicates.iter().filter(|n| !consumer_died.contains(n)).collect();
+    println!(
+        "10,000 items: {} deliveries, {} duplicates (cause: consumer's sidecar killed), {} acks refused",
+        ledger.deliveries.values().sum::<u32>(),
+        duplicates.len(),
+        ledger.refused_acks
+    );
+    assert!(unexplained.is_empty(), "duplicates whose consumer did not die: {unexplained:?}");
+    let stats = pod_a.queue_stats("work").await.unwrap();
+    assert_eq!((stats["depth"].as_u64(), stats["inFlight"].as_u64()), (Some(0), Some(0)), "{stats}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_item_held_past_the_visibility_timeout_goes_to_another_consumer() {
+    let ensemble = setup(&[("slow", config(5, Duration::from_secs(1)))]).await;
+    let (_a, pod_a) = sidecar(&ensemble, "pod-a", NS, SESSION).await;
+    let (_b, pod_b) = sidecar(&ensemble, "pod-b", NS, SESSION).await;
+    let mut events = pod_a.events().await.unwrap();
+    pod_a.enqueue("slow", "job-1").await.unwrap();
+
+    let first = pod_a.next("slow", "5s").await.unwrap().expect("an item");
+    assert_eq!(first.attempt, 1);
+    // pod-a's app never acks; after the timeout pod-b gets the same item, second attempt.
+    let second = pod_b.next("slow", "30s").await.unwrap().expect("redelivered");
+    assert_eq!((second.id.as_str(), second.attempt, second.payload.as_slice()), (first.id.as_str(), 2, &b"job-1"[..]));
+    let (status, body) = pod_a.settle("slow", &first.id, "ack", "").await.unwrap();
+    assert_eq!((status, body["error"].as_str()), (409, Some("claim-lost")), "{body}");
+    let (kind, data) = events.recv().await.unwrap();
+    assert_eq!(kind, "queue.claim-lost", "{data}");
+    assert_eq!((data["id"].as_str(), data["reason"].as_str()), (Some(first.id.as_str()), Some("visibility-timeout")));
+    assert_eq!(pod_b.settle("slow", &second.id, "ack", "").await.unwrap().0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_gives_unacked_items_back_at_once() {
+    let ensemble = setup(&[("jobs", config(5, Duration::from_secs(300)))]).await;
+    // A long session: only the explicit return can free the item within pod-b's wait.
+    let (mut a, pod_a) = sidecar(&ensemble, "pod-a", NS, Duration::from_secs(60)).await;
+    let (_b, pod_b) = sidecar(&ensemble, "pod-b", NS, SESSION).await;
+    pod_a.enqueue("jobs", "x").await.unwrap();
+    let held = pod_a.next("jobs", "5s").await.unwrap().expect("an item");
+    let waiting = tokio::spawn({
+        let pod_b = pod_b.clone();
+        async move { pod_b.next("jobs", "20s").await.unwrap() }
+    });
+    let exit = a.process.terminate(Duration::from_secs(15)).await.unwrap();
+    assert!(exit.success());
+    let item = waiting.await.unwrap().expect("pod-b gets the returned item");
+    assert_eq!((item.id, item.attempt), (held.id, 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nacks_past_max_attempts_dead_letter_and_a_dead_letter_can_be_requeued() {
+    let ensemble = setup(&[("flaky", config(2, Duration::from_secs(300)))]).await;
+    let (_a, pod) = sidecar(&ensemble, "pod-a", NS, SESSION).await;
+    pod.enqueue("flaky", "poison").await.unwrap();
+
+    let first = pod.next("flaky", "5s").await.unwrap().unwrap();
+    let (status, body) = pod.settle("flaky", &first.id, "nack", "reason=boom").await.unwrap();
+    assert_eq!((status, body["outcome"].as_str()), (200, Some("requeued")), "{body}");
+    let second = pod.next("flaky", "5s").await.unwrap().unwrap();
+    assert_eq!((second.id.as_str(), second.attempt), (first.id.as_str(), 2));
+    let (status, body) = pod.settle("flaky", &second.id, "nack", "").await.unwrap();
+    assert_eq!((status, body["outcome"].as_str()), (200, Some("dead-lettered")), "{body}");
+    assert!(pod.next("flaky", "0s").await.unwrap().is_none(), "a dead letter is not delivered");
+
+    let dead: Value = pod.http().get(pod.url("/queue/flaky/dead")).send().await.unwrap().json().await.unwrap();
+    let letter = &dead["items"][0];
+    assert_eq!(letter["id"], first.id.as_str());
+    assert_eq!(letter["letter"]["attempts"]["attempt"], 2, "{letter}");
+    assert_eq!(letter["letter"]["attempts"]["deliveries"][0]["outcome"], "nack: boom", "{letter}");
+    let stats = pod.queue_stats("flaky").await.unwrap();
+    assert_eq!((stats["depth"].as_u64(), stats["deadLettered"].as_u64()), (Some(0), Some(1)));
+
+    let requeued = pod.http().post(pod.url(&format!("/queue/flaky/dead/{}/requeue", first.id))).send().await.unwrap();
+    assert_eq!(requeued.status(), 200);
+    let again = pod.next("flaky", "5s").await.unwrap().expect("requeued item");
+    assert_eq!((again.attempt, again.payload.as_slice()), (1, &b"poison"[..]));
+    assert_eq!(pod.settle("flaky", &again.id, "ack", "").await.unwrap().0, 200);
+
+    // A delayed nack: invisible for the delay, then delivered again.
+    pod.enqueue("flaky", "later").await.unwrap();
+    let item = pod.next("flaky", "5s").await.unwrap().unwrap();
+    let (status, body) = pod.settle("flaky", &item.id, "nack", "delay=3s").await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(pod.next("flaky", "0s").await.unwrap().is_none(), "not before its delay");
+    let stats = pod.queue_stats("flaky").await.unwrap();
+    assert_eq!(stats["delayed"].as_u64(), Some(1), "{stats}");
+    let back = pod.next("flaky", "30s").await.unwrap().expect("due again");
+    assert_eq!((back.attempt, back.payload.as_slice()), (2, &b"later"[..]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_is_woken_by_an_enqueue_without_reading_zookeeper_meanwhile() {
+    let ensemble = setup(&[("events", config(5, Duration::from_secs(300)))]).await;
+    let (_a, consumer) = sidecar(&ensemble, "consumer", NS, SESSION).await;
+    let (_b, producer) = sidecar(&ensemble, "producer", NS, SESSION).await;
+    assert!(consumer.next("events", "0s").await.unwrap().is_none()); // starts the view
+    let reads = || async { consumer.metric("paddock_queue_zookeeper_reads_total").await.unwrap() };
+    let before = reads().await;
+
+    let waiting = tokio::spawn({
+        let consumer = consumer.clone();
+        async move { consumer.next("events", "60s").await.unwrap() }
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await; // the consumer waits
+    assert_eq!(reads().await, before, "no ZooKeeper reads while waiting: no poll loop");
+    assert!(!waiting.is_finished());
+
+    producer.enqueue("events", "wake up").await.unwrap();
+    let item = waiting.await.unwrap().expect("woken by the enqueue");
+    assert_eq!(item.payload, b"wake up");
+    assert_eq!(reads().await - before, 1.0, "one read (item and history together) to claim it");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_json_4xx_and_loses_nothing() {
+    let small = QueueConfig { max_payload_bytes: Some(1000), ..QueueConfig::default() };
+    let ensemble = setup(&[("q", small)]).await;
+    let (mut a, pod) = sidecar(&ensemble, "pod-a", NS, SESSION).await;
+    let (status, body) = pod.enqueue("q", "keep me").await.unwrap();
+    assert_eq!(status, 201, "{body}");
+    let http = pod.http();
+    let batch = |body: &'static str| {
+        http.post(pod.url("/queue/q/batch")).header("content-type", "application/json").body(body).send()
+    };
+    let too_many = format!("{{\"items\":[{}]}}", vec!["{\"payload\":\"x\"}"; 1001].join(","));
+    let cases: Vec<(&str, reqwest::Response, u16, &str)> = vec![
+        ("bad queue name", http.post(pod.url("/queue/Bad_Name")).body("x").send().await.unwrap(), 400, "invalid-name"),
+        ("unknown queue", http.post(pod.url("/queue/nope")).body("x").send().await.unwrap(), 404, "queue-not-found"),
+        (
+            "oversize payload",
+            http.post(pod.url("/queue/q")).body(vec![7u8; 1001]).send().await.unwrap(),
+            413,
+            "payload-too-large",
+        ),
+        (
+            "body over the sidecar limit",
+            http.post(pod.url("/queue/q/batch"))
+                .header("content-type", "application/json")
+                .body(vec![b' '; 2 << 20])
+                .send()
+                .await
+                .unwrap(),
+            413,
+            "payload-too-large",
+        ),
+        (
+            "bad priority",
+            http.post(pod.url("/queue/q?priority=10")).body("x").send().await.unwrap(),
+            400,
+            "bad-request",
+        ),
+        (
+            "bad delay",
+            http.post(pod.url("/queue/q?delay=tomorrow")).body("x").send().await.unwrap(),
+            400,
+            "invalid-duration",
+        ),
+        ("malformed batch", batch("{\"items\":[").await.unwrap(), 400, "invalid-json"),
+        ("batch of nothing", batch("{\"items\":[]}").await.unwrap(), 400, "bad-request"),
+        (
+            "batch item with both payloads",
+            batch("{\"items\":[{\"payload\":\"a\",\"payloadBase64\":\"YQ==\"}]}").await.unwrap(),
+            400,
+            "bad-request",
+        ),
+        ("batch bad base64", batch("{\"items\":[{\"payloadBase64\":\"!!\"}]}").await.unwrap(), 400, "bad-request"),
+        ("batch unknown field", batch("{\"items\":[{\"body\":\"a\"}]}").await.unwrap(), 422, "invalid-json"),
+        (
+            "batch too large",
+            http.post(pod.url("/queue/q/batch"))
+                .header("content-type", "application/json")
+                .body(too_many)
+                .send()
+                .await
+                .unwrap(),
+            400,
+            "bad-request",
+        ),
+        ("next without a queue", http.get(pod.url("/queue/next")).send().await.unwrap(), 400, "bad-request"),
+        (
+            "next bad wait",
+            http.get(pod.url("/queue/next?queue=q&wait=-1s")).send().await.unwrap(),
+            400,
+            "invalid-duration",
+        ),
+        ("next bad max", http.get(pod.url("/queue/next?queue=q&max=0")).send().await.unwrap(), 400, "bad-request"),
+        ("bad item id", http.post(pod.url("/queue/q/..%2F..%2Fx/ack")).send().await.unwrap(), 400, "invalid-item-id"),
+        (
+            "ack of an item not held",
+            http.post(pod.url("/queue/q/b9-000000000001.0000000001/ack")).send().await.unwrap(),
+            409,
+            "claim-lost",
+        ),
+        (
+            "nack bad delay",
+            http.post(pod.url("/queue/q/b9-000000000001.0000000001/nack?delay=x")).send().await.unwrap(),
+            400,
+            "invalid-duration",
+        ),
+        (
+            "requeue unknown dead letter",
+            http.post(pod.url("/queue/q/dead/b9-000000000001.0000000001/requeue")).send().await.unwrap(),
+            404,
+            "dead-letter-not-found",
+        ),
+    ];
+    for (what, response, status, code) in cases {
+        assert_eq!(response.status().as_u16(), status, "{what}");
+        let body: Value = response.json().await.unwrap_or_else(|e| panic!("{what}: body is not JSON: {e}"));
+        assert_eq!(body["error"], code, "{what}: {body}");
+        assert!(body["message"].as_str().unwrap_or_default().len() > 20, "{what}: {body}");
+    }
+    let oversize: Value =
+        http.post(pod.url("/queue/q")).body(vec![7u8; 1001]).send().await.unwrap().json().await.unwrap();
+    assert!(oversize["message"].as_str().unwrap().contains("1000 bytes"), "the limit is in the message: {oversize}");
+    assert!(!a.process.has_exited(), "no panic");
+    let stats = pod.queue_stats("q").await.unwrap();
+    assert_eq!(stats["depth"].as_u64(), Some(1), "only the valid item is queued, and it is still there: {stats}");
+    let item = pod.next("q", "5s").await.unwrap().unwrap();
+    assert_eq!(item.payload, b"keep me");
+}
