@@ -215,7 +215,7 @@ impl QueueService {
                 }
                 match view.next(&HashSet::new()) {
                     Next::Empty { next_due_ms } => next_due_ms,
-                    Next::Item(_) => continue, // became ready meanwhile
+                    Next::Item(_) | Next::Load(_) => continue, // became ready meanwhile
                 }
             } else {
                 None

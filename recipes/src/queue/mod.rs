@@ -160,6 +160,54 @@ pub async fn enqueue(client: &zk::Client, paths: &QueuePaths, items: &[NewItem])
     unreachable!("the loop returns on its last attempt")
 }
 
+/// An item as read for a claim or a nack: one multi-read of the item and its history.
+struct ReadItem {
+    id: ItemId,
+    path: String,
+    version: i32,
+    envelope: Envelope,
+    payload: Vec<u8>,
+    attempts: Attempts,
+    /// None when `attempts/<id>` does not exist yet (never delivered since enqueue/move).
+    attempts_version: Option<i32>,
+}
+
+enum Read {
+    Found(ReadItem),
+    Gone,
+    /// Data that is not a Paddock item.
+    Foreign,
+}
+
+async fn read_item(client: &zk::Client, paths: &QueuePaths, id: &ItemId) -> Result<Read, QueueError> {
+    let path = format!("{}/{}", paths.bucket(&id.bucket), id.node_name());
+    let mut reader = client.new_multi_reader();
+    reader.add_get_data(&path)?;
+    reader.add_get_data(&paths.attempts_of(&id.to_string()))?;
+    let mut results = reader.commit().await?.into_iter();
+    let (data, stat) = match results.next() {
+        Some(zk::MultiReadResult::Data { data, stat }) => (data, stat),
+        _ => return Ok(Read::Gone),
+    };
+    let Some((envelope, payload)) = decode(&data) else { return Ok(Read::Foreign) };
+    let (attempts, attempts_version) = match results.next() {
+        Some(zk::MultiReadResult::Data { data, stat }) => {
+            (serde_json::from_slice::<Attempts>(&data).unwrap_or_default(), Some(stat.version))
+        }
+        // A moved item carries its history until its first delivery under the new id.
+        _ => (envelope.carried.clone().unwrap_or_default(), None),
+    };
+    Ok(Read::Found(ReadItem {
+        id: id.clone(),
+        path,
+        version: stat.version,
+        payload: payload.to_vec(),
+        envelope,
+        attempts,
+        attempts_version,
+    }))
+}
+
 /// Claims the next ready item for `pod`, or None when nothing is ready. Items past
 /// `max_attempts` deliveries are dead-lettered on the way.
 pub async fn claim_next(
@@ -174,64 +222,39 @@ pub async fn claim_next(
     loop {
         let id = match view.next(&skip) {
             Next::Item(id) => id,
+            Next::Load(bucket) => {
+                view.loading(&bucket);
+                let nodes = match client.list_children(&paths.bucket(&bucket)).await {
+                    Ok(nodes) => Some(nodes),
+                    Err(zk::Error::NoNode) => None,
+                    Err(err) => return Err(err.into()),
+                };
+                observer.reads(1);
+                view.loaded(&bucket, nodes);
+                continue;
+            }
             Next::Empty { .. } => return Ok(None),
         };
-        let item_path = format!("{}/{}", paths.bucket(&id.bucket), id.node_name());
-        let attempts_path = paths.attempts_of(&id.to_string());
-        // One round trip reads the item and its history as of the same moment.
-        let mut reader = client.new_multi_reader();
-        reader.add_get_data(&item_path)?;
-        reader.add_get_data(&attempts_path)?;
-        let results = reader.commit().await?;
+        let read = read_item(client, paths, &id).await?;
         observer.reads(1);
-        let mut results = results.into_iter();
-        let (data, item_stat) = match results.next() {
-            Some(zk::MultiReadResult::Data { data, stat }) => (data, stat),
-            _ => {
+        let mut item = match read {
+            Read::Found(item) => item,
+            Read::Gone => {
                 view.forget(&id); // acked or moved meanwhile
                 continue;
             }
-        };
-        let history = match results.next() {
-            Some(zk::MultiReadResult::Data { data, stat }) => {
-                Some((serde_json::from_slice::<Attempts>(&data).unwrap_or_default(), stat.version))
+            Read::Foreign => {
+                tracing::warn!(item = %id, "not a Paddock item; skipping it");
+                skip.insert(id);
+                continue;
             }
-            _ => None,
         };
-        let Some((envelope, payload)) = decode(&data) else {
-            tracing::warn!(item = item_path, "not a Paddock item; skipping it");
-            skip.insert(id);
-            continue;
-        };
-        let attempts_version = history.as_ref().map(|(_, v)| *v);
-        let mut attempts = match history {
-            Some((attempts, _)) => attempts,
-            None => envelope.carried.clone().unwrap_or_default(),
-        };
-        let now = now_ms();
-        attempts.record(pod, now);
-
-        if attempts.attempt > config.max_attempts {
+        if item.attempts.attempt >= config.max_attempts {
             let reason = format!(
                 "delivered {} times without an ack (maxAttempts {})",
-                attempts.attempt - 1,
-                config.max_attempts
+                item.attempts.attempt, config.max_attempts
             );
-            attempts.attempt -= 1;
-            attempts.deliveries.pop();
-            match dead_letter(
-                client,
-                paths,
-                &id,
-                &envelope,
-                payload,
-                &attempts,
-                attempts_version,
-                item_stat.version,
-                &reason,
-            )
-            .await
-            {
+            match dead_letter(client, paths, &item, &reason, false).await {
                 Ok(()) => {
                     view.forget(&id);
                     observer.dead_lettered();
@@ -244,20 +267,30 @@ pub async fn claim_next(
             continue;
         }
 
-        let claim = serde_json::to_vec(&serde_json::json!({ "pod": pod, "attempt": attempts.attempt, "atMs": now }))
-            .expect("claim serializes");
-        let history = serde_json::to_vec(&attempts).expect("attempts serialize");
+        let now = now_ms();
+        item.attempts.record(pod, now);
+        let claim =
+            serde_json::to_vec(&serde_json::json!({ "pod": pod, "attempt": item.attempts.attempt, "atMs": now }))
+                .expect("claim serializes");
+        let history = serde_json::to_vec(&item.attempts).expect("attempts serialize");
+        let attempts_path = paths.attempts_of(&id.to_string());
         let mut multi = client.new_multi_writer();
-        multi.add_check_version(&item_path, item_stat.version)?;
+        multi.add_check_version(&item.path, item.version)?;
         multi.add_create(&paths.claim(&id.to_string()), &claim, &zk::CreateMode::Ephemeral.with_acls(open_acl()))?;
-        match attempts_version {
+        match item.attempts_version {
             Some(version) => multi.add_set_data(&attempts_path, &history, Some(version))?,
             None => multi.add_create(&attempts_path, &history, &zk::CreateMode::Persistent.with_acls(open_acl()))?,
         }
+        let delivered = |item: ReadItem| Delivery {
+            id: item.id,
+            attempt: item.attempts.attempt,
+            envelope: item.envelope,
+            payload: item.payload,
+        };
         match multi.commit().await {
             Ok(_) => {
                 view.mark_claimed(&id);
-                return Ok(Some(Delivery { attempt: attempts.attempt, envelope, payload: payload.to_vec(), id }));
+                return Ok(Some(delivered(item)));
             }
             Err(zk::MultiWriteError::OperationFailed { source: zk::Error::NoNode, .. }) => view.forget(&id),
             Err(zk::MultiWriteError::OperationFailed {
@@ -272,7 +305,7 @@ pub async fn claim_next(
                 // item claimed by a live session that nobody knows of.
                 if claim_is_ours(client, &paths.claim(&id.to_string())).await? {
                     view.mark_claimed(&id);
-                    return Ok(Some(Delivery { attempt: attempts.attempt, envelope, payload: payload.to_vec(), id }));
+                    return Ok(Some(delivered(item)));
                 }
                 return Err(source.into());
             }
@@ -300,32 +333,32 @@ async fn claim_is_ours(client: &zk::Client, claim_path: &str) -> Result<bool, Qu
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Moves an item with its history to `dead/<id>` in one multi (with its claim, when the
+/// caller holds one).
 async fn dead_letter(
     client: &zk::Client,
     paths: &QueuePaths,
-    id: &ItemId,
-    envelope: &Envelope,
-    payload: &[u8],
-    attempts: &Attempts,
-    attempts_version: Option<i32>,
-    item_version: i32,
+    item: &ReadItem,
     reason: &str,
+    with_claim: bool,
 ) -> Result<(), QueueError> {
     let letter = DeadLetter {
-        envelope: envelope.clone(),
-        attempts: attempts.clone(),
+        envelope: Envelope { carried: None, ..item.envelope.clone() },
+        attempts: item.attempts.clone(),
         dead_at_ms: now_ms(),
         reason: reason.to_owned(),
     };
     let mut data = serde_json::to_vec(&letter).expect("dead letter serializes");
     data.push(b'\n');
-    data.extend_from_slice(payload);
-    let id_text = id.to_string();
+    data.extend_from_slice(&item.payload);
+    let id_text = item.id.to_string();
     let mut multi = client.new_multi_writer();
-    multi.add_delete(&format!("{}/{}", paths.bucket(&id.bucket), id.node_name()), Some(item_version))?;
-    if let Some(version) = attempts_version {
+    multi.add_delete(&item.path, Some(item.version))?;
+    if let Some(version) = item.attempts_version {
         multi.add_delete(&paths.attempts_of(&id_text), Some(version))?;
+    }
+    if with_claim {
+        multi.add_delete(&paths.claim(&id_text), None)?;
     }
     multi.add_create(&paths.dead_item(&id_text), &data, &zk::CreateMode::Persistent.with_acls(open_acl()))?;
     multi.commit().await.map_err(zk::Error::from)?;
@@ -418,61 +451,41 @@ pub async fn nack(
     reason: Option<&str>,
 ) -> Result<NackOutcome, QueueError> {
     let id_text = id.to_string();
-    let item_path = format!("{}/{}", paths.bucket(&id.bucket), id.node_name());
-    let attempts_path = paths.attempts_of(&id_text);
-    let mut reader = client.new_multi_reader();
-    reader.add_get_data(&item_path)?;
-    reader.add_get_data(&attempts_path)?;
-    let mut results = reader.commit().await?.into_iter();
-    let (data, item_stat) = match results.next() {
-        Some(zk::MultiReadResult::Data { data, stat }) => (data, stat),
-        _ => return Err(QueueError::NoSuchItem(id_text)),
+    let mut item = match read_item(client, paths, id).await? {
+        Read::Found(item) => item,
+        Read::Gone | Read::Foreign => return Err(QueueError::NoSuchItem(id_text)),
     };
-    let (mut attempts, attempts_version) = match results.next() {
-        Some(zk::MultiReadResult::Data { data, stat }) => {
-            (serde_json::from_slice::<Attempts>(&data).unwrap_or_default(), Some(stat.version))
-        }
-        _ => (Attempts::default(), None),
-    };
-    if let Some(last) = attempts.deliveries.last_mut() {
+    if let Some(last) = item.attempts.deliveries.last_mut() {
         last.outcome = Some(match reason {
             Some(r) => format!("nack: {}", r.chars().take(200).collect::<String>()),
             None => "nack".to_owned(),
         });
     }
-    let (envelope, payload) = decode(&data).ok_or_else(|| QueueError::NoSuchItem(id_text.clone()))?;
-
-    if attempts.attempt >= config.max_attempts {
-        let reason = format!("nacked on attempt {} (maxAttempts {})", attempts.attempt, config.max_attempts);
-        let mut multi_ok =
-            dead_letter(client, paths, id, &envelope, payload, &attempts, attempts_version, item_stat.version, &reason)
-                .await;
-        if multi_ok.is_ok() {
-            multi_ok = release_claim(client, paths, id).await;
-        }
-        multi_ok?;
+    if item.attempts.attempt >= config.max_attempts {
+        let reason = format!("nacked on attempt {} (maxAttempts {})", item.attempts.attempt, config.max_attempts);
+        dead_letter(client, paths, &item, &reason, true).await?;
         return Ok(NackOutcome::DeadLettered);
     }
-    let history = serde_json::to_vec(&attempts).expect("attempts serialize");
     if delay.is_zero() {
         // Same place in the queue; the history notes the nack.
-        commit_owned(client, &[Op::SetData(attempts_path, history), Op::Delete(paths.claim(&id_text))]).await?;
+        let history = serde_json::to_vec(&item.attempts).expect("attempts serialize");
+        commit_owned(client, &[Op::SetData(paths.attempts_of(&id_text), history), Op::Delete(paths.claim(&id_text))])
+            .await?;
         return Ok(NackOutcome::Requeued { id: Some(id.clone()) });
     }
     // Delayed: the item moves to the bucket of its new due time, carrying its history.
-    let _ = history;
     let due = now_ms() + delay.as_millis() as u64;
-    let original_id = Some(envelope.original_id.clone().unwrap_or_else(|| id_text.clone()));
-    let moved = Envelope { due_ms: due, original_id, carried: Some(attempts), ..envelope };
+    let original_id = Some(item.envelope.original_id.clone().unwrap_or_else(|| id_text.clone()));
+    let moved = Envelope { due_ms: due, original_id, carried: Some(item.attempts), ..item.envelope };
     let bucket = bucket_name(moved.priority, due);
     ensure_bucket(client, paths, &bucket).await?;
     let results = commit_owned(
         client,
         &[
             Op::Delete(paths.claim(&id_text)),
-            Op::Delete(item_path),
+            Op::Delete(item.path),
             Op::Delete(paths.attempts_of(&id_text)),
-            Op::Create(format!("{}/item-", paths.bucket(&bucket)), encode(&moved, payload)),
+            Op::Create(format!("{}/item-", paths.bucket(&bucket)), encode(&moved, &item.payload)),
         ],
     )
     .await?;

@@ -5,10 +5,14 @@
 //! The view is rebuilt from a full listing when it starts and after every reconnect
 //! (ZooKeeper does not replay events a persistent watch missed while disconnected).
 //!
+//! The view knows every bucket but loads a bucket's items only when a consumer reaches
+//! it, so its memory and the cost of `next` stay flat however deep the queue is: a
+//! million items in a few hundred buckets cost a few hundred names until consumed.
+//!
 //! The view is advisory: it may briefly list an item that is gone or miss a claim; the
-//! claim itself is the atomic step that decides (see `consumer`).
+//! claim itself is the atomic step that decides (see `claim_next`).
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
@@ -43,17 +47,28 @@ struct Inner {
 
 #[derive(Default)]
 struct State {
-    items: BTreeSet<ItemId>,
+    /// Every bucket, in queue order; items only for buckets a consumer has reached.
+    buckets: BTreeMap<String, Bucket>,
     claimed: HashSet<ItemId>,
     synced: bool,
     /// Set when the queue's znode does not exist.
     missing: bool,
 }
 
+#[derive(Debug, Default)]
+enum Bucket {
+    #[default]
+    Unloaded,
+    /// Item sequences; kept current by watch events from the moment loading began.
+    Loaded(BTreeSet<String>),
+}
+
 /// What `next` found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Next {
     Item(ItemId),
+    /// The next ready items are in a bucket not loaded yet: list it, then `loaded`.
+    Load(String),
     /// Nothing ready; the earliest delayed item is due at this time (ms), if any.
     Empty {
         next_due_ms: Option<u64>,
@@ -69,22 +84,55 @@ impl QueueView {
         Self { inner }
     }
 
-    /// The first ready item (due, not claimed, not in `skip`) in queue order.
+    /// The first ready item (due, not claimed, not in `skip`) in queue order, or the
+    /// bucket to load first.
     pub fn next(&self, skip: &HashSet<ItemId>) -> Next {
         let now = now_ms();
         let state = self.inner.state.lock().expect("not poisoned");
         let mut next_due: Option<u64> = None;
-        for id in &state.items {
-            if state.claimed.contains(id) || skip.contains(id) {
+        for (name, bucket) in &state.buckets {
+            let Some((_, due)) = super::item::parse_bucket(name) else { continue };
+            if due > now {
+                next_due = Some(next_due.map_or(due, |d: u64| d.min(due)));
                 continue;
             }
-            let (_, due) = id.priority_and_due();
-            if due <= now {
-                return Next::Item(id.clone());
+            match bucket {
+                Bucket::Unloaded => return Next::Load(name.clone()),
+                Bucket::Loaded(seqs) => {
+                    for seq in seqs {
+                        let id = ItemId { bucket: name.clone(), seq: seq.clone() };
+                        if !state.claimed.contains(&id) && !skip.contains(&id) {
+                            return Next::Item(id);
+                        }
+                    }
+                }
             }
-            next_due = Some(next_due.map_or(due, |d: u64| d.min(due)));
         }
         Next::Empty { next_due_ms: next_due }
+    }
+
+    /// Marks a bucket as loading: from now on watch events keep its items.
+    pub fn loading(&self, bucket: &str) {
+        let mut state = self.inner.state.lock().expect("not poisoned");
+        let entry = state.buckets.entry(bucket.to_owned()).or_default();
+        if matches!(entry, Bucket::Unloaded) {
+            *entry = Bucket::Loaded(BTreeSet::new());
+        }
+    }
+
+    /// Merges a listing of a bucket begun after `loading` (None: the bucket is gone).
+    pub fn loaded(&self, bucket: &str, nodes: Option<Vec<String>>) {
+        let mut state = self.inner.state.lock().expect("not poisoned");
+        match nodes {
+            None => {
+                state.buckets.remove(bucket);
+            }
+            Some(nodes) => {
+                if let Some(Bucket::Loaded(seqs)) = state.buckets.get_mut(bucket) {
+                    seqs.extend(nodes.iter().filter_map(|n| n.strip_prefix("item-")).map(str::to_owned));
+                }
+            }
+        }
     }
 
     /// Waits until the view changes (an item or claim appeared or vanished, or a resync).
@@ -104,7 +152,9 @@ impl QueueView {
     /// Forgets an item known to be gone.
     pub fn forget(&self, id: &ItemId) {
         let mut state = self.inner.state.lock().expect("not poisoned");
-        state.items.remove(id);
+        if let Some(Bucket::Loaded(seqs)) = state.buckets.get_mut(&id.bucket) {
+            seqs.remove(&id.seq);
+        }
         state.claimed.remove(id);
     }
 
@@ -113,14 +163,24 @@ impl QueueView {
         self.inner.state.lock().expect("not poisoned").claimed.insert(id.clone());
     }
 
-    /// (items, claimed) as the view sees them.
-    pub fn counts(&self) -> (usize, usize) {
+    /// (buckets, loaded items, claimed) as the view holds them: what it costs in memory.
+    pub fn footprint(&self) -> (usize, usize, usize) {
         let state = self.inner.state.lock().expect("not poisoned");
-        (state.items.len(), state.claimed.len())
+        let loaded = state
+            .buckets
+            .values()
+            .map(|b| match b {
+                Bucket::Loaded(seqs) => seqs.len(),
+                Bucket::Unloaded => 0,
+            })
+            .sum();
+        (state.buckets.len(), loaded, state.claimed.len())
     }
 }
 
 enum Change {
+    BucketCreated(String),
+    BucketDeleted(String),
     ItemCreated(ItemId),
     ItemDeleted(ItemId),
     Claimed(ItemId),
@@ -132,6 +192,8 @@ impl Inner {
         let rest = event.path.strip_prefix(&self.paths.base)?;
         let parts: Vec<&str> = rest.trim_start_matches('/').split('/').collect();
         match (parts.as_slice(), event.event_type) {
+            (["items", bucket], zk::EventType::NodeCreated) => Some(Change::BucketCreated((*bucket).to_owned())),
+            (["items", bucket], zk::EventType::NodeDeleted) => Some(Change::BucketDeleted((*bucket).to_owned())),
             (["items", bucket, node], zk::EventType::NodeCreated) => {
                 ItemId::from_node(bucket, node).map(Change::ItemCreated)
             }
@@ -147,17 +209,30 @@ impl Inner {
     fn apply(&self, change: Change) {
         let mut state = self.state.lock().expect("not poisoned");
         let wakes = match change {
-            Change::ItemCreated(id) => state.items.insert(id),
+            Change::BucketCreated(bucket) => {
+                state.buckets.entry(bucket).or_default();
+                true
+            }
+            Change::BucketDeleted(bucket) => {
+                state.buckets.remove(&bucket);
+                false
+            }
+            Change::ItemCreated(id) => match state.buckets.entry(id.bucket).or_default() {
+                Bucket::Loaded(seqs) => seqs.insert(id.seq),
+                Bucket::Unloaded => true,
+            },
             Change::ItemDeleted(id) => {
                 state.claimed.remove(&id);
-                state.items.remove(&id);
+                if let Some(Bucket::Loaded(seqs)) = state.buckets.get_mut(&id.bucket) {
+                    seqs.remove(&id.seq);
+                }
                 false
             }
             Change::Claimed(id) => {
                 state.claimed.insert(id);
                 false
             }
-            Change::Unclaimed(id) => state.claimed.remove(&id) && state.items.contains(&id),
+            Change::Unclaimed(id) => state.claimed.remove(&id),
         };
         drop(state);
         if wakes {
@@ -169,39 +244,29 @@ impl Inner {
         self.state.lock().expect("not poisoned").synced = false;
     }
 
-    /// Lists every bucket, item and claim, and replaces the view with what it found.
+    /// Lists buckets and claims and replaces the view with what it found; bucket items
+    /// are loaded again as consumers reach them.
     async fn resync(&self, client: &zk::Client) -> Result<(), zk::Error> {
-        let mut reads = 0u64;
         let listed = async {
             let buckets = match client.list_children(&self.paths.items()).await {
                 Ok(b) => b,
                 Err(zk::Error::NoNode) => return Ok(None),
                 Err(e) => return Err(e),
             };
-            reads += 1;
-            let mut items = BTreeSet::new();
-            for bucket in buckets {
-                reads += 1;
-                match client.list_children(&self.paths.bucket(&bucket)).await {
-                    Ok(nodes) => items.extend(nodes.iter().filter_map(|n| ItemId::from_node(&bucket, n))),
-                    Err(zk::Error::NoNode) => {} // emptied and removed meanwhile
-                    Err(e) => return Err(e),
-                }
-            }
-            reads += 1;
             let claimed: HashSet<ItemId> = match client.list_children(&self.paths.claims()).await {
                 Ok(c) => c.iter().filter_map(|c| ItemId::parse(c).ok()).collect(),
                 Err(zk::Error::NoNode) => HashSet::new(),
                 Err(e) => return Err(e),
             };
-            Ok(Some((items, claimed)))
+            Ok(Some((buckets, claimed)))
         }
         .await;
-        self.observer.reads(reads);
+        self.observer.reads(2);
         let mut state = self.state.lock().expect("not poisoned");
         match listed? {
-            Some((items, claimed)) => {
-                *state = State { items, claimed, synced: true, missing: false };
+            Some((buckets, claimed)) => {
+                let buckets = buckets.into_iter().map(|b| (b, Bucket::Unloaded)).collect();
+                *state = State { buckets, claimed, synced: true, missing: false };
             }
             None => *state = State { synced: true, missing: true, ..State::default() },
         }
