@@ -198,7 +198,7 @@ def report(mode, ops, seconds, lat):
         lat = sorted(lat)
         median, p99 = percentile_us(lat, 0.50), percentile_us(lat, 0.99)
     print(json.dumps({"peer": "kazoo", "mode": mode, "ops": ops, "seconds": round(seconds, 6),
-                      "rate": round(ops / seconds, 1), "median_us": median, "p99_us": p99}),
+                      "rate": round(ops / seconds, 1), "median_us": median, "p99_us": p99}, separators=(",", ":")),
           flush=True)
 
 

@@ -173,7 +173,7 @@ struct ReadItem {
 }
 
 enum Read {
-    Found(ReadItem),
+    Found(Box<ReadItem>),
     Gone,
     /// Data that is not a Paddock item.
     Foreign,
@@ -197,7 +197,7 @@ async fn read_item(client: &zk::Client, paths: &QueuePaths, id: &ItemId) -> Resu
         // A moved item carries its history until its first delivery under the new id.
         _ => (envelope.carried.clone().unwrap_or_default(), None),
     };
-    Ok(Read::Found(ReadItem {
+    Ok(Read::Found(Box::new(ReadItem {
         id: id.clone(),
         path,
         version: stat.version,
@@ -205,7 +205,7 @@ async fn read_item(client: &zk::Client, paths: &QueuePaths, id: &ItemId) -> Resu
         envelope,
         attempts,
         attempts_version,
-    }))
+    })))
 }
 
 /// Claims the next ready item for `pod`, or None when nothing is ready. Items past
@@ -281,7 +281,7 @@ pub async fn claim_next(
             Some(version) => multi.add_set_data(&attempts_path, &history, Some(version))?,
             None => multi.add_create(&attempts_path, &history, &zk::CreateMode::Persistent.with_acls(open_acl()))?,
         }
-        let delivered = |item: ReadItem| Delivery {
+        let delivered = |item: Box<ReadItem>| Delivery {
             id: item.id,
             attempt: item.attempts.attempt,
             envelope: item.envelope,
