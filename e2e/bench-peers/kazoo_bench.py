@@ -206,6 +206,7 @@ MODES = {"lock-cycle": lock_cycle, "handoff": handoff, "queue-put": queue_put, "
 
 if __name__ == "__main__":
     if len(sys.argv) != 5 or sys.argv[2] not in MODES:
-        sys.exit("usage: kazoo_bench.py CONNECT_STRING %s N M" % "|".join(MODES))
+        print("usage: kazoo_bench.py CONNECT_STRING %s N M" % "|".join(MODES), file=sys.stderr)
+        sys.exit(2)
     logging.basicConfig(level=logging.ERROR, stream=sys.stderr)
     MODES[sys.argv[2]](sys.argv[1], int(sys.argv[3]), int(sys.argv[4]))

@@ -213,7 +213,7 @@ impl QueueService {
                 if !handed.is_empty() {
                     return Ok(handed);
                 }
-                match view.next(&HashSet::new()) {
+                match view.next(&HashSet::new(), 0) {
                     Next::Empty { next_due_ms } => next_due_ms,
                     Next::Item(_) | Next::Load(_) => continue, // became ready meanwhile
                 }

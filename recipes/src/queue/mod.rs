@@ -219,8 +219,10 @@ pub async fn claim_next(
     observer: &dyn view::ConsumerObserver,
 ) -> Result<Option<Delivery>, QueueError> {
     let mut skip = HashSet::new();
+    // Strict queue order until we lose a race; then a random pick near the head.
+    let mut pick = 0usize;
     loop {
-        let id = match view.next(&skip) {
+        let id = match view.next(&skip, pick) {
             Next::Item(id) => id,
             Next::Load(bucket) => {
                 view.loading(&bucket);
@@ -299,6 +301,7 @@ pub async fn claim_next(
                 // Another consumer won this item (or its history moved on): next one.
                 view.mark_claimed(&id);
                 skip.insert(id);
+                pick = 1 + (uuid::Uuid::new_v4().as_u128() % view::PICK_WINDOW as u128) as usize;
             }
             Err(zk::MultiWriteError::RequestFailed { source }) if crate::errors::outcome_unknown(&source) => {
                 // The claim may have been applied: if it is ours, deliver; never leave an

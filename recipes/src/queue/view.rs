@@ -33,6 +33,9 @@ impl ConsumerObserver for () {
     fn reads(&self, _: u64) {}
 }
 
+/// How many ready items a consumer that lost a race chooses among.
+pub const PICK_WINDOW: usize = 16;
+
 #[derive(Clone)]
 pub struct QueueView {
     inner: Arc<Inner>,
@@ -84,12 +87,15 @@ impl QueueView {
         Self { inner }
     }
 
-    /// The first ready item (due, not claimed, not in `skip`) in queue order, or the
-    /// bucket to load first.
-    pub fn next(&self, skip: &HashSet<ItemId>) -> Next {
+    /// A ready item (due, not claimed, not in `skip`): the first in queue order when `pick`
+    /// is 0, else the `pick`-th (modulo) of the first [`PICK_WINDOW`] — consumers that lost
+    /// a race for the head spread out instead of racing again. Or the bucket to load first.
+    pub fn next(&self, skip: &HashSet<ItemId>, pick: usize) -> Next {
         let now = now_ms();
         let state = self.inner.state.lock().expect("not poisoned");
         let mut next_due: Option<u64> = None;
+        let mut window: Vec<ItemId> = Vec::new();
+        let want = if pick == 0 { 1 } else { PICK_WINDOW };
         for (name, bucket) in &state.buckets {
             let Some((_, due)) = super::item::parse_bucket(name) else { continue };
             if due > now {
@@ -97,18 +103,29 @@ impl QueueView {
                 continue;
             }
             match bucket {
-                Bucket::Unloaded => return Next::Load(name.clone()),
+                Bucket::Unloaded if window.is_empty() => return Next::Load(name.clone()),
+                Bucket::Unloaded => break,
                 Bucket::Loaded(seqs) => {
                     for seq in seqs {
                         let id = ItemId { bucket: name.clone(), seq: seq.clone() };
                         if !state.claimed.contains(&id) && !skip.contains(&id) {
-                            return Next::Item(id);
+                            window.push(id);
+                            if window.len() == want {
+                                break;
+                            }
                         }
                     }
                 }
             }
+            if window.len() == want {
+                break;
+            }
         }
-        Next::Empty { next_due_ms: next_due }
+        if window.is_empty() {
+            return Next::Empty { next_due_ms: next_due };
+        }
+        let index = pick % window.len();
+        Next::Item(window.swap_remove(index))
     }
 
     /// Marks a bucket as loading: from now on watch events keep its items.
