@@ -72,6 +72,10 @@ impl Metrics {
         registry.register("queue_dead_lettered", "Items moved to dead-letter", m.queue_dead_lettered.clone());
         registry.register("queue_wait_seconds", "Time from enqueue to delivery", m.queue_wait_seconds.clone());
         registry.register("queue_zookeeper_reads", "ZooKeeper reads made by queue consumers", m.queue_zk_reads.clone());
+        // Every loss reason shows from the start, at zero, so dashboards and alerts see it.
+        for reason in ["session-expired", "connection-lost", "ttl-elapsed", "node-deleted"] {
+            m.lock_losses.get_or_create(&ReasonLabel { reason: reason.to_owned() }).inc_by(0);
+        }
         Self { registry, ..m }
     }
 

@@ -1,4 +1,4 @@
-//! `GET /metrics`: Prometheus text format.
+//! `GET /metrics` (Prometheus text format) and `GET /openapi.json`.
 
 use axum::Router;
 use axum::extract::State;
@@ -8,8 +8,15 @@ use axum::routing::get;
 
 use crate::state::AppState;
 
+/// The API's description, kept beside the code and checked against the router by a test.
+pub const OPENAPI: &str = include_str!("../../api/openapi.json");
+
 pub fn router() -> Router<AppState> {
-    Router::new().route("/metrics", get(metrics))
+    Router::new().route("/metrics", get(metrics)).route("/openapi.json", get(openapi))
+}
+
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {

@@ -27,3 +27,127 @@ pub fn router(state: AppState) -> Router {
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
+
+#[cfg(test)]
+mod tests {
+    //! The router, `api/openapi.json` and the README describe the same API.
+
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use paddock_recipes::{Layout, Name, Session, SessionOptions};
+    use serde_json::Value;
+    use tokio_util::sync::CancellationToken;
+    use tower::ServiceExt;
+
+    use crate::events::EventBus;
+    use crate::locks::LockService;
+    use crate::metrics::Metrics;
+    use crate::queues::QueueService;
+    use crate::state::AppState;
+
+    /// A state whose ZooKeeper is unreachable: every route answers without one.
+    fn offline_state() -> AppState {
+        let session = Session::start(SessionOptions {
+            connect: "127.0.0.1:1".into(),
+            session_timeout: Duration::from_secs(10),
+            digest_auth: None,
+        });
+        let (layout, ns) = (Layout::new("/paddock").unwrap(), Name::new("namespace", "default").unwrap());
+        let (events, metrics, shutdown) = (EventBus::new(), Arc::new(Metrics::new()), CancellationToken::new());
+        let locks = LockService::new(
+            session.clone(),
+            layout.clone(),
+            ns.clone(),
+            "pod".into(),
+            events.clone(),
+            metrics.clone(),
+        );
+        let queues = QueueService::new(
+            session.clone(),
+            layout,
+            ns,
+            "pod".into(),
+            events.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        );
+        AppState { session, locks, queues, default_queue: None, events, metrics, shutdown }
+    }
+
+    fn documented() -> Vec<(String, String)> {
+        let spec: Value = serde_json::from_str(super::metrics::OPENAPI).expect("openapi.json is JSON");
+        let mut routes = Vec::new();
+        for (path, item) in spec["paths"].as_object().expect("paths") {
+            for method in ["get", "post", "delete", "put", "patch"] {
+                if item.get(method).is_some() {
+                    routes.push((method.to_uppercase(), path.clone()));
+                }
+            }
+        }
+        routes
+    }
+
+    #[tokio::test]
+    async fn every_documented_route_is_served() {
+        let router = super::router(offline_state());
+        for (method, path) in documented() {
+            if path == "/events" {
+                continue; // a stream that does not end; served (see the lock tests)
+            }
+            let uri = path.replace("{name}", "orders").replace("{id}", "b9-000000000001.0000000001");
+            let request = Request::builder()
+                .method(method.as_str())
+                .uri(&uri)
+                .header("content-type", "application/json")
+                .body(Body::from("{}"))
+                .unwrap();
+            let response = router.clone().oneshot(request).await.unwrap();
+            let status = response.status();
+            let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+            assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path} not routed");
+            assert!(
+                status != StatusCode::NOT_FOUND || serde_json::from_slice::<Value>(&body).is_ok(),
+                "{method} {path} not routed"
+            );
+        }
+    }
+
+    #[test]
+    fn the_readme_names_every_endpoint_and_metric_that_exists() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+        for (_, path) in documented() {
+            let shown = path.replace("{name}", "").replace("{id}", "");
+            let stem = shown.split("//").next().unwrap().trim_end_matches('/');
+            assert!(readme.contains(stem), "README does not mention {path}");
+        }
+        let metrics = Metrics::new();
+        let label = crate::metrics::queue_label("example");
+        for family in [
+            &metrics.queue_enqueued,
+            &metrics.queue_delivered,
+            &metrics.queue_acked,
+            &metrics.queue_nacked,
+            &metrics.queue_redelivered,
+            &metrics.queue_dead_lettered,
+        ] {
+            family.get_or_create(&label).inc_by(0); // a queue's series appear once it is used
+        }
+        let exported = metrics.encode();
+        let named: Vec<&str> = readme
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("paddock_lock") || w.starts_with("paddock_queue"))
+            .collect();
+        assert!(named.len() >= 10, "the README lists the metrics");
+        for metric in named {
+            // A labelled family without samples yet shows only its `# TYPE` line (no `_total`).
+            let family = format!("# TYPE {} ", metric.trim_end_matches("_total"));
+            assert!(
+                exported.contains(metric) || exported.contains(&family),
+                "README names metric {metric}, which /metrics does not export:\n{exported}"
+            );
+        }
+    }
+}
