@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Paddock's local run and tests need on a fresh Debian machine (as root):
 # Debian's zookeeper package (3.8) with a JDK, and Apache Curator (libcurator-recipes-java)
-# as a peer for interop tests. Idempotent: does nothing when present.
+# as a peer for interop tests, and kazoo (PyPI) for the benchmarks. Idempotent.
 set -euo pipefail
 
 need=()
@@ -17,6 +17,8 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
+# kazoo (PyPI) is the Python peer of the benchmarks, whose quick run is part of the tests.
+python3 -c 'import kazoo' 2>/dev/null || { echo "==> installing kazoo (pip)"; python3 -m pip install -q kazoo; }
 # The package enables a system-wide server on 2181; Paddock runs its own ensembles.
 if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet zookeeper 2>/dev/null; then
   systemctl stop zookeeper || true

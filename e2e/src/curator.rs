@@ -21,7 +21,8 @@ const JARS: &[&str] = &[
     "slf4j-nop.jar",
 ];
 
-fn classpath(extra: &Path) -> Result<String> {
+/// The Curator classpath, with `extra` (compiled classes) first.
+pub fn classpath(extra: &Path) -> Result<String> {
     let mut parts = vec![extra.display().to_string()];
     for jar in JARS {
         let path = Path::new("/usr/share/java").join(jar);

@@ -40,11 +40,13 @@ pub struct EnsembleOptions {
     pub start_timeout: Duration,
     /// Keep the data directory even when nothing failed (the local run prints it).
     pub keep_dir: bool,
+    /// JVM heap of each server (a million znodes need about 1 GiB).
+    pub heap_mb: u32,
 }
 
 impl Default for EnsembleOptions {
     fn default() -> Self {
-        Self { servers: 3, start_timeout: Duration::from_secs(60), keep_dir: false }
+        Self { servers: 3, start_timeout: Duration::from_secs(60), keep_dir: false, heap_mb: 256 }
     }
 }
 
@@ -60,6 +62,7 @@ pub enum Mode {
 #[derive(Debug)]
 struct Server {
     id: usize,
+    heap_mb: u32,
     client_port: u16,
     dir: PathBuf,
     child: Option<Child>,
@@ -87,8 +90,8 @@ impl Server {
             .with_context(|| format!("opening log of ZooKeeper server {}", self.id))?;
         let mut command = Command::new("java");
         command
+            .arg(format!("-Xmx{}m", self.heap_mb))
             .args([
-                "-Xmx256m",
                 "-XX:+UseSerialGC",
                 "-XX:TieredStopAtLevel=1",
                 "-Xss512k",
@@ -178,7 +181,14 @@ impl Ensemble {
             fs::create_dir_all(server_dir.join("data"))?;
             fs::write(server_dir.join("data/myid"), format!("{id}\n"))?;
             fs::write(server_dir.join("zoo.cfg"), server_config(&server_dir, client_port, &quorum))?;
-            servers.push(Server { id, client_port, dir: server_dir, child: None, paused: false });
+            servers.push(Server {
+                id,
+                heap_mb: options.heap_mb,
+                client_port,
+                dir: server_dir,
+                child: None,
+                paused: false,
+            });
         }
         let mut ensemble = Ensemble { servers, dir: Some(dir), keep_dir: options.keep_dir };
         for server in &mut ensemble.servers {

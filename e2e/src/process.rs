@@ -188,11 +188,16 @@ pub struct Sidecar {
 impl Sidecar {
     /// Starts a sidecar on a free port and waits until `/readyz` answers 200.
     pub async fn start(options: SidecarOptions) -> Result<Self> {
+        Self::start_polling(options, Duration::from_millis(20)).await
+    }
+
+    /// As `start`, polling `/readyz` every `interval` (start-up benchmarks poll fast).
+    pub async fn start_polling(options: SidecarOptions, interval: Duration) -> Result<Self> {
         let port = free_ports(1)?[0];
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let process = spawn_sidecar(&options, addr)?;
         let mut sidecar = Self { process, addr, options };
-        sidecar.wait_ready(Duration::from_secs(30)).await?;
+        sidecar.wait_ready_polling(Duration::from_secs(30), interval).await?;
         Ok(sidecar)
     }
 
@@ -214,6 +219,10 @@ impl Sidecar {
     }
 
     pub async fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        self.wait_ready_polling(timeout, Duration::from_millis(20)).await
+    }
+
+    async fn wait_ready_polling(&mut self, timeout: Duration, interval: Duration) -> Result<()> {
         let client = reqwest::Client::new();
         let deadline = Instant::now() + timeout;
         loop {
@@ -228,7 +237,7 @@ impl Sidecar {
             if Instant::now() > deadline {
                 bail!("sidecar {} not ready within {timeout:?}", self.options.pod_name);
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(interval).await;
         }
     }
 }
