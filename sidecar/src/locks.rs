@@ -14,11 +14,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use paddock_recipes::lock::{self, AcquireRequest, Acquisition, HolderInfo, LockError, LockMode, LockSnapshot};
-use paddock_recipes::session::SessionError;
-use paddock_recipes::{Layout, Name, Session, SessionEvent, zk};
+use paddock_recipes::session::{Current, SessionError};
+use paddock_recipes::{Layout, LockConfig, Name, Session, SessionEvent, zk};
 use serde::Serialize;
 use tokio::time::Instant;
 
+use crate::config_cache::{CacheError, ConfigCache};
 use crate::events::{Event, EventBus, LossReason, now};
 use crate::metrics::{Metrics, ReasonLabel};
 
@@ -143,6 +144,9 @@ struct Inner {
     /// Bumped on every connection state change, so a stale "suspended too long" timer
     /// knows it is stale.
     connection_epoch: AtomicU64,
+    configs: ConfigCache<LockConfig>,
+    /// Lock paths this process watches, with the session generation of the watch.
+    watched_locks: Mutex<HashMap<String, u64>>,
 }
 
 struct MetricWake<'a>(&'a Metrics);
@@ -171,6 +175,8 @@ impl LockService {
             events,
             metrics,
             connection_epoch: AtomicU64::new(0),
+            configs: ConfigCache::default(),
+            watched_locks: Mutex::default(),
         });
         tokio::spawn(follow_session(inner.clone()));
         Self { inner }
@@ -182,6 +188,16 @@ impl LockService {
 
     pub fn pod(&self) -> &str {
         &self.inner.pod
+    }
+
+    /// The lock's config, cached until its znode changes.
+    async fn config(&self, current: &Current, lock_path: &str) -> Result<LockConfig, LockServiceError> {
+        match self.inner.configs.get(current, lock_path, LockConfig::from_znode).await {
+            Ok(config) => Ok(config),
+            Err(CacheError::NoNode) => Err(LockError::NotProvisioned(lock_path.to_owned()).into()),
+            Err(CacheError::Invalid(e)) => Err(LockError::Config(e).into()),
+            Err(CacheError::ZooKeeper(e)) => Err(e.into()),
+        }
     }
 
     pub fn lock_path(&self, name: &Name) -> String {
@@ -218,7 +234,7 @@ impl LockService {
         let started = Instant::now();
         let current = inner.session.client()?;
         let lock_path = self.lock_path(&name);
-        let config = lock::read_config(&current.client, &lock_path).await?;
+        let config = self.config(&current, &lock_path).await?;
         let holder = HolderInfo { pod: inner.pod.clone(), owner: owner.clone() };
         let request = AcquireRequest { lock_path: &lock_path, mode, holder: &holder, wait };
         let outcome = lock::acquire(&current.client, &config, &request, &MetricWake(&inner.metrics)).await?;
@@ -250,7 +266,13 @@ impl LockService {
                     token: grant.token,
                     at: grant.acquired_at.clone(),
                 });
-                tokio::spawn(watch_holder(self.inner.clone(), key.clone(), grant.token, node_path, current.client));
+                tokio::spawn(ensure_holder_watch(
+                    self.inner.clone(),
+                    lock_path.clone(),
+                    node_path,
+                    current.client,
+                    current.generation,
+                ));
                 if ttl.is_some() {
                     tokio::spawn(enforce_lease(self.inner.clone(), key, grant.token));
                 }
@@ -336,7 +358,7 @@ impl LockService {
         let remote = async {
             let current = self.inner.session.client()?;
             let lock_path = self.lock_path(&name);
-            let config = lock::read_config(&current.client, &lock_path).await?;
+            let config = self.config(&current, &lock_path).await?;
             Ok::<_, LockServiceError>(lock::snapshot(&current.client, &lock_path, config.max_holders).await?)
         };
         let (snapshot, zookeeper) = match remote.await {
@@ -462,40 +484,65 @@ impl Drop for ClearWaiting<'_> {
     }
 }
 
-/// Watches our contender node: deleted by anyone but us means the lock is lost.
-async fn watch_holder(inner: Arc<Inner>, key: Key, token: i64, node_path: String, client: zk::Client) {
-    loop {
-        let watcher = match client.check_and_watch_stat(&node_path).await {
-            Ok((Some(_), watcher)) => watcher,
-            Ok((None, _)) | Err(zk::Error::NoNode) => {
-                inner.mark_lost(&key, token, LossReason::NodeDeleted, None);
-                return;
-            }
-            // The session is over; `follow_session` reports the loss.
-            Err(zk::Error::SessionExpired | zk::Error::ClientClosed) => return,
-            Err(_) => {
+/// Makes sure this session watches `lock_path` (one persistent recursive watch per lock
+/// and session, shared by every holder in this pod): a holder's node deleted by anyone
+/// but us means its lock is lost. The first time, our node is checked after the watch is
+/// in place, so a deletion before it is not missed.
+async fn ensure_holder_watch(
+    inner: Arc<Inner>,
+    lock_path: String,
+    node_path: String,
+    client: zk::Client,
+    generation: u64,
+) {
+    {
+        let mut watched = inner.watched_locks.lock().expect("not poisoned");
+        if watched.get(&lock_path) == Some(&generation) {
+            return;
+        }
+        watched.insert(lock_path.clone(), generation);
+    }
+    let mut watcher = loop {
+        match client.watch(&lock_path, zk::AddWatchMode::PersistentRecursive).await {
+            Ok(watcher) => break watcher,
+            Err(err) if paddock_recipes::errors::outcome_unknown(&err) => {
+                tracing::debug!(lock = lock_path, error = %err, "watching lock; retrying");
                 tokio::time::sleep(Duration::from_millis(200)).await;
-                continue;
             }
-        };
-        let event = watcher.changed().await;
-        if !matches!(inner.table.lock().expect("not poisoned").get(&key), Some(Entry::Held(h)) if h.held.token == token)
-        {
-            return; // released (or already lost)
-        }
-        match event.event_type {
-            zk::EventType::NodeDeleted => {
-                // Deleted while we are cut off: the ensemble expired our session (a watch
-                // notification can arrive just before the connection is found dead).
-                let reason =
-                    if inner.session.is_connected() { LossReason::NodeDeleted } else { LossReason::SessionExpired };
-                inner.mark_lost(&key, token, reason, None);
+            Err(err) => {
+                // The session is over (its holders are reported lost) or the lock is gone.
+                tracing::debug!(lock = lock_path, error = %err, "not watching lock");
+                inner.watched_locks.lock().expect("not poisoned").remove(&lock_path);
                 return;
             }
-            // The session is over: `follow_session` reports it.
-            zk::EventType::Session if event.session_state.is_terminated() => return,
-            _ => {} // data change (our own semaphore touch): watch again
         }
+    };
+    if let Ok(None) = client.check_stat(&node_path).await {
+        node_gone(&inner, &node_path);
+    }
+    loop {
+        let event = watcher.changed().await;
+        match event.event_type {
+            zk::EventType::NodeDeleted => node_gone(&inner, &event.path),
+            // The session is over (the watcher must not be polled again); `follow_session`
+            // reports the losses and the next acquire watches again.
+            zk::EventType::Session if event.session_state.is_terminated() => return,
+            _ => {}
+        }
+    }
+}
+
+/// A contender node vanished: if it is one we hold, the lock is lost.
+fn node_gone(inner: &Inner, node_path: &str) {
+    let held: Option<(Key, i64)> = inner.table.lock().expect("not poisoned").iter().find_map(|(k, e)| match e {
+        Entry::Held(h) if h.held.node_path == node_path => Some((k.clone(), h.held.token)),
+        _ => None,
+    });
+    if let Some((key, token)) = held {
+        // Deleted while we are cut off: the ensemble expired our session (a notification
+        // can arrive just before the connection is found dead).
+        let reason = if inner.session.is_connected() { LossReason::NodeDeleted } else { LossReason::SessionExpired };
+        inner.mark_lost(&key, token, reason, None);
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod api;
 mod config;
+mod config_cache;
 mod error;
 mod events;
 mod locks;

@@ -21,11 +21,9 @@ use paddock_recipes::{Layout, Name, QueueConfig, Session, SessionEvent, zk};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::config_cache::{CacheError, ConfigCache};
 use crate::events::{Event, EventBus, now};
 use crate::metrics::{Metrics, queue_label};
-
-/// How long a cached queue config is trusted.
-const CONFIG_TTL: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueueServiceError {
@@ -61,7 +59,7 @@ struct Inner {
     namespace: Name,
     pod: String,
     views: Mutex<HashMap<Name, QueueView>>,
-    configs: Mutex<HashMap<Name, (QueueConfig, Instant)>>,
+    configs: ConfigCache<QueueConfig>,
     /// Deliveries this pod holds, with the session generation that claimed them.
     held: Mutex<HashMap<(Name, ItemId), u64>>,
     events: EventBus,
@@ -106,7 +104,7 @@ impl QueueService {
             namespace,
             pod,
             views: Mutex::default(),
-            configs: Mutex::default(),
+            configs: ConfigCache::default(),
             held: Mutex::default(),
             events,
             metrics,
@@ -120,17 +118,16 @@ impl QueueService {
         &self.inner.namespace
     }
 
-    /// The config of a queue (cached for a few seconds); 404-worthy when missing.
+    /// The config of a queue, cached until its znode changes; 404-worthy when missing.
     pub async fn config(&self, queue: &Name) -> Result<QueueConfig, QueueServiceError> {
-        if let Some((config, at)) = self.inner.configs.lock().expect("not poisoned").get(queue)
-            && at.elapsed() < CONFIG_TTL
-        {
-            return Ok(config.clone());
+        let current = self.inner.session.client()?;
+        let path = self.paths(queue).base;
+        match self.inner.configs.get(&current, &path, QueueConfig::from_znode).await {
+            Ok(config) => Ok(config),
+            Err(CacheError::NoNode) => Err(QueueError::NotProvisioned(path).into()),
+            Err(CacheError::Invalid(e)) => Err(QueueError::Config(e).into()),
+            Err(CacheError::ZooKeeper(e)) => Err(e.into()),
         }
-        let client = self.inner.session.client()?.client;
-        let config = queue::read_config(&client, &self.paths(queue)).await?;
-        self.inner.configs.lock().expect("not poisoned").insert(queue.clone(), (config.clone(), Instant::now()));
-        Ok(config)
     }
 
     /// The largest payload the queue accepts.
@@ -215,7 +212,11 @@ impl QueueService {
                 }
                 match view.next(&HashSet::new(), 0) {
                     Next::Empty { next_due_ms } => next_due_ms,
-                    Next::Item(_) | Next::Load(_) => continue, // became ready meanwhile
+                    Next::Item(id) => {
+                        view.unreserve(&id); // became ready meanwhile: go claim it
+                        continue;
+                    }
+                    Next::Load(_) => continue,
                 }
             } else {
                 None

@@ -33,11 +33,13 @@ pub async fn uncontended(bench: &Bench, report: &mut Report) -> Result<()> {
         ));
         super::settle().await;
 
-        // The library directly, one session (as the sidecar has).
+        // The library directly, one session (as the sidecar has), config read once per lock
+        // (the sidecar caches it too).
         let client = Arc::new(zk::Client::connect(&bench.ensemble.connect_string()).await?);
+        let config = lock::read_config(&client, &format!("/paddock/{NS}/locks/lock-0")).await?;
         let (latencies, wall) = parallel(clients, ops, move |c| {
-            let client = client.clone();
-            async move { library_cycle(&client, &format!("/paddock/{NS}/locks/lock-{c}")).await }
+            let (client, config) = (client.clone(), config.clone());
+            async move { library_cycle(&client, &config, &format!("/paddock/{NS}/locks/lock-{c}")).await }
         })
         .await?;
         report.push(Figure::from_latencies(
@@ -93,12 +95,11 @@ async fn http_cycle(pod: &PodClient, name: &str, owner: &str) -> Result<()> {
     Ok(())
 }
 
-async fn library_cycle(client: &zk::Client, path: &str) -> Result<()> {
+async fn library_cycle(client: &zk::Client, config: &LockConfig, path: &str) -> Result<()> {
     let holder = HolderInfo { pod: "bench".into(), owner: "bench".into() };
-    let config = lock::read_config(client, path).await?;
     let request =
         AcquireRequest { lock_path: path, mode: LockMode::Exclusive, holder: &holder, wait: Duration::from_secs(10) };
-    match lock::acquire(client, &config, &request, &()).await? {
+    match lock::acquire(client, config, &request, &()).await? {
         lock::Acquisition::Acquired(held) => {
             lock::release(client, &held).await?;
             Ok(())

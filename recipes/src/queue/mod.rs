@@ -237,6 +237,7 @@ pub async fn claim_next(
             }
             Next::Empty { .. } => return Ok(None),
         };
+        let _reservation = Reservation { view, id: id.clone() };
         let read = read_item(client, paths, &id).await?;
         observer.reads(1);
         let mut item = match read {
@@ -314,6 +315,18 @@ pub async fn claim_next(
             }
             Err(err) => return Err(zk::Error::from(err).into()),
         }
+    }
+}
+
+/// Holds an item reserved in the view while this consumer tries to claim it.
+struct Reservation<'a> {
+    view: &'a QueueView,
+    id: ItemId,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.view.unreserve(&self.id);
     }
 }
 

@@ -53,6 +53,9 @@ struct State {
     /// Every bucket, in queue order; items only for buckets a consumer has reached.
     buckets: BTreeMap<String, Bucket>,
     claimed: HashSet<ItemId>,
+    /// Items a consumer of this process is claiming right now: other consumers of the
+    /// same process skip them instead of racing for them through ZooKeeper.
+    reserved: HashSet<ItemId>,
     synced: bool,
     /// Set when the queue's znode does not exist.
     missing: bool,
@@ -87,12 +90,13 @@ impl QueueView {
         Self { inner }
     }
 
-    /// A ready item (due, not claimed, not in `skip`): the first in queue order when `pick`
-    /// is 0, else the `pick`-th (modulo) of the first [`PICK_WINDOW`] — consumers that lost
-    /// a race for the head spread out instead of racing again. Or the bucket to load first.
+    /// A ready item (due, not claimed, not reserved, not in `skip`), reserved for the
+    /// caller until [`QueueView::unreserve`]: the first in queue order when `pick` is 0,
+    /// else the `pick`-th (modulo) of the first [`PICK_WINDOW`] — consumers that lost a
+    /// race for the head spread out instead of racing again. Or the bucket to load first.
     pub fn next(&self, skip: &HashSet<ItemId>, pick: usize) -> Next {
         let now = now_ms();
-        let state = self.inner.state.lock().expect("not poisoned");
+        let mut state = self.inner.state.lock().expect("not poisoned");
         let mut next_due: Option<u64> = None;
         let mut window: Vec<ItemId> = Vec::new();
         let want = if pick == 0 { 1 } else { PICK_WINDOW };
@@ -108,7 +112,7 @@ impl QueueView {
                 Bucket::Loaded(seqs) => {
                     for seq in seqs {
                         let id = ItemId { bucket: name.clone(), seq: seq.clone() };
-                        if !state.claimed.contains(&id) && !skip.contains(&id) {
+                        if !state.claimed.contains(&id) && !state.reserved.contains(&id) && !skip.contains(&id) {
                             window.push(id);
                             if window.len() == want {
                                 break;
@@ -125,7 +129,14 @@ impl QueueView {
             return Next::Empty { next_due_ms: next_due };
         }
         let index = pick % window.len();
-        Next::Item(window.swap_remove(index))
+        let id = window.swap_remove(index);
+        state.reserved.insert(id.clone());
+        Next::Item(id)
+    }
+
+    /// Ends a reservation made by `next`.
+    pub fn unreserve(&self, id: &ItemId) {
+        self.inner.state.lock().expect("not poisoned").reserved.remove(id);
     }
 
     /// Marks a bucket as loading: from now on watch events keep its items.
@@ -283,7 +294,7 @@ impl Inner {
         match listed? {
             Some((buckets, claimed)) => {
                 let buckets = buckets.into_iter().map(|b| (b, Bucket::Unloaded)).collect();
-                *state = State { buckets, claimed, synced: true, missing: false };
+                *state = State { buckets, claimed, synced: true, ..State::default() };
             }
             None => *state = State { synced: true, missing: true, ..State::default() },
         }
