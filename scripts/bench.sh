@@ -9,7 +9,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/install-deps.sh
-python3 -c 'import kazoo' 2>/dev/null || { echo "==> installing kazoo (pip)"; python3 -m pip install -q kazoo; }
 echo "==> building (release)"
 cargo build --release --locked -p paddock-sidecar -p paddock-e2e --bin paddock-sidecar --bin bench
 exec target/release/bench "$@"

@@ -5,7 +5,7 @@
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use paddock_recipes::zk;
+use paddock_recipes::{Name, zk};
 use serde_json::{Value, json};
 
 #[derive(Debug)]
@@ -37,6 +37,27 @@ impl ApiError {
 
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "zookeeper-unavailable", message)
+    }
+
+    /// A lock or queue whose znode does not exist: no custom resource provisions it.
+    /// `what` is "lock" or "queue", `kind` the resource kind that would provision it.
+    pub fn not_provisioned(what: &str, kind: &str, name: &Name, namespace: &Name, path: &str) -> Self {
+        Self::not_found(
+            if what == "lock" { "lock-not-found" } else { "queue-not-found" },
+            format!(
+                "{what} {name} does not exist in namespace {namespace} (no znode {path}): \
+                 create a {kind} named {name} in namespace {namespace} first"
+            ),
+        )
+    }
+
+    /// A lock's or queue's znode holds a config the sidecar cannot use.
+    pub fn config_invalid(what: &str, kind: &str, name: &Name, namespace: &Name, err: impl std::fmt::Display) -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            if what == "lock" { "lock-config-invalid" } else { "queue-config-invalid" },
+            format!("{err}; fix the {kind} {name} in namespace {namespace}"),
+        )
     }
 
     pub fn with_details(mut self, details: Value) -> Self {

@@ -15,13 +15,14 @@ use std::time::Duration;
 
 use paddock_recipes::lock::{self, AcquireRequest, Acquisition, HolderInfo, LockError, LockMode, LockSnapshot};
 use paddock_recipes::session::{Current, SessionError};
-use paddock_recipes::{Layout, LockConfig, Name, Session, SessionEvent, zk};
+use paddock_recipes::{LockConfig, Name, SessionEvent, zk};
 use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::config_cache::{CacheError, ConfigCache};
-use crate::events::{Event, EventBus, LossReason, now};
+use crate::events::{Event, LossReason, now};
 use crate::metrics::{Metrics, ReasonLabel};
+use crate::pod::Pod;
 
 type Key = (Name, String);
 
@@ -134,13 +135,8 @@ pub struct LockService {
 }
 
 struct Inner {
-    session: Session,
-    layout: Layout,
-    namespace: Name,
-    pod: String,
+    ctx: Pod,
     table: Mutex<HashMap<Key, Entry>>,
-    events: EventBus,
-    metrics: Arc<Metrics>,
     /// Bumped on every connection state change, so a stale "suspended too long" timer
     /// knows it is stale.
     connection_epoch: AtomicU64,
@@ -158,22 +154,10 @@ impl lock::WakeObserver for MetricWake<'_> {
 }
 
 impl LockService {
-    pub fn new(
-        session: Session,
-        layout: Layout,
-        namespace: Name,
-        pod: String,
-        events: EventBus,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    pub fn new(ctx: Pod) -> Self {
         let inner = Arc::new(Inner {
-            session,
-            layout,
-            namespace,
-            pod,
+            ctx,
             table: Mutex::new(HashMap::new()),
-            events,
-            metrics,
             connection_epoch: AtomicU64::new(0),
             configs: ConfigCache::default(),
             watched_locks: Mutex::default(),
@@ -183,11 +167,11 @@ impl LockService {
     }
 
     pub fn namespace(&self) -> &Name {
-        &self.inner.namespace
+        &self.inner.ctx.namespace
     }
 
     pub fn pod(&self) -> &str {
-        &self.inner.pod
+        &self.inner.ctx.name
     }
 
     /// The lock's config, cached until its znode changes.
@@ -201,7 +185,7 @@ impl LockService {
     }
 
     pub fn lock_path(&self, name: &Name) -> String {
-        self.inner.layout.lock(&self.inner.namespace, name)
+        self.inner.ctx.layout.lock(&self.inner.ctx.namespace, name)
     }
 
     pub async fn acquire(
@@ -232,17 +216,17 @@ impl LockService {
         let mut waiting = ClearWaiting { inner, key: Some(key.clone()) };
 
         let started = Instant::now();
-        let current = inner.session.client()?;
+        let current = inner.ctx.session.client()?;
         let lock_path = self.lock_path(&name);
         let config = self.config(&current, &lock_path).await?;
-        let holder = HolderInfo { pod: inner.pod.clone(), owner: owner.clone() };
+        let holder = HolderInfo { pod: inner.ctx.name.clone(), owner: owner.clone() };
         let request = AcquireRequest { lock_path: &lock_path, mode, holder: &holder, wait };
-        let outcome = lock::acquire(&current.client, &config, &request, &MetricWake(&inner.metrics)).await?;
-        inner.metrics.lock_wait_seconds.observe(started.elapsed().as_secs_f64());
+        let outcome = lock::acquire(&current.client, &config, &request, &MetricWake(&inner.ctx.metrics)).await?;
+        inner.ctx.metrics.lock_wait_seconds.observe(started.elapsed().as_secs_f64());
 
         match outcome {
             Acquisition::TimedOut(snapshot) => {
-                inner.metrics.lock_timeouts.inc();
+                inner.ctx.metrics.lock_timeouts.inc();
                 Ok(AcquireOutcome::Busy(snapshot))
             }
             Acquisition::Acquired(held) => {
@@ -258,9 +242,9 @@ impl LockService {
                 let grant = inner.grant(&name, &owner, &entry, false);
                 let node_path = entry.held.node_path.clone();
                 inner.table.lock().expect("not poisoned").insert(key.clone(), Entry::Held(entry));
-                inner.metrics.lock_acquires.inc();
-                inner.metrics.locks_held.inc();
-                inner.events.publish(Event::LockAcquired {
+                inner.ctx.metrics.lock_acquires.inc();
+                inner.ctx.metrics.locks_held.inc();
+                inner.ctx.events.publish(Event::LockAcquired {
                     name: name.to_string(),
                     owner: owner.clone(),
                     token: grant.token,
@@ -291,7 +275,7 @@ impl LockService {
                 let put_back = |held: HeldLock| {
                     inner.table.lock().expect("not poisoned").insert(key.clone(), Entry::Held(held));
                 };
-                let client = match inner.session.client() {
+                let client = match inner.ctx.session.client() {
                     Ok(current) => current.client,
                     Err(err) => {
                         put_back(held);
@@ -301,13 +285,18 @@ impl LockService {
                 let token = held.held.token;
                 match lock::release(&client, &held.held).await {
                     Ok(deleted) => {
-                        inner.metrics.locks_held.dec();
+                        inner.ctx.metrics.locks_held.dec();
                         if !deleted {
                             inner.count_loss(LossReason::NodeDeleted);
                             return Err(LockServiceError::Lost { name, owner, token, reason: LossReason::NodeDeleted });
                         }
-                        inner.metrics.lock_releases.inc();
-                        inner.events.publish(Event::LockReleased { name: name.to_string(), owner, token, at: now() });
+                        inner.ctx.metrics.lock_releases.inc();
+                        inner.ctx.events.publish(Event::LockReleased {
+                            name: name.to_string(),
+                            owner,
+                            token,
+                            at: now(),
+                        });
                         Ok(token)
                     }
                     Err(err) => {
@@ -356,7 +345,7 @@ impl LockService {
     /// (an app must learn `lost` then too), plus the holders and waiters when reachable.
     pub async fn status(&self, name: Name, owner: String) -> Result<Status, LockServiceError> {
         let remote = async {
-            let current = self.inner.session.client()?;
+            let current = self.inner.ctx.session.client()?;
             let lock_path = self.lock_path(&name);
             let config = self.config(&current, &lock_path).await?;
             Ok::<_, LockServiceError>(lock::snapshot(&current.client, &lock_path, config.max_holders).await?)
@@ -425,7 +414,7 @@ impl Inner {
         Grant {
             name: name.to_string(),
             owner: owner.to_owned(),
-            pod: self.pod.clone(),
+            pod: self.ctx.name.clone(),
             token: held.held.token,
             mode: held.held.mode,
             acquired_at: held.acquired_at.clone(),
@@ -444,14 +433,14 @@ impl Inner {
         let at = now();
         table.insert(key.clone(), Entry::Lost(LostLock { token, reason, at: at.clone(), orphan }));
         drop(table);
-        self.metrics.locks_held.dec();
+        self.ctx.metrics.locks_held.dec();
         self.count_loss(reason);
-        self.events.publish(Event::LockLost { name: key.0.to_string(), owner: key.1.clone(), token, reason, at });
+        self.ctx.events.publish(Event::LockLost { name: key.0.to_string(), owner: key.1.clone(), token, reason, at });
         true
     }
 
     fn count_loss(&self, reason: LossReason) {
-        self.metrics.lock_losses.get_or_create(&ReasonLabel { reason: reason.as_str().to_owned() }).inc();
+        self.ctx.metrics.lock_losses.get_or_create(&ReasonLabel { reason: reason.as_str().to_owned() }).inc();
     }
 
     fn held_of_generation(&self, generation: u64) -> Vec<(Key, HeldLock)> {
@@ -541,7 +530,8 @@ fn node_gone(inner: &Inner, node_path: &str) {
     if let Some((key, token)) = held {
         // Deleted while we are cut off: the ensemble expired our session (a notification
         // can arrive just before the connection is found dead).
-        let reason = if inner.session.is_connected() { LossReason::NodeDeleted } else { LossReason::SessionExpired };
+        let reason =
+            if inner.ctx.session.is_connected() { LossReason::NodeDeleted } else { LossReason::SessionExpired };
         inner.mark_lost(&key, token, reason, None);
     }
 }
@@ -566,7 +556,7 @@ async fn enforce_lease(inner: Arc<Inner>, key: Key, token: i64) {
         if !inner.mark_lost(&key, token, LossReason::TtlElapsed, None) {
             return;
         }
-        if let Ok(current) = inner.session.client()
+        if let Ok(current) = inner.ctx.session.client()
             && let Err(err) = lock::release(&current.client, &held).await
         {
             tracing::warn!(node = held.node_path, error = %err, "could not delete expired lease's node");
@@ -577,7 +567,7 @@ async fn enforce_lease(inner: Arc<Inner>, key: Key, token: i64) {
 
 /// Turns session events into lost locks and events for the app.
 async fn follow_session(inner: Arc<Inner>) {
-    let mut events = inner.session.subscribe();
+    let mut events = inner.ctx.session.subscribe();
     loop {
         let event = match events.recv().await {
             Ok(event) => event,
@@ -590,7 +580,7 @@ async fn follow_session(inner: Arc<Inner>) {
             SessionEvent::Reconnected { generation } => ("reconnected", *generation),
             SessionEvent::Expired { generation, .. } => ("expired", *generation),
         };
-        inner.events.publish(Event::Session { state, generation, at: now() });
+        inner.ctx.events.publish(Event::Session { state, generation, at: now() });
         let epoch = inner.connection_epoch.fetch_add(1, Ordering::SeqCst) + 1;
         match event {
             SessionEvent::Expired { generation, .. } => {
@@ -600,7 +590,7 @@ async fn follow_session(inner: Arc<Inner>) {
             }
             SessionEvent::Suspended { generation } => {
                 let inner = inner.clone();
-                let timeout = inner.session.session_timeout();
+                let timeout = inner.ctx.session.session_timeout();
                 tokio::spawn(async move {
                     tokio::time::sleep(timeout).await;
                     if inner.connection_epoch.load(Ordering::SeqCst) != epoch {
@@ -630,7 +620,7 @@ async fn delete_orphans(inner: &Inner) {
             _ => None,
         })
         .collect();
-    let Ok(current) = inner.session.client() else { return };
+    let Ok(current) = inner.ctx.session.client() else { return };
     for path in orphans {
         match current.client.delete(&path, None).await {
             Ok(()) | Err(zk::Error::NoNode) => {}

@@ -8,6 +8,7 @@ mod error;
 mod events;
 mod locks;
 mod metrics;
+mod pod;
 mod queues;
 mod state;
 
@@ -22,6 +23,7 @@ use crate::config::Config;
 use crate::events::EventBus;
 use crate::locks::LockService;
 use crate::metrics::Metrics;
+use crate::pod::Pod;
 use crate::queues::QueueService;
 use crate::state::AppState;
 
@@ -47,33 +49,24 @@ async fn main() -> anyhow::Result<()> {
         "paddock-sidecar serving"
     );
 
-    let events = EventBus::new();
-    let metrics = Arc::new(Metrics::new());
-    let locks = LockService::new(
-        session.clone(),
-        config.zk_root.clone(),
-        config.pod_namespace.clone(),
-        config.pod_name.clone(),
-        events.clone(),
-        metrics.clone(),
-    );
+    let ctx = Pod {
+        name: config.pod_name.clone(),
+        namespace: config.pod_namespace.clone(),
+        layout: config.zk_root.clone(),
+        session: session.clone(),
+        events: EventBus::new(),
+        metrics: Arc::new(Metrics::new()),
+    };
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let queues = QueueService::new(
-        session.clone(),
-        config.zk_root.clone(),
-        config.pod_namespace.clone(),
-        config.pod_name.clone(),
-        events.clone(),
-        metrics.clone(),
-        shutdown.clone(),
-    );
+    let locks = LockService::new(ctx.clone());
+    let queues = QueueService::new(ctx.clone(), shutdown.clone());
     let state = AppState {
         session: session.clone(),
         locks: locks.clone(),
         queues: queues.clone(),
         default_queue: config.queue.clone(),
-        events,
-        metrics,
+        events: ctx.events,
+        metrics: ctx.metrics,
         shutdown: shutdown.clone(),
     };
 

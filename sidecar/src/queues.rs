@@ -17,13 +17,14 @@ use paddock_recipes::queue::item::{ItemId, MAX_PAYLOAD_BYTES, now_ms};
 use paddock_recipes::queue::view::{ConsumerObserver, Next, QueueView};
 use paddock_recipes::queue::{self, Delivery, NackOutcome, NewItem, QueueError, QueueStats};
 use paddock_recipes::session::SessionError;
-use paddock_recipes::{Layout, Name, QueueConfig, Session, SessionEvent, zk};
+use paddock_recipes::{Name, QueueConfig, SessionEvent, zk};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config_cache::{CacheError, ConfigCache};
-use crate::events::{Event, EventBus, now};
+use crate::events::{Event, now};
 use crate::metrics::{Metrics, queue_label};
+use crate::pod::Pod;
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueueServiceError {
@@ -54,16 +55,11 @@ pub struct QueueService {
 }
 
 struct Inner {
-    session: Session,
-    layout: Layout,
-    namespace: Name,
-    pod: String,
+    ctx: Pod,
     views: Mutex<HashMap<Name, QueueView>>,
     configs: ConfigCache<QueueConfig>,
     /// Deliveries this pod holds, with the session generation that claimed them.
     held: Mutex<HashMap<(Name, ItemId), u64>>,
-    events: EventBus,
-    metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 }
 
@@ -89,25 +85,12 @@ impl ConsumerObserver for ViewObserver {
 }
 
 impl QueueService {
-    pub fn new(
-        session: Session,
-        layout: Layout,
-        namespace: Name,
-        pod: String,
-        events: EventBus,
-        metrics: Arc<Metrics>,
-        shutdown: CancellationToken,
-    ) -> Self {
+    pub fn new(ctx: Pod, shutdown: CancellationToken) -> Self {
         let inner = Arc::new(Inner {
-            session,
-            layout,
-            namespace,
-            pod,
+            ctx,
             views: Mutex::default(),
             configs: ConfigCache::default(),
             held: Mutex::default(),
-            events,
-            metrics,
             shutdown,
         });
         tokio::spawn(follow_session(inner.clone()));
@@ -115,12 +98,12 @@ impl QueueService {
     }
 
     pub fn namespace(&self) -> &Name {
-        &self.inner.namespace
+        &self.inner.ctx.namespace
     }
 
     /// The config of a queue, cached until its znode changes; 404-worthy when missing.
     pub async fn config(&self, queue: &Name) -> Result<QueueConfig, QueueServiceError> {
-        let current = self.inner.session.client()?;
+        let current = self.inner.ctx.session.client()?;
         let path = self.paths(queue).base;
         match self.inner.configs.get(&current, &path, QueueConfig::from_znode).await {
             Ok(config) => Ok(config),
@@ -136,7 +119,7 @@ impl QueueService {
     }
 
     fn paths(&self, queue: &Name) -> paddock_recipes::layout::QueuePaths {
-        self.inner.layout.queue(&self.inner.namespace, queue)
+        self.inner.ctx.layout.queue(&self.inner.ctx.namespace, queue)
     }
 
     pub async fn enqueue(&self, queue: &Name, items: Vec<NewItem>) -> Result<Vec<ItemId>, QueueServiceError> {
@@ -145,9 +128,9 @@ impl QueueService {
         if let Some(item) = items.iter().find(|i| i.payload.len() > limit) {
             return Err(QueueServiceError::PayloadTooLarge { queue: queue.clone(), size: item.payload.len(), limit });
         }
-        let client = self.inner.session.client()?.client;
+        let client = self.inner.ctx.session.client()?.client;
         let ids = queue::enqueue(&client, &self.paths(queue), &items).await?;
-        self.inner.metrics.queue_enqueued.get_or_create(&queue_label(queue.as_str())).inc_by(ids.len() as u64);
+        self.inner.ctx.metrics.queue_enqueued.get_or_create(&queue_label(queue.as_str())).inc_by(ids.len() as u64);
         Ok(ids)
     }
 
@@ -159,9 +142,9 @@ impl QueueService {
             .entry(queue.clone())
             .or_insert_with(|| {
                 QueueView::start(
-                    self.inner.session.clone(),
+                    self.inner.ctx.session.clone(),
                     self.paths(queue),
-                    Arc::new(ViewObserver(self.inner.metrics.clone())),
+                    Arc::new(ViewObserver(self.inner.ctx.metrics.clone())),
                 )
             })
             .clone()
@@ -241,23 +224,23 @@ impl QueueService {
         view: &QueueView,
         config: &QueueConfig,
     ) -> Result<Option<Handed>, QueueServiceError> {
-        let current = self.inner.session.client()?;
-        let observer = Observer(&self.inner.metrics, queue);
+        let current = self.inner.ctx.session.client()?;
+        let observer = Observer(&self.inner.ctx.metrics, queue);
         let paths = self.paths(queue);
         let Some(delivery) =
-            queue::claim_next(&current.client, &paths, view, config, &self.inner.pod, &observer).await?
+            queue::claim_next(&current.client, &paths, view, config, &self.inner.ctx.name, &observer).await?
         else {
             return Ok(None);
         };
         let key = (queue.clone(), delivery.id.clone());
         self.inner.held.lock().expect("not poisoned").insert(key.clone(), current.generation);
         let label = queue_label(queue.as_str());
-        self.inner.metrics.queue_delivered.get_or_create(&label).inc();
+        self.inner.ctx.metrics.queue_delivered.get_or_create(&label).inc();
         if delivery.attempt > 1 {
-            self.inner.metrics.queue_redelivered.get_or_create(&label).inc();
+            self.inner.ctx.metrics.queue_redelivered.get_or_create(&label).inc();
         }
         let waited = now_ms().saturating_sub(delivery.envelope.due_ms.max(delivery.envelope.enqueued_at_ms));
-        self.inner.metrics.queue_wait_seconds.observe(waited as f64 / 1000.0);
+        self.inner.ctx.metrics.queue_wait_seconds.observe(waited as f64 / 1000.0);
         tokio::spawn(enforce_visibility(self.inner.clone(), key, current.generation, config.visibility_timeout));
         Ok(Some(Handed { queue: queue.clone(), delivery }))
     }
@@ -265,7 +248,7 @@ impl QueueService {
     /// Takes a delivery out of `held` if this pod holds it in the current session.
     fn take_held(&self, queue: &Name, id: &ItemId) -> Result<(zk::Client, u64), QueueServiceError> {
         let key = (queue.clone(), id.clone());
-        let current = self.inner.session.client()?;
+        let current = self.inner.ctx.session.client()?;
         let mut held = self.inner.held.lock().expect("not poisoned");
         match held.get(&key) {
             Some(generation) if *generation == current.generation => {
@@ -285,7 +268,7 @@ impl QueueService {
         let (client, generation) = self.take_held(queue, id)?;
         match queue::ack(&client, &self.paths(queue), id).await {
             Ok(()) => {
-                self.inner.metrics.queue_acked.get_or_create(&queue_label(queue.as_str())).inc();
+                self.inner.ctx.metrics.queue_acked.get_or_create(&queue_label(queue.as_str())).inc();
                 Ok(())
             }
             Err(err) => {
@@ -307,9 +290,9 @@ impl QueueService {
         match queue::nack(&client, &self.paths(queue), &config, id, delay, reason).await {
             Ok(outcome) => {
                 let label = queue_label(queue.as_str());
-                self.inner.metrics.queue_nacked.get_or_create(&label).inc();
+                self.inner.ctx.metrics.queue_nacked.get_or_create(&label).inc();
                 if outcome == NackOutcome::DeadLettered {
-                    self.inner.metrics.queue_dead_lettered.get_or_create(&label).inc();
+                    self.inner.ctx.metrics.queue_dead_lettered.get_or_create(&label).inc();
                 }
                 Ok(outcome)
             }
@@ -322,7 +305,7 @@ impl QueueService {
 
     pub async fn stats(&self, queue: &Name) -> Result<(QueueStats, QueueConfig), QueueServiceError> {
         let config = self.config(queue).await?;
-        let client = self.inner.session.client()?.client;
+        let client = self.inner.ctx.session.client()?.client;
         Ok((queue::stats(&client, &self.paths(queue)).await?, config))
     }
 
@@ -331,19 +314,19 @@ impl QueueService {
         queue: &Name,
         limit: usize,
     ) -> Result<Vec<(String, queue::item::DeadLetter, usize)>, QueueServiceError> {
-        let client = self.inner.session.client()?.client;
+        let client = self.inner.ctx.session.client()?.client;
         Ok(queue::dead_letters(&client, &self.paths(queue), limit).await?)
     }
 
     pub async fn requeue_dead(&self, queue: &Name, dead_id: &str) -> Result<ItemId, QueueServiceError> {
-        let client = self.inner.session.client()?.client;
+        let client = self.inner.ctx.session.client()?.client;
         Ok(queue::requeue_dead(&client, &self.paths(queue), dead_id).await?)
     }
 
     /// Gives back every item the app has not acked (SIGTERM): ready for others at once.
     pub async fn return_all(&self) {
         let held: Vec<(Name, ItemId)> = self.inner.held.lock().expect("not poisoned").drain().map(|(k, _)| k).collect();
-        let Ok(current) = self.inner.session.client() else { return };
+        let Ok(current) = self.inner.ctx.session.client() else { return };
         for (queue, id) in held {
             match queue::release_claim(&current.client, &self.paths(&queue), &id).await {
                 Ok(()) => tracing::info!(queue = %queue, item = %id, "returned unacked item at shutdown"),
@@ -369,15 +352,15 @@ async fn enforce_visibility(inner: Arc<Inner>, key: (Name, ItemId), generation: 
         return;
     }
     let (queue, id) = key;
-    if let Ok(current) = inner.session.client()
+    if let Ok(current) = inner.ctx.session.client()
         && current.generation == generation
     {
-        let paths = inner.layout.queue(&inner.namespace, &queue);
+        let paths = inner.ctx.layout.queue(&inner.ctx.namespace, &queue);
         if let Err(err) = queue::release_claim(&current.client, &paths, &id).await {
             tracing::warn!(queue = %queue, item = %id, error = %err, "could not give up a timed-out claim");
         }
     }
-    inner.events.publish(Event::ClaimLost {
+    inner.ctx.events.publish(Event::ClaimLost {
         queue: queue.to_string(),
         id: id.to_string(),
         reason: "visibility-timeout",
@@ -387,7 +370,7 @@ async fn enforce_visibility(inner: Arc<Inner>, key: (Name, ItemId), generation: 
 
 /// When the session ends, every claim it held is gone: tell the app.
 async fn follow_session(inner: Arc<Inner>) {
-    let mut events = inner.session.subscribe();
+    let mut events = inner.ctx.session.subscribe();
     loop {
         match events.recv().await {
             Ok(SessionEvent::Expired { generation, .. }) => {
@@ -398,7 +381,7 @@ async fn follow_session(inner: Arc<Inner>) {
                     lost
                 };
                 for (queue, id) in lost {
-                    inner.events.publish(Event::ClaimLost {
+                    inner.ctx.events.publish(Event::ClaimLost {
                         queue: queue.to_string(),
                         id: id.to_string(),
                         reason: "session-expired",

@@ -158,18 +158,12 @@ fn bounded(field: &str, value: Duration, min: Duration, max: Duration) -> ApiRes
 fn lock_error(state: &AppState, name: &Name, err: LockServiceError) -> ApiError {
     let ns = state.locks.namespace();
     match err {
-        LockServiceError::Lock(LockError::NotProvisioned(path)) => ApiError::not_found(
-            "lock-not-found",
-            format!(
-                "lock {name} does not exist in namespace {ns} (no znode {path}): \
-                 create a DistributedLock named {name} in namespace {ns} first"
-            ),
-        ),
-        LockServiceError::Lock(LockError::Config(e)) => ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "lock-config-invalid",
-            format!("{e}; fix the DistributedLock {name} in namespace {ns}"),
-        ),
+        LockServiceError::Lock(LockError::NotProvisioned(path)) => {
+            ApiError::not_provisioned("lock", "DistributedLock", name, ns, &path)
+        }
+        LockServiceError::Lock(LockError::Config(e)) => {
+            ApiError::config_invalid("lock", "DistributedLock", name, ns, e)
+        }
         LockServiceError::Lock(err @ LockError::SharedSemaphore { .. }) => {
             ApiError::bad_request(format!("{err}; use mode \"exclusive\" with this lock"))
         }

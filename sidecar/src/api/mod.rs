@@ -45,6 +45,7 @@ mod tests {
     use crate::events::EventBus;
     use crate::locks::LockService;
     use crate::metrics::Metrics;
+    use crate::pod::Pod;
     use crate::queues::QueueService;
     use crate::state::AppState;
 
@@ -55,26 +56,18 @@ mod tests {
             session_timeout: Duration::from_secs(10),
             digest_auth: None,
         });
-        let (layout, ns) = (Layout::new("/paddock").unwrap(), Name::new("namespace", "default").unwrap());
-        let (events, metrics, shutdown) = (EventBus::new(), Arc::new(Metrics::new()), CancellationToken::new());
-        let locks = LockService::new(
-            session.clone(),
-            layout.clone(),
-            ns.clone(),
-            "pod".into(),
-            events.clone(),
-            metrics.clone(),
-        );
-        let queues = QueueService::new(
-            session.clone(),
-            layout,
-            ns,
-            "pod".into(),
-            events.clone(),
-            metrics.clone(),
-            shutdown.clone(),
-        );
-        AppState { session, locks, queues, default_queue: None, events, metrics, shutdown }
+        let ctx = Pod {
+            name: "pod".into(),
+            namespace: Name::new("namespace", "default").unwrap(),
+            layout: Layout::new("/paddock").unwrap(),
+            session: session.clone(),
+            events: EventBus::new(),
+            metrics: Arc::new(Metrics::new()),
+        };
+        let shutdown = CancellationToken::new();
+        let locks = LockService::new(ctx.clone());
+        let queues = QueueService::new(ctx.clone(), shutdown.clone());
+        AppState { session, locks, queues, default_queue: None, events: ctx.events, metrics: ctx.metrics, shutdown }
     }
 
     fn documented() -> Vec<(String, String)> {

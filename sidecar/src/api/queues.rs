@@ -310,18 +310,10 @@ async fn requeue(State(state): State<AppState>, Path((name, id)): Path<(String, 
 fn queue_error(state: &AppState, queue: &Name, err: QueueServiceError) -> ApiError {
     let ns = state.queues.namespace();
     match err {
-        QueueServiceError::Queue(QueueError::NotProvisioned(path)) => ApiError::not_found(
-            "queue-not-found",
-            format!(
-                "queue {queue} does not exist in namespace {ns} (no znode {path}): \
-                 create a WorkQueue named {queue} in namespace {ns} first"
-            ),
-        ),
-        QueueServiceError::Queue(QueueError::Config(e)) => ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "queue-config-invalid",
-            format!("{e}; fix the WorkQueue {queue} in namespace {ns}"),
-        ),
+        QueueServiceError::Queue(QueueError::NotProvisioned(path)) => {
+            ApiError::not_provisioned("queue", "WorkQueue", queue, ns, &path)
+        }
+        QueueServiceError::Queue(QueueError::Config(e)) => ApiError::config_invalid("queue", "WorkQueue", queue, ns, e),
         QueueServiceError::Queue(QueueError::NoSuchItem(id)) => ApiError::conflict(
             "claim-lost",
             format!("item {id} is no longer in queue {queue}; it was acked or moved after this pod lost its claim"),
