@@ -1,0 +1,81 @@
+//! The README's run command: it brings up a real ensemble and a sidecar answering on
+//! 127.0.0.1, and Ctrl-C leaves no process behind.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use paddock_e2e::ensemble::free_ports;
+use paddock_e2e::{Acquire, PodClient, ProcessHandle};
+
+/// Pids of every live process whose ancestry leads to `root`.
+fn descendants(root: u32) -> Vec<u32> {
+    let mut parents = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { continue };
+        let ppid = status.lines().find_map(|l| l.strip_prefix("PPid:")).and_then(|v| v.trim().parse::<u32>().ok());
+        if let Some(ppid) = ppid {
+            parents.push((pid, ppid));
+        }
+    }
+    let mut found = vec![root];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        found.extend(parents.iter().filter(|(_, pp)| *pp == parent).map(|(p, _)| *p));
+        i += 1;
+    }
+    found.remove(0);
+    found
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_run_command_serves_and_ctrl_c_leaves_nothing_behind() {
+    let listen = format!("127.0.0.1:{}", free_ports(1).unwrap()[0]);
+    let mut command = Command::new(env!("CARGO_BIN_EXE_paddock-local"));
+    command.args(["--listen", &listen]).env("RUST_LOG", "warn");
+    let mut local = ProcessHandle::spawn("paddock-local", command).unwrap();
+    let pod = PodClient::new(format!("http://{listen}"));
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(r) = pod.http().get(pod.url("/healthz")).send().await
+            && r.status().is_success()
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no /healthz within 60 s");
+        assert!(!local.has_exited(), "paddock-local exited");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // It is the whole thing, not just a health endpoint: the example lock works.
+    assert!(matches!(pod.acquire("orders", "me", "5s").await.unwrap(), Acquire::Acquired { .. }));
+    let children = descendants(local.pid().unwrap());
+    let jvms = children
+        .iter()
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.contains("QuorumPeerMain"))
+        })
+        .count();
+    assert_eq!(jvms, 3, "a 3-node ensemble runs under it: {children:?}");
+
+    local.signal(libc::SIGINT).unwrap(); // Ctrl-C
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !local.has_exited() {
+        assert!(Instant::now() < deadline, "paddock-local did not stop on Ctrl-C");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while children.iter().any(|pid| alive(*pid)) {
+        assert!(
+            Instant::now() < deadline,
+            "processes left behind: {:?}",
+            children.iter().filter(|p| alive(**p)).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
