@@ -10,13 +10,15 @@
 //!     dead/<item-id>                           dead-lettered items
 //! ```
 
+use crate::identity::NodeAcl;
 use crate::names::Name;
 
-/// The root of Paddock's subtree, e.g. `/paddock`. Always absolute, never `/` itself and
-/// never ending in `/`.
+/// The root of Paddock's subtree, e.g. `/paddock` (always absolute, never `/` itself and
+/// never ending in `/`), and how the nodes this process creates there are protected.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Layout {
     root: String,
+    acl: NodeAcl,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -34,7 +36,17 @@ impl Layout {
             && root[1..]
                 .split('/')
                 .all(|seg| !seg.is_empty() && seg != "." && seg != ".." && seg.chars().all(|c| c.is_ascii_graphic()));
-        if valid { Ok(Self { root: root.to_owned() }) } else { Err(RootError(root.to_owned())) }
+        if valid { Ok(Self { root: root.to_owned(), acl: NodeAcl::Open }) } else { Err(RootError(root.to_owned())) }
+    }
+
+    /// The same layout, creating nodes with `acl`.
+    pub fn with_node_acl(mut self, acl: NodeAcl) -> Self {
+        self.acl = acl;
+        self
+    }
+
+    pub fn node_acl(&self) -> NodeAcl {
+        self.acl
     }
 
     pub fn root(&self) -> &str {
@@ -58,14 +70,15 @@ impl Layout {
     }
 
     pub fn queue(&self, namespace: &Name, queue: &Name) -> QueuePaths {
-        QueuePaths { base: format!("{}/{namespace}/queues/{queue}", self.root) }
+        QueuePaths { base: format!("{}/{namespace}/queues/{queue}", self.root), acl: self.acl }
     }
 }
 
-/// The paths of one queue.
+/// The paths of one queue, and how nodes created under them are protected.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueuePaths {
     pub base: String,
+    pub acl: NodeAcl,
 }
 
 impl QueuePaths {

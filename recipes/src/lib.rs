@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod errors;
+pub mod identity;
 pub mod layout;
 pub mod names;
 pub mod session;

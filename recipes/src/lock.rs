@@ -127,6 +127,8 @@ pub struct AcquireRequest<'a> {
     pub holder: &'a HolderInfo,
     /// How long to wait; zero tries once.
     pub wait: Duration,
+    /// How the contender node is protected.
+    pub acl: crate::identity::NodeAcl,
 }
 
 /// Counts watch wake-ups, so tests and metrics can show that a release wakes one waiter.
@@ -162,7 +164,7 @@ pub async fn acquire(
     }
     let deadline = Instant::now() + request.wait;
     let data = serde_json::to_vec(request.holder).expect("holder info serializes");
-    let (node_path, token) = create_contender(client, request.lock_path, request.mode, &data).await?;
+    let (node_path, token) = create_contender(client, request, &data).await?;
     let mut guard = WithdrawOnDrop { client: client.clone(), node_path: Some(node_path.clone()) };
     let node_name = node_path.rsplit('/').next().expect("node path has a name").to_owned();
 
@@ -271,13 +273,13 @@ pub async fn snapshot(client: &zk::Client, lock_path: &str, max_holders: u32) ->
 /// create whose reply was lost by looking for our uuid first.
 async fn create_contender(
     client: &zk::Client,
-    lock_path: &str,
-    mode: LockMode,
+    request: &AcquireRequest<'_>,
     data: &[u8],
 ) -> Result<(String, i64), LockError> {
+    let lock_path = request.lock_path;
     let prefix = format!("{PROTECTED_PREFIX}{}-", uuid::Uuid::new_v4());
-    let base = format!("{lock_path}/{prefix}{}", mode.node_name());
-    let options = zk::CreateMode::EphemeralSequential.with_acls(zk::Acls::anyone_all());
+    let base = format!("{lock_path}/{prefix}{}", request.mode.node_name());
+    let options = zk::CreateMode::EphemeralSequential.with_acls(request.acl.acls());
     let mut attempts = 0;
     loop {
         match client.create(&base, data, &options).await {

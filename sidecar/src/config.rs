@@ -111,10 +111,7 @@ fn parse_session_timeout(value: &str) -> Result<Duration, String> {
 }
 
 fn parse_digest(value: &str) -> Result<String, String> {
-    match value.split_once(':') {
-        Some((user, password)) if !user.is_empty() && !password.is_empty() => Ok(value.to_owned()),
-        _ => Err("expected digest credentials as user:password".into()),
-    }
+    paddock_recipes::identity::DigestIdentity::parse(value).map(|_| value.to_owned()).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

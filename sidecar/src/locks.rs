@@ -220,7 +220,8 @@ impl LockService {
         let lock_path = self.lock_path(&name);
         let config = self.config(&current, &lock_path).await?;
         let holder = HolderInfo { pod: inner.ctx.name.clone(), owner: owner.clone() };
-        let request = AcquireRequest { lock_path: &lock_path, mode, holder: &holder, wait };
+        let acl = inner.ctx.layout.node_acl();
+        let request = AcquireRequest { lock_path: &lock_path, mode, holder: &holder, wait, acl };
         let outcome = lock::acquire(&current.client, &config, &request, &MetricWake(&inner.ctx.metrics)).await?;
         inner.ctx.metrics.lock_wait_seconds.observe(started.elapsed().as_secs_f64());
 

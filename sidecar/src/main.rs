@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
+use paddock_recipes::identity::NodeAcl;
 use paddock_recipes::{Session, SessionOptions};
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -33,6 +34,8 @@ async fn main() -> anyhow::Result<()> {
     init_tracing(&config.log_format);
     let digest_auth = config.digest_auth()?;
 
+    // Authenticated as its namespace, the sidecar's nodes belong to that identity alone.
+    let layout = config.zk_root.clone().with_node_acl(NodeAcl::for_session(digest_auth.is_some()));
     let session = Session::start(SessionOptions {
         connect: config.zookeeper.clone(),
         session_timeout: config.session_timeout,
@@ -52,7 +55,7 @@ async fn main() -> anyhow::Result<()> {
     let ctx = Pod {
         name: config.pod_name.clone(),
         namespace: config.pod_namespace.clone(),
-        layout: config.zk_root.clone(),
+        layout,
         session: session.clone(),
         events: EventBus::new(),
         metrics: Arc::new(Metrics::new()),

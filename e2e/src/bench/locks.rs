@@ -97,8 +97,13 @@ async fn http_cycle(pod: &PodClient, name: &str, owner: &str) -> Result<()> {
 
 async fn library_cycle(client: &zk::Client, config: &LockConfig, path: &str) -> Result<()> {
     let holder = HolderInfo { pod: "bench".into(), owner: "bench".into() };
-    let request =
-        AcquireRequest { lock_path: path, mode: LockMode::Exclusive, holder: &holder, wait: Duration::from_secs(10) };
+    let request = AcquireRequest {
+        lock_path: path,
+        mode: LockMode::Exclusive,
+        holder: &holder,
+        wait: Duration::from_secs(10),
+        acl: Default::default(),
+    };
     match lock::acquire(client, config, &request, &()).await? {
         lock::Acquisition::Acquired(held) => {
             lock::release(client, &held).await?;

@@ -76,10 +76,6 @@ pub struct QueueStats {
     pub dead_lettered: u64,
 }
 
-fn open_acl() -> zk::Acls<'static> {
-    zk::Acls::anyone_all()
-}
-
 pub async fn read_config(client: &zk::Client, paths: &QueuePaths) -> Result<QueueConfig, QueueError> {
     match client.get_data(&paths.base).await {
         Ok((data, _)) => Ok(QueueConfig::from_znode(&paths.base, &data)?),
@@ -101,7 +97,7 @@ fn envelope_for(item: &NewItem, now: u64) -> Envelope {
 
 /// Creates a bucket (a container node: the server removes it once empty).
 async fn ensure_bucket(client: &zk::Client, paths: &QueuePaths, bucket: &str) -> Result<(), QueueError> {
-    match client.create(&paths.bucket(bucket), b"", &zk::CreateMode::Container.with_acls(open_acl())).await {
+    match client.create(&paths.bucket(bucket), b"", &zk::CreateMode::Container.with_acls(paths.acl.acls())).await {
         Ok(_) | Err(zk::Error::NodeExists) => Ok(()),
         Err(zk::Error::NoNode) => Err(QueueError::NotProvisioned(paths.base.clone())),
         Err(err) => Err(err.into()),
@@ -119,7 +115,7 @@ pub async fn enqueue(client: &zk::Client, paths: &QueuePaths, items: &[NewItem])
             (bucket_name(item.priority, envelope.due_ms), encode(&envelope, &item.payload))
         })
         .collect();
-    let options = zk::CreateMode::PersistentSequential.with_acls(open_acl());
+    let options = zk::CreateMode::PersistentSequential.with_acls(paths.acl.acls());
     for attempt in 0..3 {
         let result = if let [(bucket, data)] = prepared.as_slice() {
             let prefix = format!("{}/item-", paths.bucket(bucket));
@@ -279,10 +275,16 @@ pub async fn claim_next(
         let attempts_path = paths.attempts_of(&id.to_string());
         let mut multi = client.new_multi_writer();
         multi.add_check_version(&item.path, item.version)?;
-        multi.add_create(&paths.claim(&id.to_string()), &claim, &zk::CreateMode::Ephemeral.with_acls(open_acl()))?;
+        multi.add_create(
+            &paths.claim(&id.to_string()),
+            &claim,
+            &zk::CreateMode::Ephemeral.with_acls(paths.acl.acls()),
+        )?;
         match item.attempts_version {
             Some(version) => multi.add_set_data(&attempts_path, &history, Some(version))?,
-            None => multi.add_create(&attempts_path, &history, &zk::CreateMode::Persistent.with_acls(open_acl()))?,
+            None => {
+                multi.add_create(&attempts_path, &history, &zk::CreateMode::Persistent.with_acls(paths.acl.acls()))?
+            }
         }
         let delivered = |item: Box<ReadItem>| Delivery {
             id: item.id,
@@ -376,7 +378,7 @@ async fn dead_letter(
     if with_claim {
         multi.add_delete(&paths.claim(&id_text), None)?;
     }
-    multi.add_create(&paths.dead_item(&id_text), &data, &zk::CreateMode::Persistent.with_acls(open_acl()))?;
+    multi.add_create(&paths.dead_item(&id_text), &data, &zk::CreateMode::Persistent.with_acls(paths.acl.acls()))?;
     multi.commit().await.map_err(zk::Error::from)?;
     Ok(())
 }
@@ -384,7 +386,11 @@ async fn dead_letter(
 /// Runs a multi, retrying connection loss for as long as the session may live. A retry
 /// that finds the nodes gone after a lost reply counts as done by the first attempt: the
 /// caller holds the claim, so nobody else can have removed them.
-async fn commit_owned(client: &zk::Client, ops: &[Op]) -> Result<Vec<zk::MultiWriteResult>, QueueError> {
+async fn commit_owned(
+    client: &zk::Client,
+    acl: crate::identity::NodeAcl,
+    ops: &[Op],
+) -> Result<Vec<zk::MultiWriteResult>, QueueError> {
     let deadline = tokio::time::Instant::now() + client.session_timeout();
     let mut retried = false;
     loop {
@@ -393,7 +399,7 @@ async fn commit_owned(client: &zk::Client, ops: &[Op]) -> Result<Vec<zk::MultiWr
             match op {
                 Op::Delete(path) => multi.add_delete(path, None)?,
                 Op::Create(path, data) => {
-                    multi.add_create(path, data, &zk::CreateMode::PersistentSequential.with_acls(open_acl()))?
+                    multi.add_create(path, data, &zk::CreateMode::PersistentSequential.with_acls(acl.acls()))?
                 }
                 Op::SetData(path, data) => multi.add_set_data(path, data, None)?,
             }
@@ -426,6 +432,7 @@ pub async fn ack(client: &zk::Client, paths: &QueuePaths, id: &ItemId) -> Result
     let id_text = id.to_string();
     commit_owned(
         client,
+        paths.acl,
         &[
             Op::Delete(paths.claim(&id_text)),
             Op::Delete(format!("{}/{}", paths.bucket(&id.bucket), id.node_name())),
@@ -485,8 +492,12 @@ pub async fn nack(
     if delay.is_zero() {
         // Same place in the queue; the history notes the nack.
         let history = serde_json::to_vec(&item.attempts).expect("attempts serialize");
-        commit_owned(client, &[Op::SetData(paths.attempts_of(&id_text), history), Op::Delete(paths.claim(&id_text))])
-            .await?;
+        commit_owned(
+            client,
+            paths.acl,
+            &[Op::SetData(paths.attempts_of(&id_text), history), Op::Delete(paths.claim(&id_text))],
+        )
+        .await?;
         return Ok(NackOutcome::Requeued { id: Some(id.clone()) });
     }
     // Delayed: the item moves to the bucket of its new due time, carrying its history.
@@ -497,6 +508,7 @@ pub async fn nack(
     ensure_bucket(client, paths, &bucket).await?;
     let results = commit_owned(
         client,
+        paths.acl,
         &[
             Op::Delete(paths.claim(&id_text)),
             Op::Delete(item.path),
@@ -565,7 +577,7 @@ pub async fn requeue_dead(client: &zk::Client, paths: &QueuePaths, dead_id: &str
     multi.add_create(
         &format!("{}/item-", paths.bucket(&bucket)),
         &encode(&envelope, payload),
-        &zk::CreateMode::PersistentSequential.with_acls(open_acl()),
+        &zk::CreateMode::PersistentSequential.with_acls(paths.acl.acls()),
     )?;
     let results = multi.commit().await.map_err(zk::Error::from)?;
     let seq = results

@@ -1,0 +1,106 @@
+//! Who may touch a namespace's znodes. Each namespace has its own ZooKeeper digest
+//! identity (`user:password`, kept in a Secret in that namespace); its znodes carry an
+//! ACL for that identity and the operator's only, so one namespace's sidecar cannot read
+//! or change another's locks and queues.
+//!
+//! ZooKeeper ACLs are per node, not inherited: the operator provisions each namespace's
+//! nodes with [`namespace_acl`], and a sidecar authenticated as its namespace creates its
+//! nodes (contenders, items, claims) with [`NodeAcl::Creator`] — full rights for its own
+//! identity alone. The operator reads those by adding the namespace's credentials to its
+//! own session.
+
+use base64::Engine;
+use sha1::{Digest, Sha1};
+
+use crate::zk;
+
+/// A digest identity: `user:password`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DigestIdentity {
+    pub user: String,
+    password: String,
+}
+
+impl std::fmt::Debug for DigestIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DigestIdentity({}:***)", self.user)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("digest credentials must be user:password with neither empty")]
+pub struct IdentityError;
+
+impl DigestIdentity {
+    pub fn parse(credentials: &str) -> Result<Self, IdentityError> {
+        match credentials.split_once(':') {
+            Some((user, password)) if !user.is_empty() && !password.is_empty() => {
+                Ok(Self { user: user.to_owned(), password: password.to_owned() })
+            }
+            _ => Err(IdentityError),
+        }
+    }
+
+    /// A new identity with a random 244-bit password.
+    pub fn generate(user: &str) -> Self {
+        let password = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+        Self { user: user.to_owned(), password }
+    }
+
+    /// `user:password`, for `addauth digest` and `PADDOCK_ZK_AUTH`.
+    pub fn credentials(&self) -> String {
+        format!("{}:{}", self.user, self.password)
+    }
+
+    /// The id ZooKeeper's digest scheme matches: `user:base64(sha1(user:password))`.
+    pub fn acl_id(&self) -> String {
+        let hash = Sha1::digest(self.credentials().as_bytes());
+        format!("{}:{}", self.user, base64::engine::general_purpose::STANDARD.encode(hash))
+    }
+}
+
+/// The ACL of a namespace's provisioned nodes: its identity and the operator's, all rights.
+pub fn namespace_acl(namespace: &DigestIdentity, operator: &DigestIdentity) -> Vec<zk::Acl> {
+    vec![
+        zk::Acl::new(zk::Permission::ALL, zk::AuthId::new("digest", &namespace.acl_id())),
+        zk::Acl::new(zk::Permission::ALL, zk::AuthId::new("digest", &operator.acl_id())),
+    ]
+}
+
+/// How nodes that a sidecar or consumer creates are protected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NodeAcl {
+    /// World-readable and writable: a deployment without per-namespace identities.
+    #[default]
+    Open,
+    /// Full rights for the creating session's authenticated identity only.
+    Creator,
+}
+
+impl NodeAcl {
+    /// Creator when the session is authenticated, else open.
+    pub fn for_session(authenticated: bool) -> Self {
+        if authenticated { NodeAcl::Creator } else { NodeAcl::Open }
+    }
+
+    pub fn acls(self) -> zk::Acls<'static> {
+        match self {
+            NodeAcl::Open => zk::Acls::anyone_all(),
+            NodeAcl::Creator => zk::Acls::creator_all(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acl_ids_are_zookeepers_digest() {
+        // `DigestAuthenticationProvider.generateDigest("super:test")` in ZooKeeper's docs.
+        let id = DigestIdentity::parse("super:test").unwrap();
+        assert_eq!(id.acl_id(), "super:D/InIHSb7yEEbrWz8b9l71RjZJU=");
+        assert!(DigestIdentity::parse("nopassword").is_err());
+        assert!(!format!("{id:?}").contains("test"), "passwords stay out of logs");
+    }
+}
