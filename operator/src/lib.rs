@@ -1,5 +1,5 @@
-//! paddock-operator's library: the custom resources and the reconcile pipeline's plain
-//! steps (validate, build). The controllers that apply them are the binary's.
+//! paddock-operator's library: the custom resources and the reconcile pipeline's steps.
 
 pub mod crd;
+pub mod reconcile;
 pub mod validate;

@@ -7,6 +7,17 @@ use crate::layout::Layout;
 use crate::names::Name;
 use crate::zk;
 
+/// Creates Paddock's root (e.g. `/paddock`) with `acls` unless it exists. The operator
+/// does this first with its own identity alone: ACLs are per node, and the namespaces'
+/// subtrees below must not inherit who created the root.
+pub async fn ensure_root(client: &zk::Client, layout: &Layout, acls: zk::Acls<'_>) -> Result<(), zk::Error> {
+    match client.create(layout.root(), b"", &zk::CreateMode::Persistent.with_acls(acls)).await {
+        Ok(_) | Err(zk::Error::NodeExists) => Ok(()),
+        Err(zk::Error::NoNode) => client.mkdir(layout.root(), &zk::CreateMode::Persistent.with_acls(acls)).await,
+        Err(err) => Err(err),
+    }
+}
+
 /// Creates (or updates the config of) a lock's znode, with its parents.
 pub async fn ensure_lock(
     client: &zk::Client,
@@ -39,7 +50,8 @@ pub async fn ensure_queue(
     Ok(paths.base)
 }
 
-/// Creates `path` with `data` (parents too) or sets its data when it exists.
+/// Creates `path` with `data` (parents too) or, when it exists, sets its data and ACL —
+/// so an ACL that drifted (or a namespace's new identity) is put right.
 async fn ensure_node(client: &zk::Client, path: &str, data: &[u8], acls: zk::Acls<'_>) -> Result<(), zk::Error> {
     let options = zk::CreateMode::Persistent.with_acls(acls);
     if let Some((parent, _)) = path.rsplit_once('/')
@@ -49,7 +61,33 @@ async fn ensure_node(client: &zk::Client, path: &str, data: &[u8], acls: zk::Acl
     }
     match client.create(path, data, &options).await {
         Ok(_) => Ok(()),
-        Err(zk::Error::NodeExists) => client.set_data(path, data, None).await.map(drop),
+        Err(zk::Error::NodeExists) => {
+            let (current, stat) = client.get_acl(path).await?;
+            if current.as_slice() != &*acls {
+                client.set_acl(path, &acls, Some(stat.aversion)).await?;
+            }
+            client.set_data(path, data, None).await.map(drop)
+        }
         Err(err) => Err(err),
+    }
+}
+
+/// Deletes `path` and everything below it. Already gone is success, so it is idempotent;
+/// nodes that appear meanwhile (a contender, an item) are deleted on the next pass.
+pub async fn delete_tree(client: &zk::Client, path: &str) -> Result<(), zk::Error> {
+    loop {
+        let children = match client.list_children(path).await {
+            Ok(children) => children,
+            Err(zk::Error::NoNode) => return Ok(()),
+            Err(err) => return Err(err),
+        };
+        for child in children {
+            Box::pin(delete_tree(client, &format!("{path}/{child}"))).await?;
+        }
+        match client.delete(path, None).await {
+            Ok(()) | Err(zk::Error::NoNode) => return Ok(()),
+            Err(zk::Error::NotEmpty) => continue,
+            Err(err) => return Err(err),
+        }
     }
 }

@@ -1,0 +1,33 @@
+//! Apply a desired znode: create it with its parents, or put its data and ACL right.
+//! Idempotent; the only step besides observe and cleanup that talks to ZooKeeper.
+
+use paddock_recipes::provision::{ensure_lock, ensure_queue, ensure_root};
+use paddock_recipes::{Layout, LockConfig, Name, QueueConfig, zk};
+
+use super::build::Desired;
+
+/// Ensures a lock's znode as `desired` says.
+pub async fn lock(
+    client: &zk::Client,
+    layout: &Layout,
+    ns: &Name,
+    name: &Name,
+    desired: &Desired,
+) -> Result<(), zk::Error> {
+    let config = LockConfig::from_znode(&desired.path, &desired.data).expect("built from a validated spec");
+    ensure_root(client, layout, zk::Acls::new(&desired.root_acl)).await?;
+    ensure_lock(client, layout, ns, name, &config, zk::Acls::new(&desired.acl)).await.map(drop)
+}
+
+/// Ensures a queue's znode and its children as `desired` says.
+pub async fn queue(
+    client: &zk::Client,
+    layout: &Layout,
+    ns: &Name,
+    name: &Name,
+    desired: &Desired,
+) -> Result<(), zk::Error> {
+    let config = QueueConfig::from_znode(&desired.path, &desired.data).expect("built from a validated spec");
+    ensure_root(client, layout, zk::Acls::new(&desired.root_acl)).await?;
+    ensure_queue(client, layout, ns, name, &config, zk::Acls::new(&desired.acl)).await.map(drop)
+}
