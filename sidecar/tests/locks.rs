@@ -6,11 +6,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::{eventually, sidecar};
+use common::{assert_json_errors, eventually, sidecar};
 use paddock_e2e::fenced::{FencedCounter, Write};
 use paddock_e2e::{Acquire, Ensemble, PodClient, init_tracing, provision};
 use paddock_recipes::LockConfig;
-use serde_json::{Value, json};
+use serde_json::json;
 
 const NS: &str = "team-a";
 const SESSION: Duration = Duration::from_secs(10);
@@ -450,13 +450,7 @@ async fn bad_input_gets_a_json_4xx_and_never_a_panic() {
             "invalid-duration",
         ),
     ];
-    for (what, response, status, code) in cases {
-        assert_eq!(response.status().as_u16(), status, "{what}");
-        let body: Value = response.json().await.unwrap_or_else(|e| panic!("{what}: body is not JSON: {e}"));
-        assert_eq!(body["error"], code, "{what}: {body}");
-        let message = body["message"].as_str().unwrap_or_default();
-        assert!(message.len() > 20, "{what}: a message a person can act on: {body}");
-    }
+    assert_json_errors(cases).await;
     let (_, body) = pod.lock_status("nope", "x").await.unwrap();
     assert!(body["message"].as_str().unwrap().contains("DistributedLock"), "{body}");
     assert!(body["message"].as_str().unwrap().contains(NS), "{body}");

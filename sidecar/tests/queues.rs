@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{eventually, sidecar};
+use common::{assert_json_errors, eventually, sidecar};
 use paddock_e2e::{Ensemble, init_tracing, provision};
 use paddock_recipes::QueueConfig;
 use serde_json::Value;
@@ -331,12 +331,7 @@ async fn bad_input_gets_a_json_4xx_and_loses_nothing() {
             "dead-letter-not-found",
         ),
     ];
-    for (what, response, status, code) in cases {
-        assert_eq!(response.status().as_u16(), status, "{what}");
-        let body: Value = response.json().await.unwrap_or_else(|e| panic!("{what}: body is not JSON: {e}"));
-        assert_eq!(body["error"], code, "{what}: {body}");
-        assert!(body["message"].as_str().unwrap_or_default().len() > 20, "{what}: {body}");
-    }
+    assert_json_errors(cases).await;
     let oversize: Value =
         http.post(pod.url("/queue/q")).body(vec![7u8; 1001]).send().await.unwrap().json().await.unwrap();
     assert!(oversize["message"].as_str().unwrap().contains("1000 bytes"), "the limit is in the message: {oversize}");

@@ -35,3 +35,15 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Each response has the expected status and a JSON body `{"error": code, "message": ..}`
+/// whose message is long enough to tell a person what to do.
+pub async fn assert_json_errors(cases: Vec<(&str, reqwest::Response, u16, &str)>) {
+    for (what, response, status, code) in cases {
+        assert_eq!(response.status().as_u16(), status, "{what}");
+        let body: serde_json::Value = response.json().await.unwrap_or_else(|e| panic!("{what}: body is not JSON: {e}"));
+        assert_eq!(body["error"], code, "{what}: {body}");
+        let message = body["message"].as_str().unwrap_or_default();
+        assert!(message.len() > 20, "{what}: a message a person can act on: {body}");
+    }
+}
