@@ -2,6 +2,7 @@
 //! sidecar processes standing for pods. Never shipped; used by tests, benchmarks and the
 //! local run.
 
+pub mod apiserver;
 pub mod bench;
 pub mod client;
 pub mod curator;
