@@ -90,3 +90,48 @@ async fn kube_runtime_watchers_see_every_change() {
     let changed = tokio::time::timeout(Duration::from_secs(10), events.try_next()).await.unwrap().unwrap().unwrap();
     assert_eq!(changed.status.map(|s| s.waiters), Some(7));
 }
+
+/// kubectl (the machine's /usr/bin/kubectl) against the stand-in: apply the CRDs and the
+/// examples, and `kubectl get` shows the printer columns from the status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_applies_and_shows_printer_columns() {
+    let server = ApiServer::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, server.kubeconfig()).unwrap();
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let kubectl = |args: &[&str]| {
+        let kubeconfig = kubeconfig.clone();
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        async move {
+            let output = tokio::process::Command::new("kubectl")
+                .args(&args)
+                .env("KUBECONFIG", &kubeconfig)
+                .current_dir(root)
+                .output()
+                .await
+                .expect("kubectl runs");
+            assert!(output.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+            String::from_utf8(output.stdout).unwrap()
+        }
+    };
+    assert!(kubectl(&["apply", "-f", "crds/"]).await.contains("distributedlocks.paddock.dev created"));
+    let applied = kubectl(&["apply", "-f", "examples/"]).await;
+    assert!(applied.contains("distributedlock.paddock.dev/orders created"), "{applied}");
+    assert!(kubectl(&["apply", "-f", "examples/"]).await.contains("unchanged"), "apply is idempotent");
+
+    let locks: Api<DistributedLock> = Api::namespaced(server.client().unwrap(), "default");
+    let status = json!({"status": {"holders": [{"pod": "web-0", "owner": "w1", "token": 42}], "waiters": 3,
+        "conditions": [{"type": "Ready", "status": "True", "reason": "Provisioned", "message": "",
+            "lastTransitionTime": "2026-01-01T00:00:00Z"}]}});
+    locks.patch_status("orders", &PatchParams::default(), &Patch::Merge(&status)).await.unwrap();
+
+    let table = kubectl(&["get", "dlock"]).await;
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "HOLDER", "WAITERS", "READY", "AGE"], "{table}");
+    let orders = table.lines().find(|l| l.starts_with("orders")).unwrap_or_else(|| panic!("{table}"));
+    let cells: Vec<&str> = orders.split_whitespace().collect();
+    assert_eq!(&cells[..4], ["orders", "web-0", "3", "True"], "{table}");
+    assert!(kubectl(&["get", "paddock"]).await.contains("jobs"), "the category lists both kinds");
+    assert!(kubectl(&["delete", "wq", "jobs"]).await.contains("deleted"));
+}

@@ -6,11 +6,12 @@
 //! update / patch (merge, JSON; server-side apply treated as a merge of the applied
 //! object) / delete, the status subresource, resourceVersion with 409 conflicts,
 //! finalizers and deletionTimestamp, and watch from a resourceVersion (410 when the
-//! history no longer reaches back). Not yet: schema validation, Table output for
-//! `kubectl get`, field managers.
+//! history no longer reaches back), and Table output with a CRD's printer columns for
+//! `kubectl get`. Not yet: schema validation and defaulting, field managers.
 
 mod routes;
 pub mod store;
+mod table;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

@@ -22,6 +22,10 @@ pub fn router(store: Shared) -> Router {
         .route("/version", axum::routing::get(version))
         .route("/api", axum::routing::get(core_versions))
         .route("/apis", axum::routing::get(groups))
+        .route("/openapi/v2", axum::routing::get(openapi_v2))
+        .route("/openapi/v3", axum::routing::get(openapi_v3))
+        .route("/openapi/v3/api/{version}", axum::routing::get(openapi_v3_core))
+        .route("/openapi/v3/apis/{group}/{version}", axum::routing::get(openapi_v3_group))
         .fallback(resource)
         .with_state(store)
 }
@@ -38,6 +42,70 @@ async fn version() -> Response {
     json_response(
         200,
         json!({"major": "1", "minor": "34", "gitVersion": "v1.34.0-paddock-standin", "platform": "linux/amd64"}),
+    )
+}
+
+/// OpenAPI for kubectl: no schemas (the stand-in does not validate yet), but every write
+/// path declares the `fieldValidation` parameter, so kubectl leaves validation to the
+/// server instead of downloading protobuf documents to validate itself.
+async fn openapi_v2() -> Response {
+    failure(Failure::new(404, "NotFound", "the stand-in serves OpenAPI v3 only"))
+}
+
+async fn openapi_v3(State(store): State<Shared>) -> Response {
+    let store = store.lock().expect("not poisoned");
+    let mut paths = serde_json::Map::new();
+    for key in store.resources.keys() {
+        let path = if key.group.is_empty() {
+            format!("api/{}", key.version)
+        } else {
+            format!("apis/{}/{}", key.group, key.version)
+        };
+        paths.insert(path.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{path}")}));
+    }
+    json_response(200, json!({"paths": paths}))
+}
+
+async fn openapi_v3_core(
+    State(store): State<Shared>,
+    axum::extract::Path(version): axum::extract::Path<String>,
+) -> Response {
+    openapi_document(&store.lock().expect("not poisoned"), "", &version)
+}
+
+async fn openapi_v3_group(
+    State(store): State<Shared>,
+    axum::extract::Path((group, version)): axum::extract::Path<(String, String)>,
+) -> Response {
+    openapi_document(&store.lock().expect("not poisoned"), &group, &version)
+}
+
+fn openapi_document(store: &Store, group: &str, version: &str) -> Response {
+    let validation = json!([{"name": "fieldValidation", "in": "query", "schema": {"type": "string"}}]);
+    let mut paths = serde_json::Map::new();
+    for (key, info) in store.resources.iter().filter(|(k, _)| k.group == group && k.version == version) {
+        let operation = json!({
+            "parameters": validation, "responses": {"200": {"description": "OK"}},
+            "x-kubernetes-group-version-kind": {"group": group, "version": version, "kind": info.kind},
+        });
+        let base = if group.is_empty() { format!("/api/{version}") } else { format!("/apis/{group}/{version}") };
+        let collection = if info.namespaced {
+            format!("{base}/namespaces/{{namespace}}/{}", key.plural)
+        } else {
+            format!("{base}/{}", key.plural)
+        };
+        paths.insert(collection.clone(), json!({"post": operation.clone(), "get": operation.clone()}));
+        paths.insert(
+            format!("{collection}/{{name}}"),
+            json!({"patch": operation.clone(), "put": operation.clone(), "get": operation.clone(), "delete": operation.clone()}),
+        );
+    }
+    json_response(
+        200,
+        json!({
+            "openapi": "3.0.0", "info": {"title": "paddock stand-in", "version": version},
+            "paths": paths, "components": {"schemas": {}},
+        }),
     )
 }
 
@@ -164,6 +232,12 @@ async fn resource(
         (Method::GET, None) => {
             let store = store.lock().expect("not poisoned");
             let items = store.list(&target.key, ns);
+            if wants_table(&headers) {
+                return json_response(
+                    200,
+                    super::table::table(&store.resources[&target.key], &items, store.resource_version()),
+                );
+            }
             let kind = store.resources[&target.key].kind.clone();
             json_response(
                 200,
@@ -173,7 +247,16 @@ async fn resource(
                 }),
             )
         }
-        (Method::GET, Some(name)) => respond(store.lock().expect("not poisoned").get(&target.key, ns, name), 200),
+        (Method::GET, Some(name)) => {
+            let store = store.lock().expect("not poisoned");
+            match store.get(&target.key, ns, name) {
+                Ok(item) if wants_table(&headers) => json_response(
+                    200,
+                    super::table::table(&store.resources[&target.key], &[item], store.resource_version()),
+                ),
+                other => respond(other, 200),
+            }
+        }
         (Method::POST, None) => {
             let Ok(object) = serde_json::from_slice::<Value>(&body) else {
                 return failure(Failure::new(400, "BadRequest", "the body is not JSON"));
@@ -229,6 +312,10 @@ async fn resource(
         (Method::DELETE, Some(name)) => respond(store.lock().expect("not poisoned").delete(&target.key, ns, name), 200),
         (method, _) => failure(Failure::new(405, "MethodNotAllowed", format!("{method} is not supported here"))),
     }
+}
+
+fn wants_table(headers: &HeaderMap) -> bool {
+    headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("as=Table"))
 }
 
 fn respond(result: Result<Value, Failure>, code: u16) -> Response {

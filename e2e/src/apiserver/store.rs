@@ -34,6 +34,8 @@ pub struct ResourceInfo {
     pub categories: Vec<String>,
     /// Whether `/status` is a subresource (spec and status then change separately).
     pub status_subresource: bool,
+    /// `additionalPrinterColumns` of a CRD version: (name, type, jsonPath).
+    pub columns: Vec<(String, String, String)>,
 }
 
 /// One change, as a watch sends it.
@@ -117,9 +119,16 @@ impl Store {
                     kind: kind.to_owned(),
                     singular: kind.to_lowercase(),
                     namespaced,
-                    short_names: Vec::new(),
+                    short_names: match plural {
+                        "customresourcedefinitions" => vec!["crd".to_owned(), "crds".to_owned()],
+                        "namespaces" => vec!["ns".to_owned()],
+                        "configmaps" => vec!["cm".to_owned()],
+                        "pods" => vec!["po".to_owned()],
+                        _ => Vec::new(),
+                    },
                     categories: Vec::new(),
                     status_subresource: plural == "customresourcedefinitions",
+                    columns: Vec::new(),
                 },
             );
         }
@@ -335,6 +344,15 @@ impl Store {
                     short_names: strings(&names["shortNames"]),
                     categories: strings(&names["categories"]),
                     status_subresource: version["subresources"]["status"].is_object(),
+                    columns: version["additionalPrinterColumns"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|c| {
+                            let field = |k: &str| c[k].as_str().unwrap_or_default().to_owned();
+                            (field("name"), field("type"), field("jsonPath"))
+                        })
+                        .collect(),
                 },
             );
         }

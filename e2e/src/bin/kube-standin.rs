@@ -1,0 +1,17 @@
+//! Runs the Kubernetes API stand-in (a test tool, see `paddock_e2e::apiserver`) on
+//! 127.0.0.1 and writes a kubeconfig for kubectl. Ctrl-C stops it.
+//!
+//! Usage: kube-standin KUBECONFIG_PATH
+
+use anyhow::Context;
+use paddock_e2e::apiserver::ApiServer;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let path = std::env::args().nth(1).context("usage: kube-standin KUBECONFIG_PATH")?;
+    let server = ApiServer::start().await?;
+    std::fs::write(&path, server.kubeconfig()).with_context(|| format!("writing {path}"))?;
+    println!("Kubernetes API stand-in on {} (kubeconfig: {path})", server.url());
+    tokio::signal::ctrl_c().await?;
+    Ok(())
+}
