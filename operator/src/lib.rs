@@ -1,5 +1,7 @@
-//! paddock-operator's library: the custom resources and the reconcile pipeline's steps.
+//! paddock-operator's library: the custom resources, the reconcile pipeline's steps and
+//! the controllers that drive them.
 
+pub mod controller;
 pub mod crd;
 pub mod reconcile;
 pub mod validate;

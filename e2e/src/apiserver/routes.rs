@@ -333,7 +333,19 @@ fn parse_body(body: &[u8]) -> Result<Value, ()> {
 /// merges, which is what custom resources get from a real server too, lists aside).
 fn apply_patch(mut current: Value, content_type: &str, body: &[u8]) -> Result<Value, Failure> {
     if content_type.starts_with("application/json-patch+json") {
-        let patch: json_patch::Patch = serde_json::from_slice(body)
+        let ops: Vec<Value> = serde_json::from_slice(body)
+            .map_err(|e| Failure::new(400, "BadRequest", format!("bad JSON patch: {e}")))?;
+        // As the real server (evanphx/json-patch) does: `test` for null passes on a
+        // missing path — kube-runtime's finalizer helper relies on it.
+        let ops: Vec<Value> = ops
+            .into_iter()
+            .filter(|op| {
+                !(op["op"] == "test"
+                    && op["value"].is_null()
+                    && current.pointer(op["path"].as_str().unwrap_or_default()).is_none())
+            })
+            .collect();
+        let patch: json_patch::Patch = serde_json::from_value(Value::Array(ops))
             .map_err(|e| Failure::new(400, "BadRequest", format!("bad JSON patch: {e}")))?;
         json_patch::patch(&mut current, &patch).map_err(|e| Failure::new(422, "Invalid", e.to_string()))?;
         return Ok(current);

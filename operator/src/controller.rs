@@ -1,0 +1,354 @@
+//! The controllers: Kubernetes watches drive the reconcile pipeline (validate -> build ->
+//! apply -> observe -> status), a finalizer drives cleanup, and one persistent recursive
+//! watch on Paddock's ZooKeeper subtree re-reconciles the resource whose znodes changed,
+//! so `kubectl get` shows holders and depth within a second of a change.
+//!
+//! Errors: an invalid spec sets `Ready=False` (InvalidSpec) and waits for a change;
+//! ZooKeeper trouble sets `Ready=False` (ZooKeeperUnavailable) and retries with back-off.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+use paddock_recipes::identity::DigestIdentity;
+use paddock_recipes::{Layout, Name, Session, zk};
+use serde_json::json;
+
+use crate::crd::{DistributedLock, DistributedLockStatus, WorkQueue, WorkQueueStatus};
+use crate::reconcile::cleanup::Cleanup;
+use crate::reconcile::{Identities, apply, build, cleanup, observe};
+
+pub const FINALIZER: &str = "paddock.dev/znodes";
+/// The Secret in each namespace that holds its ZooKeeper identity (key `credentials`).
+pub const CREDENTIALS_SECRET: &str = "paddock-zookeeper-credentials";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid spec: {0}")]
+    InvalidSpec(String),
+    #[error("ZooKeeper: {0}")]
+    ZooKeeper(String),
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+}
+
+impl Error {
+    /// A short, stable category for conditions, Events and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::InvalidSpec(_) => "InvalidSpec",
+            Error::ZooKeeper(_) => "ZooKeeperUnavailable",
+            Error::Kube(_) => "KubernetesApiError",
+        }
+    }
+}
+
+fn zk_error(err: impl std::fmt::Display) -> Error {
+    Error::ZooKeeper(err.to_string())
+}
+
+pub struct Context {
+    pub client: kube::Client,
+    pub session: Session,
+    pub layout: Layout,
+    pub operator: DigestIdentity,
+    recorder: Recorder,
+    /// (session generation, namespace) whose credentials this session carries.
+    authed: Mutex<HashSet<(u64, String)>>,
+}
+
+impl Context {
+    pub fn new(client: kube::Client, session: Session, layout: Layout, operator: DigestIdentity) -> Self {
+        let reporter = Reporter { controller: "paddock-operator".into(), instance: std::env::var("POD_NAME").ok() };
+        let recorder = Recorder::new(client.clone(), reporter);
+        Self { client, session, layout, operator, recorder, authed: Mutex::default() }
+    }
+
+    /// The namespace's identity from its Secret (created on first use), added to the
+    /// operator's ZooKeeper session so it can read what the namespace's sidecars create.
+    async fn identities(&self, namespace: &str) -> Result<(Identities, zk::Client), Error> {
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
+        let identity = match secrets.get_opt(CREDENTIALS_SECRET).await? {
+            Some(secret) => {
+                let raw = secret.data.and_then(|d| d.get("credentials").cloned()).map(|b| b.0).unwrap_or_default();
+                DigestIdentity::parse(&String::from_utf8_lossy(&raw))
+                    .map_err(|e| Error::InvalidSpec(format!("Secret {CREDENTIALS_SECRET}: {e}")))?
+            }
+            None => {
+                let identity = DigestIdentity::generate(&format!("paddock-ns-{namespace}"));
+                let secret: Secret = serde_json::from_value(json!({
+                    "apiVersion": "v1", "kind": "Secret",
+                    "metadata": {"name": CREDENTIALS_SECRET, "labels": {"app.kubernetes.io/managed-by": "paddock-operator"}},
+                    "data": {"credentials": base64_encode(identity.credentials().as_bytes())},
+                }))
+                .expect("a valid Secret");
+                match secrets.create(&PostParams::default(), &secret).await {
+                    Ok(_) => identity,
+                    // Created by a concurrent reconcile: use that one.
+                    Err(kube::Error::Api(e)) if e.code == 409 => return Box::pin(self.identities(namespace)).await,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        };
+        let current = self.session.client().map_err(zk_error)?;
+        let key = (current.generation, namespace.to_owned());
+        if !self.authed.lock().expect("not poisoned").contains(&key) {
+            current.client.auth("digest", identity.credentials().as_bytes()).await.map_err(zk_error)?;
+            self.authed.lock().expect("not poisoned").insert(key);
+        }
+        Ok((Identities { namespace: identity, operator: self.operator.clone() }, current.client))
+    }
+
+    async fn event<K: Resource<DynamicType = ()>>(&self, obj: &K, type_: EventType, reason: &str, note: String) {
+        let event =
+            KubeEvent { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary: None };
+        if let Err(err) = self.recorder.publish(&event, &obj.object_ref(&())).await {
+            tracing::warn!(error = %err, "could not publish an Event");
+        }
+    }
+}
+
+fn base64_encode(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn condition(ready: bool, reason: &str, message: String, generation: Option<i64>) -> Condition {
+    Condition {
+        type_: "Ready".into(),
+        status: if ready { "True" } else { "False" }.into(),
+        reason: reason.into(),
+        message,
+        observed_generation: generation,
+        last_transition_time: Time(k8s_openapi::jiff::Timestamp::now()),
+    }
+}
+
+fn names(obj: &impl ResourceExt) -> Result<(Name, Name), Error> {
+    let ns =
+        Name::new("namespace", &obj.namespace().unwrap_or_default()).map_err(|e| Error::InvalidSpec(e.to_string()))?;
+    let name = Name::new("resource", &obj.name_any()).map_err(|e| Error::InvalidSpec(e.to_string()))?;
+    Ok((ns, name))
+}
+
+async fn patch_status<K>(api: &Api<K>, name: &str, status: serde_json::Value) -> Result<(), Error>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&json!({ "status": status }))).await?;
+    Ok(())
+}
+
+async fn reconcile_lock(lock: Arc<DistributedLock>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let api: Api<DistributedLock> = Api::namespaced(ctx.client.clone(), &lock.namespace().unwrap_or_default());
+    let result = finalizer(&api, FINALIZER, lock.clone(), |event| async {
+        match event {
+            Finalizer::Apply(lock) => apply_lock(&lock, &ctx).await,
+            Finalizer::Cleanup(lock) => {
+                let (ns, name) = names(&*lock)?;
+                let (_, client) = ctx.identities(ns.as_str()).await?;
+                cleanup::lock(&client, &ctx.layout.lock(&ns, &name)).await.map_err(zk_error)?;
+                ctx.event(&*lock, EventType::Normal, "Deleted", "the lock's znodes were removed".into()).await;
+                Ok(Action::await_change())
+            }
+        }
+    })
+    .await;
+    settle(&*lock, &api, result, &ctx).await
+}
+
+async fn apply_lock(lock: &DistributedLock, ctx: &Context) -> Result<Action, Error> {
+    let (ns, name) = names(lock)?;
+    let (ids, client) = ctx.identities(ns.as_str()).await?;
+    let desired =
+        build::lock(&ctx.layout, &ns, &name, &lock.spec, &ids).map_err(|e| Error::InvalidSpec(e.to_string()))?;
+    apply::lock(&client, &ctx.layout, &ns, &name, &desired).await.map_err(zk_error)?;
+    let (holders, waiters) = observe::lock(&client, &desired.path, lock.spec.max_holders).await.map_err(zk_error)?;
+    let generation = lock.metadata.generation;
+    let status = DistributedLockStatus {
+        path: Some(desired.path),
+        holders,
+        waiters,
+        observed_generation: generation,
+        conditions: vec![condition(true, "Provisioned", "znodes in place".into(), generation)],
+    };
+    let api: Api<DistributedLock> = Api::namespaced(ctx.client.clone(), ns.as_str());
+    patch_status(&api, name.as_str(), serde_json::to_value(status).expect("status serializes")).await?;
+    Ok(Action::requeue(Duration::from_secs(300)))
+}
+
+async fn reconcile_queue(queue: Arc<WorkQueue>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let api: Api<WorkQueue> = Api::namespaced(ctx.client.clone(), &queue.namespace().unwrap_or_default());
+    let result = finalizer(&api, FINALIZER, queue.clone(), |event| async {
+        match event {
+            Finalizer::Apply(queue) => apply_queue(&queue, &ctx).await,
+            Finalizer::Cleanup(queue) => {
+                let (ns, name) = names(&*queue)?;
+                let (_, client) = ctx.identities(ns.as_str()).await?;
+                let paths = ctx.layout.queue(&ns, &name);
+                match cleanup::queue(&client, &paths, queue.spec.deletion_policy).await.map_err(zk_error)? {
+                    Cleanup::Deleted => {
+                        ctx.event(&*queue, EventType::Normal, "Deleted", "the queue's znodes were removed".into()).await
+                    }
+                    Cleanup::Kept { depth, dead_lettered } => {
+                        let note = format!(
+                            "kept {} in ZooKeeper: it holds {depth} items and {dead_lettered} dead letters \
+                             (deletionPolicy Retain); recreate the WorkQueue to use them",
+                            paths.base
+                        );
+                        ctx.event(&*queue, EventType::Warning, "Retained", note).await;
+                    }
+                }
+                Ok(Action::await_change())
+            }
+        }
+    })
+    .await;
+    settle(&*queue, &api, result, &ctx).await
+}
+
+async fn apply_queue(queue: &WorkQueue, ctx: &Context) -> Result<Action, Error> {
+    let (ns, name) = names(queue)?;
+    let (ids, client) = ctx.identities(ns.as_str()).await?;
+    let desired =
+        build::queue(&ctx.layout, &ns, &name, &queue.spec, &ids).map_err(|e| Error::InvalidSpec(e.to_string()))?;
+    apply::queue(&client, &ctx.layout, &ns, &name, &desired).await.map_err(zk_error)?;
+    let stats = observe::queue(&client, &ctx.layout.queue(&ns, &name)).await.map_err(zk_error)?;
+    let generation = queue.metadata.generation;
+    let status = WorkQueueStatus {
+        path: Some(desired.path),
+        depth: stats.depth,
+        in_flight: stats.in_flight,
+        delayed: stats.delayed,
+        dead_lettered: stats.dead_lettered,
+        observed_generation: generation,
+        conditions: vec![condition(true, "Provisioned", "znodes in place".into(), generation)],
+    };
+    let api: Api<WorkQueue> = Api::namespaced(ctx.client.clone(), ns.as_str());
+    patch_status(&api, name.as_str(), serde_json::to_value(status).expect("status serializes")).await?;
+    Ok(Action::requeue(Duration::from_secs(300)))
+}
+
+/// Turns a failed reconcile into `Ready=False` with the reason, an Event, and what to do
+/// next: wait for a change (invalid spec) or retry (ZooKeeper, API trouble).
+async fn settle<K>(
+    obj: &K,
+    api: &Api<K>,
+    result: Result<Action, kube::runtime::finalizer::Error<Error>>,
+    ctx: &Context,
+) -> Result<Action, Error>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    use kube::runtime::finalizer::Error as F;
+    let err = match result {
+        Ok(action) => return Ok(action),
+        Err(F::ApplyFailed(e) | F::CleanupFailed(e)) => e,
+        Err(other) => Error::Kube(kube::Error::Service(other.to_string().into())),
+    };
+    let reason = err.reason();
+    tracing::warn!(object = %obj.meta().name.clone().unwrap_or_default(), reason, error = %err, "reconcile failed");
+    let status = json!({ "conditions": [condition(false, reason, err.to_string(), obj.meta().generation)] });
+    if let Err(e) = patch_status(api, &obj.meta().name.clone().unwrap_or_default(), status).await {
+        tracing::warn!(error = %e, "could not set Ready=False");
+    }
+    ctx.event(obj, EventType::Warning, reason, err.to_string()).await;
+    match err {
+        Error::InvalidSpec(_) => Ok(Action::await_change()),
+        other => Err(other),
+    }
+}
+
+fn retry_policy<K>(_: Arc<K>, err: &Error, _: Arc<Context>) -> Action {
+    tracing::debug!(reason = err.reason(), "requeue after error");
+    Action::requeue(Duration::from_secs(2))
+}
+
+/// Znode changes below the root, as the resources they belong to.
+fn zookeeper_triggers(
+    session: Session,
+    root: String,
+) -> (impl futures::Stream<Item = ObjectRef<DistributedLock>>, impl futures::Stream<Item = ObjectRef<WorkQueue>>) {
+    let (locks_tx, locks_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (queues_tx, queues_rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let Ok(current) = session.wait_connected(Duration::from_secs(5)).await else { continue };
+            let mut watcher = match current.client.watch(&root, zk::AddWatchMode::PersistentRecursive).await {
+                Ok(w) => w,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            loop {
+                let event = watcher.changed().await;
+                if event.event_type == zk::EventType::Session {
+                    if event.session_state.is_terminated() {
+                        break;
+                    }
+                    continue;
+                }
+                let rest = event.path.strip_prefix(&root).unwrap_or_default();
+                let parts: Vec<&str> = rest.trim_start_matches('/').split('/').collect();
+                match parts.as_slice() {
+                    [ns, "locks", name, ..] => {
+                        let _ = locks_tx.send(ObjectRef::new(name).within(ns));
+                    }
+                    [ns, "queues", name, ..] => {
+                        let _ = queues_tx.send(ObjectRef::new(name).within(ns));
+                    }
+                    _ => {}
+                }
+            }
+        }
+    });
+    (
+        tokio_stream::wrappers::UnboundedReceiverStream::new(locks_rx),
+        tokio_stream::wrappers::UnboundedReceiverStream::new(queues_rx),
+    )
+}
+
+/// Runs both controllers until `shutdown` resolves.
+pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Send + 'static) {
+    let (lock_triggers, queue_triggers) = zookeeper_triggers(ctx.session.clone(), ctx.layout.root().to_owned());
+    // Every change of the ZooKeeper session re-reconciles everything: losing it turns the
+    // resources Ready=False, getting it back turns them Ready again — no restart needed.
+    let session_changes = || tokio_stream::wrappers::BroadcastStream::new(ctx.session.subscribe()).map(|_| ());
+    // Status follows ZooKeeper, rate-limited: changes to one resource within 200 ms coalesce.
+    let config = ControllerConfig::default().debounce(Duration::from_millis(200));
+    let shutdown = futures::future::FutureExt::shared(Box::pin(shutdown));
+    let locks = Controller::new(Api::<DistributedLock>::all(ctx.client.clone()), watcher::Config::default())
+        .with_config(config.clone())
+        .reconcile_on(lock_triggers)
+        .reconcile_all_on(session_changes())
+        .graceful_shutdown_on(shutdown.clone())
+        .run(reconcile_lock, retry_policy, ctx.clone())
+        .for_each(|result| async move {
+            if let Err(err) = result {
+                tracing::debug!(error = %err, "lock reconcile");
+            }
+        });
+    let queues = Controller::new(Api::<WorkQueue>::all(ctx.client.clone()), watcher::Config::default())
+        .with_config(config)
+        .reconcile_on(queue_triggers)
+        .reconcile_all_on(session_changes())
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile_queue, retry_policy, ctx.clone())
+        .for_each(|result| async move {
+            if let Err(err) = result {
+                tracing::debug!(error = %err, "queue reconcile");
+            }
+        });
+    futures::join!(locks, queues);
+}

@@ -1,0 +1,146 @@
+//! The real operator binary against a real 3-node ensemble and the Kubernetes API
+//! stand-in, driven with kubectl: resources become Ready with their znodes and ACL, a
+//! sidecar's lock and queue show in `kubectl get`, ZooKeeper going away turns them
+//! Ready=False and coming back recovers them, and deletion cleans up (keeping a queue
+//! that still holds items).
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::Api;
+use paddock_e2e::apiserver::ApiServer;
+use paddock_e2e::process::Sidecar;
+use paddock_e2e::{Acquire, Ensemble, PodClient, ProcessHandle, SidecarOptions, init_tracing};
+use paddock_operator::crd::{DistributedLock, WorkQueue};
+use paddock_recipes::identity::DigestIdentity;
+use paddock_recipes::zk;
+
+/// A binary of the workspace, next to this test's own directory (`cargo test --workspace`
+/// builds them all before running tests).
+fn workspace_binary(name: &str) -> PathBuf {
+    let path = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join(name);
+    assert!(path.exists(), "{} missing: run the tests with `cargo test --workspace`", path.display());
+    path
+}
+
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn ready(conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]) -> Option<(String, String)> {
+    conditions.iter().find(|c| c.type_ == "Ready").map(|c| (c.status.clone(), c.reason.clone()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_provisions_reports_recovers_and_cleans_up() {
+    init_tracing();
+    let mut ensemble = Ensemble::start().await.unwrap();
+    let api = ApiServer::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, api.kubeconfig()).unwrap();
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let kubectl = |args: &[&str]| {
+        let output =
+            Command::new("kubectl").args(args).env("KUBECONFIG", &kubeconfig).current_dir(root).output().unwrap();
+        assert!(output.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).unwrap()
+    };
+    kubectl(&["apply", "-f", "crds/"]);
+    kubectl(&["apply", "-f", "examples/"]);
+
+    let operator_identity = DigestIdentity::generate("paddock-operator");
+    let mut command = Command::new(workspace_binary("paddock-operator"));
+    command
+        .arg("run")
+        .env("KUBECONFIG", &kubeconfig)
+        .env("PADDOCK_ZOOKEEPER", ensemble.connect_string())
+        .env("PADDOCK_ZK_AUTH", operator_identity.credentials())
+        .env("PADDOCK_SESSION_TIMEOUT", "4s")
+        .env("RUST_LOG", "warn");
+    let _operator = ProcessHandle::spawn("paddock-operator", command).unwrap();
+
+    let client = api.client().unwrap();
+    let locks: Api<DistributedLock> = Api::namespaced(client.clone(), "default");
+    let queues: Api<WorkQueue> = Api::namespaced(client.clone(), "default");
+    let lock_ready = || async {
+        let lock = locks.get("orders").await.unwrap();
+        lock.status.and_then(|s| ready(&s.conditions))
+    };
+    eventually("the lock is Ready", || async { lock_ready().await.is_some_and(|(s, _)| s == "True") }).await;
+    eventually("the queue is Ready", || async {
+        queues.get("jobs").await.unwrap().status.and_then(|s| ready(&s.conditions)).is_some_and(|(s, _)| s == "True")
+    })
+    .await;
+
+    // The znodes exist with the config and the ACL (the namespace's identity and the operator's).
+    let admin = zk::Client::connector()
+        .with_auth("digest", operator_identity.credentials().as_bytes())
+        .connect(&ensemble.connect_string())
+        .await
+        .unwrap();
+    let (acl, _) = admin.get_acl("/paddock/default/locks/orders").await.unwrap();
+    assert_eq!(acl.len(), 2, "{acl:?}");
+    let (data, _) = admin.get_data("/paddock/default/locks/workers").await.unwrap();
+    assert!(String::from_utf8_lossy(&data).contains("\"maxHolders\":3"));
+
+    // A pod of the namespace, with the credentials the operator put in its Secret.
+    let secrets: Api<Secret> = Api::namespaced(client, "default");
+    let secret = secrets.get("paddock-zookeeper-credentials").await.unwrap();
+    let credentials = String::from_utf8(secret.data.unwrap()["credentials"].0.clone()).unwrap();
+    let options =
+        SidecarOptions::new(workspace_binary("paddock-sidecar"), ensemble.connect_string(), "web-0", "default")
+            .env("PADDOCK_ZK_AUTH", &credentials);
+    let sidecar = Sidecar::start(options).await.unwrap();
+    let pod = PodClient::new(sidecar.url(""));
+    let Acquire::Acquired { token, .. } = pod.acquire("orders", "worker-1", "5s").await.unwrap() else { panic!() };
+    assert_eq!(pod.enqueue("jobs", "one").await.unwrap().0, 201);
+    assert_eq!(pod.enqueue("jobs", "two").await.unwrap().0, 201);
+
+    // kubectl shows the holder and the depth soon after (the ZooKeeper watch, not a poll).
+    eventually("kubectl shows the holder", || async {
+        let table = kubectl(&["get", "dlock", "orders"]);
+        table.contains("web-0")
+    })
+    .await;
+    let lock = locks.get("orders").await.unwrap();
+    assert_eq!(lock.status.unwrap().holders[0].token, token, "the status carries the fencing token");
+    eventually("kubectl shows the depth", || async {
+        let table = kubectl(&["get", "wq", "jobs"]);
+        table.lines().nth(1).is_some_and(|l| l.split_whitespace().nth(1) == Some("2"))
+    })
+    .await;
+
+    // ZooKeeper gone: Ready=False with the reason; back: Ready again, no restart.
+    ensemble.stop_all();
+    eventually("Ready=False while ZooKeeper is down", || async {
+        lock_ready().await.is_some_and(|(s, reason)| s == "False" && reason == "ZooKeeperUnavailable")
+    })
+    .await;
+    ensemble.start_all(Duration::from_secs(60)).await.unwrap();
+    eventually("Ready again after ZooKeeper returns", || async {
+        lock_ready().await.is_some_and(|(s, _)| s == "True")
+    })
+    .await;
+
+    // Deleting: the lock's znodes go; the queue with items is kept (policy Retain).
+    kubectl(&["delete", "dlock", "orders"]);
+    eventually("the lock's znode is removed", || async {
+        matches!(admin.check_stat("/paddock/default/locks/orders").await, Ok(None))
+    })
+    .await;
+    assert!(locks.get_opt("orders").await.unwrap().is_none(), "the finalizer was removed");
+    kubectl(&["delete", "wq", "jobs"]);
+    eventually("the WorkQueue resource is gone", || async { queues.get_opt("jobs").await.unwrap().is_none() }).await;
+    assert!(admin.check_stat("/paddock/default/queues/jobs").await.unwrap().is_some(), "its items are kept");
+}
