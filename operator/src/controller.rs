@@ -22,6 +22,9 @@ use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use paddock_recipes::identity::DigestIdentity;
 use paddock_recipes::{Layout, Name, Session, zk};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
 use serde_json::json;
 
 use crate::crd::{DistributedLock, DistributedLockStatus, WorkQueue, WorkQueueStatus};
@@ -57,8 +60,55 @@ fn zk_error(err: impl std::fmt::Display) -> Error {
     Error::ZooKeeper(err.to_string())
 }
 
+/// Prometheus metrics of the controllers (served at `/metrics`).
+pub struct Metrics {
+    pub registry: prometheus_client::registry::Registry,
+    reconciles: Family<KindLabel, Counter>,
+    failures: Family<FailureLabel, Counter>,
+    duration: Histogram,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct KindLabel {
+    kind: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct FailureLabel {
+    kind: String,
+    reason: String,
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let mut registry = prometheus_client::registry::Registry::with_prefix("paddock_operator");
+        let reconciles = Family::<KindLabel, Counter>::default();
+        let failures = Family::<FailureLabel, Counter>::default();
+        let duration = Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 16));
+        registry.register("reconciles", "Reconciles run, by kind", reconciles.clone());
+        registry.register("reconcile_failures", "Failed reconciles, by kind and reason", failures.clone());
+        registry.register("reconcile_duration_seconds", "How long a reconcile took", duration.clone());
+        Self { registry, reconciles, failures, duration }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");
+        out
+    }
+
+    fn observe(&self, kind: &str, started: std::time::Instant, result: &Result<Action, Error>) {
+        self.reconciles.get_or_create(&KindLabel { kind: kind.into() }).inc();
+        self.duration.observe(started.elapsed().as_secs_f64());
+        if let Err(err) = result {
+            self.failures.get_or_create(&FailureLabel { kind: kind.into(), reason: err.reason().into() }).inc();
+        }
+    }
+}
+
 pub struct Context {
     pub client: kube::Client,
+    pub metrics: Metrics,
     pub session: Session,
     pub layout: Layout,
     pub operator: DigestIdentity,
@@ -71,7 +121,7 @@ impl Context {
     pub fn new(client: kube::Client, session: Session, layout: Layout, operator: DigestIdentity) -> Self {
         let reporter = Reporter { controller: "paddock-operator".into(), instance: std::env::var("POD_NAME").ok() };
         let recorder = Recorder::new(client.clone(), reporter);
-        Self { client, session, layout, operator, recorder, authed: Mutex::default() }
+        Self { client, session, layout, operator, recorder, authed: Mutex::default(), metrics: Metrics::new() }
     }
 
     /// The namespace's identity from its Secret (created on first use), added to the
@@ -150,6 +200,20 @@ where
 }
 
 async fn reconcile_lock(lock: Arc<DistributedLock>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
+    let result = reconcile_lock_inner(lock, ctx.clone()).await;
+    ctx.metrics.observe("DistributedLock", started, &result);
+    result
+}
+
+async fn reconcile_queue(queue: Arc<WorkQueue>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
+    let result = reconcile_queue_inner(queue, ctx.clone()).await;
+    ctx.metrics.observe("WorkQueue", started, &result);
+    result
+}
+
+async fn reconcile_lock_inner(lock: Arc<DistributedLock>, ctx: Arc<Context>) -> Result<Action, Error> {
     let api: Api<DistributedLock> = Api::namespaced(ctx.client.clone(), &lock.namespace().unwrap_or_default());
     let result = finalizer(&api, FINALIZER, lock.clone(), |event| async {
         match event {
@@ -187,7 +251,7 @@ async fn apply_lock(lock: &DistributedLock, ctx: &Context) -> Result<Action, Err
     Ok(Action::requeue(Duration::from_secs(300)))
 }
 
-async fn reconcile_queue(queue: Arc<WorkQueue>, ctx: Arc<Context>) -> Result<Action, Error> {
+async fn reconcile_queue_inner(queue: Arc<WorkQueue>, ctx: Arc<Context>) -> Result<Action, Error> {
     let api: Api<WorkQueue> = Api::namespaced(ctx.client.clone(), &queue.namespace().unwrap_or_default());
     let result = finalizer(&api, FINALIZER, queue.clone(), |event| async {
         match event {

@@ -3,5 +3,6 @@
 
 pub mod controller;
 pub mod crd;
+pub mod leader;
 pub mod reconcile;
 pub mod validate;

@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use paddock_operator::controller::{self, Context};
+use paddock_operator::leader::LeaderElection;
 use paddock_recipes::identity::DigestIdentity;
 use paddock_recipes::{Layout, Session, SessionOptions};
 
@@ -35,6 +36,18 @@ struct RunArgs {
     /// The operator's own digest identity `user:password` (its admin identity).
     #[arg(long, env = "PADDOCK_ZK_AUTH", value_name = "PADDOCK_ZK_AUTH", hide_env_values = true)]
     zk_auth: String,
+    /// Namespace of the leader-election Lease (the operator's own).
+    #[arg(long, env = "POD_NAMESPACE", value_name = "POD_NAMESPACE", default_value = "default")]
+    namespace: String,
+    /// This replica's name in the Lease.
+    #[arg(long, env = "POD_NAME", value_name = "POD_NAME")]
+    pod_name: Option<String>,
+    /// How long a leader's Lease lasts without renewal.
+    #[arg(long, env = "PADDOCK_LEASE_DURATION", value_name = "PADDOCK_LEASE_DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
+    lease_duration: Duration,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "PADDOCK_METRICS_LISTEN", value_name = "PADDOCK_METRICS_LISTEN", default_value = "0.0.0.0:8080")]
+    metrics_listen: std::net::SocketAddr,
     /// ZooKeeper session timeout.
     #[arg(long, env = "PADDOCK_SESSION_TIMEOUT", value_name = "PADDOCK_SESSION_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     session_timeout: Duration,
@@ -67,11 +80,65 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         session_timeout: args.session_timeout,
         digest_auth: Some(operator.credentials()),
     });
-    tracing::info!(zookeeper = %args.zookeeper, root = %args.zk_root, "paddock-operator running");
-    let ctx = Arc::new(Context::new(client, session.clone(), layout, operator));
-    controller::run(ctx, shutdown_signal()).await;
+    let ctx = Arc::new(Context::new(client.clone(), session.clone(), layout, operator));
+    serve_metrics(args.metrics_listen, ctx.clone()).await?;
+
+    let identity = args.pod_name.unwrap_or_else(|| format!("paddock-operator-{}", uuid_suffix()));
+    let election = LeaderElection::new(client, &args.namespace, "paddock-operator", &identity, args.lease_duration);
+    let mut shutdown = Box::pin(shutdown_signal());
+    tokio::select! {
+        _ = election.acquire() => {}
+        _ = &mut shutdown => return Ok(()),
+    }
+    tracing::info!(zookeeper = %args.zookeeper, root = %args.zk_root, identity, "paddock-operator leading");
+    let (lost_tx, lost_rx) = tokio::sync::oneshot::channel::<()>();
+    let stop = async move {
+        tokio::select! {
+            _ = shutdown => {}
+            _ = lost_rx => {}
+        }
+    };
+    let controllers = controller::run(ctx, stop);
+    let lost = tokio::select! {
+        _ = controllers => false,
+        _ = election.hold() => { let _ = lost_tx.send(()); true }
+    };
+    election.release().await;
     session.close().await;
+    anyhow::ensure!(!lost, "lost leadership; exiting so that a restart rejoins the election");
     tracing::info!("paddock-operator stopped");
+    Ok(())
+}
+
+fn uuid_suffix() -> String {
+    std::process::id().to_string()
+}
+
+/// `/metrics` (Prometheus), `/healthz`, `/readyz` (a ZooKeeper session is connected).
+async fn serve_metrics(listen: std::net::SocketAddr, ctx: Arc<Context>) -> anyhow::Result<()> {
+    use axum::routing::get;
+    let listener =
+        tokio::net::TcpListener::bind(listen).await.with_context(|| format!("PADDOCK_METRICS_LISTEN {listen}"))?;
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(|axum::extract::State(ctx): axum::extract::State<Arc<Context>>| async move { ctx.metrics.encode() }),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(|axum::extract::State(ctx): axum::extract::State<Arc<Context>>| async move {
+                if ctx.session.is_connected() {
+                    (axum::http::StatusCode::OK, "ready")
+                } else {
+                    (axum::http::StatusCode::SERVICE_UNAVAILABLE, "no ZooKeeper session")
+                }
+            }),
+        )
+        .with_state(ctx);
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
     Ok(())
 }
 

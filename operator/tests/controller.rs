@@ -60,6 +60,7 @@ async fn the_operator_provisions_reports_recovers_and_cleans_up() {
     kubectl(&["apply", "-f", "examples/"]);
 
     let operator_identity = DigestIdentity::generate("paddock-operator");
+    let metrics_addr = format!("127.0.0.1:{}", paddock_e2e::ensemble::free_ports(1).unwrap()[0]);
     let mut command = Command::new(workspace_binary("paddock-operator"));
     command
         .arg("run")
@@ -67,7 +68,8 @@ async fn the_operator_provisions_reports_recovers_and_cleans_up() {
         .env("PADDOCK_ZOOKEEPER", ensemble.connect_string())
         .env("PADDOCK_ZK_AUTH", operator_identity.credentials())
         .env("PADDOCK_SESSION_TIMEOUT", "4s")
-        .env("RUST_LOG", "warn");
+        .env("PADDOCK_METRICS_LISTEN", &metrics_addr)
+        .env("RUST_LOG", std::env::var("PADDOCK_TEST_OPERATOR_LOG").unwrap_or_else(|_| "warn".into()));
     let _operator = ProcessHandle::spawn("paddock-operator", command).unwrap();
 
     let client = api.client().unwrap();
@@ -121,6 +123,10 @@ async fn the_operator_provisions_reports_recovers_and_cleans_up() {
     })
     .await;
 
+    // The operator counts its reconciles.
+    let metrics = reqwest::get(format!("http://{metrics_addr}/metrics")).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("paddock_operator_reconciles_total{kind=\"DistributedLock\"}"), "{metrics}");
+
     // ZooKeeper gone: Ready=False with the reason; back: Ready again, no restart.
     ensemble.stop_all();
     eventually("Ready=False while ZooKeeper is down", || async {
@@ -133,7 +139,13 @@ async fn the_operator_provisions_reports_recovers_and_cleans_up() {
     })
     .await;
 
-    // Deleting: the lock's znodes go; the queue with items is kept (policy Retain).
+    // Deleting: the lock's znodes go; the queue with items is kept (policy Retain). (A new
+    // admin session: the old one may have expired while the ensemble was down.)
+    let admin = zk::Client::connector()
+        .with_auth("digest", operator_identity.credentials().as_bytes())
+        .connect(&ensemble.connect_string())
+        .await
+        .unwrap();
     kubectl(&["delete", "dlock", "orders"]);
     eventually("the lock's znode is removed", || async {
         matches!(admin.check_stat("/paddock/default/locks/orders").await, Ok(None))

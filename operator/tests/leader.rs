@@ -1,0 +1,96 @@
+//! Two operator replicas: one leads (the Lease says which), the other waits; when the
+//! leader dies the other takes the Lease over and reconciles.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::api::{Api, PostParams};
+use paddock_e2e::apiserver::ApiServer;
+use paddock_e2e::ensemble::free_ports;
+use paddock_e2e::{Ensemble, ProcessHandle, init_tracing};
+use paddock_operator::crd::{DeletionPolicy, DistributedLock, DistributedLockSpec};
+use paddock_recipes::identity::DigestIdentity;
+
+fn workspace_binary(name: &str) -> PathBuf {
+    let path = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join(name);
+    assert!(path.exists(), "{} missing: run the tests with `cargo test --workspace`", path.display());
+    path
+}
+
+async fn ready(locks: &Api<DistributedLock>, name: &str) -> bool {
+    locks
+        .get_opt(name)
+        .await
+        .unwrap()
+        .and_then(|l| l.status)
+        .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn lock(name: &str) -> DistributedLock {
+    DistributedLock::new(
+        name,
+        DistributedLockSpec { max_holders: 1, ttl: None, deletion_policy: DeletionPolicy::Retain },
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_replica_leads_and_the_other_takes_over_when_it_dies() {
+    init_tracing();
+    let ensemble = Ensemble::start().await.unwrap();
+    let api = ApiServer::start().await.unwrap();
+    let client = api.client().unwrap();
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        Api::all(client.clone());
+    for doc in include_str!("../../crds/paddock.dev.yaml").split("---\n") {
+        crds.create(&PostParams::default(), &serde_yaml::from_str(doc).unwrap()).await.unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, api.kubeconfig()).unwrap();
+    let operator_identity = DigestIdentity::generate("paddock-operator");
+    let mut replicas = Vec::new();
+    for name in ["operator-a", "operator-b"] {
+        let mut command = Command::new(workspace_binary("paddock-operator"));
+        command
+            .arg("run")
+            .env("KUBECONFIG", &kubeconfig)
+            .env("PADDOCK_ZOOKEEPER", ensemble.connect_string())
+            .env("PADDOCK_ZK_AUTH", operator_identity.credentials())
+            .env("POD_NAME", name)
+            .env("POD_NAMESPACE", "default")
+            .env("PADDOCK_LEASE_DURATION", "3s")
+            .env("PADDOCK_METRICS_LISTEN", format!("127.0.0.1:{}", free_ports(1).unwrap()[0]))
+            .env("RUST_LOG", "warn");
+        replicas.push((name, ProcessHandle::spawn(name, command).unwrap()));
+    }
+
+    let locks: Api<DistributedLock> = Api::namespaced(client.clone(), "default");
+    locks.create(&PostParams::default(), &lock("first")).await.unwrap();
+    eventually("the leader reconciles", || ready(&locks, "first")).await;
+    let leases: Api<Lease> = Api::namespaced(client, "default");
+    let holder = || async {
+        leases.get_opt("paddock-operator").await.unwrap().and_then(|l| l.spec).and_then(|s| s.holder_identity)
+    };
+    let leader = holder().await.expect("a leader holds the Lease");
+
+    // Kill the leader; the other replica takes over within the lease duration.
+    let (_, process) = replicas.iter_mut().find(|(name, _)| *name == leader).unwrap();
+    process.kill();
+    locks.create(&PostParams::default(), &lock("second")).await.unwrap();
+    eventually("the other replica leads", || async { holder().await.is_some_and(|h| h != leader) }).await;
+    eventually("and reconciles", || ready(&locks, "second")).await;
+}
