@@ -135,3 +135,39 @@ async fn kubectl_applies_and_shows_printer_columns() {
     assert!(kubectl(&["get", "paddock"]).await.contains("jobs"), "the category lists both kinds");
     assert!(kubectl(&["delete", "wq", "jobs"]).await.contains("deleted"));
 }
+
+#[tokio::test]
+async fn custom_resources_are_validated_and_defaulted_against_the_crd_schema() {
+    let (_server, client) = with_crds().await;
+    let locks: Api<DistributedLock> = Api::namespaced(client, "default");
+    let created = locks.create(&PostParams::default(), &lock("defaults")).await.unwrap();
+    assert_eq!(created.spec.deletion_policy, DeletionPolicy::Retain);
+    let raw: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        locks.clone().into_client(),
+        "default",
+        &kube::api::ApiResource::erase::<DistributedLock>(&()),
+    );
+    // Defaults fill what the manifest left out, as the API server does.
+    let minimal: kube::api::DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "paddock.dev/v1alpha1", "kind": "DistributedLock", "metadata": {"name": "minimal"}, "spec": {}
+    }))
+    .unwrap();
+    let stored = raw.create(&PostParams::default(), &minimal).await.unwrap();
+    assert_eq!(stored.data["spec"]["maxHolders"], 1);
+    assert_eq!(stored.data["spec"]["deletionPolicy"], "Retain");
+    for (spec, complaint) in [
+        (json!({"maxHolders": 0}), "greater than or equal to 1"),
+        (json!({"maxHolders": "two"}), "must be of type integer"),
+        (json!({"ttl": "soon"}), "should match"),
+        (json!({"deletionPolicy": "Maybe"}), "Unsupported value"),
+    ] {
+        let bad: kube::api::DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "paddock.dev/v1alpha1", "kind": "DistributedLock", "metadata": {"name": "bad"}, "spec": spec
+        }))
+        .unwrap();
+        let err = raw.create(&PostParams::default(), &bad).await.unwrap_err();
+        let kube::Error::Api(status) = err else { panic!("{err}") };
+        assert_eq!(status.code, 422, "{spec}");
+        assert!(status.message.contains(complaint), "{spec}: {}", status.message);
+    }
+}

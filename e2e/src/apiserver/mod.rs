@@ -6,10 +6,12 @@
 //! update / patch (merge, JSON; server-side apply treated as a merge of the applied
 //! object) / delete, the status subresource, resourceVersion with 409 conflicts,
 //! finalizers and deletionTimestamp, and watch from a resourceVersion (410 when the
-//! history no longer reaches back), and Table output with a CRD's printer columns for
-//! `kubectl get`. Not yet: schema validation and defaulting, field managers.
+//! history no longer reaches back), Table output with a CRD's printer columns for
+//! `kubectl get`, and validation and defaulting of custom resources against their CRD's
+//! structural schema. Not modelled: CEL rules, field managers, admission webhooks.
 
 mod routes;
+mod schema;
 pub mod store;
 mod table;
 

@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
-use super::store::{Failure, ResourceKey, Store};
+use super::store::{Failure, ResourceKey, Store, Write};
 
 type Shared = Arc<Mutex<Store>>;
 
@@ -223,6 +223,7 @@ async fn resource(
         ));
     }
     let ns = target.namespace.as_deref();
+    let strict = q("fieldValidation") == Some("Strict");
     match (method, target.name.as_deref()) {
         (Method::GET, None) if q("watch").is_some_and(|w| w == "true" || w == "1") => {
             let rv = q("resourceVersion").and_then(|v| v.parse().ok()).unwrap_or(0);
@@ -262,7 +263,7 @@ async fn resource(
                 return failure(Failure::new(400, "BadRequest", "the body is not JSON"));
             };
             let mut store = store.lock().expect("not poisoned");
-            let created = store.create(&target.key, ns, object);
+            let created = store.create(&target.key, ns, object, strict);
             if target.key.plural == "customresourcedefinitions"
                 && let Ok(crd) = &created
             {
@@ -276,7 +277,16 @@ async fn resource(
                     {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts"},
                     {"type": "Established", "status": "True", "reason": "InitialNamesAccepted"}],
                     "acceptedNames": crd["spec"]["names"].clone()});
-                return respond(store.replace(&target.key, None, &name, established, "status", false), 201);
+                return respond(
+                    store.replace(
+                        &target.key,
+                        None,
+                        &name,
+                        established,
+                        Write { subresource: "status", check_rv: false, strict: false },
+                    ),
+                    201,
+                );
             }
             respond(created, 201)
         }
@@ -285,7 +295,13 @@ async fn resource(
                 return failure(Failure::new(400, "BadRequest", "the body is not JSON"));
             };
             respond(
-                store.lock().expect("not poisoned").replace(&target.key, ns, name, object, &target.subresource, true),
+                store.lock().expect("not poisoned").replace(
+                    &target.key,
+                    ns,
+                    name,
+                    object,
+                    Write { subresource: &target.subresource, check_rv: true, strict },
+                ),
                 200,
             )
         }
@@ -299,7 +315,7 @@ async fn resource(
                     let Ok(object) = parse_body(&body) else {
                         return failure(Failure::new(400, "BadRequest", "the body is not JSON or YAML"));
                     };
-                    return respond(store.create(&target.key, ns, object), 201);
+                    return respond(store.create(&target.key, ns, object, strict), 201);
                 }
                 Err(f) => return failure(f),
             };
@@ -307,7 +323,16 @@ async fn resource(
                 Ok(patched) => patched,
                 Err(f) => return failure(f),
             };
-            respond(store.replace(&target.key, ns, name, patched, &target.subresource, true), 200)
+            respond(
+                store.replace(
+                    &target.key,
+                    ns,
+                    name,
+                    patched,
+                    Write { subresource: &target.subresource, check_rv: true, strict },
+                ),
+                200,
+            )
         }
         (Method::DELETE, Some(name)) => respond(store.lock().expect("not poisoned").delete(&target.key, ns, name), 200),
         (method, _) => failure(Failure::new(405, "MethodNotAllowed", format!("{method} is not supported here"))),

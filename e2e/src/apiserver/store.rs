@@ -36,6 +36,8 @@ pub struct ResourceInfo {
     pub status_subresource: bool,
     /// `additionalPrinterColumns` of a CRD version: (name, type, jsonPath).
     pub columns: Vec<(String, String, String)>,
+    /// A CRD version's `openAPIV3Schema`.
+    pub schema: Option<Value>,
 }
 
 /// One change, as a watch sends it.
@@ -71,6 +73,16 @@ impl Failure {
 
 type ObjectKey = (ResourceKey, String, String);
 
+/// How an update is made: to `""` (the object) or `"status"`, whether the caller's
+/// resourceVersion must match (PUT and patches from clients), and whether the request
+/// asked for `fieldValidation=Strict`.
+#[derive(Debug, Clone, Copy)]
+pub struct Write<'a> {
+    pub subresource: &'a str,
+    pub check_rv: bool,
+    pub strict: bool,
+}
+
 pub struct Store {
     pub resources: BTreeMap<ResourceKey, ResourceInfo>,
     objects: BTreeMap<ObjectKey, Value>,
@@ -78,6 +90,7 @@ pub struct Store {
     history: VecDeque<Change>,
     /// resourceVersion of the newest change dropped from the history.
     dropped_up_to: u64,
+
     pub changes: broadcast::Sender<Change>,
 }
 
@@ -129,13 +142,18 @@ impl Store {
                     categories: Vec::new(),
                     status_subresource: plural == "customresourcedefinitions",
                     columns: Vec::new(),
+                    schema: None,
                 },
             );
         }
         for ns in ["default", "kube-system"] {
             let key = ResourceKey::new("", "v1", "namespaces");
-            let _ =
-                store.create(&key, None, json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}));
+            let _ = store.create(
+                &key,
+                None,
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
+                false,
+            );
         }
         store
     }
@@ -189,7 +207,14 @@ impl Store {
             .collect()
     }
 
-    pub fn create(&mut self, key: &ResourceKey, namespace: Option<&str>, mut object: Value) -> Result<Value, Failure> {
+    /// `strict`: the request asked for `fieldValidation=Strict` (unknown fields are errors).
+    pub fn create(
+        &mut self,
+        key: &ResourceKey,
+        namespace: Option<&str>,
+        mut object: Value,
+        strict: bool,
+    ) -> Result<Value, Failure> {
         let info = self.resources.get(key).cloned().ok_or_else(|| Failure::new(404, "NotFound", "no such resource"))?;
         let name = object["metadata"]["name"]
             .as_str()
@@ -201,6 +226,7 @@ impl Store {
                 return Err(Failure::new(404, "NotFound", format!("namespaces \"{ns}\" not found")));
             }
         }
+        validate(&info, &mut object, strict)?;
         let okey = Self::object_key(key, namespace, &name);
         if self.objects.contains_key(&okey) {
             return Err(Failure::new(409, "AlreadyExists", format!("{} \"{name}\" already exists", key.plural)));
@@ -232,9 +258,9 @@ impl Store {
         namespace: Option<&str>,
         name: &str,
         mut object: Value,
-        subresource: &str,
-        check_rv: bool,
+        how: Write<'_>,
     ) -> Result<Value, Failure> {
+        let Write { subresource, check_rv, strict } = how;
         let info = self.resources.get(key).cloned().ok_or_else(|| Failure::new(404, "NotFound", "no such resource"))?;
         let current = self.get(key, namespace, name)?;
         let current_rv = current["metadata"]["resourceVersion"].as_str().unwrap_or_default().to_owned();
@@ -276,6 +302,7 @@ impl Store {
                 }
             }
         }
+        validate(&info, &mut object, strict)?;
         let generation = current["metadata"]["generation"].as_i64().unwrap_or(1);
         let spec_changed = object.get("spec") != current.get("spec");
         object["metadata"]["generation"] = json!(if spec_changed { generation + 1 } else { generation });
@@ -353,9 +380,21 @@ impl Store {
                             (field("name"), field("type"), field("jsonPath"))
                         })
                         .collect(),
+                    schema: version["schema"].get("openAPIV3Schema").cloned(),
                 },
             );
         }
         Ok(())
     }
+}
+
+/// Defaults and validates a custom resource against its schema (422 Invalid when wrong).
+fn validate(info: &ResourceInfo, object: &mut Value, strict: bool) -> Result<(), Failure> {
+    let Some(schema) = &info.schema else { return Ok(()) };
+    let errors = super::schema::check(schema, object, strict);
+    if errors.is_empty() {
+        return Ok(());
+    }
+    let name = object["metadata"]["name"].as_str().unwrap_or_default();
+    Err(Failure::new(422, "Invalid", format!("{} \"{name}\" is invalid: {}", info.kind, errors.join(", "))))
 }
