@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::{assert_json_errors, eventually, sidecar};
+use common::{assert_json_errors, eventually, oversized, sidecar};
 use paddock_e2e::fenced::{FencedCounter, Write};
 use paddock_e2e::{Acquire, Ensemble, PodClient, init_tracing, provision};
 use paddock_recipes::LockConfig;
@@ -432,7 +432,7 @@ async fn bad_input_gets_a_json_4xx_and_never_a_panic() {
             400,
             "bad-request",
         ),
-        ("huge body", post(vec![b' '; 2 * 1024 * 1024], "application/json").await.unwrap(), 413, "payload-too-large"),
+        ("huge body", oversized(&pod.url("/lock")).await, 413, "payload-too-large"),
         (
             "no such lock",
             post(br#"{"name":"nope"}"#.to_vec(), "application/json").await.unwrap(),

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{assert_json_errors, eventually, sidecar};
+use common::{assert_json_errors, eventually, oversized, sidecar};
 use paddock_e2e::{Ensemble, init_tracing, provision};
 use paddock_recipes::QueueConfig;
 use serde_json::Value;
@@ -259,17 +259,7 @@ async fn bad_input_gets_a_json_4xx_and_loses_nothing() {
             413,
             "payload-too-large",
         ),
-        (
-            "body over the sidecar limit",
-            http.post(pod.url("/queue/q/batch"))
-                .header("content-type", "application/json")
-                .body(vec![b' '; 2 << 20])
-                .send()
-                .await
-                .unwrap(),
-            413,
-            "payload-too-large",
-        ),
+        ("body over the sidecar limit", oversized(&pod.url("/queue/q/batch")).await, 413, "payload-too-large"),
         (
             "bad priority",
             http.post(pod.url("/queue/q?priority=10")).body("x").send().await.unwrap(),

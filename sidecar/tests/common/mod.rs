@@ -47,3 +47,16 @@ pub async fn assert_json_errors(cases: Vec<(&str, reqwest::Response, u16, &str)>
         assert!(message.len() > 20, "{what}: a message a person can act on: {body}");
     }
 }
+
+/// POSTs a 2 MiB JSON body on a connection of its own: the sidecar answers 413 before
+/// reading it all and closes that connection, which a pooled client could otherwise pick
+/// for the next request.
+pub async fn oversized(url: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(url)
+        .header("content-type", "application/json")
+        .body(vec![b' '; 2 << 20])
+        .send()
+        .await
+        .expect("a response to an oversized body")
+}
