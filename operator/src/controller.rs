@@ -115,13 +115,24 @@ pub struct Context {
     recorder: Recorder,
     /// (session generation, namespace) whose credentials this session carries.
     authed: Mutex<HashSet<(u64, String)>>,
+    /// Consecutive failures per object, for the back-off.
+    failures: Mutex<std::collections::HashMap<String, u32>>,
 }
 
 impl Context {
     pub fn new(client: kube::Client, session: Session, layout: Layout, operator: DigestIdentity) -> Self {
         let reporter = Reporter { controller: "paddock-operator".into(), instance: std::env::var("POD_NAME").ok() };
         let recorder = Recorder::new(client.clone(), reporter);
-        Self { client, session, layout, operator, recorder, authed: Mutex::default(), metrics: Metrics::new() }
+        Self {
+            client,
+            session,
+            layout,
+            operator,
+            recorder,
+            authed: Mutex::default(),
+            failures: Mutex::default(),
+            metrics: Metrics::new(),
+        }
     }
 
     /// The namespace's identity from its Secret (created on first use), added to the
@@ -201,15 +212,23 @@ where
 
 async fn reconcile_lock(lock: Arc<DistributedLock>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = std::time::Instant::now();
+    let key = lock.object_ref(&()).to_string_key();
     let result = reconcile_lock_inner(lock, ctx.clone()).await;
     ctx.metrics.observe("DistributedLock", started, &result);
+    if result.is_ok() {
+        ctx.failures.lock().expect("not poisoned").remove(&key);
+    }
     result
 }
 
 async fn reconcile_queue(queue: Arc<WorkQueue>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = std::time::Instant::now();
+    let key = queue.object_ref(&()).to_string_key();
     let result = reconcile_queue_inner(queue, ctx.clone()).await;
     ctx.metrics.observe("WorkQueue", started, &result);
+    if result.is_ok() {
+        ctx.failures.lock().expect("not poisoned").remove(&key);
+    }
     result
 }
 
@@ -333,9 +352,31 @@ where
     }
 }
 
-fn retry_policy<K>(_: Arc<K>, err: &Error, _: Arc<Context>) -> Action {
-    tracing::debug!(reason = err.reason(), "requeue after error");
-    Action::requeue(Duration::from_secs(2))
+/// Exponential back-off per object (0.5 s doubling to 60 s), reset by a success. ZooKeeper
+/// coming back does not wait for it: a session change re-reconciles everything at once.
+fn retry_policy<K: Resource<DynamicType = ()>>(obj: Arc<K>, err: &Error, ctx: Arc<Context>) -> Action {
+    let key = obj.object_ref(&()).to_string_key();
+    let mut failures = ctx.failures.lock().expect("not poisoned");
+    let n = failures.entry(key).or_insert(0);
+    *n = (*n + 1).min(8);
+    let delay = (Duration::from_millis(500) * 2u32.pow(*n - 1)).min(Duration::from_secs(60));
+    tracing::debug!(reason = err.reason(), ?delay, "requeue after error");
+    Action::requeue(delay)
+}
+
+trait StringKey {
+    fn to_string_key(&self) -> String;
+}
+
+impl StringKey for k8s_openapi::api::core::v1::ObjectReference {
+    fn to_string_key(&self) -> String {
+        format!(
+            "{}/{}/{}",
+            self.kind.as_deref().unwrap_or_default(),
+            self.namespace.as_deref().unwrap_or_default(),
+            self.name.as_deref().unwrap_or_default()
+        )
+    }
 }
 
 /// Znode changes below the root, as the resources they belong to.
