@@ -430,17 +430,21 @@ enum Op {
 /// claim (same session, not given up).
 pub async fn ack(client: &zk::Client, paths: &QueuePaths, id: &ItemId) -> Result<(), QueueError> {
     let id_text = id.to_string();
-    commit_owned(
+    let item_path = format!("{}/{}", paths.bucket(&id.bucket), id.node_name());
+    let result = commit_owned(
         client,
         paths.acl,
-        &[
-            Op::Delete(paths.claim(&id_text)),
-            Op::Delete(format!("{}/{}", paths.bucket(&id.bucket), id.node_name())),
-            Op::Delete(paths.attempts_of(&id_text)),
-        ],
+        &[Op::Delete(paths.claim(&id_text)), Op::Delete(item_path.clone()), Op::Delete(paths.attempts_of(&id_text))],
     )
-    .await
-    .map(drop)
+    .await;
+    match result {
+        Ok(_) => Ok(()),
+        // Acks are idempotent: the caller holds the claim in this session, so an item that
+        // is already gone was removed by an earlier attempt of this ack whose reply was lost
+        // (the caller retried after an error).
+        Err(QueueError::ZooKeeper(zk::Error::NoNode)) if client.check_stat(&item_path).await?.is_none() => Ok(()),
+        Err(err) => Err(err),
+    }
 }
 
 /// Gives a claim up without counting anything (visibility timeout, shutdown): the item
