@@ -25,3 +25,26 @@ pub fn init_tracing() {
         .with_test_writer()
         .try_init();
 }
+
+/// Waits until `check` holds, polling every 100 ms; panics naming `what` after `timeout`.
+/// For tests that wait on a condition (never a bare sleep).
+pub async fn eventually<F, Fut>(timeout: std::time::Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// A binary of the workspace, beside the running test's own directory (`cargo test
+/// --workspace` builds every binary before it runs tests).
+pub fn workspace_binary(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("the test's own path");
+    let path = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>/deps").join(name);
+    assert!(path.exists(), "{} missing: run the tests with `cargo test --workspace`", path.display());
+    path
+}

@@ -4,41 +4,30 @@
 //! Ready=False and coming back recovers them, and deletion cleans up (keeping a queue
 //! that still holds items).
 
-use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use paddock_e2e::apiserver::ApiServer;
 use paddock_e2e::process::Sidecar;
-use paddock_e2e::{Acquire, Ensemble, PodClient, ProcessHandle, SidecarOptions, init_tracing};
+use paddock_e2e::{
+    Acquire, Ensemble, PodClient, ProcessHandle, SidecarOptions, eventually, init_tracing, workspace_binary,
+};
 use paddock_operator::crd::{DistributedLock, WorkQueue};
 use paddock_recipes::identity::DigestIdentity;
 use paddock_recipes::zk;
 
-/// A binary of the workspace, next to this test's own directory (`cargo test --workspace`
-/// builds them all before running tests).
-fn workspace_binary(name: &str) -> PathBuf {
-    let path = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join(name);
-    assert!(path.exists(), "{} missing: run the tests with `cargo test --workspace`", path.display());
-    path
-}
-
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 fn ready(conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]) -> Option<(String, String)> {
     conditions.iter().find(|c| c.type_ == "Ready").map(|c| (c.status.clone(), c.reason.clone()))
+}
+
+async fn as_operator(ensemble: &Ensemble, identity: &DigestIdentity) -> zk::Client {
+    zk::Client::connector()
+        .with_auth("digest", identity.credentials().as_bytes())
+        .connect(&ensemble.connect_string())
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -79,18 +68,17 @@ async fn the_operator_provisions_reports_recovers_and_cleans_up() {
         let lock = locks.get("orders").await.unwrap();
         lock.status.and_then(|s| ready(&s.conditions))
     };
-    eventually("the lock is Ready", || async { lock_ready().await.is_some_and(|(s, _)| s == "True") }).await;
-    eventually("the queue is Ready", || async {
+    eventually(Duration::from_secs(60), "the lock is Ready", || async {
+        lock_ready().await.is_some_and(|(s, _)| s == "True")
+    })
+    .await;
+    eventually(Duration::from_secs(60), "the queue is Ready", || async {
         queues.get("jobs").await.unwrap().status.and_then(|s| ready(&s.conditions)).is_some_and(|(s, _)| s == "True")
     })
     .await;
 
     // The znodes exist with the config and the ACL (the namespace's identity and the operator's).
-    let admin = zk::Client::connector()
-        .with_auth("digest", operator_identity.credentials().as_bytes())
-        .connect(&ensemble.connect_string())
-        .await
-        .unwrap();
+    let admin = as_operator(&ensemble, &operator_identity).await;
     let (acl, _) = admin.get_acl("/paddock/default/locks/orders").await.unwrap();
     assert_eq!(acl.len(), 2, "{acl:?}");
     let (data, _) = admin.get_data("/paddock/default/locks/workers").await.unwrap();
@@ -110,14 +98,14 @@ async fn the_operator_provisions_reports_recovers_and_cleans_up() {
     assert_eq!(pod.enqueue("jobs", "two").await.unwrap().0, 201);
 
     // kubectl shows the holder and the depth soon after (the ZooKeeper watch, not a poll).
-    eventually("kubectl shows the holder", || async {
+    eventually(Duration::from_secs(60), "kubectl shows the holder", || async {
         let table = kubectl(&["get", "dlock", "orders"]);
         table.contains("web-0")
     })
     .await;
     let lock = locks.get("orders").await.unwrap();
     assert_eq!(lock.status.unwrap().holders[0].token, token, "the status carries the fencing token");
-    eventually("kubectl shows the depth", || async {
+    eventually(Duration::from_secs(60), "kubectl shows the depth", || async {
         let table = kubectl(&["get", "wq", "jobs"]);
         table.lines().nth(1).is_some_and(|l| l.split_whitespace().nth(1) == Some("2"))
     })
@@ -129,30 +117,29 @@ async fn the_operator_provisions_reports_recovers_and_cleans_up() {
 
     // ZooKeeper gone: Ready=False with the reason; back: Ready again, no restart.
     ensemble.stop_all();
-    eventually("Ready=False while ZooKeeper is down", || async {
+    eventually(Duration::from_secs(60), "Ready=False while ZooKeeper is down", || async {
         lock_ready().await.is_some_and(|(s, reason)| s == "False" && reason == "ZooKeeperUnavailable")
     })
     .await;
     ensemble.start_all(Duration::from_secs(60)).await.unwrap();
-    eventually("Ready again after ZooKeeper returns", || async {
+    eventually(Duration::from_secs(60), "Ready again after ZooKeeper returns", || async {
         lock_ready().await.is_some_and(|(s, _)| s == "True")
     })
     .await;
 
     // Deleting: the lock's znodes go; the queue with items is kept (policy Retain). (A new
     // admin session: the old one may have expired while the ensemble was down.)
-    let admin = zk::Client::connector()
-        .with_auth("digest", operator_identity.credentials().as_bytes())
-        .connect(&ensemble.connect_string())
-        .await
-        .unwrap();
+    let admin = as_operator(&ensemble, &operator_identity).await;
     kubectl(&["delete", "dlock", "orders"]);
-    eventually("the lock's znode is removed", || async {
+    eventually(Duration::from_secs(60), "the lock's znode is removed", || async {
         matches!(admin.check_stat("/paddock/default/locks/orders").await, Ok(None))
     })
     .await;
     assert!(locks.get_opt("orders").await.unwrap().is_none(), "the finalizer was removed");
     kubectl(&["delete", "wq", "jobs"]);
-    eventually("the WorkQueue resource is gone", || async { queues.get_opt("jobs").await.unwrap().is_none() }).await;
+    eventually(Duration::from_secs(60), "the WorkQueue resource is gone", || async {
+        queues.get_opt("jobs").await.unwrap().is_none()
+    })
+    .await;
     assert!(admin.check_stat("/paddock/default/queues/jobs").await.unwrap().is_some(), "its items are kept");
 }

@@ -1,23 +1,16 @@
 //! Two operator replicas: one leads (the Lease says which), the other waits; when the
 //! leader dies the other takes the Lease over and reconciles.
 
-use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, PostParams};
 use paddock_e2e::apiserver::ApiServer;
 use paddock_e2e::ensemble::free_ports;
-use paddock_e2e::{Ensemble, ProcessHandle, init_tracing};
+use paddock_e2e::{Ensemble, ProcessHandle, eventually, init_tracing, workspace_binary};
 use paddock_operator::crd::{DeletionPolicy, DistributedLock, DistributedLockSpec};
 use paddock_recipes::identity::DigestIdentity;
-
-fn workspace_binary(name: &str) -> PathBuf {
-    let path = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join(name);
-    assert!(path.exists(), "{} missing: run the tests with `cargo test --workspace`", path.display());
-    path
-}
 
 async fn ready(locks: &Api<DistributedLock>, name: &str) -> bool {
     locks
@@ -26,18 +19,6 @@ async fn ready(locks: &Api<DistributedLock>, name: &str) -> bool {
         .unwrap()
         .and_then(|l| l.status)
         .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 fn lock(name: &str) -> DistributedLock {
@@ -80,7 +61,7 @@ async fn one_replica_leads_and_the_other_takes_over_when_it_dies() {
 
     let locks: Api<DistributedLock> = Api::namespaced(client.clone(), "default");
     locks.create(&PostParams::default(), &lock("first")).await.unwrap();
-    eventually("the leader reconciles", || ready(&locks, "first")).await;
+    eventually(Duration::from_secs(60), "the leader reconciles", || ready(&locks, "first")).await;
     let leases: Api<Lease> = Api::namespaced(client, "default");
     let holder = || async {
         leases.get_opt("paddock-operator").await.unwrap().and_then(|l| l.spec).and_then(|s| s.holder_identity)
@@ -91,6 +72,9 @@ async fn one_replica_leads_and_the_other_takes_over_when_it_dies() {
     let (_, process) = replicas.iter_mut().find(|(name, _)| *name == leader).unwrap();
     process.kill();
     locks.create(&PostParams::default(), &lock("second")).await.unwrap();
-    eventually("the other replica leads", || async { holder().await.is_some_and(|h| h != leader) }).await;
-    eventually("and reconciles", || ready(&locks, "second")).await;
+    eventually(Duration::from_secs(60), "the other replica leads", || async {
+        holder().await.is_some_and(|h| h != leader)
+    })
+    .await;
+    eventually(Duration::from_secs(60), "and reconciles", || ready(&locks, "second")).await;
 }

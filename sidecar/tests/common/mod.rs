@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+#[allow(unused_imports)] // not every test file waits
+pub use paddock_e2e::eventually;
 use paddock_e2e::process::Sidecar;
 use paddock_e2e::{Ensemble, PodClient, SidecarOptions};
 
@@ -21,19 +23,6 @@ pub async fn sidecar(
     let sidecar = Sidecar::start(options).await.expect("sidecar starts");
     let client = PodClient::new(sidecar.url(""));
     (sidecar, client)
-}
-
-/// Waits (watch-free, on the sidecar's own state) until `check` holds, or panics after `timeout`.
-pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    while !check().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Each response has the expected status and a JSON body `{"error": code, "message": ..}`
