@@ -211,21 +211,26 @@ where
 }
 
 async fn reconcile_lock(lock: Arc<DistributedLock>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let started = std::time::Instant::now();
     let key = lock.object_ref(&()).to_string_key();
-    let result = reconcile_lock_inner(lock, ctx.clone()).await;
-    ctx.metrics.observe("DistributedLock", started, &result);
-    if result.is_ok() {
-        ctx.failures.lock().expect("not poisoned").remove(&key);
-    }
-    result
+    accounted("DistributedLock", key, &ctx.clone(), reconcile_lock_inner(lock, ctx)).await
 }
 
 async fn reconcile_queue(queue: Arc<WorkQueue>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let started = std::time::Instant::now();
     let key = queue.object_ref(&()).to_string_key();
-    let result = reconcile_queue_inner(queue, ctx.clone()).await;
-    ctx.metrics.observe("WorkQueue", started, &result);
+    accounted("WorkQueue", key, &ctx.clone(), reconcile_queue_inner(queue, ctx)).await
+}
+
+/// Runs one reconcile, counts it in the metrics, and resets the object's back-off when it
+/// succeeds.
+async fn accounted(
+    kind: &str,
+    key: String,
+    ctx: &Context,
+    reconcile: impl std::future::Future<Output = Result<Action, Error>>,
+) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
+    let result = reconcile.await;
+    ctx.metrics.observe(kind, started, &result);
     if result.is_ok() {
         ctx.failures.lock().expect("not poisoned").remove(&key);
     }
