@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what Paddock's local run and tests need on a fresh Debian machine (as root):
 # Debian's zookeeper package (3.8) with a JDK, and Apache Curator (libcurator-recipes-java)
-# as a peer for interop tests, and kazoo (PyPI) for the benchmarks. Idempotent.
+# as a peer for interop tests, kazoo (PyPI) for the benchmarks, and Go with sprig, yaml.v3
+# and gojsonschema, from which e2e/helm-render builds offline to render the Helm chart in
+# tests (no helm binary is packaged). Idempotent.
 set -euo pipefail
 
 need=()
@@ -10,6 +12,11 @@ need=()
 [ -f /usr/share/java/curator-recipes.jar ] || need+=(libcurator-recipes-java)
 command -v javac >/dev/null 2>&1 || need+=(default-jdk-headless)
 command -v java >/dev/null 2>&1 || need+=(default-jre-headless)
+# The chart renderer (e2e/helm-render): GO111MODULE=off GOPATH=/usr/share/gocode go build.
+command -v go >/dev/null 2>&1 || need+=(golang-go)
+[ -d /usr/share/gocode/src/github.com/Masterminds/sprig ] || need+=(golang-github-masterminds-sprig-dev)
+[ -d /usr/share/gocode/src/gopkg.in/yaml.v3 ] || need+=(golang-gopkg-yaml.v3-dev)
+[ -d /usr/share/gocode/src/github.com/xeipuuv/gojsonschema ] || need+=(golang-github-xeipuuv-gojsonschema-dev)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "==> installing ${need[*]} (apt-get)"
