@@ -8,11 +8,13 @@ pub mod client;
 pub mod curator;
 pub mod ensemble;
 pub mod fenced;
+pub mod operator;
 pub mod process;
 pub mod provision;
 
 pub use client::{Acquire, PodClient};
 pub use ensemble::{Ensemble, EnsembleOptions, Mode};
+pub use operator::{Operator, OperatorOptions};
 pub use process::{ProcessHandle, Sidecar, SidecarOptions};
 
 /// Structured logs for tests and tools; `RUST_LOG` overrides the default level.

@@ -34,6 +34,8 @@ use crate::reconcile::{Identities, apply, build, cleanup, observe};
 pub const FINALIZER: &str = "paddock.dev/znodes";
 /// The Secret in each namespace that holds its ZooKeeper identity (key `credentials`).
 pub const CREDENTIALS_SECRET: &str = "paddock-zookeeper-credentials";
+/// The Secret's key holding `user:password`.
+pub const CREDENTIALS_KEY: &str = "credentials";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -66,6 +68,12 @@ pub struct Metrics {
     reconciles: Family<KindLabel, Counter>,
     failures: Family<FailureLabel, Counter>,
     duration: Histogram,
+    admissions: Family<ResultLabel, Counter>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct ResultLabel {
+    result: String,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
@@ -88,13 +96,24 @@ impl Metrics {
         registry.register("reconciles", "Reconciles run, by kind", reconciles.clone());
         registry.register("reconcile_failures", "Failed reconciles, by kind and reason", failures.clone());
         registry.register("reconcile_duration_seconds", "How long a reconcile took", duration.clone());
-        Self { registry, reconciles, failures, duration }
+        let admissions = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "webhook_admissions",
+            "Pods the injection webhook answered, by result (injected, skipped, denied, invalid)",
+            admissions.clone(),
+        );
+        Self { registry, reconciles, failures, duration, admissions }
     }
 
     pub fn encode(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");
         out
+    }
+
+    /// Counts one answer of the injection webhook.
+    pub fn admitted(&self, result: &str) {
+        self.admissions.get_or_create(&ResultLabel { result: result.into() }).inc();
     }
 
     fn observe(&self, kind: &str, started: std::time::Instant, result: &Result<Action, Error>) {
@@ -141,7 +160,7 @@ impl Context {
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
         let identity = match secrets.get_opt(CREDENTIALS_SECRET).await? {
             Some(secret) => {
-                let raw = secret.data.and_then(|d| d.get("credentials").cloned()).map(|b| b.0).unwrap_or_default();
+                let raw = secret.data.and_then(|d| d.get(CREDENTIALS_KEY).cloned()).map(|b| b.0).unwrap_or_default();
                 DigestIdentity::parse(&String::from_utf8_lossy(&raw))
                     .map_err(|e| Error::InvalidSpec(format!("Secret {CREDENTIALS_SECRET}: {e}")))?
             }
@@ -150,7 +169,7 @@ impl Context {
                 let secret: Secret = serde_json::from_value(json!({
                     "apiVersion": "v1", "kind": "Secret",
                     "metadata": {"name": CREDENTIALS_SECRET, "labels": {"app.kubernetes.io/managed-by": "paddock-operator"}},
-                    "data": {"credentials": base64_encode(identity.credentials().as_bytes())},
+                    "data": {CREDENTIALS_KEY: base64_encode(identity.credentials().as_bytes())},
                 }))
                 .expect("a valid Secret");
                 match secrets.create(&PostParams::default(), &secret).await {

@@ -1,8 +1,9 @@
 //! paddock-operator's library: the custom resources, the reconcile pipeline's steps and
-//! the controllers that drive them.
+//! the controllers that drive them, and the sidecar-injection webhook.
 
 pub mod controller;
 pub mod crd;
 pub mod leader;
 pub mod reconcile;
 pub mod validate;
+pub mod webhook;

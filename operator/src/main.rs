@@ -22,7 +22,7 @@ enum Command {
     /// Print the CustomResourceDefinitions (YAML), as `crds/` holds them.
     Crd,
     /// Run the controllers (the Kubernetes API from KUBECONFIG or the pod's service account).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
 }
 
 #[derive(Debug, clap::Args)]
@@ -51,6 +51,8 @@ struct RunArgs {
     /// ZooKeeper session timeout.
     #[arg(long, env = "PADDOCK_SESSION_TIMEOUT", value_name = "PADDOCK_SESSION_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     session_timeout: Duration,
+    #[command(flatten)]
+    webhook: paddock_operator::webhook::WebhookSettings,
 }
 
 #[tokio::main]
@@ -60,7 +62,7 @@ async fn main() -> anyhow::Result<()> {
             print!("{}", paddock_operator::crd::crds_yaml());
             Ok(())
         }
-        Command::Run(args) => run(args).await,
+        Command::Run(args) => run(*args).await,
     }
 }
 
@@ -82,6 +84,19 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     });
     let ctx = Arc::new(Context::new(client.clone(), session.clone(), layout, operator));
     serve_metrics(args.metrics_listen, ctx.clone()).await?;
+    // Every replica serves the webhook, leader or not.
+    let webhook_stop = tokio_util::sync::CancellationToken::new();
+    paddock_operator::webhook::start(
+        args.webhook,
+        ctx.clone(),
+        &args.namespace,
+        &args.zookeeper,
+        &args.zk_root,
+        webhook_stop.clone(),
+    )
+    .await
+    .context("starting the sidecar-injection webhook")?;
+    let _stop_webhook = webhook_stop.drop_guard();
 
     let identity = args.pod_name.unwrap_or_else(|| format!("paddock-operator-{}", uuid_suffix()));
     let election = LeaderElection::new(client, &args.namespace, "paddock-operator", &identity, args.lease_duration);

@@ -12,7 +12,7 @@ use kube::api::Api;
 use paddock_e2e::apiserver::ApiServer;
 use paddock_e2e::process::Sidecar;
 use paddock_e2e::{
-    Acquire, Ensemble, PodClient, ProcessHandle, SidecarOptions, eventually, init_tracing, workspace_binary,
+    Acquire, Ensemble, Operator, OperatorOptions, PodClient, SidecarOptions, eventually, init_tracing, workspace_binary,
 };
 use paddock_operator::crd::{DistributedLock, WorkQueue};
 use paddock_recipes::identity::DigestIdentity;
@@ -49,17 +49,14 @@ async fn the_operator_provisions_reports_recovers_and_cleans_up() {
     kubectl(&["apply", "-f", "examples/"]);
 
     let operator_identity = DigestIdentity::generate("paddock-operator");
-    let metrics_addr = format!("127.0.0.1:{}", paddock_e2e::ensemble::free_ports(1).unwrap()[0]);
-    let mut command = Command::new(workspace_binary("paddock-operator"));
-    command
-        .arg("run")
-        .env("KUBECONFIG", &kubeconfig)
-        .env("PADDOCK_ZOOKEEPER", ensemble.connect_string())
-        .env("PADDOCK_ZK_AUTH", operator_identity.credentials())
-        .env("PADDOCK_SESSION_TIMEOUT", "4s")
-        .env("PADDOCK_METRICS_LISTEN", &metrics_addr)
-        .env("RUST_LOG", std::env::var("PADDOCK_TEST_OPERATOR_LOG").unwrap_or_else(|_| "warn".into()));
-    let _operator = ProcessHandle::spawn("paddock-operator", command).unwrap();
+    let mut options = OperatorOptions::new(
+        workspace_binary("paddock-operator"),
+        &kubeconfig,
+        &ensemble.connect_string(),
+        &operator_identity.credentials(),
+    );
+    options.session_timeout = Duration::from_secs(4);
+    let operator = Operator::spawn(options).unwrap();
 
     let client = api.client().unwrap();
     let locks: Api<DistributedLock> = Api::namespaced(client.clone(), "default");
@@ -112,7 +109,7 @@ async fn the_operator_provisions_reports_recovers_and_cleans_up() {
     .await;
 
     // The operator counts its reconciles.
-    let metrics = reqwest::get(format!("http://{metrics_addr}/metrics")).await.unwrap().text().await.unwrap();
+    let metrics = reqwest::get(operator.metrics_url()).await.unwrap().text().await.unwrap();
     assert!(metrics.contains("paddock_operator_reconciles_total{kind=\"DistributedLock\"}"), "{metrics}");
 
     // ZooKeeper gone: Ready=False with the reason; back: Ready again, no restart.

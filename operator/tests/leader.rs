@@ -1,14 +1,12 @@
 //! Two operator replicas: one leads (the Lease says which), the other waits; when the
 //! leader dies the other takes the Lease over and reconciles.
 
-use std::process::Command;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, PostParams};
 use paddock_e2e::apiserver::ApiServer;
-use paddock_e2e::ensemble::free_ports;
-use paddock_e2e::{Ensemble, ProcessHandle, eventually, init_tracing, workspace_binary};
+use paddock_e2e::{Ensemble, Operator, OperatorOptions, eventually, init_tracing, workspace_binary};
 use paddock_operator::crd::{DeletionPolicy, DistributedLock, DistributedLockSpec};
 use paddock_recipes::identity::DigestIdentity;
 
@@ -45,18 +43,15 @@ async fn one_replica_leads_and_the_other_takes_over_when_it_dies() {
     let operator_identity = DigestIdentity::generate("paddock-operator");
     let mut replicas = Vec::new();
     for name in ["operator-a", "operator-b"] {
-        let mut command = Command::new(workspace_binary("paddock-operator"));
-        command
-            .arg("run")
-            .env("KUBECONFIG", &kubeconfig)
-            .env("PADDOCK_ZOOKEEPER", ensemble.connect_string())
-            .env("PADDOCK_ZK_AUTH", operator_identity.credentials())
-            .env("POD_NAME", name)
-            .env("POD_NAMESPACE", "default")
-            .env("PADDOCK_LEASE_DURATION", "3s")
-            .env("PADDOCK_METRICS_LISTEN", format!("127.0.0.1:{}", free_ports(1).unwrap()[0]))
-            .env("RUST_LOG", "warn");
-        replicas.push((name, ProcessHandle::spawn(name, command).unwrap()));
+        let mut options = OperatorOptions::new(
+            workspace_binary("paddock-operator"),
+            &kubeconfig,
+            &ensemble.connect_string(),
+            &operator_identity.credentials(),
+        )
+        .pod(name, "default");
+        options.lease_duration = Duration::from_secs(3);
+        replicas.push(Operator::spawn(options).unwrap());
     }
 
     let locks: Api<DistributedLock> = Api::namespaced(client.clone(), "default");
@@ -69,8 +64,8 @@ async fn one_replica_leads_and_the_other_takes_over_when_it_dies() {
     let leader = holder().await.expect("a leader holds the Lease");
 
     // Kill the leader; the other replica takes over within the lease duration.
-    let (_, process) = replicas.iter_mut().find(|(name, _)| *name == leader).unwrap();
-    process.kill();
+    let replica = replicas.iter_mut().find(|r| r.pod_name() == leader).unwrap();
+    replica.process.kill();
     locks.create(&PostParams::default(), &lock("second")).await.unwrap();
     eventually(Duration::from_secs(60), "the other replica leads", || async {
         holder().await.is_some_and(|h| h != leader)

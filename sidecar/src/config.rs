@@ -18,6 +18,11 @@ pub struct Config {
     #[arg(long, env = "PADDOCK_LISTEN", value_name = "PADDOCK_LISTEN", default_value = "127.0.0.1:7420")]
     pub listen: SocketAddr,
 
+    /// Optional second address serving only `/healthz` and `/readyz`, for the kubelet's
+    /// probes (they come from the node, not from loopback), e.g. `0.0.0.0:7421`.
+    #[arg(long, env = "PADDOCK_HEALTH_LISTEN", value_name = "PADDOCK_HEALTH_LISTEN")]
+    pub health_listen: Option<SocketAddr>,
+
     /// Root of Paddock's subtree in ZooKeeper.
     #[arg(long, env = "PADDOCK_ZK_ROOT", value_name = "PADDOCK_ZK_ROOT", default_value = "/paddock", value_parser = parse_root)]
     pub zk_root: Layout,

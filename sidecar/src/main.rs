@@ -73,6 +73,15 @@ async fn main() -> anyhow::Result<()> {
         shutdown: shutdown.clone(),
     };
 
+    if let Some(addr) = config.health_listen {
+        let health = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("PADDOCK_HEALTH_LISTEN {addr}: cannot bind"))?;
+        let probes = api::health::router().with_state(state.clone());
+        tokio::spawn(
+            axum::serve(health, probes).with_graceful_shutdown(shutdown.clone().cancelled_owned()).into_future(),
+        );
+    }
     let server = axum::serve(listener, api::router(state)).with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let server = tokio::spawn(server.into_future());
     // On SIGTERM: stop accepting, end streams, give in-flight requests the grace period,

@@ -124,6 +124,13 @@ impl Store {
             ("", "v1", "pods", "Pod", true),
             ("events.k8s.io", "v1", "events", "Event", true),
             ("coordination.k8s.io", "v1", "leases", "Lease", true),
+            (
+                "admissionregistration.k8s.io",
+                "v1",
+                "mutatingwebhookconfigurations",
+                "MutatingWebhookConfiguration",
+                false,
+            ),
             ("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition", false),
         ] {
             store.resources.insert(

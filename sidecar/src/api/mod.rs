@@ -1,7 +1,7 @@
 //! The HTTP API: one module per area, each exposing a `router()`; `router` merges them.
 
 mod events;
-mod health;
+pub mod health;
 mod locks;
 mod metrics;
 mod queues;

@@ -1,0 +1,229 @@
+//! The webhook's serving certificate. Either the operator makes it (a self-signed CA and
+//! a certificate for the Service's DNS names, shared by all replicas through one Secret,
+//! the CA written into the MutatingWebhookConfiguration's caBundle), or cert-manager
+//! does and the operator reads the mounted files, reloading them when they change.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum_server::tls_rustls::RustlsConfig;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+/// Annotation on the shared Secret naming the DNS names its certificate covers.
+const DNS_NAMES_ANNOTATION: &str = "paddock.dev/dns-names";
+/// How often the caBundle and mounted files are checked (a `helm upgrade` resets the
+/// caBundle; cert-manager renews the files).
+const RECHECK: Duration = Duration::from_secs(30);
+
+/// PEM material the webhook serves with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServingCert {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl ServingCert {
+    /// A new CA (valid 10 years) and a server certificate it signs for `dns_names`.
+    pub fn self_signed(dns_names: &[String]) -> anyhow::Result<Self> {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
+        };
+        let now = k8s_openapi::jiff::Timestamp::now().to_zoned(k8s_openapi::jiff::tz::TimeZone::UTC);
+        let (not_before, not_after) = (
+            rcgen::date_time_ymd(now.year().into(), now.month() as u8, 1),
+            rcgen::date_time_ymd(i32::from(now.year()) + 10, now.month() as u8, 1),
+        );
+        let mut ca = CertificateParams::new(Vec::<String>::new())?;
+        ca.distinguished_name.push(DnType::CommonName, "paddock-webhook-ca");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        (ca.not_before, ca.not_after) = (not_before, not_after);
+        let ca_key = KeyPair::generate()?;
+        let ca_cert = ca.self_signed(&ca_key)?;
+
+        let mut leaf = CertificateParams::new(dns_names.to_vec())?;
+        leaf.distinguished_name.push(DnType::CommonName, dns_names.first().cloned().unwrap_or_default());
+        leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        (leaf.not_before, leaf.not_after) = (not_before, not_after);
+        let leaf_key = KeyPair::generate()?;
+        let leaf_cert = leaf.signed_by(&leaf_key, &ca_cert, &ca_key)?;
+        Ok(Self { ca_pem: ca_cert.pem(), cert_pem: leaf_cert.pem(), key_pem: leaf_key.serialize_pem() })
+    }
+
+    /// The rustls configuration serving this certificate.
+    pub fn rustls(&self) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+        let certs = CertificateDer::pem_slice_iter(self.cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .context("reading the serving certificate (PEM)")?;
+        anyhow::ensure!(!certs.is_empty(), "no certificate in the serving certificate's PEM");
+        let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).context("reading the private key (PEM)")?;
+        let mut config =
+            rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()?
+                .with_no_client_auth()
+                .with_single_cert(certs, key)
+                .context("the certificate does not match its key")?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+}
+
+/// The DNS names the API server may use for the webhook Service.
+pub fn service_dns_names(service: &str, namespace: &str) -> Vec<String> {
+    vec![
+        format!("{service}.{namespace}.svc"),
+        format!("{service}.{namespace}.svc.cluster.local"),
+        format!("{service}.{namespace}"),
+        service.to_owned(),
+    ]
+}
+
+/// The certificate all replicas share: read from the Secret, or made and stored there by
+/// whichever replica comes first (a lost create race reads the winner's).
+pub async fn shared_self_signed(
+    client: kube::Client,
+    namespace: &str,
+    secret: &str,
+    dns_names: &[String],
+) -> anyhow::Result<ServingCert> {
+    let secrets: Api<Secret> = Api::namespaced(client, namespace);
+    let wanted = dns_names.join(",");
+    for _ in 0..5 {
+        let existing = secrets.get_opt(secret).await.with_context(|| format!("reading Secret {namespace}/{secret}"))?;
+        if let Some(existing) = &existing {
+            let names = existing.metadata.annotations.as_ref().and_then(|a| a.get(DNS_NAMES_ANNOTATION));
+            if names == Some(&wanted)
+                && let Some(cert) = from_secret(existing)
+            {
+                return Ok(cert);
+            }
+        }
+        let cert = ServingCert::self_signed(dns_names)?;
+        let mut object = to_secret(secret, &cert, &wanted);
+        let written = match existing {
+            // The Service was renamed (or the Secret damaged): replace it, guarded by its version.
+            Some(existing) => {
+                object.metadata.resource_version = existing.metadata.resource_version;
+                secrets.replace(secret, &PostParams::default(), &object).await
+            }
+            None => secrets.create(&PostParams::default(), &object).await,
+        };
+        match written {
+            Ok(_) => {
+                tracing::info!(secret, ?dns_names, "made the webhook's self-signed serving certificate");
+                return Ok(cert);
+            }
+            // Another replica wrote first: use what it wrote.
+            Err(kube::Error::Api(status)) if status.code == 409 => continue,
+            Err(err) => return Err(err).with_context(|| format!("writing Secret {namespace}/{secret}")),
+        }
+    }
+    anyhow::bail!("Secret {namespace}/{secret} kept changing while the replicas agreed on a certificate")
+}
+
+fn from_secret(secret: &Secret) -> Option<ServingCert> {
+    let data = secret.data.as_ref()?;
+    let text = |key: &str| data.get(key).and_then(|b| String::from_utf8(b.0.clone()).ok());
+    Some(ServingCert { ca_pem: text("ca.crt")?, cert_pem: text("tls.crt")?, key_pem: text("tls.key")? })
+}
+
+fn to_secret(name: &str, cert: &ServingCert, dns_names: &str) -> Secret {
+    let bytes = |s: &str| ByteString(s.as_bytes().to_vec());
+    Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.to_owned()),
+            annotations: Some([(DNS_NAMES_ANNOTATION.to_owned(), dns_names.to_owned())].into()),
+            labels: Some([("app.kubernetes.io/managed-by".to_owned(), "paddock-operator".to_owned())].into()),
+            ..Default::default()
+        },
+        type_: Some("kubernetes.io/tls".to_owned()),
+        data: Some(
+            [
+                ("ca.crt".to_owned(), bytes(&cert.ca_pem)),
+                ("tls.crt".to_owned(), bytes(&cert.cert_pem)),
+                ("tls.key".to_owned(), bytes(&cert.key_pem)),
+            ]
+            .into(),
+        ),
+        ..Default::default()
+    }
+}
+
+/// Writes `ca_pem` into every webhook of the configuration whose caBundle differs.
+/// Returns how many it changed.
+pub async fn patch_ca_bundle(client: kube::Client, configuration: &str, ca_pem: &str) -> anyhow::Result<usize> {
+    let api: Api<MutatingWebhookConfiguration> = Api::all(client);
+    let current = api
+        .get(configuration)
+        .await
+        .with_context(|| format!("reading MutatingWebhookConfiguration {configuration}"))?;
+    let wanted = ByteString(ca_pem.as_bytes().to_vec());
+    let operations: Vec<json_patch::PatchOperation> = current
+        .webhooks
+        .iter()
+        .flatten()
+        .enumerate()
+        .filter(|(_, hook)| hook.client_config.ca_bundle.as_ref() != Some(&wanted))
+        .map(|(index, _)| {
+            json_patch::PatchOperation::Add(json_patch::AddOperation {
+                path: json_patch::jsonptr::PointerBuf::parse(format!("/webhooks/{index}/clientConfig/caBundle"))
+                    .expect("a valid pointer"),
+                value: serde_json::to_value(&wanted).expect("bytes serialize"),
+            })
+        })
+        .collect();
+    if operations.is_empty() {
+        return Ok(0);
+    }
+    let changed = operations.len();
+    api.patch(configuration, &PatchParams::default(), &Patch::Json::<()>(json_patch::Patch(operations)))
+        .await
+        .with_context(|| format!("patching the caBundle of MutatingWebhookConfiguration {configuration}"))?;
+    tracing::info!(configuration, webhooks = changed, "wrote the webhook CA into the caBundle");
+    Ok(changed)
+}
+
+/// Keeps the caBundle right: at once, then every 30 s (a `helm upgrade` may reset it).
+pub async fn keep_ca_bundle(client: kube::Client, configuration: String, ca_pem: String) {
+    loop {
+        if let Err(err) = patch_ca_bundle(client.clone(), &configuration, &ca_pem).await {
+            tracing::warn!(error = format!("{err:#}"), "could not update the webhook's caBundle; retrying");
+        }
+        tokio::time::sleep(RECHECK).await;
+    }
+}
+
+/// A certificate from files (cert-manager's mounted Secret: `tls.crt`, `tls.key`).
+pub fn from_dir(dir: &std::path::Path) -> anyhow::Result<ServingCert> {
+    let read = |file: &str| {
+        let path: PathBuf = dir.join(file);
+        std::fs::read_to_string(&path).with_context(|| format!("PADDOCK_WEBHOOK_CERT_DIR: reading {}", path.display()))
+    };
+    let ca_pem = read("ca.crt").unwrap_or_default();
+    Ok(ServingCert { ca_pem, cert_pem: read("tls.crt")?, key_pem: read("tls.key")? })
+}
+
+/// Reloads the served certificate when the files in `dir` change (cert-manager renewals).
+pub async fn reload_from_dir(dir: PathBuf, config: RustlsConfig, mut current: ServingCert) {
+    loop {
+        tokio::time::sleep(RECHECK).await;
+        match from_dir(&dir).and_then(|cert| Ok((cert.rustls()?, cert))) {
+            Ok((_, cert)) if cert == current => {}
+            Ok((rustls, cert)) => {
+                config.reload_from_config(rustls);
+                current = cert;
+                tracing::info!(dir = %dir.display(), "reloaded the webhook's serving certificate");
+            }
+            Err(err) => tracing::warn!(error = format!("{err:#}"), "could not reload the serving certificate"),
+        }
+    }
+}
