@@ -42,11 +42,20 @@ pub struct EnsembleOptions {
     pub keep_dir: bool,
     /// JVM heap of each server (a million znodes need about 1 GiB).
     pub heap_mb: u32,
+    /// Each server on a host of its own (a network namespace on a bridge, see `netns`),
+    /// so that [`Ensemble::partition`] can cut one off. Needs root.
+    pub isolated_network: bool,
 }
 
 impl Default for EnsembleOptions {
     fn default() -> Self {
-        Self { servers: 3, start_timeout: Duration::from_secs(60), keep_dir: false, heap_mb: 256 }
+        Self {
+            servers: 3,
+            start_timeout: Duration::from_secs(60),
+            keep_dir: false,
+            heap_mb: 256,
+            isolated_network: false,
+        }
     }
 }
 
@@ -63,10 +72,14 @@ pub enum Mode {
 struct Server {
     id: usize,
     heap_mb: u32,
+    host: Ipv4Addr,
+    /// The network namespace it runs in, when isolated.
+    namespace: Option<String>,
     client_port: u16,
     dir: PathBuf,
     child: Option<Child>,
     paused: bool,
+    partitioned: bool,
 }
 
 impl Server {
@@ -79,7 +92,7 @@ impl Server {
     }
 
     fn client_addr(&self) -> SocketAddr {
-        SocketAddr::from((Ipv4Addr::LOCALHOST, self.client_port))
+        SocketAddr::from((self.host, self.client_port))
     }
 
     fn spawn(&mut self) -> Result<()> {
@@ -88,7 +101,14 @@ impl Server {
             .append(true)
             .open(self.log_path())
             .with_context(|| format!("opening log of ZooKeeper server {}", self.id))?;
-        let mut command = Command::new("java");
+        let mut command = match &self.namespace {
+            Some(namespace) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", namespace, "java"]);
+                command
+            }
+            None => Command::new("java"),
+        };
         command
             .arg(format!("-Xmx{}m", self.heap_mb))
             .args([
@@ -152,6 +172,8 @@ pub struct Ensemble {
     servers: Vec<Server>,
     dir: Option<tempfile::TempDir>,
     keep_dir: bool,
+    /// The servers' hosts when isolated (removed after the servers stop).
+    network: Option<crate::netns::NetLab>,
 }
 
 impl Ensemble {
@@ -172,25 +194,40 @@ impl Ensemble {
         }
         let dir =
             tempfile::Builder::new().prefix("paddock-zk-").tempdir().context("creating the ensemble's directory")?;
+        let network = match options.isolated_network {
+            true => Some(crate::netns::NetLab::create(options.servers).context("isolating the servers' networks")?),
+            false => None,
+        };
+        let host = |i: usize| network.as_ref().map_or(Ipv4Addr::LOCALHOST, |n| n.address(i));
         let ports = free_ports(options.servers * 3)?;
-        let quorum: Vec<(usize, u16, u16, u16)> =
-            (0..options.servers).map(|i| (i + 1, ports[3 * i], ports[3 * i + 1], ports[3 * i + 2])).collect();
+        let quorum: Vec<QuorumMember> = (0..options.servers)
+            .map(|i| QuorumMember {
+                id: i + 1,
+                host: host(i),
+                client_port: ports[3 * i],
+                peer_port: ports[3 * i + 1],
+                election_port: ports[3 * i + 2],
+            })
+            .collect();
         let mut servers = Vec::with_capacity(options.servers);
-        for &(id, client_port, _, _) in &quorum {
-            let server_dir = dir.path().join(format!("server-{id}"));
+        for (index, member) in quorum.iter().enumerate() {
+            let server_dir = dir.path().join(format!("server-{}", member.id));
             fs::create_dir_all(server_dir.join("data"))?;
-            fs::write(server_dir.join("data/myid"), format!("{id}\n"))?;
-            fs::write(server_dir.join("zoo.cfg"), server_config(&server_dir, client_port, &quorum))?;
+            fs::write(server_dir.join("data/myid"), format!("{}\n", member.id))?;
+            fs::write(server_dir.join("zoo.cfg"), server_config(&server_dir, member, &quorum))?;
             servers.push(Server {
-                id,
+                id: member.id,
                 heap_mb: options.heap_mb,
-                client_port,
+                host: member.host,
+                namespace: network.as_ref().map(|n| n.namespace(index)),
+                client_port: member.client_port,
                 dir: server_dir,
                 child: None,
                 paused: false,
+                partitioned: false,
             });
         }
-        let mut ensemble = Ensemble { servers, dir: Some(dir), keep_dir: options.keep_dir };
+        let mut ensemble = Ensemble { servers, dir: Some(dir), keep_dir: options.keep_dir, network };
         for server in &mut ensemble.servers {
             server.spawn()?;
         }
@@ -228,7 +265,8 @@ impl Ensemble {
 
     /// The role of one server, or None when it does not answer or does not serve.
     pub async fn mode(&self, index: usize) -> Option<Mode> {
-        if self.servers[index].paused || self.servers[index].child.is_none() {
+        let server = &self.servers[index];
+        if server.paused || server.partitioned || server.child.is_none() {
             return None;
         }
         let reply = self.four_letter_word(index, "srvr").await.ok()?;
@@ -274,7 +312,8 @@ impl Ensemble {
             let mut leaders = 0;
             let mut running = 0;
             for index in 0..self.servers.len() {
-                if self.servers[index].child.is_none() || self.servers[index].paused {
+                let server = &self.servers[index];
+                if server.child.is_none() || server.paused || server.partitioned {
                     continue;
                 }
                 running += 1;
@@ -344,6 +383,25 @@ impl Ensemble {
         Ok(())
     }
 
+    /// Cuts one server off the network: peers and clients can no longer reach it, nor it
+    /// them (needs `isolated_network`).
+    pub fn partition(&mut self, index: usize) -> Result<()> {
+        tracing::info!(server = index, "partitioning ZooKeeper server");
+        let network = self.network.as_ref().context("partition needs EnsembleOptions::isolated_network")?;
+        network.partition(index)?;
+        self.servers[index].partitioned = true;
+        Ok(())
+    }
+
+    /// Reconnects a partitioned server.
+    pub fn heal(&mut self, index: usize) -> Result<()> {
+        tracing::info!(server = index, "healing ZooKeeper server's partition");
+        let network = self.network.as_ref().context("heal needs EnsembleOptions::isolated_network")?;
+        network.heal(index)?;
+        self.servers[index].partitioned = false;
+        Ok(())
+    }
+
     /// Starts a killed server again with its data; waits until it serves.
     pub async fn restart(&mut self, index: usize, timeout: Duration) -> Result<()> {
         tracing::info!(server = index, "restarting ZooKeeper server");
@@ -378,6 +436,7 @@ impl Ensemble {
 impl Drop for Ensemble {
     fn drop(&mut self) {
         self.stop_all();
+        self.network.take();
         if let Some(dir) = self.dir.take()
             && (std::thread::panicking() || self.keep_dir)
         {
@@ -397,7 +456,16 @@ fn check_installed() -> Result<()> {
     Ok(())
 }
 
-fn server_config(dir: &Path, client_port: u16, quorum: &[(usize, u16, u16, u16)]) -> String {
+/// One server's addresses, as every server's config lists them.
+struct QuorumMember {
+    id: usize,
+    host: Ipv4Addr,
+    client_port: u16,
+    peer_port: u16,
+    election_port: u16,
+}
+
+fn server_config(dir: &Path, member: &QuorumMember, quorum: &[QuorumMember]) -> String {
     let mut cfg = format!(
         "tickTime={TICK_MS}\n\
          initLimit=20\n\
@@ -406,17 +474,19 @@ fn server_config(dir: &Path, client_port: u16, quorum: &[(usize, u16, u16, u16)]
          maxSessionTimeout={MAX_SESSION_TIMEOUT_MS}\n\
          dataDir={data}\n\
          clientPort={client_port}\n\
-         clientPortAddress=127.0.0.1\n\
+         clientPortAddress={host}\n\
          maxClientCnxns=0\n\
          4lw.commands.whitelist=*\n\
          admin.enableServer=false\n\
          extendedTypesEnabled=true\n\
          autopurge.purgeInterval=0\n",
         data = dir.join("data").display(),
+        client_port = member.client_port,
+        host = member.host,
     );
     if quorum.len() > 1 {
-        for (id, _, peer, election) in quorum {
-            cfg.push_str(&format!("server.{id}=127.0.0.1:{peer}:{election}\n"));
+        for peer in quorum {
+            cfg.push_str(&format!("server.{}={}:{}:{}\n", peer.id, peer.host, peer.peer_port, peer.election_port));
         }
     }
     cfg

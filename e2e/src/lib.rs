@@ -8,6 +8,7 @@ pub mod client;
 pub mod curator;
 pub mod ensemble;
 pub mod fenced;
+pub mod netns;
 pub mod operator;
 pub mod process;
 pub mod provision;

@@ -111,3 +111,31 @@ async fn a_paused_client_loses_its_ephemeral_node_after_the_session_timeout() {
 fn holder_stdout(holder: &mut ProcessHandle) -> std::process::ChildStdout {
     holder.take_stdout().expect("stdout is piped")
 }
+
+/// With each server on a host of its own, a partition really cuts one off: its client
+/// cannot reach it, the other two keep a quorum and take writes, and once healed it
+/// rejoins and serves those writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_server_is_cut_off_and_rejoins_when_healed() {
+    init_tracing();
+    let options = paddock_e2e::EnsembleOptions { isolated_network: true, ..Default::default() };
+    let mut ensemble = Ensemble::start_with(options).await.unwrap();
+    assert!(!ensemble.address(0).ip().is_loopback(), "each server has an address of its own");
+    let leader = ensemble.leader().await.expect("a leader");
+    let victim = (leader + 1) % 3;
+    let others: Vec<String> = (0..3).filter(|i| *i != victim).map(|i| ensemble.address(i).to_string()).collect();
+
+    ensemble.partition(victim).unwrap();
+    // The victim answers nothing, not even a four-letter word (the connect times out).
+    let reply = ensemble.four_letter_word(victim, "ruok").await;
+    assert!(reply.is_err(), "a partitioned server answered: {reply:?}");
+    // The majority side takes writes.
+    let client = zk::Client::connect(&others.join(",")).await.unwrap();
+    client.create("/during-partition", b"x", &open()).await.unwrap();
+
+    ensemble.heal(victim).unwrap();
+    ensemble.wait_until_serving(Duration::from_secs(60)).await.unwrap();
+    let rejoined = zk::Client::connect(&ensemble.address(victim).to_string()).await.unwrap();
+    rejoined.sync("/during-partition").await.unwrap();
+    assert_eq!(rejoined.get_data("/during-partition").await.unwrap().0, b"x");
+}
