@@ -1,0 +1,141 @@
+{{/*
+Named templates shared by every file of the chart. Defines only: helm renders no output
+from files whose name starts with "_".
+*/}}
+
+{{/* The chart's name, or nameOverride. */}}
+{{- define "paddock.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+The release's base name for every object: fullnameOverride, else the release name when it
+already contains the chart's name ("paddock"), else "<release>-<chart>". Kept to 52
+characters so that "<fullname>-zookeeper" and its pods' controller-revision-hash label
+stay within Kubernetes' 63.
+*/}}
+{{- define "paddock.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 40 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* "<chart>-<version>" for the helm.sh/chart label. */}}
+{{- define "paddock.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels on every object of the release. */}}
+{{- define "paddock.labels" -}}
+helm.sh/chart: {{ include "paddock.chart" . }}
+{{ include "paddock.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: paddock
+{{- end }}
+
+{{/* The labels that select the release's pods; each component adds its own. */}}
+{{- define "paddock.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "paddock.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "paddock.operator.labels" -}}
+{{ include "paddock.labels" . }}
+app.kubernetes.io/component: operator
+{{- end }}
+
+{{- define "paddock.operator.selectorLabels" -}}
+{{ include "paddock.selectorLabels" . }}
+app.kubernetes.io/component: operator
+{{- end }}
+
+{{- define "paddock.zookeeper.labels" -}}
+{{ include "paddock.labels" . }}
+app.kubernetes.io/component: zookeeper
+{{- end }}
+
+{{- define "paddock.zookeeper.selectorLabels" -}}
+{{ include "paddock.selectorLabels" . }}
+app.kubernetes.io/component: zookeeper
+{{- end }}
+
+{{/* Names of the objects that refer to each other. */}}
+{{- define "paddock.operator.fullname" -}}
+{{- printf "%s-operator" (include "paddock.fullname" .) }}
+{{- end }}
+
+{{- define "paddock.serviceAccountName" -}}
+{{- if .Values.operator.serviceAccount.create }}
+{{- default (include "paddock.operator.fullname" .) .Values.operator.serviceAccount.name }}
+{{- else }}
+{{- required "operator.serviceAccount.name is required when operator.serviceAccount.create=false" .Values.operator.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "paddock.webhook.serviceName" -}}
+{{- printf "%s-webhook" (include "paddock.fullname" .) }}
+{{- end }}
+
+{{- define "paddock.webhook.configName" -}}
+{{- printf "%s-sidecar-injector" (include "paddock.fullname" .) }}
+{{- end }}
+
+{{/* The Secret where operator replicas share the self-signed CA and serving cert. */}}
+{{- define "paddock.webhook.tlsSecretName" -}}
+{{- printf "%s-webhook-tls" (include "paddock.fullname" .) }}
+{{- end }}
+
+{{/* The Secret cert-manager writes the serving certificate into (cert-manager mode). */}}
+{{- define "paddock.webhook.certManagerSecretName" -}}
+{{- printf "%s-webhook-cert" (include "paddock.fullname" .) }}
+{{- end }}
+
+{{- define "paddock.operator.zkSecretName" -}}
+{{- default (printf "%s-operator-zookeeper" (include "paddock.fullname" .)) .Values.operator.zookeeperCredentials.existingSecret }}
+{{- end }}
+
+{{- define "paddock.zookeeper.fullname" -}}
+{{- printf "%s-zookeeper" (include "paddock.fullname" .) }}
+{{- end }}
+
+{{- define "paddock.zookeeper.headlessName" -}}
+{{- printf "%s-zookeeper-headless" (include "paddock.fullname" .) }}
+{{- end }}
+
+{{/*
+The connect string of the operator and of every sidecar. Managed ensemble: the client
+Service by its full DNS name, since sidecars run in other namespaces. External: what the
+user gives, required.
+*/}}
+{{- define "paddock.zookeeper.connectString" -}}
+{{- if .Values.zookeeper.enabled }}
+{{- printf "%s.%s.svc.%s:%d" (include "paddock.zookeeper.fullname" .) .Release.Namespace .Values.clusterDomain (int .Values.zookeeper.clientPort) }}
+{{- else }}
+{{- required "zookeeper.connectString is required when zookeeper.enabled=false (host:port,host:port of your ensemble)" .Values.zookeeper.connectString }}
+{{- end }}
+{{- end }}
+
+{{/* "repository:tag", the tag defaulting to the chart's appVersion. */}}
+{{- define "paddock.image" -}}
+{{- printf "%s:%s" .image.repository (default .context.Chart.AppVersion .image.tag) }}
+{{- end }}
+
+{{/* The container securityContext of the operator and ZooKeeper containers: the restricted profile. */}}
+{{- define "paddock.restrictedContainerSecurityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+runAsNonRoot: true
+capabilities:
+  drop:
+    - ALL
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
