@@ -1,0 +1,1143 @@
+//! The Helm chart (charts/paddock), rendered as `helm template` renders it: no helm binary
+//! is packaged, so e2e/helm-render (Go's text/template with sprig, Helm's engine in small)
+//! is built once from Debian's Go packages and run here.
+//!
+//! Every rendered document is parsed into its k8s-openapi type. Those types ignore unknown
+//! fields, so each is serialized back and compared with what was rendered: a field that
+//! did not survive the round trip is misspelt or misplaced, and a wrong type fails to
+//! parse. Then the links between the objects are checked: Services and PodDisruptionBudgets
+//! select the pods they are for, the webhook reaches the operator's webhook port, the
+//! operator's ServiceAccount holds exactly the RBAC that deploy/operator-rbac.yaml lists,
+//! the operator gets every setting of the operator <-> chart interface, and the ZooKeeper
+//! configuration, start script and probes run a real ensemble.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, EnvVar, PodTemplateSpec, ResourceRequirements, Secret, Service, ServiceAccount,
+};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, Subject};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use paddock_e2e::ensemble::{four_letter_word, free_ports};
+use paddock_e2e::{eventually, init_tracing};
+use zookeeper_client as zk;
+
+const RELEASE: &str = "paddock";
+const NAMESPACE: &str = "paddock-system";
+
+/// What the operator reads from its environment (the operator <-> chart interface), in
+/// every mode; plus the ones of each way to get the webhook's serving certificate.
+const OPERATOR_ENV: &[&str] = &[
+    "PADDOCK_ZOOKEEPER",
+    "PADDOCK_ZK_ROOT",
+    "PADDOCK_ZK_AUTH",
+    "POD_NAME",
+    "POD_NAMESPACE",
+    "PADDOCK_LEASE_DURATION",
+    "PADDOCK_METRICS_LISTEN",
+    "PADDOCK_WEBHOOK_LISTEN",
+    "PADDOCK_WEBHOOK_SERVICE",
+    "PADDOCK_SIDECAR_IMAGE",
+    "PADDOCK_SIDECAR_PULL_POLICY",
+    "PADDOCK_SIDECAR_RESOURCES",
+    "PADDOCK_SIDECAR_ZOOKEEPER",
+    "PADDOCK_NATIVE_SIDECARS",
+];
+const SELF_SIGNED_ENV: &[&str] = &["PADDOCK_WEBHOOK_CONFIG", "PADDOCK_WEBHOOK_TLS_SECRET"];
+const CERT_MANAGER_ENV: &[&str] = &["PADDOCK_WEBHOOK_CERT_DIR"];
+
+/// API calls the operator makes, (group, resource, verb): a floor under
+/// deploy/operator-rbac.yaml, so that dropping a rule from both is caught too.
+const OPERATOR_CALLS: &[(&str, &str, &str)] = &[
+    ("paddock.dev", "distributedlocks", "watch"),
+    ("paddock.dev", "workqueues", "watch"),
+    ("paddock.dev", "distributedlocks/status", "patch"),
+    ("paddock.dev", "workqueues/status", "patch"),
+    ("", "secrets", "get"),
+    ("", "secrets", "create"),
+    ("events.k8s.io", "events", "create"),
+    ("coordination.k8s.io", "leases", "get"),
+    ("coordination.k8s.io", "leases", "create"),
+    ("coordination.k8s.io", "leases", "update"),
+];
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the workspace").to_path_buf()
+}
+
+fn chart_dir() -> PathBuf {
+    repo().join("charts/paddock")
+}
+
+/// Builds e2e/helm-render once per test run (offline, Debian's Go packages in GOPATH mode).
+fn renderer() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("helm-render");
+        std::fs::create_dir_all(&out).unwrap();
+        let binary = out.join("helm-render");
+        let build = Command::new("go")
+            .args(["build", "-o"])
+            .arg(&binary)
+            .arg(".")
+            .current_dir(repo().join("e2e/helm-render"))
+            .env("GO111MODULE", "off")
+            .env("GOPATH", "/usr/share/gocode")
+            .env("GOFLAGS", "")
+            .env("GOCACHE", out.join("gocache"))
+            .output()
+            .expect("running `go build` (is golang-go installed? scripts/install-deps.sh installs it)");
+        assert!(build.status.success(), "building e2e/helm-render failed:\n{}", String::from_utf8_lossy(&build.stderr));
+        binary
+    })
+}
+
+/// Runs the renderer on `chart`: Ok(stdout) when it succeeds, Err(stderr) when it fails.
+fn render_chart(chart: &Path, args: &[&str]) -> Result<String, String> {
+    let output = Command::new(renderer()).args(args).arg(chart).output().expect("running helm-render");
+    if output.status.success() {
+        Ok(String::from_utf8(output.stdout).unwrap())
+    } else {
+        Err(String::from_utf8(output.stderr).unwrap())
+    }
+}
+
+/// Renders charts/paddock as release "paddock" in "paddock-system" with `extra` arguments.
+fn render(extra: &[&str]) -> Result<String, String> {
+    let mut args = vec!["--name", RELEASE, "--namespace", NAMESPACE, "--include-crds"];
+    args.extend_from_slice(extra);
+    render_chart(&chart_dir(), &args)
+}
+
+fn values_file(dir: &tempfile::TempDir, name: &str, yaml: &str) -> String {
+    let path = dir.path().join(name);
+    std::fs::write(&path, yaml).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+/// Splits helm's output into (source, document), checking its format: every document
+/// starts with `# Source: <chart>/...` (the documents of a multi-document CRD file follow
+/// their file's one).
+fn documents(output: &str) -> Vec<(String, Value)> {
+    assert!(output.starts_with("---\n# Source: "), "helm's format: {}", &output[..output.len().min(200)]);
+    let mut chunks = vec![String::new()];
+    for line in output.lines() {
+        if line == "---" {
+            chunks.push(String::new());
+        } else {
+            let chunk = chunks.last_mut().unwrap();
+            chunk.push_str(line);
+            chunk.push('\n');
+        }
+    }
+    let mut source = String::new();
+    let mut docs = Vec::new();
+    for chunk in chunks.iter().filter(|c| !c.trim().is_empty()) {
+        if let Some(s) = chunk.lines().next().and_then(|l| l.strip_prefix("# Source: ")) {
+            assert!(s.contains("/templates/") || s.contains("/crds/"), "a source in the chart: {s}");
+            source = s.to_owned();
+        } else {
+            assert!(source.contains("/crds/"), "a template document without its Source line:\n{chunk}");
+        }
+        let value: Value = serde_yaml::from_str(chunk).unwrap_or_else(|e| panic!("{source} is not YAML: {e}\n{chunk}"));
+        docs.push((source.clone(), value));
+    }
+    docs
+}
+
+/// Parses a document into its typed form; fails on a wrong type, and on any field the type
+/// does not have (k8s-openapi ignores those, so they are found by the round trip).
+fn typed<T: DeserializeOwned + Serialize>(doc: &Value, what: &str) -> T {
+    let object: T = serde_json::from_value(doc.clone()).unwrap_or_else(|e| panic!("{what}: {e}"));
+    let back = serde_json::to_value(&object).unwrap();
+    let mut lost = Vec::new();
+    dropped(doc, &back, String::new(), &mut lost);
+    assert!(lost.is_empty(), "{what}: fields its Kubernetes type does not have (misspelt or misplaced?): {lost:?}");
+    object
+}
+
+/// Paths of `original` that `back` lost or changed (nulls are absent fields in both).
+fn dropped(original: &Value, back: &Value, at: String, lost: &mut Vec<String>) {
+    match (original, back) {
+        (Value::Object(o), Value::Object(b)) => {
+            for (key, value) in o.iter().filter(|(_, v)| !v.is_null()) {
+                match b.get(key) {
+                    Some(b) => dropped(value, b, format!("{at}.{key}"), lost),
+                    None => lost.push(format!("{at}.{key}")),
+                }
+            }
+        }
+        (Value::Array(o), Value::Array(b)) if o.len() == b.len() => {
+            for (i, (o, b)) in o.iter().zip(b).enumerate() {
+                dropped(o, b, format!("{at}[{i}]"), lost);
+            }
+        }
+        (o, b) if o != b => lost.push(format!("{at}: {o} became {b}")),
+        _ => {}
+    }
+}
+
+/// Every object of a render, by kind.
+#[derive(Default)]
+struct Objects {
+    deployments: Vec<Deployment>,
+    stateful_sets: Vec<StatefulSet>,
+    services: Vec<Service>,
+    service_accounts: Vec<ServiceAccount>,
+    cluster_roles: Vec<ClusterRole>,
+    cluster_role_bindings: Vec<ClusterRoleBinding>,
+    roles: Vec<Role>,
+    role_bindings: Vec<RoleBinding>,
+    disruption_budgets: Vec<PodDisruptionBudget>,
+    webhooks: Vec<MutatingWebhookConfiguration>,
+    secrets: Vec<Secret>,
+    config_maps: Vec<ConfigMap>,
+    crds: Vec<CustomResourceDefinition>,
+    /// cert-manager's Issuer and Certificate: no k8s-openapi type, kept as JSON.
+    cert_manager: Vec<Value>,
+    /// (kind, namespace, name) of every object, for checks across kinds.
+    all: Vec<(String, Option<String>, String)>,
+}
+
+impl Objects {
+    fn parse(output: &str) -> Self {
+        let mut objects = Objects::default();
+        for (source, doc) in documents(output) {
+            let api_version =
+                doc["apiVersion"].as_str().unwrap_or_else(|| panic!("{source}: no apiVersion")).to_owned();
+            let kind = doc["kind"].as_str().unwrap_or_else(|| panic!("{source}: no kind")).to_owned();
+            let name = doc["metadata"]["name"].as_str().unwrap_or_else(|| panic!("{source}: no name")).to_owned();
+            let namespace = doc["metadata"]["namespace"].as_str().map(str::to_owned);
+            let what = format!("{source}: {kind} {name}");
+            match (api_version.as_str(), kind.as_str()) {
+                ("apps/v1", "Deployment") => objects.deployments.push(typed(&doc, &what)),
+                ("apps/v1", "StatefulSet") => objects.stateful_sets.push(typed(&doc, &what)),
+                ("v1", "Service") => objects.services.push(typed(&doc, &what)),
+                ("v1", "ServiceAccount") => objects.service_accounts.push(typed(&doc, &what)),
+                ("v1", "Secret") => objects.secrets.push(typed(&doc, &what)),
+                ("v1", "ConfigMap") => objects.config_maps.push(typed(&doc, &what)),
+                ("rbac.authorization.k8s.io/v1", "ClusterRole") => objects.cluster_roles.push(typed(&doc, &what)),
+                ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => {
+                    objects.cluster_role_bindings.push(typed(&doc, &what))
+                }
+                ("rbac.authorization.k8s.io/v1", "Role") => objects.roles.push(typed(&doc, &what)),
+                ("rbac.authorization.k8s.io/v1", "RoleBinding") => objects.role_bindings.push(typed(&doc, &what)),
+                ("policy/v1", "PodDisruptionBudget") => objects.disruption_budgets.push(typed(&doc, &what)),
+                ("admissionregistration.k8s.io/v1", "MutatingWebhookConfiguration") => {
+                    objects.webhooks.push(typed(&doc, &what))
+                }
+                ("apiextensions.k8s.io/v1", "CustomResourceDefinition") => objects.crds.push(typed(&doc, &what)),
+                ("cert-manager.io/v1", "Issuer" | "Certificate") => {
+                    check_cert_manager_object(&doc, &what);
+                    objects.cert_manager.push(doc.clone());
+                }
+                _ => panic!("{what}: unexpected {api_version} {kind}"),
+            }
+            objects.all.push((kind, namespace, name));
+        }
+        objects
+    }
+
+    fn operator(&self) -> &Deployment {
+        assert_eq!(self.deployments.len(), 1, "one Deployment, the operator's");
+        &self.deployments[0]
+    }
+
+    fn operator_container(&self) -> &Container {
+        let pod = self.operator().spec.template.spec.as_ref().unwrap();
+        pod.containers.iter().find(|c| c.name == "operator").expect("the operator container")
+    }
+
+    fn service(&self, name: &str) -> &Service {
+        self.services.iter().find(|s| s.metadata.name.as_deref() == Some(name)).unwrap_or_else(|| {
+            panic!("no Service {name}: {:?}", self.services.iter().map(|s| &s.metadata.name).collect::<Vec<_>>())
+        })
+    }
+
+    fn config_map(&self, name: &str) -> &ConfigMap {
+        self.config_maps.iter().find(|c| c.metadata.name.as_deref() == Some(name)).expect("the ConfigMap")
+    }
+
+    /// The pod templates of the workloads: (kind/name, template).
+    fn workloads(&self) -> Vec<(String, &PodTemplateSpec)> {
+        let deployments = self
+            .deployments
+            .iter()
+            .map(|d| (format!("Deployment/{}", d.metadata.name.as_deref().unwrap()), &d.spec.template));
+        let stateful_sets = self
+            .stateful_sets
+            .iter()
+            .map(|s| (format!("StatefulSet/{}", s.metadata.name.as_deref().unwrap()), &s.spec.template));
+        deployments.chain(stateful_sets).collect()
+    }
+
+    fn cert_manager(&self, kind: &str) -> Vec<&Value> {
+        self.cert_manager.iter().filter(|v| v["kind"] == kind).collect()
+    }
+}
+
+/// cert-manager.io/v1 objects: the fields the chart may use, and their shapes.
+fn check_cert_manager_object(doc: &Value, what: &str) {
+    let keys = |v: &Value| v.as_object().map(|m| m.keys().cloned().collect::<BTreeSet<_>>()).unwrap_or_default();
+    assert!(keys(doc).is_subset(&["apiVersion", "kind", "metadata", "spec"].map(String::from).into()), "{what}");
+    assert!(doc["metadata"]["name"].is_string() && doc["metadata"]["namespace"].is_string(), "{what}");
+    let spec = &doc["spec"];
+    let allowed: &[&str] = if doc["kind"] == "Issuer" {
+        &["selfSigned", "ca", "acme", "vault"]
+    } else {
+        &[
+            "secretName",
+            "dnsNames",
+            "issuerRef",
+            "duration",
+            "renewBefore",
+            "privateKey",
+            "usages",
+            "commonName",
+            "subject",
+        ]
+    };
+    let unknown: Vec<String> = keys(spec).into_iter().filter(|k| !allowed.contains(&k.as_str())).collect();
+    assert!(unknown.is_empty(), "{what}: spec fields cert-manager does not have: {unknown:?}");
+    if doc["kind"] == "Certificate" {
+        assert!(spec["secretName"].is_string(), "{what}: secretName");
+        assert!(spec["dnsNames"].as_array().is_some_and(|d| d.iter().all(Value::is_string)), "{what}: dnsNames");
+        assert!(keys(&spec["issuerRef"]).is_subset(&["name", "kind", "group"].map(String::from).into()), "{what}");
+        for duration in ["duration", "renewBefore"] {
+            let text = spec[duration].as_str().unwrap_or_else(|| panic!("{what}: {duration}"));
+            humantime::parse_duration(text).unwrap_or_else(|e| panic!("{what}: {duration} {text}: {e}"));
+        }
+    }
+}
+
+fn selects(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+    let by_labels = selector.match_labels.iter().flatten().all(|(k, v)| labels.get(k) == Some(v));
+    let by_expressions = selector.match_expressions.iter().flatten().all(|e| {
+        let values = e.values.clone().unwrap_or_default();
+        match e.operator.as_str() {
+            "In" => labels.get(&e.key).is_some_and(|v| values.contains(v)),
+            "NotIn" => labels.get(&e.key).is_none_or(|v| !values.contains(v)),
+            "Exists" => labels.contains_key(&e.key),
+            "DoesNotExist" => !labels.contains_key(&e.key),
+            other => panic!("selector operator {other}"),
+        }
+    });
+    let empty = selector.match_labels.as_ref().is_none_or(BTreeMap::is_empty)
+        && selector.match_expressions.as_ref().is_none_or(Vec::is_empty);
+    !empty && by_labels && by_expressions
+}
+
+fn pod_labels(template: &PodTemplateSpec) -> BTreeMap<String, String> {
+    template.metadata.as_ref().and_then(|m| m.labels.clone()).unwrap_or_default()
+}
+
+/// The workloads whose pods a label selector picks.
+fn selected(objects: &Objects, matches: impl Fn(&BTreeMap<String, String>) -> bool) -> Vec<String> {
+    objects.workloads().into_iter().filter(|(_, t)| matches(&pod_labels(t))).map(|(name, _)| name).collect()
+}
+
+/// The container port a Service's targetPort reaches (by number or by name).
+fn resolve_port(target: &IntOrString, containers: &[Container]) -> Option<i32> {
+    let ports = containers.iter().flat_map(|c| c.ports.iter().flatten());
+    match target {
+        IntOrString::Int(n) => ports.clone().find(|p| p.container_port == *n).map(|p| p.container_port),
+        IntOrString::String(name) => ports.clone().find(|p| p.name.as_deref() == Some(name)).map(|p| p.container_port),
+    }
+}
+
+fn env<'a>(container: &'a Container, name: &str) -> &'a EnvVar {
+    container
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == name)
+        .unwrap_or_else(|| panic!("{} has no {name}", container.name))
+}
+
+fn env_value<'a>(container: &'a Container, name: &str) -> &'a str {
+    env(container, name).value.as_deref().unwrap_or_else(|| panic!("{name} has no literal value"))
+}
+
+/// The (group, resource, verb, resourceName) grants of a list of rules; "*" for any name.
+fn grants(rules: &[PolicyRule]) -> BTreeSet<(String, String, String, String)> {
+    let mut out = BTreeSet::new();
+    for rule in rules {
+        let names = rule.resource_names.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| vec!["*".into()]);
+        for group in rule.api_groups.iter().flatten() {
+            for resource in rule.resources.iter().flatten() {
+                for verb in &rule.verbs {
+                    for name in &names {
+                        out.insert((group.clone(), resource.clone(), verb.clone(), name.clone()));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+fn binds(subjects: &Option<Vec<Subject>>, service_account: &str) -> bool {
+    subjects
+        .iter()
+        .flatten()
+        .any(|s| s.kind == "ServiceAccount" && s.name == service_account && s.namespace.as_deref() == Some(NAMESPACE))
+}
+
+fn fullname() -> &'static str {
+    // Release "paddock" already holds the chart's name, so it is the base name.
+    RELEASE
+}
+
+/// Checks that hold in every mode: typed objects exist, and they refer to each other.
+fn check_links(objects: &Objects, cert_manager: bool) {
+    // Every namespaced object is in the release namespace; cluster-scoped ones have none.
+    let cluster_scoped =
+        ["ClusterRole", "ClusterRoleBinding", "MutatingWebhookConfiguration", "CustomResourceDefinition"];
+    for (kind, namespace, name) in &objects.all {
+        let expected = (!cluster_scoped.contains(&kind.as_str())).then_some(NAMESPACE);
+        assert_eq!(namespace.as_deref(), expected, "namespace of {kind} {name}");
+    }
+    let mut names: Vec<_> = objects.all.iter().map(|(k, _, n)| (k, n)).collect();
+    names.sort();
+    let before = names.len();
+    names.dedup();
+    assert_eq!(names.len(), before, "two objects of one kind share a name");
+
+    // The operator: replicas, selector, probes, security context.
+    let operator = objects.operator();
+    let spec = &operator.spec;
+    assert_eq!(spec.replicas, Some(2));
+    assert!(selects(&spec.selector, &pod_labels(&spec.template)), "the Deployment selects its own pods");
+    let pod = spec.template.spec.as_ref().unwrap();
+    let container = objects.operator_container();
+    assert_eq!(container.args.as_deref(), Some(&["run".to_owned()][..]));
+    assert!(container.image.as_deref().unwrap().ends_with(":0.1.0"), "the tag defaults to appVersion");
+    let port = |name: &str| {
+        container.ports.iter().flatten().find(|p| p.name.as_deref() == Some(name)).map(|p| p.container_port)
+    };
+    assert_eq!(port("metrics"), Some(8080));
+    assert_eq!(port("webhook"), Some(9443));
+    for (probe, path) in [(&container.liveness_probe, "/healthz"), (&container.readiness_probe, "/readyz")] {
+        let http = probe.as_ref().and_then(|p| p.http_get.as_ref()).expect("an HTTP probe");
+        assert_eq!(http.path.as_deref(), Some(path));
+        assert_eq!(resolve_port(&http.port, &pod.containers), Some(8080), "{path} on the metrics port");
+    }
+    let resources = container.resources.as_ref().expect("operator resources");
+    assert!(resources.requests.as_ref().is_some_and(|r| r.contains_key("memory")));
+    assert!(resources.limits.as_ref().is_some_and(|r| r.contains_key("memory")));
+    let pod_security = pod.security_context.as_ref().expect("pod securityContext");
+    let security = container.security_context.as_ref().expect("container securityContext");
+    assert!(security.run_as_non_root.or(pod_security.run_as_non_root) == Some(true), "non-root");
+    assert_eq!(pod_security.run_as_user, Some(65532), "the image's non-root uid");
+    assert_eq!(security.read_only_root_filesystem, Some(true));
+    assert_eq!(security.allow_privilege_escalation, Some(false));
+    assert_eq!(security.capabilities.as_ref().and_then(|c| c.drop.clone()), Some(vec!["ALL".to_owned()]));
+    let seccomp = security.seccomp_profile.as_ref().or(pod_security.seccomp_profile.as_ref());
+    assert_eq!(seccomp.map(|s| s.type_.as_str()), Some("RuntimeDefault"));
+    // Every volume the container mounts exists (a read-only root needs a writable /tmp).
+    let volumes: BTreeSet<_> = pod.volumes.iter().flatten().map(|v| v.name.as_str()).collect();
+    for mount in container.volume_mounts.iter().flatten() {
+        assert!(volumes.contains(mount.name.as_str()), "volume {} is mounted but not defined", mount.name);
+    }
+
+    // Its environment: exactly the interface, with values that point at the right objects.
+    let mode_env = if cert_manager { CERT_MANAGER_ENV } else { SELF_SIGNED_ENV };
+    let expected: BTreeSet<&str> = OPERATOR_ENV.iter().chain(mode_env).copied().collect();
+    let names: Vec<&str> = container.env.iter().flatten().map(|e| e.name.as_str()).collect();
+    assert_eq!(names.iter().copied().collect::<BTreeSet<_>>(), expected, "the operator's environment");
+    assert_eq!(names.len(), expected.len(), "no variable set twice: {names:?}");
+    assert_eq!(env_value(container, "PADDOCK_METRICS_LISTEN"), "0.0.0.0:8080");
+    assert_eq!(env_value(container, "PADDOCK_WEBHOOK_LISTEN"), "0.0.0.0:9443");
+    assert_eq!(env_value(container, "PADDOCK_ZK_ROOT"), "/paddock");
+    assert_eq!(env_value(container, "PADDOCK_LEASE_DURATION"), "15s");
+    assert_eq!(env_value(container, "PADDOCK_NATIVE_SIDECARS"), "auto");
+    assert_eq!(env_value(container, "PADDOCK_SIDECAR_PULL_POLICY"), "IfNotPresent");
+    assert!(env_value(container, "PADDOCK_SIDECAR_IMAGE").ends_with("paddock-sidecar:0.1.0"));
+    let sidecar_resources: ResourceRequirements =
+        serde_json::from_str(env_value(container, "PADDOCK_SIDECAR_RESOURCES")).expect("ResourceRequirements JSON");
+    assert!(sidecar_resources.requests.is_some_and(|r| r.contains_key("cpu") && r.contains_key("memory")));
+    assert_eq!(env_value(container, "PADDOCK_SIDECAR_ZOOKEEPER"), env_value(container, "PADDOCK_ZOOKEEPER"));
+    for (name, field) in [("POD_NAME", "metadata.name"), ("POD_NAMESPACE", "metadata.namespace")] {
+        let from = env(container, name).value_from.as_ref().and_then(|f| f.field_ref.as_ref());
+        assert_eq!(from.map(|f| f.field_path.as_str()), Some(field), "{name} from the downward API");
+    }
+    let auth = env(container, "PADDOCK_ZK_AUTH").value_from.as_ref().and_then(|f| f.secret_key_ref.as_ref());
+    let auth = auth.expect("PADDOCK_ZK_AUTH from a Secret");
+    assert_eq!(auth.key, "credentials");
+    let secret = objects.secrets.iter().find(|s| s.metadata.name.as_deref() == Some(auth.name.as_str()));
+    let secret = secret.expect("PADDOCK_ZK_AUTH's Secret is part of the release");
+    let credentials = &secret.data.as_ref().expect("data")["credentials"].0;
+    let credentials = std::str::from_utf8(credentials).unwrap();
+    let (user, password) = credentials.split_once(':').expect("user:password");
+    assert_eq!(user, "paddock-operator");
+    assert!(password.len() >= 32 && password.chars().all(|c| c.is_ascii_alphanumeric()), "a random password");
+    let keep = secret.metadata.annotations.as_ref().and_then(|a| a.get("helm.sh/resource-policy"));
+    assert_eq!(keep.map(String::as_str), Some("keep"), "the identity outlives the release, as its znodes do");
+
+    // Services select exactly the workload they are for, on ports its containers have.
+    for service in &objects.services {
+        let name = service.metadata.name.as_deref().unwrap();
+        let spec = service.spec.as_ref().unwrap();
+        let selector = spec.selector.clone().expect("a selector");
+        assert!(!selector.is_empty());
+        let chosen = selected(objects, |labels| selector.iter().all(|(k, v)| labels.get(k) == Some(v)));
+        let intended = if name.contains("zookeeper") {
+            format!("StatefulSet/{}-zookeeper", fullname())
+        } else {
+            format!("Deployment/{}-operator", fullname())
+        };
+        assert_eq!(chosen, vec![intended.clone()], "Service {name} selects {chosen:?}");
+        let template = objects.workloads().into_iter().find(|(n, _)| *n == intended).unwrap().1;
+        let containers = &template.spec.as_ref().unwrap().containers;
+        for port in spec.ports.iter().flatten() {
+            let target = port.target_port.clone().unwrap_or(IntOrString::Int(port.port));
+            assert!(
+                resolve_port(&target, containers).is_some(),
+                "Service {name} port {} reaches no container",
+                port.port
+            );
+        }
+    }
+    let metrics = objects.service(&format!("{}-metrics", fullname()));
+    let metrics_port = &metrics.spec.as_ref().unwrap().ports.as_ref().unwrap()[0];
+    assert_eq!(resolve_port(metrics_port.target_port.as_ref().unwrap(), &pod.containers), Some(8080));
+
+    // The webhook reaches the operator's webhook port through its Service.
+    assert_eq!(objects.webhooks.len(), 1);
+    let configuration = &objects.webhooks[0];
+    let configuration_name = configuration.metadata.name.as_deref().unwrap();
+    assert_eq!(configuration_name, format!("{}-sidecar-injector", fullname()));
+    let hooks = configuration.webhooks.as_ref().unwrap();
+    assert_eq!(hooks.len(), 1);
+    let hook = &hooks[0];
+    assert_eq!(hook.name, "inject.paddock.dev");
+    let client = hook.client_config.service.as_ref().expect("clientConfig.service");
+    assert_eq!(client.namespace, NAMESPACE);
+    assert_eq!(client.path.as_deref(), Some("/inject"));
+    assert_eq!(client.port, Some(443));
+    assert_eq!(env_value(container, "PADDOCK_WEBHOOK_SERVICE"), client.name);
+    let webhook_service = objects.service(&client.name);
+    let service_port = webhook_service.spec.as_ref().unwrap().ports.iter().flatten().find(|p| p.port == 443);
+    let target = service_port.and_then(|p| p.target_port.clone()).expect("port 443 with a targetPort");
+    assert_eq!(resolve_port(&target, &pod.containers), Some(9443), "443 reaches the operator's webhook port");
+    assert!(hook.client_config.ca_bundle.is_none(), "caBundle is the operator's or cainjector's to write");
+    assert_eq!(hook.failure_policy.as_deref(), Some("Fail"));
+    assert_eq!(hook.side_effects, "None");
+    assert_eq!(hook.admission_review_versions, ["v1"]);
+    assert_eq!(hook.timeout_seconds, Some(10));
+    assert_eq!(hook.reinvocation_policy.as_deref(), Some("IfNeeded"));
+    assert!(hook.object_selector.is_none(), "the webhook reads the annotation itself");
+    let rules = hook.rules.as_ref().unwrap();
+    assert_eq!(rules.len(), 1);
+    assert_eq!(rules[0].operations.as_deref(), Some(&["CREATE".to_owned()][..]));
+    assert_eq!(rules[0].api_groups.as_deref(), Some(&[String::new()][..]));
+    assert_eq!(rules[0].api_versions.as_deref(), Some(&["v1".to_owned()][..]));
+    assert_eq!(rules[0].resources.as_deref(), Some(&["pods".to_owned()][..]));
+    let namespaces = hook.namespace_selector.as_ref().expect("a namespaceSelector");
+    let namespace = |name: &str| BTreeMap::from([("kubernetes.io/metadata.name".to_owned(), name.to_owned())]);
+    assert!(!selects(namespaces, &namespace(NAMESPACE)), "the release namespace is never injected");
+    assert!(!selects(namespaces, &namespace("kube-system")));
+    assert!(selects(namespaces, &namespace("my-app")), "an app namespace is");
+    if cert_manager {
+        assert!(env(container, "PADDOCK_WEBHOOK_CERT_DIR").value.is_some());
+    } else {
+        assert_eq!(env_value(container, "PADDOCK_WEBHOOK_CONFIG"), configuration_name);
+        assert_eq!(env_value(container, "PADDOCK_WEBHOOK_TLS_SECRET"), format!("{}-webhook-tls", fullname()));
+    }
+
+    // Disruption budgets select exactly one workload each.
+    for budget in &objects.disruption_budgets {
+        let spec = budget.spec.as_ref().unwrap();
+        let selector = spec.selector.as_ref().expect("a selector");
+        let chosen = selected(objects, |labels| selects(selector, labels));
+        assert_eq!(chosen.len(), 1, "PDB {:?} selects {chosen:?}", budget.metadata.name);
+        assert_eq!(spec.max_unavailable, Some(IntOrString::Int(1)));
+    }
+    assert!(
+        objects
+            .disruption_budgets
+            .iter()
+            .any(|b| selects(b.spec.as_ref().unwrap().selector.as_ref().unwrap(), &pod_labels(&spec.template))),
+        "the operator has a PodDisruptionBudget"
+    );
+
+    // The operator's ServiceAccount holds the ClusterRole and the leader-election Role.
+    let account = pod.service_account_name.as_deref().expect("serviceAccountName");
+    assert!(objects.service_accounts.iter().any(|a| a.metadata.name.as_deref() == Some(account)));
+    assert_eq!(objects.cluster_role_bindings.len(), 1);
+    let binding = &objects.cluster_role_bindings[0];
+    assert!(binds(&binding.subjects, account), "ClusterRoleBinding binds {account}");
+    assert_eq!(binding.role_ref.kind, "ClusterRole");
+    assert_eq!(objects.cluster_roles.len(), 1);
+    assert_eq!(objects.cluster_roles[0].metadata.name.as_deref(), Some(binding.role_ref.name.as_str()));
+    assert_eq!(objects.role_bindings.len(), 1);
+    let binding = &objects.role_bindings[0];
+    assert!(binds(&binding.subjects, account), "RoleBinding binds {account}");
+    assert_eq!(binding.role_ref.kind, "Role");
+    assert_eq!(objects.roles.len(), 1);
+    assert_eq!(objects.roles[0].metadata.name.as_deref(), Some(binding.role_ref.name.as_str()));
+    let granted = grants(objects.cluster_roles[0].rules.as_deref().unwrap_or_default())
+        .union(&grants(objects.roles[0].rules.as_deref().unwrap_or_default()))
+        .cloned()
+        .collect::<BTreeSet<_>>();
+    for (group, resource, verb) in OPERATOR_CALLS {
+        assert!(
+            granted.iter().any(|(g, r, v, _)| g == group && r == resource && v == verb),
+            "the operator may not {verb} {group}/{resource}"
+        );
+    }
+    let webhook_patch = granted.iter().any(|(_, r, v, _)| r == "mutatingwebhookconfigurations" && v == "patch");
+    assert_eq!(webhook_patch, !cert_manager, "only a self-signed operator patches its webhook configuration");
+    for (group, resource, verb, name) in &granted {
+        assert!(![group, resource, verb].contains(&&"*".to_owned()), "a wildcard grant: {group} {resource} {verb}");
+        if resource == "mutatingwebhookconfigurations" {
+            assert_eq!(name, configuration_name, "the operator may only patch its own webhook configuration");
+        }
+    }
+}
+
+/// The managed ensemble: StatefulSet, Services, config, budget, spread.
+fn check_managed_zookeeper(objects: &Objects, replicas: usize) -> BTreeMap<String, String> {
+    assert_eq!(objects.stateful_sets.len(), 1);
+    let set = &objects.stateful_sets[0];
+    let name = set.metadata.name.as_deref().unwrap();
+    let spec = &set.spec;
+    assert_eq!(spec.replicas, Some(replicas as i32));
+    assert_eq!(spec.pod_management_policy.as_deref(), Some("Parallel"), "no server can be ready alone");
+    assert!(selects(&spec.selector, &pod_labels(&spec.template)));
+    let headless = objects.service(spec.service_name.as_deref().expect("serviceName"));
+    let headless_spec = headless.spec.as_ref().unwrap();
+    assert_eq!(headless_spec.cluster_ip.as_deref(), Some("None"), "serviceName is a headless Service");
+    assert_eq!(headless_spec.publish_not_ready_addresses, Some(true), "servers find each other before ready");
+    let client = objects.service(name);
+    let client_port = client.spec.as_ref().unwrap().ports.as_ref().unwrap()[0].port;
+
+    let pod = spec.template.spec.as_ref().unwrap();
+    let container = &pod.containers[0];
+    assert!(container.image.as_deref().unwrap().starts_with("zookeeper:3.8"));
+    let mounts: BTreeMap<&str, &str> =
+        container.volume_mounts.iter().flatten().map(|m| (m.mount_path.as_str(), m.name.as_str())).collect();
+    let claims = spec.volume_claim_templates.as_ref().expect("volumeClaimTemplates");
+    assert_eq!(claims.len(), 1);
+    assert_eq!(Some(mounts["/data"]), claims[0].metadata.name.as_deref(), "the data volume is persistent");
+    let storage = claims[0].spec.as_ref().unwrap().resources.as_ref().unwrap().requests.as_ref().unwrap();
+    assert_eq!(storage["storage"].0, "8Gi");
+    let volumes: BTreeMap<&str, _> = pod.volumes.iter().flatten().map(|v| (v.name.as_str(), v)).collect();
+    for (path, volume) in &mounts {
+        assert!(volumes.contains_key(volume) || *path == "/data", "volume {volume} is not defined");
+    }
+    let config_name = volumes[mounts["/config"]].config_map.as_ref().expect("config from a ConfigMap").name.clone();
+    let data = objects.config_map(&config_name).data.clone().expect("ConfigMap data");
+
+    // Probes speak four-letter words through probe.sh; the container's command is start.sh.
+    let exec = |probe: &Option<k8s_openapi::api::core::v1::Probe>| {
+        probe.as_ref().and_then(|p| p.exec.as_ref()).and_then(|e| e.command.clone()).expect("an exec probe")
+    };
+    assert_eq!(exec(&container.liveness_probe), ["/bin/bash", "/config/probe.sh", "ruok"]);
+    assert_eq!(exec(&container.readiness_probe), ["/bin/bash", "/config/probe.sh", "srvr"]);
+    assert_eq!(container.command.as_deref(), Some(&["/bin/bash".to_owned(), "/config/start.sh".to_owned()][..]));
+    let pod_name = container.env.iter().flatten().find(|e| e.name == "POD_NAME");
+    let field = pod_name.and_then(|e| e.value_from.as_ref()).and_then(|f| f.field_ref.as_ref());
+    assert_eq!(field.map(|f| f.field_path.as_str()), Some("metadata.name"), "start.sh takes myid from the pod name");
+    let security = container.security_context.as_ref().unwrap();
+    assert_eq!(security.allow_privilege_escalation, Some(false));
+    assert_eq!(pod.security_context.as_ref().and_then(|s| s.run_as_non_root), Some(true));
+    let client_container_port = container.ports.iter().flatten().find(|p| p.name.as_deref() == Some("client"));
+    assert_eq!(client_container_port.map(|p| p.container_port), Some(client_port));
+
+    // zoo.cfg: the settings Paddock needs, and one server line per replica, each the
+    // stable DNS name of one pod of this StatefulSet under its headless Service.
+    let config = &data["zoo.cfg"];
+    let settings: BTreeMap<&str, &str> = config.lines().filter_map(|l| l.split_once('=')).collect();
+    assert_eq!(settings["extendedTypesEnabled"], "true");
+    assert_eq!(settings["dataDir"], "/data");
+    assert_eq!(settings["clientPort"], client_port.to_string());
+    let words: BTreeSet<&str> = settings["4lw.commands.whitelist"].split(',').collect();
+    assert!(words.contains("ruok") && words.contains("srvr"), "the probes' words are allowed: {words:?}");
+    assert!(settings["maxSessionTimeout"].parse::<u64>().unwrap() >= 10_000, "the sidecar's 10s session fits");
+    let servers: Vec<&str> = config.lines().filter(|l| l.starts_with("server.")).collect();
+    assert_eq!(servers.len(), replicas, "{servers:?}");
+    for (i, line) in servers.iter().enumerate() {
+        let host = format!("{name}-{i}.{}.{NAMESPACE}.svc.cluster.local", headless.metadata.name.as_deref().unwrap());
+        assert_eq!(*line, format!("server.{}={host}:2888:3888;{client_port}", i + 1));
+    }
+
+    // A disruption budget that keeps a quorum, and servers spread over nodes.
+    let budget = objects
+        .disruption_budgets
+        .iter()
+        .find(|b| selects(b.spec.as_ref().unwrap().selector.as_ref().unwrap(), &pod_labels(&spec.template)));
+    assert_eq!(budget.and_then(|b| b.spec.as_ref().unwrap().max_unavailable.clone()), Some(IntOrString::Int(1)));
+    let anti = pod.affinity.as_ref().and_then(|a| a.pod_anti_affinity.as_ref()).expect("pod anti-affinity");
+    let term = &anti.preferred_during_scheduling_ignored_during_execution.as_ref().expect("soft by default")[0];
+    assert_eq!(term.pod_affinity_term.topology_key, "kubernetes.io/hostname");
+    assert!(selects(term.pod_affinity_term.label_selector.as_ref().unwrap(), &pod_labels(&spec.template)));
+    data
+}
+
+#[test]
+fn defaults_render_into_valid_objects_that_refer_to_each_other() {
+    let objects = Objects::parse(&render(&[]).unwrap());
+    let count = |kind: &str| objects.all.iter().filter(|(k, _, _)| k == kind).count();
+    assert_eq!(count("Deployment"), 1);
+    assert_eq!(count("StatefulSet"), 1);
+    assert_eq!(count("Service"), 4, "webhook, metrics, ZooKeeper headless and client");
+    assert_eq!(count("PodDisruptionBudget"), 2);
+    assert_eq!(count("ConfigMap"), 1);
+    assert_eq!(count("Secret"), 1);
+    assert_eq!(count("CustomResourceDefinition"), 2);
+    assert!(objects.cert_manager.is_empty());
+    check_links(&objects, false);
+    check_managed_zookeeper(&objects, 3);
+    // The operator and every sidecar reach the ensemble through its client Service, by a
+    // name that resolves from any namespace.
+    let client = objects.service(&format!("{}-zookeeper", fullname()));
+    let port = client.spec.as_ref().unwrap().ports.as_ref().unwrap()[0].port;
+    let address = format!("{}-zookeeper.{NAMESPACE}.svc.cluster.local:{port}", fullname());
+    assert_eq!(env_value(objects.operator_container(), "PADDOCK_ZOOKEEPER"), address);
+    // The CRDs are the generated ones, installed from the chart's crds/ directory.
+    let names: BTreeSet<_> = objects.crds.iter().map(|c| c.metadata.name.clone().unwrap()).collect();
+    assert_eq!(names, BTreeSet::from(["distributedlocks.paddock.dev".to_owned(), "workqueues.paddock.dev".to_owned()]));
+    let chart_crds = std::fs::read_to_string(chart_dir().join("crds/paddock.dev.yaml")).unwrap();
+    assert_eq!(chart_crds, std::fs::read_to_string(repo().join("crds/paddock.dev.yaml")).unwrap());
+}
+
+#[test]
+fn the_ensemble_size_follows_zookeeper_replicas() {
+    let objects = Objects::parse(&render(&["--set", "zookeeper.replicas=5"]).unwrap());
+    check_managed_zookeeper(&objects, 5);
+    let hard = Objects::parse(&render(&["--set", "zookeeper.antiAffinity=hard"]).unwrap());
+    let pod = hard.stateful_sets[0].spec.template.spec.clone().unwrap();
+    let anti = pod.affinity.unwrap().pod_anti_affinity.unwrap();
+    let required = anti.required_during_scheduling_ignored_during_execution.expect("hard anti-affinity");
+    assert_eq!(required[0].topology_key, "kubernetes.io/hostname");
+}
+
+#[test]
+fn an_external_zookeeper_replaces_the_managed_ensemble() {
+    let dir = tempfile::tempdir().unwrap();
+    let connect = "zk-0.zk.example:2181,zk-1.zk.example:2181,zk-2.zk.example:2181";
+    let values =
+        values_file(&dir, "external.yaml", &format!("zookeeper:\n  enabled: false\n  connectString: {connect}\n"));
+    let objects = Objects::parse(&render(&["-f", &values]).unwrap());
+    assert!(objects.stateful_sets.is_empty() && objects.config_maps.is_empty(), "no managed ensemble");
+    assert_eq!(objects.services.len(), 2, "only the operator's Services");
+    assert_eq!(objects.disruption_budgets.len(), 1, "only the operator's budget");
+    check_links(&objects, false);
+    let container = objects.operator_container();
+    assert_eq!(env_value(container, "PADDOCK_ZOOKEEPER"), connect);
+    assert_eq!(env_value(container, "PADDOCK_SIDECAR_ZOOKEEPER"), connect);
+}
+
+#[test]
+fn an_external_zookeeper_needs_its_connect_string() {
+    let error = render(&["--set", "zookeeper.enabled=false"]).unwrap_err();
+    assert!(
+        error.contains("zookeeper.connectString is required when zookeeper.enabled=false"),
+        "the `required` message: {error}"
+    );
+    assert!(error.contains("execution error at (paddock/templates/"), "{error}");
+}
+
+#[test]
+fn cert_manager_issues_the_webhook_certificate_when_asked() {
+    let objects = Objects::parse(&render(&["--set", "webhook.certManager.enabled=true"]).unwrap());
+    check_links(&objects, true);
+    let issuers = objects.cert_manager("Issuer");
+    let certificates = objects.cert_manager("Certificate");
+    assert_eq!((issuers.len(), certificates.len()), (1, 1));
+    let (issuer, certificate) = (issuers[0], certificates[0]);
+    assert!(issuer["spec"]["selfSigned"].is_object(), "a self-signed Issuer by default");
+    assert_eq!(certificate["spec"]["issuerRef"]["name"], issuer["metadata"]["name"]);
+    assert_eq!(certificate["spec"]["issuerRef"]["kind"], "Issuer");
+
+    // cainjector finds the Certificate by the webhook configuration's annotation.
+    let annotations = objects.webhooks[0].metadata.annotations.clone().expect("annotations");
+    let certificate_name = certificate["metadata"]["name"].as_str().unwrap();
+    assert_eq!(annotations["cert-manager.io/inject-ca-from"], format!("{NAMESPACE}/{certificate_name}"));
+    // The certificate is for the name the API server calls.
+    let service = &objects.webhooks[0].webhooks.as_ref().unwrap()[0].client_config.service.as_ref().unwrap().name;
+    let dns: Vec<&str> =
+        certificate["spec"]["dnsNames"].as_array().unwrap().iter().map(|d| d.as_str().unwrap()).collect();
+    assert!(dns.contains(&format!("{service}.{NAMESPACE}.svc").as_str()), "{dns:?}");
+
+    // The operator reads the issued Secret from /tls.
+    let container = objects.operator_container();
+    assert_eq!(env_value(container, "PADDOCK_WEBHOOK_CERT_DIR"), "/tls");
+    let mount = container.volume_mounts.iter().flatten().find(|m| m.mount_path == "/tls").expect("/tls mounted");
+    let pod = objects.operator().spec.template.spec.as_ref().unwrap();
+    let volume = pod.volumes.iter().flatten().find(|v| v.name == mount.name).unwrap();
+    let secret_name = volume.secret.as_ref().and_then(|s| s.secret_name.as_deref());
+    assert_eq!(secret_name, certificate["spec"]["secretName"].as_str());
+
+    // With an issuer of the user's, the chart makes none.
+    let dir = tempfile::tempdir().unwrap();
+    let values = values_file(
+        &dir,
+        "issuer.yaml",
+        "webhook:\n  certManager:\n    enabled: true\n    issuerRef:\n      name: corp-ca\n      kind: ClusterIssuer\n",
+    );
+    let objects = Objects::parse(&render(&["-f", &values]).unwrap());
+    assert!(objects.cert_manager("Issuer").is_empty());
+    let certificate = objects.cert_manager("Certificate")[0];
+    assert_eq!(certificate["spec"]["issuerRef"]["name"], "corp-ca");
+    assert_eq!(certificate["spec"]["issuerRef"]["kind"], "ClusterIssuer");
+}
+
+#[test]
+fn the_schema_rejects_wrong_values_and_names_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let values = values_file(
+        &dir,
+        "wrong.yaml",
+        "operator:\n  replicas: two\nwebhook:\n  failurePolicy: Sometimes\nzookeeper:\n  image:\n    tag: 3.8\n\
+         zookeper:\n  enabled: false\n",
+    );
+    let error = render(&["-f", &values]).unwrap_err();
+    for named in [
+        "operator.replicas: Invalid type. Expected: integer, given: string",
+        "webhook.failurePolicy",
+        "zookeeper.image.tag: Invalid type. Expected: string, given: number",
+        "Additional property zookeper is not allowed",
+    ] {
+        assert!(error.contains(named), "the error names `{named}`:\n{error}");
+    }
+    // --set values are checked as well, after merging.
+    let error = render(&["--set", "sidecar.nativeSidecar=sometimes"]).unwrap_err();
+    assert!(error.contains("sidecar.nativeSidecar"), "{error}");
+    let error = render(&["--set", "operator.resources.requests.cpu=lots"]).unwrap_err();
+    assert!(error.contains("operator.resources.requests.cpu"), "{error}");
+    let error = render(&["--set", "operator.imageTag=latest"]).unwrap_err();
+    assert!(error.contains("Additional property imageTag is not allowed"), "{error}");
+}
+
+#[test]
+fn the_operator_rbac_is_what_deploy_operator_rbac_yaml_lists() {
+    let objects = Objects::parse(&render(&[]).unwrap());
+    let listed = std::fs::read_to_string(repo().join("deploy/operator-rbac.yaml")).unwrap();
+    let mut listed_cluster = BTreeSet::new();
+    let mut listed_namespaced = BTreeSet::new();
+    for doc in serde_yaml::Deserializer::from_str(&listed) {
+        let doc = Value::deserialize(doc).unwrap();
+        match doc["kind"].as_str() {
+            Some("ClusterRole") => listed_cluster = grants(&typed::<ClusterRole>(&doc, "deploy").rules.unwrap()),
+            Some("Role") => listed_namespaced = grants(&typed::<Role>(&doc, "deploy").rules.unwrap()),
+            other => panic!("deploy/operator-rbac.yaml: unexpected {other:?}"),
+        }
+    }
+    assert!(!listed_cluster.is_empty() && !listed_namespaced.is_empty());
+    let chart_cluster = grants(objects.cluster_roles[0].rules.as_deref().unwrap());
+    let chart_namespaced = grants(objects.roles[0].rules.as_deref().unwrap());
+    assert_eq!(chart_cluster, listed_cluster, "the chart's ClusterRole grants what deploy/operator-rbac.yaml lists");
+    assert_eq!(chart_namespaced, listed_namespaced, "the chart's Role grants what deploy/operator-rbac.yaml lists");
+}
+
+/// The round trip that stands in for deny-unknown-fields does catch what it is for.
+#[test]
+fn a_misspelt_or_mistyped_field_fails_the_typed_parse() {
+    let output = render(&[]).unwrap();
+    let (_, deployment) = documents(&output).into_iter().find(|(_, d)| d["kind"] == "Deployment").unwrap();
+    typed::<Deployment>(&deployment, "as rendered");
+    let fails = |doc: Value| {
+        let panic = std::panic::catch_unwind(|| typed::<Deployment>(&doc, "changed")).expect_err("rejected");
+        panic.downcast_ref::<String>().cloned().unwrap_or_default()
+    };
+    let mut misspelt = deployment.clone();
+    misspelt["spec"]["template"]["spec"]["containers"][0]["imagePullPolicyy"] = "Always".into();
+    let message = fails(misspelt);
+    assert!(message.contains(".spec.template.spec.containers[0].imagePullPolicyy"), "{message}");
+    let mut misplaced = deployment.clone();
+    misplaced["spec"]["serviceAccountName"] = "paddock-operator".into();
+    assert!(fails(misplaced).contains(".spec.serviceAccountName"));
+    let mut mistyped = deployment.clone();
+    mistyped["spec"]["replicas"] = "2".into();
+    assert!(fails(mistyped).contains("invalid type"));
+    let mut wrong_kind = deployment;
+    wrong_kind["apiVersion"] = "apps/v1beta1".into();
+    assert!(fails(wrong_kind).contains("apps/v1beta1"));
+}
+
+#[test]
+fn values_yaml_documents_every_key() {
+    let values = std::fs::read_to_string(chart_dir().join("values.yaml")).unwrap();
+    let lines: Vec<&str> = values.lines().collect();
+    let mut keys = 0;
+    for (i, line) in lines.iter().enumerate() {
+        let trimmed = line.trim_start();
+        let is_key = !trimmed.starts_with('#')
+            && !trimmed.starts_with('-')
+            && trimmed.split_once(':').is_some_and(|(k, _)| !k.is_empty() && !k.contains(' '));
+        if is_key {
+            keys += 1;
+            let above = if i == 0 { "" } else { lines[i - 1].trim_start() };
+            assert!(above.starts_with("# "), "values.yaml:{}: `{}` has no comment line above it", i + 1, line.trim());
+        }
+    }
+    assert!(keys > 50, "found only {keys} keys");
+}
+
+#[test]
+fn long_release_names_stay_within_kubernetes_limits() {
+    let name = "a-release-name-of-fifty-three-characters-the-most-too";
+    assert_eq!(name.len(), 53, "helm's limit");
+    let output = render_chart(&chart_dir(), &["--name", name, "--namespace", NAMESPACE]).unwrap();
+    let objects = Objects::parse(&output);
+    for (kind, _, object) in &objects.all {
+        assert!(object.len() <= 63, "{kind} {object} is longer than 63");
+    }
+    let set = objects.stateful_sets[0].metadata.name.as_deref().unwrap();
+    assert!(set.len() <= 52, "a StatefulSet's pods get an 11-character revision label suffix: {set}");
+    for label in objects.operator().metadata.labels.as_ref().unwrap().values() {
+        assert!(label.len() <= 63, "label value {label}");
+    }
+}
+
+/// helm-render itself, on a small chart of the test's own: what helm does that the paddock
+/// chart does not use all of.
+#[test]
+fn the_renderer_renders_as_helm_does() {
+    let chart = tempfile::tempdir().unwrap();
+    let write = |path: &str, text: &str| {
+        let path = chart.path().join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    };
+    write("Chart.yaml", "apiVersion: v2\nname: demo\nversion: 1.2.3\nappVersion: \"4.5\"\n");
+    write(
+        "values.yaml",
+        "greeting: hello\nnested:\n  keep: 1\n  drop: 2\ncount: 3\ntemplated: \"{{ .Values.greeting }}!\"\n",
+    );
+    write("templates/_names.tpl", "{{- define \"demo.name\" -}}{{ .Release.Name }}-{{ .Chart.Name }}{{- end }}\n");
+    write(
+        "templates/b.yaml",
+        r#"apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: {{ include "demo.name" . }}
+data:
+  chart: {{ .Chart.Version }}/{{ .Chart.AppVersion }}
+  release: {{ .Release.Namespace }}/{{ .Release.Service }}/{{ .Release.IsInstall }}/{{ .Release.Revision }}
+  kube: "{{ .Capabilities.KubeVersion.Major }}.{{ .Capabilities.KubeVersion.Minor }}"
+  policy: {{ .Capabilities.APIVersions.Has "policy/v1" | quote }}
+  custom: {{ .Capabilities.APIVersions.Has "example.com/v1" | quote }}
+  template: {{ .Template.Name }} in {{ .Template.BasePath }}
+  tpl: {{ tpl .Values.templated . | quote }}
+  values: {{ .Values.nested | toJson | quote }}
+  count: {{ .Values.count | quote }}
+  sprig: {{ list 3 1 2 | sortAlpha | join "," | upper | quote }}
+  lookup: {{ lookup "v1" "Secret" "ns" "x" | len | quote }}
+  yaml: {{ (fromYaml "a: [1, 2]").a | toJson | quote }}
+  missing: "{{ .Values.nothing }}"
+"#,
+    );
+    // In helm's install order a ConfigMap comes before a Service, whatever their files'
+    // names; a document of only comments is left out.
+    write("templates/a.yaml", "# only a comment\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: svc\n");
+    write("templates/NOTES.txt", "Thanks for installing {{ .Chart.Name }}.\n");
+    write("override.yaml", "nested:\n  drop: null\n  added: true\ngreeting: hi\n");
+    let override_file = chart.path().join("override.yaml");
+    let output = render_chart(
+        chart.path(),
+        &[
+            "--name",
+            "rel",
+            "--namespace",
+            "ns",
+            "--kube-version",
+            "v1.31.2",
+            "--api-versions",
+            "example.com/v1",
+            "-f",
+            override_file.to_str().unwrap(),
+            "--set",
+            "count=7",
+        ],
+    )
+    .unwrap();
+    let docs = documents(&output);
+    let kinds: Vec<_> = docs.iter().map(|(source, d)| (source.as_str(), d["kind"].as_str().unwrap())).collect();
+    assert_eq!(kinds, [("demo/templates/b.yaml", "ConfigMap"), ("demo/templates/a.yaml", "Service")]);
+    assert!(!output.contains("Thanks"), "NOTES.txt is rendered but not printed");
+    let data = &docs[0].1["data"];
+    let expect = [
+        ("chart", "1.2.3/4.5"),
+        ("release", "ns/Helm/true/1"),
+        ("kube", "1.31"),
+        ("policy", "true"),
+        ("custom", "true"),
+        ("template", "demo/templates/b.yaml in demo/templates"),
+        ("tpl", "hi!"),
+        ("values", r#"{"added":true,"keep":1}"#),
+        ("count", "7"),
+        ("sprig", "1,2,3"),
+        ("lookup", "0"),
+        ("yaml", "[1,2]"),
+        ("missing", ""),
+    ];
+    for (key, value) in expect {
+        assert_eq!(data[key], value, "{key}");
+    }
+    assert_eq!(docs[0].1["metadata"]["name"], "rel-demo");
+
+    // --notes prints them; `fail` and a kubeVersion the chart excludes stop the render.
+    let notes = render_chart(chart.path(), &["--notes"]).unwrap();
+    assert!(notes.contains("\nNOTES:\nThanks for installing demo."), "{notes}");
+    write("templates/c.yaml", "{{ fail \"no, thanks\" }}\n");
+    let error = render_chart(chart.path(), &[]).unwrap_err();
+    assert!(error.contains("no, thanks"), "{error}");
+    let error = render_chart(&chart_dir(), &["--kube-version", "1.20.0"]).unwrap_err();
+    assert!(error.contains("incompatible with Kubernetes v1.20.0"), "{error}");
+}
+
+/// A ZooKeeper server process, killed when dropped (and, by PR_SET_PDEATHSIG, with the test).
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The rendered zoo.cfg, start.sh and probe.sh run a real 3-server ensemble of Debian's
+/// ZooKeeper 3.8 (the image's `zkServer.sh start-foreground CONFIG` stood in for by a
+/// script that starts the same server class). Only what cannot work outside a cluster is
+/// changed: the servers' DNS names and ports become 127.0.0.1 and free ports, and the
+/// data directories temporary ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rendered_zookeeper_config_scripts_and_probes_run_a_real_ensemble() {
+    init_tracing();
+    let objects = Objects::parse(&render(&[]).unwrap());
+    let data = check_managed_zookeeper(&objects, 3);
+    let dir = tempfile::Builder::new().prefix("paddock-chart-zk-").tempdir().unwrap();
+    let scripts = dir.path().join("config");
+    std::fs::create_dir_all(&scripts).unwrap();
+    for file in ["start.sh", "probe.sh"] {
+        std::fs::write(scripts.join(file), &data[file]).unwrap();
+    }
+    // zkServer.sh of the image: `start-foreground CONFIG` runs QuorumPeerMain on CONFIG.
+    let bin = dir.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::write(
+        bin.join("zkServer.sh"),
+        "#!/bin/bash\n[ \"$1\" = start-foreground ] || { echo \"unexpected $*\" >&2; exit 2; }\n\
+         exec java -Xmx128m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 \
+         -cp /usr/share/java/zookeeper.jar:/usr/share/java/slf4j-simple.jar \
+         org.apache.zookeeper.server.quorum.QuorumPeerMain \"$2\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(bin.join("zkServer.sh"), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+
+    let ports = free_ports(9).unwrap();
+    let client_ports = [ports[0], ports[3], ports[6]];
+    let set_name = objects.stateful_sets[0].metadata.name.clone().unwrap();
+    let mut servers = Vec::new();
+    for i in 0..3 {
+        let server_dir = dir.path().join(format!("server-{i}"));
+        std::fs::create_dir_all(server_dir.join("data")).unwrap();
+        let mut config = String::new();
+        for line in data["zoo.cfg"].lines() {
+            let line = match line.split_once('=') {
+                Some(("dataDir", _)) => format!("dataDir={}", server_dir.join("data").display()),
+                Some(("clientPort", _)) => format!("clientPort={}\nclientPortAddress=127.0.0.1", ports[3 * i]),
+                Some(("quorumListenOnAllIPs", _)) => "quorumListenOnAllIPs=false".to_owned(),
+                Some((key, _)) if key.starts_with("server.") => {
+                    let n: usize = key["server.".len()..].parse().unwrap();
+                    let (client, peer, election) = (ports[3 * (n - 1)], ports[3 * (n - 1) + 1], ports[3 * (n - 1) + 2]);
+                    format!("{key}=127.0.0.1:{peer}:{election};127.0.0.1:{client}")
+                }
+                _ => line.to_owned(),
+            };
+            config.push_str(&line);
+            config.push('\n');
+        }
+        std::fs::write(server_dir.join("zoo.cfg"), config).unwrap();
+        let log = std::fs::File::create(server_dir.join("server.log")).unwrap();
+        let mut command = Command::new("/bin/bash");
+        command
+            .arg(scripts.join("start.sh"))
+            .env("POD_NAME", format!("{set_name}-{i}"))
+            .env("ZOO_DATA_DIR", server_dir.join("data"))
+            .env("ZOO_CFG", server_dir.join("zoo.cfg"))
+            .env("PATH", format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        // SAFETY: prctl is async-signal-safe; the JVM (start.sh execs into it) dies with us.
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        servers.push(Some(Server(command.spawn().unwrap())));
+    }
+    // start.sh gave each server the id of its pod's ordinal plus one.
+    for i in 0..3 {
+        let myid = dir.path().join(format!("server-{i}/data/myid"));
+        eventually(Duration::from_secs(10), "start.sh writes myid", || {
+            let myid = myid.clone();
+            async move { myid.exists() }
+        })
+        .await;
+        assert_eq!(std::fs::read_to_string(&myid).unwrap().trim(), (i + 1).to_string());
+    }
+
+    let probe = |word: &'static str, port: u16| {
+        let script = scripts.join("probe.sh");
+        async move {
+            tokio::task::spawn_blocking(move || {
+                Command::new("/bin/bash").arg(script).arg(word).arg(port.to_string()).status().unwrap().success()
+            })
+            .await
+            .unwrap()
+        }
+    };
+    for i in 0..3 {
+        let port = ports[3 * i];
+        eventually(Duration::from_secs(90), &format!("server {i} is ready (srvr)"), || probe("srvr", port)).await;
+        assert!(probe("ruok", port).await, "server {i} is live (ruok)");
+    }
+    let modes: Vec<String> = futures::future::join_all((0..3).map(|i| async move {
+        let reply = four_letter_word(([127, 0, 0, 1], client_ports[i]).into(), "srvr").await.unwrap();
+        reply.lines().find_map(|l| l.strip_prefix("Mode: ")).unwrap().to_owned()
+    }))
+    .await;
+    assert_eq!(modes.iter().filter(|m| *m == "leader").count(), 1, "one quorum of three: {modes:?}");
+    // The word whitelist is in force (the test ensembles allow all words; this one not).
+    let stat = four_letter_word(([127, 0, 0, 1], ports[0]).into(), "stat").await.unwrap();
+    assert!(stat.contains("not in the whitelist"), "{stat}");
+    // Extended types are on: a TTL node can be created.
+    let connect = (0..3).map(|i| format!("127.0.0.1:{}", ports[3 * i])).collect::<Vec<_>>().join(",");
+    let client = zk::Client::connect(&connect).await.unwrap();
+    let ttl = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all()).with_ttl(Duration::from_secs(60));
+    client.create("/ttl", b"", &ttl).await.expect("a TTL node: extendedTypesEnabled is in force");
+    drop(client);
+
+    // A server that lost its quorum is live but not ready; a dead one is neither.
+    servers[1] = None;
+    servers[2] = None;
+    let port = ports[0];
+    eventually(Duration::from_secs(30), "server 0 without a quorum is not ready", || async move {
+        !probe("srvr", port).await
+    })
+    .await;
+    // (ruok within a few tries: the server drops its client connections as it leaves
+    // the quorum, which is why the liveness probe tolerates failures.)
+    eventually(Duration::from_secs(10), "server 0 without a quorum is still live", || probe("ruok", port)).await;
+    assert!(!probe("ruok", ports[3]).await, "a killed server is not live");
+}
