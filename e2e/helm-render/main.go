@@ -119,6 +119,10 @@ func run(args []string) error {
 		return errors.New("usage: helm-render [flags] CHART_DIR")
 	}
 	chartDir := positional[0]
+	// helm's own rule: a DNS name short enough for what charts append to it.
+	if len(*name) > 53 || !regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`).MatchString(*name) {
+		return fmt.Errorf("release name %q: at most 53 characters of a-z, 0-9 and '-', starting and ending with a letter or digit", *name)
+	}
 
 	chart, err := readYAMLMap(filepath.Join(chartDir, "Chart.yaml"))
 	if err != nil {
