@@ -602,10 +602,21 @@ fn check_links(objects: &Objects, cert_manager: bool) {
     }
     let webhook_patch = granted.iter().any(|(_, r, v, _)| r == "mutatingwebhookconfigurations" && v == "patch");
     assert_eq!(webhook_patch, !cert_manager, "only a self-signed operator patches its webhook configuration");
+    // A self-signed operator replaces its shared certificate's Secret, in its own namespace.
+    let tls_update = grants(objects.roles[0].rules.as_deref().unwrap_or_default()).contains(&(
+        "".into(),
+        "secrets".into(),
+        "update".into(),
+        format!("{}-webhook-tls", fullname()),
+    ));
+    assert_eq!(tls_update, !cert_manager, "update of the webhook's TLS Secret, by name, in the Role");
     for (group, resource, verb, name) in &granted {
         assert!(![group, resource, verb].contains(&&"*".to_owned()), "a wildcard grant: {group} {resource} {verb}");
         if resource == "mutatingwebhookconfigurations" {
             assert_eq!(name, configuration_name, "the operator may only patch its own webhook configuration");
+        }
+        if resource == "secrets" && verb == "update" {
+            assert_eq!(*name, format!("{}-webhook-tls", fullname()), "no Secret but the webhook's is updated");
         }
     }
 }
@@ -844,6 +855,36 @@ fn the_operator_rbac_is_what_deploy_operator_rbac_yaml_lists() {
     let chart_namespaced = grants(objects.roles[0].rules.as_deref().unwrap());
     assert_eq!(chart_cluster, listed_cluster, "the chart's ClusterRole grants what deploy/operator-rbac.yaml lists");
     assert_eq!(chart_namespaced, listed_namespaced, "the chart's Role grants what deploy/operator-rbac.yaml lists");
+}
+
+/// Every variable the chart gives the operator is one the operator reads (a clap `env`
+/// of operator/src), so a misspelt name cannot silently fall back to a default.
+#[test]
+fn the_operator_reads_every_variable_the_chart_sets() {
+    fn sources(dir: &Path, out: &mut String) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                sources(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push_str(&std::fs::read_to_string(&path).unwrap());
+            }
+        }
+    }
+    let mut code = String::new();
+    sources(&repo().join("operator/src"), &mut code);
+    let read: BTreeSet<&str> = regex::Regex::new(r#"env = "([A-Z_]+)""#)
+        .unwrap()
+        .captures_iter(&code)
+        .map(|c| c.get(1).unwrap().as_str())
+        .collect();
+    assert!(read.contains("PADDOCK_ZOOKEEPER"), "found the operator's settings: {read:?}");
+    for extra in [&[][..], &["--set", "webhook.certManager.enabled=true"][..]] {
+        let objects = Objects::parse(&render(extra).unwrap());
+        for var in objects.operator_container().env.iter().flatten() {
+            assert!(read.contains(var.name.as_str()), "the chart sets {} but the operator does not read it", var.name);
+        }
+    }
 }
 
 /// The round trip that stands in for deny-unknown-fields does catch what it is for.
