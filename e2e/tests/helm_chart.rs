@@ -887,6 +887,35 @@ fn the_operator_reads_every_variable_the_chart_sets() {
     }
 }
 
+/// The README's app pod: a valid Pod that asks for the sidecar and names a queue of the
+/// examples, outside what `kubectl apply -f examples/` applies (not recursive).
+#[test]
+fn the_example_app_pod_asks_for_the_sidecar() {
+    let path = repo().join("examples/pods/app.yaml");
+    let doc: Value = serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let pod: k8s_openapi::api::core::v1::Pod = typed(&doc, "examples/pods/app.yaml");
+    assert!(pod.metadata.namespace.is_none(), "the namespace comes from `kubectl -n`");
+    let annotations = pod.metadata.annotations.expect("annotations");
+    assert_eq!(annotations["paddock.dev/inject"], "true");
+    let queue = &annotations["paddock.dev/queue"];
+    let mut queues = Vec::new();
+    for entry in std::fs::read_dir(repo().join("examples")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            for doc in serde_yaml::Deserializer::from_str(&std::fs::read_to_string(&path).unwrap()) {
+                let doc = Value::deserialize(doc).unwrap();
+                if doc["kind"] == "WorkQueue" {
+                    queues.push(doc["metadata"]["name"].as_str().unwrap().to_owned());
+                }
+            }
+        }
+    }
+    assert!(queues.contains(queue), "paddock.dev/queue names a WorkQueue of examples/: {queues:?}");
+    let app = &pod.spec.expect("spec").containers[0];
+    assert_eq!(app.name, "app", "the README execs into container `app`");
+    assert!(app.image.as_deref().unwrap().contains("curl"), "the README curls from it");
+}
+
 /// The round trip that stands in for deny-unknown-fields does catch what it is for.
 #[test]
 fn a_misspelt_or_mistyped_field_fails_the_typed_parse() {
