@@ -1,6 +1,12 @@
-//! Configs of locks and queues, read once and kept until their znode changes: a data
-//! watch drops the entry, so an acquire or a dequeue does not read its config from
-//! ZooKeeper every time, and an operator's change is seen at once.
+//! Configs of locks and queues, read once and kept until their znode changes, so an
+//! acquire or a dequeue does not read its config from ZooKeeper every time, and an
+//! operator's change is seen at once.
+//!
+//! The entry is guarded by a persistent recursive watch on the znode, never by a one-shot
+//! data watch: the lock's holders and the queue's view follow the same znode with a
+//! recursive watch, and ZooKeeper before 3.9 keeps one watch mode per path and session
+//! (ZOOKEEPER-4466): a data watch there would replace the recursive one and, once fired,
+//! leave the session watching nothing. Watches of the same mode share one server watch.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -41,8 +47,13 @@ impl<T: Clone + Send + 'static> ConfigCache<T> {
         {
             return Ok(value.clone());
         }
-        let (data, _, watcher) = match current.client.get_and_watch_data(path).await {
-            Ok(found) => found,
+        // Watch first, then read: a change after the read is an event on the watch.
+        let mut watcher = match current.client.watch(path, zk::AddWatchMode::PersistentRecursive).await {
+            Ok(watcher) => watcher,
+            Err(err) => return Err(CacheError::ZooKeeper(err)),
+        };
+        let data = match current.client.get_data(path).await {
+            Ok((data, _)) => data,
             Err(zk::Error::NoNode) => return Err(CacheError::NoNode),
             Err(err) => return Err(CacheError::ZooKeeper(err)),
         };
@@ -50,8 +61,20 @@ impl<T: Clone + Send + 'static> ConfigCache<T> {
         self.entries.lock().expect("not poisoned").insert(path.to_owned(), (current.generation, value.clone()));
         let (entries, path, generation) = (self.entries.clone(), path.to_owned(), current.generation);
         tokio::spawn(async move {
-            // Any change, deletion or session event: forget, the next use reads again.
-            watcher.changed().await;
+            // The znode's data changed or it went, or the connection dropped (events may
+            // have been missed meanwhile): forget, the next use reads again. Events below
+            // the znode (contenders, items) are not ours.
+            loop {
+                let event = watcher.changed().await;
+                let ours = match event.event_type {
+                    zk::EventType::Session => true,
+                    zk::EventType::NodeDataChanged | zk::EventType::NodeDeleted => event.path == path,
+                    _ => false,
+                };
+                if ours {
+                    break;
+                }
+            }
             let mut entries = entries.lock().expect("not poisoned");
             if entries.get(&path).is_some_and(|(g, _)| *g == generation) {
                 entries.remove(&path);

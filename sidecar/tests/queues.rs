@@ -252,6 +252,42 @@ async fn a_long_poll_is_woken_by_an_enqueue_without_reading_zookeeper_meanwhile(
     assert_eq!(reads().await - before, 2.0);
 }
 
+/// The operator rewriting a queue's config must not blind its consumers. ZooKeeper 3.8
+/// keeps one watch mode per path and session (ZOOKEEPER-4466): the config cache once used
+/// a data watch on the queue's znode, which replaced the view's recursive watch there and,
+/// once a config write fired it, left the view seeing no new item. Found by the fault suite.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumers_keep_seeing_new_items_after_the_queue_config_is_rewritten() {
+    let ensemble = setup(&[("rewritten", config(5, Duration::from_secs(300)))]).await;
+    let (_a, pod) = sidecar(&ensemble, "consumer", NS, SESSION).await;
+    assert_eq!(pod.enqueue("rewritten", "first").await.unwrap().0, 201);
+    let first = pod.next("rewritten", "5s").await.unwrap().expect("the first item");
+    assert_eq!(pod.settle("rewritten", &first.id, "ack", "").await.unwrap().0, 200);
+
+    // The operator writes the config again (a change, so every watch on the znode fires).
+    let admin = provision::admin(&ensemble.connect_string()).await.unwrap();
+    let path = format!("/paddock/{NS}/queues/rewritten");
+    let changed = config(6, Duration::from_secs(300));
+    admin.set_data(&path, &serde_json::to_vec(&changed).unwrap(), None).await.unwrap();
+    eventually(Duration::from_secs(10), "the sidecar sees the new config", || async {
+        pod.queue_stats("rewritten").await.is_ok_and(|_| true)
+            && pod.http().get(pod.url("/queue/rewritten")).send().await.unwrap().json::<Value>().await.unwrap()
+                ["config"]["maxAttempts"]
+                == 6
+    })
+    .await;
+
+    // Items enqueued after the write (in new buckets) still reach the consumer.
+    for n in 0..3 {
+        assert_eq!(pod.enqueue("rewritten", format!("after-{n}")).await.unwrap().0, 201);
+        tokio::time::sleep(Duration::from_millis(150)).await; // a new 100 ms bucket each
+    }
+    for _ in 0..3 {
+        let item = pod.next("rewritten", "5s").await.unwrap().expect("an item enqueued after the config write");
+        assert_eq!(pod.settle("rewritten", &item.id, "ack", "").await.unwrap().0, 200);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_a_json_4xx_and_loses_nothing() {
     let small = QueueConfig { max_payload_bytes: Some(1000), ..QueueConfig::default() };
