@@ -66,7 +66,13 @@ async fn ensure_node(client: &zk::Client, path: &str, data: &[u8], acls: zk::Acl
             if current.as_slice() != &*acls {
                 client.set_acl(path, &acls, Some(stat.aversion)).await?;
             }
-            client.set_data(path, data, None).await.map(drop)
+            // Only a real change is written: a write fires every watch on the node, and the
+            // operator itself re-reconciles on its watch.
+            let (current, stat) = client.get_data(path).await?;
+            if current != data {
+                client.set_data(path, data, Some(stat.version)).await?;
+            }
+            Ok(())
         }
         Err(err) => Err(err),
     }
