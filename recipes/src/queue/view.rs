@@ -328,6 +328,7 @@ async fn follow(session: Session, inner: std::sync::Weak<Inner>) {
             tokio::time::sleep(std::time::Duration::from_millis(500)).await;
             continue;
         }
+        tracing::debug!(queue = strong.paths.base, generation = current.generation, "queue view following");
         drop(strong);
         // Follow events until the session ends; resync after each reconnect.
         loop {
@@ -335,7 +336,7 @@ async fn follow(session: Session, inner: std::sync::Weak<Inner>) {
                 event = watcher.changed() => event,
                 session_event = session_events.recv() => {
                     match session_event {
-                        Ok(SessionEvent::Expired { .. }) => break,
+                        Ok(SessionEvent::Expired { generation, .. }) if generation >= current.generation => break,
                         _ => continue,
                     }
                 }
@@ -353,6 +354,7 @@ async fn follow(session: Session, inner: std::sync::Weak<Inner>) {
             };
             let Some(strong) = inner.upgrade() else { return };
             if event.event_type == zk::EventType::Session {
+                tracing::debug!(queue = strong.paths.base, state = ?event.session_state, "queue view: session event");
                 match event.session_state {
                     zk::SessionState::Disconnected => strong.set_unsynced(),
                     zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly => {
@@ -365,6 +367,7 @@ async fn follow(session: Session, inner: std::sync::Weak<Inner>) {
                 }
                 continue;
             }
+            tracing::trace!(queue = strong.paths.base, event = ?event.event_type, path = event.path, "queue view: watch event");
             if let Some(change) = strong.classify(&event) {
                 strong.apply(change);
             }
