@@ -1,12 +1,20 @@
 //! A token-checking resource, as a storage service guarded by Paddock locks should be:
 //! it rejects a write whose fencing token is lower than one it has already accepted, and
-//! it counts overlapping critical sections (two holders at once).
+//! it counts overlapping critical sections (two holders at once). For proving checkers
+//! bite, it can also be built without the check (`without_fencing`), as a careless store.
 
 use std::sync::Mutex;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct FencedCounter {
     state: Mutex<State>,
+    checks_tokens: bool,
+}
+
+impl Default for FencedCounter {
+    fn default() -> Self {
+        Self { state: Mutex::default(), checks_tokens: true }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -17,6 +25,8 @@ struct State {
     overlaps: u64,
     rejected: u64,
     accepted: u64,
+    /// (token, value) of every accepted write, in order.
+    history: Vec<(i64, u64)>,
 }
 
 /// What a writer learns from a fenced write.
@@ -32,6 +42,11 @@ pub enum Write {
 impl FencedCounter {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A store that accepts every write, whatever its token (a deliberately broken one).
+    pub fn without_fencing() -> Self {
+        Self { checks_tokens: false, ..Self::default() }
     }
 
     /// Enters the critical section; counts an overlap if someone else is inside.
@@ -56,13 +71,14 @@ impl FencedCounter {
     /// accepted (one holder writing twice).
     pub fn write(&self, token: i64, value: u64) -> Write {
         let mut s = self.state.lock().unwrap();
-        if token < s.highest_token {
+        if self.checks_tokens && token < s.highest_token {
             s.rejected += 1;
             return Write::Stale { highest: s.highest_token };
         }
-        s.highest_token = token;
+        s.highest_token = s.highest_token.max(token);
         s.value = value;
         s.accepted += 1;
+        s.history.push((token, value));
         Write::Accepted
     }
 
@@ -76,6 +92,11 @@ impl FencedCounter {
 
     pub fn rejected(&self) -> u64 {
         self.state.lock().unwrap().rejected
+    }
+
+    /// (token, value) of every accepted write, in the order accepted.
+    pub fn history(&self) -> Vec<(i64, u64)> {
+        self.state.lock().unwrap().history.clone()
     }
 
     pub fn accepted(&self) -> u64 {

@@ -4,6 +4,7 @@
 
 pub mod apiserver;
 pub mod bench;
+pub mod chaos;
 pub mod client;
 pub mod curator;
 pub mod ensemble;
@@ -12,6 +13,7 @@ pub mod netns;
 pub mod operator;
 pub mod process;
 pub mod provision;
+pub mod stack;
 
 pub use client::{Acquire, PodClient};
 pub use ensemble::{Ensemble, EnsembleOptions, Mode};
@@ -46,8 +48,18 @@ where
 /// A binary of the workspace, beside the running test's own directory (`cargo test
 /// --workspace` builds every binary before it runs tests).
 pub fn workspace_binary(name: &str) -> std::path::PathBuf {
-    let exe = std::env::current_exe().expect("the test's own path");
-    let path = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>/deps").join(name);
-    assert!(path.exists(), "{} missing: run the tests with `cargo test --workspace`", path.display());
-    path
+    find_binary(name).unwrap_or_else(|e| panic!("{e:#}: run the tests with `cargo test --workspace`"))
+}
+
+/// A binary of the workspace beside the running executable: a bin of this crate runs in
+/// `target/<profile>/`, a test in `target/<profile>/deps/`.
+pub fn find_binary(name: &str) -> anyhow::Result<std::path::PathBuf> {
+    use anyhow::Context as _;
+    let exe = std::env::current_exe().context("the running executable's path")?;
+    let dir = exe.parent().context("the executable's directory")?;
+    [Some(dir.join(name)), dir.parent().map(|p| p.join(name))]
+        .into_iter()
+        .flatten()
+        .find(|p| p.exists())
+        .with_context(|| format!("{name} not found beside {}; build it with `cargo build --workspace`", exe.display()))
 }

@@ -1,5 +1,6 @@
-//! The README's run command: it brings up a real ensemble and a sidecar answering on
-//! 127.0.0.1, and Ctrl-C leaves no process behind.
+//! The README's run command: it brings up the whole stack (a real ensemble, the API
+//! stand-in, the operator, the examples applied, a sidecar answering on 127.0.0.1), kubectl
+//! works with the kubeconfig it wrote, and Ctrl-C leaves no process behind.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -36,8 +37,9 @@ fn alive(pid: u32) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_run_command_serves_and_ctrl_c_leaves_nothing_behind() {
     let listen = format!("127.0.0.1:{}", free_ports(1).unwrap()[0]);
+    let dir = tempfile::tempdir().unwrap();
     let mut command = Command::new(env!("CARGO_BIN_EXE_paddock-local"));
-    command.args(["--listen", &listen]).env("RUST_LOG", "warn");
+    command.args(["--listen", &listen, "--dir"]).arg(dir.path()).env("RUST_LOG", "warn");
     let mut local = ProcessHandle::spawn("paddock-local", command).unwrap();
     let pod = PodClient::new(format!("http://{listen}"));
 
@@ -52,8 +54,20 @@ async fn the_run_command_serves_and_ctrl_c_leaves_nothing_behind() {
         assert!(!local.has_exited(), "paddock-local exited");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // It is the whole thing, not just a health endpoint: the example lock works.
+    // It is the whole thing, not just a health endpoint: the example lock works, and
+    // kubectl with the kubeconfig it wrote shows the holder the operator observed.
     assert!(matches!(pod.acquire("orders", "me", "5s").await.unwrap(), Acquire::Acquired { .. }));
+    let kubeconfig = dir.path().join("kubeconfig");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let output = Command::new("kubectl").args(["get", "dlock", "orders"]).env("KUBECONFIG", &kubeconfig).output();
+        let table = output.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+        if table.contains("demo-0") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "kubectl get dlock orders never showed the holder: {table}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     let children = descendants(local.pid().unwrap());
     let jvms = children
         .iter()
@@ -62,6 +76,13 @@ async fn the_run_command_serves_and_ctrl_c_leaves_nothing_behind() {
         })
         .count();
     assert_eq!(jvms, 3, "a 3-node ensemble runs under it: {children:?}");
+    let operators = children
+        .iter()
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.contains("paddock-operator"))
+        })
+        .count();
+    assert_eq!(operators, 1, "the operator runs under it: {children:?}");
 
     local.signal(libc::SIGINT).unwrap(); // Ctrl-C
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -1,6 +1,9 @@
-//! The README's run command: a real 3-node ZooKeeper ensemble on 127.0.0.1, the example
-//! resources provisioned, and a sidecar for a pod `demo-0` in namespace `default`.
-//! Ctrl-C (or SIGTERM) stops the sidecar gracefully, then the ensemble; nothing is left.
+//! The README's run command: the whole stack on this machine. A real 3-node ZooKeeper
+//! ensemble on 127.0.0.1, the Kubernetes API stand-in with a kubeconfig for kubectl, the
+//! operator, the CRDs and `examples/` applied with kubectl (the operator provisions them
+//! and makes the namespace's credentials), and a sidecar for a pod `demo-0` in namespace
+//! `default` with those credentials. Ctrl-C (or SIGTERM) stops the sidecar and the
+//! operator gracefully, then the rest; nothing is left running.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,11 +12,12 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use paddock_e2e::{Ensemble, EnsembleOptions, ProcessHandle, provision};
+use paddock_e2e::stack::{Stack, StackOptions};
+use paddock_e2e::{EnsembleOptions, ProcessHandle, find_binary};
 use tokio::signal::unix::{SignalKind, signal};
 
 #[derive(Debug, Parser)]
-#[command(about = "Run Paddock locally against a real ZooKeeper ensemble")]
+#[command(about = "Run Paddock locally: ZooKeeper, the Kubernetes API stand-in, the operator and a sidecar")]
 struct Args {
     /// Where the sidecar listens.
     #[arg(long, default_value = "127.0.0.1:7420")]
@@ -21,25 +25,41 @@ struct Args {
     /// Number of ZooKeeper servers.
     #[arg(long, default_value_t = 3)]
     servers: usize,
+    /// Where the kubeconfig and the operator's log go (emptied at start).
+    #[arg(long, default_value_os_t = std::env::temp_dir().join("paddock-local"))]
+    dir: PathBuf,
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
     paddock_e2e::init_tracing();
     let args = Args::parse();
-    println!("==> starting a {}-node ZooKeeper ensemble on 127.0.0.1", args.servers);
-    let ensemble =
-        Ensemble::start_with(EnsembleOptions { servers: args.servers, keep_dir: true, ..Default::default() }).await?;
-    let connect = ensemble.connect_string();
-    println!("    connect string: {connect}\n    data and logs:  {}", ensemble.dir().display());
+    let _ = std::fs::remove_dir_all(&args.dir);
+    std::fs::create_dir_all(&args.dir).with_context(|| format!("creating {}", args.dir.display()))?;
 
-    provision::examples(&connect).await.context("provisioning the example lock and queue")?;
+    println!("==> starting a {}-node ZooKeeper ensemble, the Kubernetes API stand-in and the operator", args.servers);
+    let stack = Stack::start(StackOptions {
+        ensemble: EnsembleOptions { servers: args.servers, keep_dir: true, ..Default::default() },
+        operators: 1,
+        namespaces: Vec::new(),
+        manifests: vec!["examples/".to_owned()],
+        lease_duration: Duration::from_secs(15),
+        session_timeout: Duration::from_secs(10),
+        dir: args.dir.clone(),
+    })
+    .await?;
+    let connect = stack.ensemble.connect_string();
+    println!("    ZooKeeper:      {connect} (data and logs in {})", stack.ensemble.dir().display());
+    println!("    Kubernetes API: {} (kubeconfig {})", stack.api.url(), stack.kubeconfig.display());
+    println!("    operator log:   {}", args.dir.join("paddock-operator-0.log").display());
 
-    let sidecar_bin = sibling_binary("paddock-sidecar")?;
-    let mut command = Command::new(&sidecar_bin);
+    // The pod's sidecar, as the injection webhook would configure it.
+    let credentials = stack.namespace_credentials("default").await?;
+    let mut command = Command::new(find_binary("paddock-sidecar")?);
     command
         .env("PADDOCK_ZOOKEEPER", &connect)
         .env("PADDOCK_LISTEN", args.listen.to_string())
+        .env("PADDOCK_ZK_AUTH", &credentials)
         .env("POD_NAME", "demo-0")
         .env("POD_NAMESPACE", "default")
         .env("PADDOCK_QUEUE", "jobs");
@@ -49,16 +69,23 @@ async fn main() -> Result<()> {
     let base = format!("http://{}", args.listen);
     println!(
         "\n==> Paddock is running. Try:\n\
+         \n  export KUBECONFIG={kubeconfig}\
+         \n  kubectl get dlock,wq\
+         \n  kubectl apply -f examples/\
+         \n\
          \n  curl -s {base}/healthz\
          \n  curl -s -XPOST {base}/lock -d '{{\"name\":\"orders\",\"wait\":\"5s\"}}' -H 'content-type: application/json'\
          \n  curl -s {base}/lock/orders\
+         \n  kubectl get dlock orders          # the holder, demo-0, and its fencing token\
          \n  curl -s -XDELETE {base}/lock/orders\
          \n  curl -s -XPOST {base}/queue/jobs -d 'hello'\
+         \n  kubectl get wq jobs               # depth 1\
          \n  curl -s -i '{base}/queue/next?wait=5s'\
          \n  curl -s -XPOST {base}/queue/jobs/ITEM_ID/ack\
          \n  curl -s -N {base}/events\
          \n  curl -s {base}/metrics\
-         \n\nPress Ctrl-C to stop everything.\n"
+         \n\nPress Ctrl-C to stop everything.\n",
+        kubeconfig = stack.kubeconfig.display(),
     );
 
     let mut term = signal(SignalKind::terminate())?;
@@ -68,20 +95,17 @@ async fn main() -> Result<()> {
         _ = int.recv() => {}
         _ = wait_exit(&mut sidecar) => println!("the sidecar exited; stopping"),
     }
-    println!("==> stopping the sidecar and the ensemble");
+    println!("==> stopping the sidecar, the operator and the ensemble");
     if sidecar.pid().is_some() {
         let _ = sidecar.terminate(Duration::from_secs(10)).await;
     }
-    drop(ensemble);
+    let mut stack = stack;
+    for operator in &mut stack.operators {
+        let _ = operator.process.terminate(Duration::from_secs(10)).await;
+    }
+    drop(stack);
     println!("==> stopped");
     Ok(())
-}
-
-fn sibling_binary(name: &str) -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let path = exe.with_file_name(name);
-    anyhow::ensure!(path.exists(), "{} not found: build it with `cargo build -p paddock-sidecar`", path.display());
-    Ok(path)
 }
 
 async fn wait_ready(listen: SocketAddr, sidecar: &mut ProcessHandle) -> Result<()> {

@@ -1,0 +1,137 @@
+//! The system under test, all real processes: the stack (a 3-node ensemble on hosts of
+//! its own, the Kubernetes API stand-in, two operator replicas, CRDs and resources applied
+//! with kubectl) and sidecars standing for pods of two namespaces, each with the
+//! credentials the operator made for its namespace.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use super::workloads::{PodHandle, Role, Workloads};
+use crate::client::PodClient;
+use crate::stack::{Stack, StackOptions};
+use crate::{EnsembleOptions, Sidecar, SidecarOptions, find_binary};
+
+/// Session timeout of sidecars and operators: short, so faults play out in seconds.
+pub const SESSION_TIMEOUT: Duration = Duration::from_secs(4);
+/// The second namespace, with its own resources (`e2e/chaos/team-b.yaml`).
+pub const TEAM_B: &str = "team-b";
+
+/// A sidecar process standing for a pod, and its app's tasks.
+pub struct SimPod {
+    pub name: String,
+    pub namespace: String,
+    pub sidecar: Sidecar,
+    pub credentials: String,
+    roles: Vec<Role>,
+    paused: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+impl SimPod {
+    pub fn client(&self) -> PodClient {
+        PodClient::new(self.sidecar.url(""))
+    }
+
+    fn handle(&self) -> PodHandle {
+        PodHandle { name: self.name.clone(), client: self.client(), paused: self.paused.subscribe() }
+    }
+
+    /// Starts the app's tasks.
+    pub fn start_app(&mut self, workloads: &Arc<Workloads>) {
+        for (worker, role) in self.roles.clone().into_iter().enumerate() {
+            let (workloads, handle) = (workloads.clone(), self.handle());
+            self.tasks.spawn(async move { workloads.run(role, handle, worker).await });
+        }
+    }
+
+    /// SIGSTOPs the sidecar; the app stops at its next checkpoint too.
+    pub fn pause(&mut self) -> Result<()> {
+        self.paused.send_replace(true);
+        self.sidecar.process.pause()
+    }
+
+    pub fn resume(&mut self) -> Result<()> {
+        self.sidecar.process.resume()?;
+        self.paused.send_replace(false);
+        Ok(())
+    }
+
+    /// SIGKILLs the sidecar and aborts the app (the pod crashed).
+    pub fn kill(&mut self) {
+        self.tasks.abort_all();
+        self.sidecar.process.kill();
+        self.paused.send_replace(false);
+    }
+
+    /// Starts the sidecar again on its address, then the app.
+    pub async fn restart(&mut self, workloads: &Arc<Workloads>) -> Result<()> {
+        self.sidecar.restart().await?;
+        self.start_app(workloads);
+        Ok(())
+    }
+
+    /// Stops the app's tasks (the end of a run).
+    pub fn stop_app(&mut self) {
+        self.tasks.abort_all();
+    }
+}
+
+pub struct Cluster {
+    pub stack: Stack,
+    pub pods: Vec<SimPod>,
+    /// Logs of every process; kept when a run found something.
+    pub dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    pub async fn start(workloads: &Arc<Workloads>) -> Result<Self> {
+        let dir = tempfile::Builder::new().prefix("paddock-chaos-").tempdir()?;
+        let stack = Stack::start(StackOptions {
+            ensemble: EnsembleOptions { isolated_network: true, ..Default::default() },
+            operators: 2,
+            namespaces: vec![TEAM_B.to_owned()],
+            manifests: vec!["examples/".to_owned(), "e2e/chaos/team-b.yaml".to_owned()],
+            lease_duration: Duration::from_secs(3),
+            session_timeout: SESSION_TIMEOUT,
+            dir: dir.path().to_owned(),
+        })
+        .await?;
+        let pods: [(&str, &str, Vec<Role>); 5] = [
+            ("web-0", "default", vec![Role::Counter, Role::Counter, Role::Producer]),
+            ("web-1", "default", vec![Role::Counter, Role::Producer, Role::Consumer]),
+            ("web-2", "default", vec![Role::Counter, Role::Consumer, Role::Consumer]),
+            ("batch-0", TEAM_B, vec![Role::Semaphore, Role::Semaphore, Role::Reader, Role::Writer]),
+            ("batch-1", TEAM_B, vec![Role::Semaphore, Role::Semaphore, Role::Reader, Role::Reader, Role::Writer]),
+        ];
+        let mut cluster = Self { stack, pods: Vec::new(), dir };
+        for (name, namespace, roles) in pods {
+            let credentials = cluster.stack.namespace_credentials(namespace).await?;
+            let mut options = SidecarOptions::new(
+                find_binary("paddock-sidecar")?,
+                cluster.stack.ensemble.connect_string(),
+                name,
+                namespace,
+            )
+            .session_timeout(SESSION_TIMEOUT)
+            .env("PADDOCK_ZK_AUTH", &credentials);
+            options.log_file = Some(cluster.dir.path().join(format!("sidecar-{name}.log")));
+            let sidecar = Sidecar::start(options).await?;
+            let mut pod = SimPod {
+                name: name.to_owned(),
+                namespace: namespace.to_owned(),
+                sidecar,
+                credentials,
+                roles,
+                paused: watch::channel(false).0,
+                tasks: JoinSet::new(),
+            };
+            pod.start_app(workloads);
+            cluster.pods.push(pod);
+        }
+        Ok(cluster)
+    }
+}

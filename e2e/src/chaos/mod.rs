@@ -1,0 +1,224 @@
+//! The whole system under faults, in the spirit of Jepsen: real ZooKeeper, the real
+//! operator and sidecar binaries, kubectl, workloads through the sidecars' HTTP API, a
+//! nemesis scheduled from a seed, and checkers that would catch a violation.
+//!
+//! - `cluster`: the processes (the stack of `crate::stack` plus pods of two namespaces).
+//! - `workloads`: what the apps do and write down.
+//! - `faults`: the nemesis.
+//! - `report`: the checkers and the verdict.
+//!
+//! `bash scripts/chaos.sh --duration 30m` runs a long one; CI runs a short one
+//! (`e2e/tests/chaos.rs`).
+
+pub mod cluster;
+pub mod faults;
+pub mod report;
+pub mod workloads;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use paddock_recipes::zk;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use self::cluster::{Cluster, TEAM_B};
+pub use self::faults::FaultKind;
+pub use self::report::Report;
+use self::workloads::{QUEUE, Workloads};
+
+/// A deliberately broken variant, to prove the checkers bite.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Broken {
+    /// The store accepts writes whatever their fencing token.
+    NoFencing,
+    /// Consumers ack an item before they process it.
+    AckBeforeProcessing,
+}
+
+#[derive(Debug, Clone)]
+pub struct ChaosOptions {
+    pub seed: u64,
+    /// How long faults are injected (the drain and checks come after).
+    pub duration: Duration,
+    pub faults: Vec<FaultKind>,
+    /// How long `StopEnsemble` keeps the ensemble down.
+    pub outage: Duration,
+    pub broken: Option<Broken>,
+}
+
+impl Default for ChaosOptions {
+    fn default() -> Self {
+        Self {
+            seed: 0,
+            duration: Duration::from_secs(120),
+            faults: FaultKind::ALL.to_vec(),
+            outage: Duration::from_secs(20),
+            broken: None,
+        }
+    }
+}
+
+/// Runs the suite once and returns its report (violations included; the caller decides).
+pub async fn run(options: ChaosOptions) -> Result<Report> {
+    println!(
+        "== Paddock fault run: seed {} (replay with --seed {}), {:?} of faults {:?}{} ==",
+        options.seed,
+        options.seed,
+        options.duration,
+        options.faults,
+        options.broken.map(|b| format!(", BROKEN: {b:?}")).unwrap_or_default()
+    );
+    let workloads = Arc::new(Workloads::new(options.broken));
+    let mut cluster = Cluster::start(&workloads).await.context("bringing the stack up")?;
+    println!("stack up: logs in {}", cluster.dir.path().display());
+    let mut report = Report { seed: options.seed, duration: options.duration, ..Default::default() };
+    check_isolation(&cluster, &mut report, "at the start").await?;
+
+    let started = Instant::now();
+    let stop = CancellationToken::new();
+    let timer = {
+        let (stop, duration) = (stop.clone(), options.duration);
+        tokio::spawn(async move {
+            tokio::time::sleep(duration).await;
+            stop.cancel();
+        })
+    };
+    let faults =
+        faults::nemesis(&mut cluster, &workloads, &options.faults, options.seed, options.outage, started, stop).await;
+    timer.abort();
+    let faults = faults.context("injecting a fault")?;
+
+    workloads.stop_producing.cancel();
+    let drained = drain(&cluster, Duration::from_secs(120)).await;
+    for pod in &mut cluster.pods {
+        pod.stop_app();
+    }
+    if !drained {
+        report.checks.push("the queue did not drain within 120 s after the faults".into());
+    }
+    let dead = dead_letters(&cluster).await?;
+
+    report::check_counter(&workloads, &mut report);
+    report::check_gauges(&workloads, &mut report);
+    report::check_queue(&workloads, &faults, &dead, &mut report);
+    report::summarize(&workloads, &faults, started, &mut report);
+    check_isolation(&cluster, &mut report, "after the faults").await?;
+    check_operator(&cluster, &mut report).await?;
+    if !report.violations.is_empty() || !report.lost.is_empty() {
+        let Cluster { dir, stack, pods } = cluster;
+        drop(pods);
+        drop(stack);
+        println!("logs kept in {}", dir.keep().display());
+    }
+    Ok(report)
+}
+
+/// Waits until the queue is empty (nothing ready, nothing claimed), then a moment for
+/// the work in progress to finish. Whether everything was processed is the checkers' call.
+async fn drain(cluster: &Cluster, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    let pod = cluster.pods.iter().find(|p| p.namespace == "default").expect("a pod of default").client();
+    while Instant::now() < deadline {
+        if pod.queue_stats(QUEUE).await.is_ok_and(|s| s["depth"] == 0 && s["inFlight"] == 0) {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    false
+}
+
+/// Item numbers in the queue's dead letters.
+async fn dead_letters(cluster: &Cluster) -> Result<Vec<u64>> {
+    let pod = cluster.pods.iter().find(|p| p.namespace == "default").expect("a pod of default").client();
+    let response = pod.http().get(pod.url(&format!("/queue/{QUEUE}/dead?limit=1000"))).send().await?;
+    let body: serde_json::Value = response.json().await?;
+    let mut items = Vec::new();
+    for letter in body["items"].as_array().into_iter().flatten() {
+        let payload = letter["payloadBase64"].as_str().and_then(|p| {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD.decode(p).ok()
+        });
+        if let Some(n) =
+            payload.and_then(|p| String::from_utf8(p).ok()).and_then(|p| p.strip_prefix("item-")?.parse().ok())
+        {
+            items.push(n);
+        }
+    }
+    Ok(items)
+}
+
+/// Two namespaces cannot see or touch each other's locks and queues: not through their
+/// sidecars (the names do not resolve) and not with their ZooKeeper identity (NoAuth).
+async fn check_isolation(cluster: &Cluster, report: &mut Report, when: &str) -> Result<()> {
+    let find = |namespace: &str| cluster.pods.iter().find(|p| p.namespace == namespace).expect("a pod per namespace");
+    let (web, batch) = (find("default"), find(TEAM_B));
+    let mut failures = Vec::new();
+    let attempts = [
+        (batch.client(), "POST /lock orders", serde_json::json!({"name": "orders", "owner": "intruder"}), "/lock"),
+        (web.client(), "POST /lock pool", serde_json::json!({"name": "pool", "owner": "intruder"}), "/lock"),
+    ];
+    for (client, what, body, path) in attempts {
+        let status = client.http().post(client.url(path)).json(&body).send().await?.status().as_u16();
+        if status != 404 {
+            failures.push(format!("{what} from the other namespace answered {status}, not 404"));
+        }
+    }
+    let batch_client = batch.client();
+    let status = batch_client.http().post(batch_client.url("/queue/jobs")).body("intruder").send().await?.status();
+    if status.as_u16() != 404 {
+        failures.push(format!("POST /queue/jobs from team-b answered {status}, not 404"));
+    }
+    let intruder = zk::Client::connector()
+        .with_auth("digest", batch.credentials.as_bytes())
+        .connect(&cluster.stack.ensemble.connect_string())
+        .await
+        .context("connecting as team-b")?;
+    for path in ["/paddock/default/locks/orders", "/paddock/default/queues/jobs"] {
+        match intruder.get_children(path).await {
+            Err(zk::Error::NoAuth) => {}
+            other => {
+                failures.push(format!("team-b's identity listing {path}: {:?}, not NoAuth", other.map(|c| c.0.len())))
+            }
+        }
+    }
+    if failures.is_empty() {
+        report
+            .checks
+            .push(format!("isolation {when}: team-b and default cannot see or touch each other's locks and queues"));
+    } else {
+        report.violations.extend(failures.into_iter().map(|f| format!("isolation {when}: {f}")));
+    }
+    Ok(())
+}
+
+/// After the faults, the operator still works: every resource is Ready again, and a lock
+/// applied now is provisioned and can be taken.
+async fn check_operator(cluster: &Cluster, report: &mut Report) -> Result<()> {
+    let stack = &cluster.stack;
+    let manifest = cluster.dir.path().join("after-faults.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: paddock.dev/v1alpha1\nkind: DistributedLock\nmetadata:\n  name: after-faults\n  namespace: team-b\nspec:\n  maxHolders: 1\n",
+    )?;
+    stack.kubectl(&["apply", "-f", &manifest.to_string_lossy()])?;
+    for namespace in ["default", TEAM_B] {
+        if let Err(err) = stack.wait_ready(namespace, Duration::from_secs(90)).await {
+            report.violations.push(format!("operator: {err:#}"));
+            return Ok(());
+        }
+    }
+    let batch = cluster.pods.iter().find(|p| p.namespace == TEAM_B).expect("a team-b pod").client();
+    match batch.acquire("after-faults", "checker", "10s").await {
+        Ok(crate::Acquire::Acquired { .. }) => report.checks.push(
+            "operator: all resources Ready after the faults; a lock applied afterwards was provisioned and taken"
+                .into(),
+        ),
+        other => {
+            report.violations.push(format!("operator: the lock applied after the faults could not be taken: {other:?}"))
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,400 @@
+//! What the pods' apps do during a run, through their sidecars' HTTP API only, and what
+//! they write down for the checkers:
+//!
+//! - counter: increment a counter kept in a token-checking store under the `orders` lock;
+//! - queue: producers enqueue numbered items to `jobs`, consumers process then ack;
+//! - semaphore: hold a slot of `pool` (3 holders), counting who is inside;
+//! - read/write: readers share `config`, writers hold it alone.
+//!
+//! A pod's tasks wait at `checkpoint` while the pod is paused (its app is stopped with its
+//! sidecar) and are aborted when it is killed.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use rand::RngExt as _;
+use serde_json::json;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::Broken;
+use crate::client::{Acquire, PodClient};
+use crate::fenced::{FencedCounter, Write};
+
+/// What a pod's tasks get: its API and whether it is paused.
+#[derive(Debug, Clone)]
+pub struct PodHandle {
+    pub name: String,
+    pub client: PodClient,
+    pub paused: watch::Receiver<bool>,
+}
+
+impl PodHandle {
+    /// Waits while the pod is paused (its app does nothing, like its sidecar).
+    async fn checkpoint(&mut self) {
+        let _ = self.paused.wait_for(|paused| !*paused).await;
+    }
+}
+
+/// The roles a pod's app plays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Counter,
+    Producer,
+    Consumer,
+    Semaphore,
+    Reader,
+    Writer,
+}
+
+/// How one delivery's ack ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckOutcome {
+    /// Not acked (yet): the consumer died or is still processing.
+    Pending,
+    Acked(Instant),
+    /// 409/404: the claim was lost before the ack (session expired, visibility timeout).
+    ClaimLost,
+    /// No answer within the retries.
+    Unknown,
+}
+
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub item: u64,
+    pub pod: String,
+    pub attempt: u32,
+    pub at: Instant,
+    pub ack: AckOutcome,
+}
+
+/// The queue's ledger: what was enqueued (for sure or maybe), delivered, processed.
+#[derive(Debug, Default)]
+pub struct QueueLedger {
+    /// Item number -> whether the enqueue was confirmed (201) or its outcome is unknown.
+    pub enqueued: BTreeMap<u64, bool>,
+    pub deliveries: Vec<Delivery>,
+    pub processed: HashMap<u64, u32>,
+}
+
+/// Counts holders inside a section and the times a limit was broken.
+#[derive(Debug, Default)]
+pub struct Gauge {
+    state: Mutex<GaugeState>,
+}
+
+#[derive(Debug, Default)]
+struct GaugeState {
+    readers: u32,
+    writers: u32,
+    max_seen: u32,
+    violations: Vec<String>,
+}
+
+/// Leaves the section when dropped (also when the task is aborted: a killed pod's app).
+pub struct Inside<'a> {
+    gauge: &'a Gauge,
+    writer: bool,
+}
+
+impl Gauge {
+    /// Enters as one of at most `limit` shared holders (a semaphore slot, a reader).
+    fn enter_shared(&self, limit: u32, what: &str) -> Inside<'_> {
+        let mut s = self.state.lock().unwrap();
+        s.readers += 1;
+        if s.readers > limit || s.writers > 0 {
+            let (readers, writers) = (s.readers, s.writers);
+            s.violations.push(format!("{what}: {readers} shared holders and {writers} exclusive inside at once"));
+        }
+        s.max_seen = s.max_seen.max(s.readers);
+        Inside { gauge: self, writer: false }
+    }
+
+    /// Enters as the only holder (a writer).
+    fn enter_exclusive(&self, what: &str) -> Inside<'_> {
+        let mut s = self.state.lock().unwrap();
+        s.writers += 1;
+        if s.writers > 1 || s.readers > 0 {
+            let (readers, writers) = (s.readers, s.writers);
+            s.violations.push(format!("{what}: a writer inside with {readers} readers and {writers} writers"));
+        }
+        Inside { gauge: self, writer: true }
+    }
+
+    pub fn violations(&self) -> Vec<String> {
+        self.state.lock().unwrap().violations.clone()
+    }
+
+    pub fn max_seen(&self) -> u32 {
+        self.state.lock().unwrap().max_seen
+    }
+}
+
+impl Drop for Inside<'_> {
+    fn drop(&mut self) {
+        let mut s = self.gauge.state.lock().unwrap();
+        if self.writer {
+            s.writers -= 1;
+        } else {
+            s.readers -= 1;
+        }
+    }
+}
+
+/// Successes per workload and the longest time between two of them.
+#[derive(Debug)]
+pub struct Availability {
+    state: Mutex<HashMap<&'static str, (Instant, Duration)>>,
+    started: Instant,
+}
+
+impl Availability {
+    fn new() -> Self {
+        Self { state: Mutex::default(), started: Instant::now() }
+    }
+
+    fn success(&self, workload: &'static str) {
+        let now = Instant::now();
+        let mut state = self.state.lock().unwrap();
+        let (last, longest) = state.entry(workload).or_insert((self.started, Duration::ZERO));
+        *longest = (*longest).max(now - *last);
+        *last = now;
+    }
+
+    /// The longest gap of each workload, and when it ended.
+    pub fn longest(&self) -> Vec<(&'static str, Duration)> {
+        let mut gaps: Vec<_> = self.state.lock().unwrap().iter().map(|(k, (_, gap))| (*k, *gap)).collect();
+        gaps.sort_by_key(|(_, gap)| std::cmp::Reverse(*gap));
+        gaps
+    }
+}
+
+/// Counts of operations.
+#[derive(Debug, Default)]
+pub struct Counts {
+    pub increments: AtomicU64,
+    pub stale_rejected: AtomicU64,
+    pub lock_errors: AtomicU64,
+    pub enqueued: AtomicU64,
+    pub enqueue_uncertain: AtomicU64,
+    pub delivered: AtomicU64,
+    pub acked: AtomicU64,
+    pub semaphore_holds: AtomicU64,
+    pub reads: AtomicU64,
+    pub writes: AtomicU64,
+}
+
+/// Everything the apps share and the checkers read.
+pub struct Workloads {
+    pub broken: Option<Broken>,
+    pub store: FencedCounter,
+    pub ledger: Mutex<QueueLedger>,
+    pub semaphore: Gauge,
+    pub rw: Gauge,
+    pub counts: Counts,
+    pub availability: Availability,
+    /// Pods whose counter client has read the value and not yet written it back: the
+    /// nemesis pauses one of these (a pause mid-section is the one fencing exists for).
+    pub mid_section: Mutex<HashSet<String>>,
+    /// Pods whose consumer is processing an item: the nemesis kills one of these.
+    pub processing: Mutex<HashSet<String>>,
+    next_item: AtomicU64,
+    /// Stops the producers and lock clients; consumers go on to drain.
+    pub stop_producing: CancellationToken,
+}
+
+pub const COUNTER_LOCK: &str = "orders";
+pub const QUEUE: &str = "jobs";
+pub const SEMAPHORE_LOCK: &str = "pool";
+pub const SEMAPHORE_HOLDERS: u32 = 3;
+pub const RW_LOCK: &str = "config";
+
+impl Workloads {
+    pub fn new(broken: Option<Broken>) -> Self {
+        let store = match broken {
+            Some(Broken::NoFencing) => FencedCounter::without_fencing(),
+            _ => FencedCounter::new(),
+        };
+        Self {
+            broken,
+            store,
+            ledger: Mutex::default(),
+            semaphore: Gauge::default(),
+            rw: Gauge::default(),
+            counts: Counts::default(),
+            availability: Availability::new(),
+            mid_section: Mutex::default(),
+            processing: Mutex::default(),
+            next_item: AtomicU64::new(0),
+            stop_producing: CancellationToken::new(),
+        }
+    }
+
+    /// Runs one task of `role` for `pod` until stopped (or aborted with its pod).
+    pub async fn run(&self, role: Role, mut pod: PodHandle, worker: usize) {
+        let owner = format!("{}-w{worker}", pod.name);
+        match role {
+            Role::Counter => self.counter(&mut pod, &owner).await,
+            Role::Producer => self.producer(&mut pod).await,
+            Role::Consumer => self.consumer(&mut pod).await,
+            Role::Semaphore => self.holder(&mut pod, &owner, SEMAPHORE_LOCK, "exclusive", true).await,
+            Role::Reader => self.holder(&mut pod, &owner, RW_LOCK, "shared", false).await,
+            Role::Writer => self.holder(&mut pod, &owner, RW_LOCK, "exclusive", false).await,
+        }
+    }
+
+    async fn counter(&self, pod: &mut PodHandle, owner: &str) {
+        while !self.stop_producing.is_cancelled() {
+            pod.checkpoint().await;
+            match pod.client.acquire(COUNTER_LOCK, owner, "2s").await {
+                Ok(Acquire::Acquired { token, .. }) => {
+                    let value = self.store.read();
+                    self.mid_section.lock().unwrap().insert(pod.name.clone());
+                    tokio::time::sleep(jitter(20, 60)).await;
+                    pod.checkpoint().await;
+                    self.mid_section.lock().unwrap().remove(&pod.name);
+                    match self.store.write(token, value + 1) {
+                        Write::Accepted => {
+                            self.counts.increments.fetch_add(1, Ordering::Relaxed);
+                            self.availability.success("lock");
+                        }
+                        // The lock was lost (a pause past the session): the store refused.
+                        Write::Stale { .. } => {
+                            self.counts.stale_rejected.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    let _ = pod.client.release(COUNTER_LOCK, owner).await;
+                }
+                Ok(Acquire::Busy(_)) => {}
+                Ok(Acquire::Failed { .. }) | Err(_) => {
+                    self.counts.lock_errors.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    async fn producer(&self, pod: &mut PodHandle) {
+        while !self.stop_producing.is_cancelled() {
+            pod.checkpoint().await;
+            let item = self.next_item.fetch_add(1, Ordering::Relaxed);
+            let answer = pod.client.enqueue(QUEUE, format!("item-{item}")).await;
+            let confirmed = matches!(answer, Ok((201, _)));
+            self.ledger.lock().unwrap().enqueued.insert(item, confirmed);
+            if confirmed {
+                self.counts.enqueued.fetch_add(1, Ordering::Relaxed);
+                self.availability.success("enqueue");
+                tokio::time::sleep(Duration::from_millis(40)).await;
+            } else {
+                self.counts.enqueue_uncertain.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+
+    async fn consumer(&self, pod: &mut PodHandle) {
+        loop {
+            pod.checkpoint().await;
+            let item = match pod.client.next(QUEUE, "1s").await {
+                Ok(Some(item)) => item,
+                Ok(None) => continue,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let Some(number) = std::str::from_utf8(&item.payload)
+                .ok()
+                .and_then(|p| p.strip_prefix("item-"))
+                .and_then(|n| n.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            self.counts.delivered.fetch_add(1, Ordering::Relaxed);
+            self.availability.success("dequeue");
+            let delivery = {
+                let mut ledger = self.ledger.lock().unwrap();
+                ledger.deliveries.push(Delivery {
+                    item: number,
+                    pod: pod.name.clone(),
+                    attempt: item.attempt,
+                    at: Instant::now(),
+                    ack: AckOutcome::Pending,
+                });
+                ledger.deliveries.len() - 1
+            };
+            if self.broken == Some(Broken::AckBeforeProcessing) {
+                let outcome = self.ack(pod, &item.id).await;
+                self.ledger.lock().unwrap().deliveries[delivery].ack = outcome;
+                self.process(pod, number, jitter(150, 300)).await;
+            } else {
+                self.process(pod, number, jitter(5, 40)).await;
+                let outcome = self.ack(pod, &item.id).await;
+                self.ledger.lock().unwrap().deliveries[delivery].ack = outcome;
+            }
+        }
+    }
+
+    /// The app's work on one item; it counts once it is done.
+    async fn process(&self, pod: &mut PodHandle, item: u64, took: Duration) {
+        self.processing.lock().unwrap().insert(pod.name.clone());
+        tokio::time::sleep(took).await;
+        pod.checkpoint().await;
+        self.processing.lock().unwrap().remove(&pod.name);
+        *self.ledger.lock().unwrap().processed.entry(item).or_default() += 1;
+    }
+
+    /// Acks, retrying while the answer is unknown (acks are idempotent).
+    async fn ack(&self, pod: &mut PodHandle, id: &str) -> AckOutcome {
+        for _ in 0..60 {
+            pod.checkpoint().await;
+            match pod.client.settle(QUEUE, id, "ack", "").await {
+                Ok((200 | 204, _)) => {
+                    self.counts.acked.fetch_add(1, Ordering::Relaxed);
+                    return AckOutcome::Acked(Instant::now());
+                }
+                Ok((404 | 409, _)) => return AckOutcome::ClaimLost,
+                _ => tokio::time::sleep(Duration::from_millis(500)).await,
+            }
+        }
+        AckOutcome::Unknown
+    }
+
+    /// Semaphore slots and read/write holds, checked by a gauge.
+    async fn holder(&self, pod: &mut PodHandle, owner: &str, lock: &str, mode: &str, semaphore: bool) {
+        while !self.stop_producing.is_cancelled() {
+            pod.checkpoint().await;
+            let body = json!({ "name": lock, "owner": owner, "wait": "2s", "mode": mode });
+            match pod.client.acquire_with(body).await {
+                Ok(Acquire::Acquired { .. }) => {
+                    {
+                        let _inside = match (semaphore, mode) {
+                            (true, _) => self.semaphore.enter_shared(SEMAPHORE_HOLDERS, "semaphore pool"),
+                            (false, "shared") => self.rw.enter_shared(u32::MAX, "read/write lock config"),
+                            (false, _) => self.rw.enter_exclusive("read/write lock config"),
+                        };
+                        tokio::time::sleep(jitter(10, 40)).await;
+                    }
+                    let counter = match (semaphore, mode) {
+                        (true, _) => &self.counts.semaphore_holds,
+                        (false, "shared") => &self.counts.reads,
+                        (false, _) => &self.counts.writes,
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    self.availability.success(if semaphore { "semaphore" } else { "read/write" });
+                    let _ = pod.client.release(lock, owner).await;
+                }
+                Ok(Acquire::Busy(_)) => {}
+                Ok(Acquire::Failed { .. }) | Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+}
+
+/// A random duration between `low` and `high` milliseconds.
+fn jitter(low: u64, high: u64) -> Duration {
+    Duration::from_millis(rand::rng().random_range(low..high))
+}
