@@ -4,7 +4,6 @@
 //! Ready=False and coming back recovers them, and deletion cleans up (keeping a queue
 //! that still holds items).
 
-use std::process::Command;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
@@ -38,13 +37,7 @@ async fn the_operator_provisions_reports_recovers_and_cleans_up() {
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
     std::fs::write(&kubeconfig, api.kubeconfig()).unwrap();
-    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-    let kubectl = |args: &[&str]| {
-        let output =
-            Command::new("kubectl").args(args).env("KUBECONFIG", &kubeconfig).current_dir(root).output().unwrap();
-        assert!(output.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
-        String::from_utf8(output.stdout).unwrap()
-    };
+    let kubectl = |args: &[&str]| paddock_e2e::stack::kubectl(&kubeconfig, args).unwrap();
     kubectl(&["apply", "-f", "crds/"]);
     kubectl(&["apply", "-f", "examples/"]);
 

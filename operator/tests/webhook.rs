@@ -119,12 +119,7 @@ async fn the_webhook_injects_annotated_pods_over_https_and_the_sidecar_it_descri
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
     std::fs::write(&kubeconfig, api.kubeconfig()).unwrap();
-    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-    let kubectl = |args: &[&str]| {
-        let output =
-            Command::new("kubectl").args(args).env("KUBECONFIG", &kubeconfig).current_dir(root).output().unwrap();
-        assert!(output.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
-    };
+    let kubectl = |args: &[&str]| paddock_e2e::stack::kubectl(&kubeconfig, args).unwrap();
     kubectl(&["apply", "-f", "crds/"]);
     kubectl(&["apply", "-f", "examples/"]);
     let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
