@@ -727,6 +727,24 @@ fn defaults_render_into_valid_objects_that_refer_to_each_other() {
     assert_eq!(chart_crds, std::fs::read_to_string(repo().join("crds/paddock.dev.yaml")).unwrap());
 }
 
+/// With failurePolicy Fail, only pods that ask for the sidecar may depend on the webhook:
+/// from 1.28 the API server filters them with matchConditions before calling it.
+#[test]
+fn only_pods_that_ask_for_the_sidecar_reach_the_webhook() {
+    let objects = Objects::parse(&render(&[]).unwrap());
+    let hook = &objects.webhooks[0].webhooks.as_ref().unwrap()[0];
+    assert_eq!(hook.failure_policy.as_deref(), Some("Fail"));
+    let conditions = hook.match_conditions.as_ref().expect("matchConditions on 1.28+");
+    assert_eq!(conditions.len(), 1);
+    let expression = &conditions[0].expression;
+    assert!(expression.contains(r#"object.metadata.annotations["paddock.dev/inject"] == "true""#), "{expression}");
+    assert!(expression.starts_with("has(object.metadata.annotations)"), "guards pods without annotations");
+
+    let older = Objects::parse(&render(&["--kube-version", "v1.27.0"]).unwrap());
+    let hook = &older.webhooks[0].webhooks.as_ref().unwrap()[0];
+    assert!(hook.match_conditions.is_none(), "no matchConditions where the API server does not know them");
+}
+
 #[test]
 fn the_ensemble_size_follows_zookeeper_replicas() {
     let objects = Objects::parse(&render(&["--set", "zookeeper.replicas=5"]).unwrap());

@@ -69,20 +69,12 @@ async fn the_run_command_serves_and_ctrl_c_leaves_nothing_behind() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let children = descendants(local.pid().unwrap());
-    let jvms = children
-        .iter()
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.contains("QuorumPeerMain"))
-        })
-        .count();
-    assert_eq!(jvms, 3, "a 3-node ensemble runs under it: {children:?}");
-    let operators = children
-        .iter()
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.contains("paddock-operator"))
-        })
-        .count();
-    assert_eq!(operators, 1, "the operator runs under it: {children:?}");
+    let running = |program: &str| {
+        let cmdline = |pid: &u32| std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        children.iter().filter(|pid| cmdline(pid).contains(program)).count()
+    };
+    assert_eq!(running("QuorumPeerMain"), 3, "a 3-node ensemble runs under it: {children:?}");
+    assert_eq!(running("paddock-operator"), 1, "the operator runs under it: {children:?}");
 
     local.signal(libc::SIGINT).unwrap(); // Ctrl-C
     let deadline = Instant::now() + Duration::from_secs(30);

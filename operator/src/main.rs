@@ -83,7 +83,6 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         digest_auth: Some(operator.credentials()),
     });
     let ctx = Arc::new(Context::new(client.clone(), session.clone(), layout, operator));
-    serve_metrics(args.metrics_listen, ctx.clone()).await?;
     // Every replica serves the webhook, leader or not.
     let webhook_stop = tokio_util::sync::CancellationToken::new();
     paddock_operator::webhook::start(
@@ -97,6 +96,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     .await
     .context("starting the sidecar-injection webhook")?;
     let _stop_webhook = webhook_stop.drop_guard();
+    // Ready from here: the webhook (if any) serves. Readiness gates only the webhook
+    // Service, and the webhook needs the Kubernetes API, not ZooKeeper.
+    serve_metrics(args.metrics_listen, ctx.clone()).await?;
 
     let identity = args.pod_name.unwrap_or_else(|| format!("paddock-operator-{}", uuid_suffix()));
     let election = LeaderElection::new(client, &args.namespace, "paddock-operator", &identity, args.lease_duration);
@@ -129,7 +131,8 @@ fn uuid_suffix() -> String {
     std::process::id().to_string()
 }
 
-/// `/metrics` (Prometheus), `/healthz`, `/readyz` (a ZooKeeper session is connected).
+/// `/metrics` (Prometheus), `/healthz`, `/readyz` (serving; the body says whether a
+/// ZooKeeper session is connected — an outage must not take the webhook out of its Service).
 async fn serve_metrics(listen: std::net::SocketAddr, ctx: Arc<Context>) -> anyhow::Result<()> {
     use axum::routing::get;
     let listener =
@@ -144,9 +147,9 @@ async fn serve_metrics(listen: std::net::SocketAddr, ctx: Arc<Context>) -> anyho
             "/readyz",
             get(|axum::extract::State(ctx): axum::extract::State<Arc<Context>>| async move {
                 if ctx.session.is_connected() {
-                    (axum::http::StatusCode::OK, "ready")
+                    "ready; ZooKeeper session connected"
                 } else {
-                    (axum::http::StatusCode::SERVICE_UNAVAILABLE, "no ZooKeeper session")
+                    "ready; no ZooKeeper session (reconnecting)"
                 }
             }),
         )

@@ -111,6 +111,11 @@ async fn the_operator_provisions_reports_recovers_and_cleans_up() {
         lock_ready().await.is_some_and(|(s, reason)| s == "False" && reason == "ZooKeeperUnavailable")
     })
     .await;
+    // The replica stays ready (its webhook needs the Kubernetes API, not ZooKeeper) and
+    // says what it misses.
+    let readyz = reqwest::get(operator.metrics_url().replace("/metrics", "/readyz")).await.unwrap();
+    assert_eq!(readyz.status(), 200);
+    assert!(readyz.text().await.unwrap().contains("no ZooKeeper session"));
     ensemble.start_all(Duration::from_secs(60)).await.unwrap();
     eventually(Duration::from_secs(60), "Ready again after ZooKeeper returns", || async {
         lock_ready().await.is_some_and(|(s, _)| s == "True")
