@@ -110,21 +110,81 @@ async fn resolve_env(container: &Container, pod: &Pod, secrets: &Api<Secret>) ->
     env
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_webhook_injects_annotated_pods_over_https_and_the_sidecar_it_describes_runs() {
+/// A single ZooKeeper server, the API stand-in with the CRDs and the operator's namespace,
+/// and the kubeconfig (in the returned directory).
+async fn cluster() -> (Ensemble, ApiServer, tempfile::TempDir, std::path::PathBuf) {
     init_tracing();
     let ensemble = Ensemble::start_with(EnsembleOptions { servers: 1, ..Default::default() }).await.unwrap();
     let api = ApiServer::start().await.unwrap();
-    let client = api.client().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
     std::fs::write(&kubeconfig, api.kubeconfig()).unwrap();
-    let kubectl = |args: &[&str]| paddock_e2e::stack::kubectl(&kubeconfig, args).unwrap();
-    kubectl(&["apply", "-f", "crds/"]);
-    kubectl(&["apply", "-f", "examples/"]);
-    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    paddock_e2e::stack::kubectl(&kubeconfig, &["apply", "-f", "crds/"]).unwrap();
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(api.client().unwrap());
     let namespace = serde_json::from_value(json!({"metadata": {"name": OPERATOR_NAMESPACE}})).unwrap();
     namespaces.create(&PostParams::default(), &namespace).await.unwrap();
+    (ensemble, api, dir, kubeconfig)
+}
+
+/// An HTTPS client that trusts `ca` alone and reaches the webhook Service's name at `port`.
+fn https_client(ca: &[u8], port: u16) -> (reqwest::Client, String) {
+    let host = format!("{SERVICE}.{OPERATOR_NAMESPACE}.svc");
+    let http = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(ca).unwrap())
+        .resolve(&host, ([127, 0, 0, 1], port).into())
+        .build()
+        .unwrap();
+    (http, format!("https://{host}:{port}/inject"))
+}
+
+/// With cert-manager the operator serves the mounted certificate and makes none itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_certificate_directory_the_webhook_serves_that_certificate() {
+    let (ensemble, api, dir, kubeconfig) = cluster().await;
+    let names = paddock_operator::webhook::certs::service_dns_names(SERVICE, OPERATOR_NAMESPACE);
+    let cert = paddock_operator::webhook::certs::ServingCert::self_signed(&names).unwrap();
+    let tls_dir = dir.path().join("tls");
+    std::fs::create_dir(&tls_dir).unwrap();
+    std::fs::write(tls_dir.join("tls.crt"), &cert.cert_pem).unwrap();
+    std::fs::write(tls_dir.join("tls.key"), &cert.key_pem).unwrap();
+    std::fs::write(tls_dir.join("ca.crt"), &cert.ca_pem).unwrap();
+
+    let webhook_port = free_ports(1).unwrap()[0];
+    let credentials = DigestIdentity::generate("paddock-operator").credentials();
+    let options = OperatorOptions::new(
+        workspace_binary("paddock-operator"),
+        &kubeconfig,
+        &ensemble.connect_string(),
+        &credentials,
+    )
+    .pod("paddock-operator-0", OPERATOR_NAMESPACE)
+    .env("PADDOCK_WEBHOOK_LISTEN", &format!("127.0.0.1:{webhook_port}"))
+    .env("PADDOCK_WEBHOOK_SERVICE", SERVICE)
+    .env("PADDOCK_WEBHOOK_CERT_DIR", tls_dir.to_str().unwrap());
+    let _operator = Operator::spawn(options).unwrap();
+
+    let (http, url) = https_client(cert.ca_pem.as_bytes(), webhook_port);
+    let mut answered = None;
+    for _ in 0..300 {
+        if let Ok(response) = http.post(&url).json(&review("uid-cm", "default", &pod(json!({})))).send().await {
+            answered = Some(response.json::<Value>().await.unwrap());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let answer = answered.expect("the webhook answers over TLS with the mounted certificate");
+    assert_eq!(answer["response"]["allowed"], true);
+    let secrets: Api<Secret> = Api::namespaced(api.client().unwrap(), OPERATOR_NAMESPACE);
+    assert!(secrets.get_opt("paddock-webhook-tls").await.unwrap().is_none(), "no certificate of its own");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_webhook_injects_annotated_pods_over_https_and_the_sidecar_it_describes_runs() {
+    let (ensemble, api, _dir, kubeconfig) = cluster().await;
+    let client = api.client().unwrap();
+    let kubectl = |args: &[&str]| paddock_e2e::stack::kubectl(&kubeconfig, args).unwrap();
+    kubectl(&["apply", "-f", "examples/"]);
     // The configuration as the chart installs it: no caBundle yet.
     let configurations: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
     let configuration = serde_json::from_value(json!({
@@ -172,14 +232,7 @@ async fn the_webhook_injects_annotated_pods_over_https_and_the_sidecar_it_descri
     })
     .await;
 
-    let host = format!("{SERVICE}.{OPERATOR_NAMESPACE}.svc");
-    let http = reqwest::Client::builder()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
-        .resolve(&host, ([127, 0, 0, 1], webhook_port).into())
-        .build()
-        .unwrap();
-    let url = format!("https://{host}:{webhook_port}/inject");
+    let (http, url) = https_client(&ca, webhook_port);
 
     // A plain pod: allowed, unchanged.
     let plain = post(&http, &url, &review("uid-plain", "default", &pod(json!({})))).await;
