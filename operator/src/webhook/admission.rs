@@ -85,14 +85,21 @@ impl Webhook {
         if request.kind.kind != "Pod" || request.operation != Operation::Create {
             return self.answer("skipped", allowed);
         }
-        let pod: Pod = match request.object.as_ref().map(|o| serde_json::to_value(o).and_then(serde_json::from_value)) {
-            Some(Ok(pod)) => pod,
+        let raw = match request.object.as_ref().map(serde_json::to_value) {
+            Some(Ok(raw)) => raw,
             Some(Err(err)) => return self.answer("invalid", invalid(allowed, format!("not a Pod: {err}"))),
             None => return self.answer("invalid", invalid(allowed, "the request carries no object".into())),
         };
-        if inject::wants_sidecar(&pod).is_err() {
-            return self.answer("skipped", allowed);
-        }
+        let pod: Pod = match serde_json::from_value(raw.clone()) {
+            Ok(pod) => pod,
+            Err(err) => return self.answer("invalid", invalid(allowed, format!("not a Pod: {err}"))),
+        };
+        // What the annotations ask is checked first: its refusal says what to change.
+        let injected = match inject::inject(&pod, &self.template) {
+            Ok(Injection::Skip(_)) => return self.answer("skipped", allowed),
+            Err(rejected) => return self.answer("denied", allowed.deny(rejected.0)),
+            Ok(Injection::Inject(injected)) => injected,
+        };
 
         // The sidecar authenticates as the namespace; without its Secret it could not start.
         let secrets: Api<Secret> = Api::namespaced(self.ctx.client.clone(), &namespace);
@@ -112,20 +119,12 @@ impl Webhook {
             }
         }
 
-        match inject::inject(&pod, &self.template) {
-            Ok(Injection::Skip(_)) => self.answer("skipped", allowed),
-            Err(rejected) => self.answer("denied", allowed.deny(rejected.0)),
-            Ok(Injection::Inject(injected)) => {
-                let before = serde_json::to_value(&pod).expect("a Pod serializes");
-                let after = serde_json::to_value(&*injected).expect("a Pod serializes");
-                match allowed.clone().with_patch(json_patch::diff(&before, &after)) {
-                    Ok(response) => {
-                        tracing::info!(namespace, pod = pod_name, "injected the Paddock sidecar");
-                        self.answer("injected", response)
-                    }
-                    Err(err) => self.answer("denied", allowed.deny(format!("could not encode the patch: {err}"))),
-                }
+        match allowed.clone().with_patch(patch(&raw, &injected, self.template.native)) {
+            Ok(response) => {
+                tracing::info!(namespace, pod = pod_name, "injected the Paddock sidecar");
+                self.answer("injected", response)
             }
+            Err(err) => self.answer("denied", allowed.deny(format!("could not encode the patch: {err}"))),
         }
     }
 
@@ -135,5 +134,99 @@ impl Webhook {
         }
         self.ctx.metrics.admitted(result);
         response
+    }
+}
+
+/// The JSONPatch from the pod as the API server sent it (`raw`) to `injected`, as explicit
+/// additions: the sidecar, `PADDOCK_URL` in each container that lacks it, the status
+/// annotation. Additions only, addressed in the raw object, so fields this operator's
+/// Kubernetes types do not know stay where they are.
+fn patch(raw: &serde_json::Value, injected: &Pod, native: bool) -> json_patch::Patch {
+    use json_patch::{AddOperation, PatchOperation, jsonptr::PointerBuf};
+    let add = |path: String, value: serde_json::Value| {
+        PatchOperation::Add(AddOperation { path: PointerBuf::parse(path).expect("a valid pointer"), value })
+    };
+    let spec = injected.spec.as_ref().expect("an injected pod has a spec");
+    let url = spec.containers[0].env.iter().flatten().find(|e| e.name == "PADDOCK_URL").cloned();
+    let url = serde_json::to_value(url.expect("the app containers get PADDOCK_URL")).expect("an EnvVar serializes");
+    let sidecar = match native {
+        true => &spec.init_containers.as_ref().expect("the native sidecar")[0],
+        false => spec.containers.last().expect("the sidecar"),
+    };
+    let sidecar = serde_json::to_value(sidecar).expect("a Container serializes");
+
+    let mut operations = Vec::new();
+    match raw.pointer("/metadata/annotations") {
+        Some(serde_json::Value::Object(_)) => operations.push(add(
+            format!("/metadata/annotations/{}", inject::STATUS_ANNOTATION.replace('/', "~1")),
+            "injected".into(),
+        )),
+        _ => operations.push(add("/metadata/annotations".into(), json!({ inject::STATUS_ANNOTATION: "injected" }))),
+    }
+    let mut add_url = |list: &str, containers: Option<&serde_json::Value>| {
+        for (index, container) in containers.and_then(|c| c.as_array()).into_iter().flatten().enumerate() {
+            match container.get("env").and_then(|e| e.as_array()) {
+                None => operations.push(add(format!("/spec/{list}/{index}/env"), json!([url.clone()]))),
+                Some(env) if !env.iter().any(|e| e["name"] == "PADDOCK_URL") => {
+                    operations.push(add(format!("/spec/{list}/{index}/env/-"), url.clone()))
+                }
+                Some(_) => {}
+            }
+        }
+    };
+    add_url("containers", raw.pointer("/spec/containers"));
+    if native {
+        // Before the insert below, while the existing init containers keep their indices.
+        add_url("initContainers", raw.pointer("/spec/initContainers"));
+        match raw.pointer("/spec/initContainers") {
+            Some(serde_json::Value::Array(_)) => operations.push(add("/spec/initContainers/0".into(), sidecar)),
+            _ => operations.push(add("/spec/initContainers".into(), json!([sidecar]))),
+        }
+    } else {
+        operations.push(add("/spec/containers/-".into(), sidecar));
+    }
+    json_patch::Patch(operations)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::webhook::inject::tests::template;
+
+    /// Fields the operator's types do not know stay with their own container.
+    #[test]
+    fn the_patch_adds_and_keeps_what_it_does_not_know() {
+        let raw = json!({
+            "metadata": {"name": "app", "annotations": {"paddock.dev/inject": "true"}},
+            "spec": {
+                "initContainers": [{"name": "setup", "image": "busybox", "futureField": {"x": 1}}],
+                "containers": [{"name": "app", "image": "busybox", "env": [{"name": "A", "value": "1"}]},
+                               {"name": "other", "image": "busybox", "futureField": true}]
+            }
+        });
+        for native in [true, false] {
+            let pod: Pod = serde_json::from_value(raw.clone()).unwrap();
+            let Ok(Injection::Inject(injected)) = inject::inject(&pod, &template(native)) else { panic!() };
+            let mut patched = raw.clone();
+            json_patch::patch(&mut patched, &patch(&raw, &injected, native)).unwrap();
+            let init = patched["spec"]["initContainers"].as_array().unwrap();
+            let setup = init.iter().find(|c| c["name"] == "setup").unwrap();
+            assert_eq!(setup["futureField"], json!({"x": 1}), "native={native}");
+            let containers = patched["spec"]["containers"].as_array().unwrap();
+            assert_eq!(containers[1]["futureField"], true);
+            assert_eq!(containers[0]["env"][0]["name"], "A");
+            assert!(
+                containers.iter().take(2).all(|c| c["env"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|e| e["name"] == "PADDOCK_URL"))
+            );
+            let sidecar = if native { &init[0] } else { containers.last().unwrap() };
+            assert_eq!(sidecar["name"], inject::SIDECAR_NAME);
+            assert!(sidecar.get("futureField").is_none());
+            assert_eq!(patched["metadata"]["annotations"]["paddock.dev/status"], "injected");
+            assert_eq!(patched["metadata"]["annotations"]["paddock.dev/inject"], "true");
+        }
     }
 }

@@ -192,10 +192,38 @@ pub async fn patch_ca_bundle(client: kube::Client, configuration: &str, ca_pem: 
     Ok(changed)
 }
 
-/// Keeps the caBundle right: at once, then every 30 s (a `helm upgrade` may reset it).
-pub async fn keep_ca_bundle(client: kube::Client, configuration: String, ca_pem: String) {
+/// Keeps this replica in step with the shared Secret, at once and then every 30 s: serves
+/// the certificate the Secret holds now (another replica may have replaced it) and writes
+/// its CA into the configuration's caBundle (a `helm upgrade` may reset it). Every replica
+/// follows the Secret, so they converge on one CA instead of taking turns.
+pub async fn follow_shared(
+    client: kube::Client,
+    namespace: String,
+    secret: String,
+    configuration: Option<String>,
+    tls: RustlsConfig,
+    mut current: ServingCert,
+) {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
     loop {
-        if let Err(err) = patch_ca_bundle(client.clone(), &configuration, &ca_pem).await {
+        match secrets.get_opt(&secret).await {
+            Ok(Some(found)) => match from_secret(&found) {
+                Some(cert) if cert != current => match cert.rustls() {
+                    Ok(config) => {
+                        tls.reload_from_config(config);
+                        current = cert;
+                        tracing::info!(secret, "serving the certificate the shared Secret holds now");
+                    }
+                    Err(err) => tracing::warn!(error = format!("{err:#}"), "the shared certificate does not load"),
+                },
+                _ => {}
+            },
+            Ok(None) => tracing::warn!(secret, "the shared certificate's Secret is gone; serving the last one"),
+            Err(err) => tracing::warn!(error = %err, "could not read the shared certificate's Secret"),
+        }
+        if let Some(configuration) = &configuration
+            && let Err(err) = patch_ca_bundle(client.clone(), configuration, &current.ca_pem).await
+        {
             tracing::warn!(error = format!("{err:#}"), "could not update the webhook's caBundle; retrying");
         }
         tokio::time::sleep(RECHECK).await;

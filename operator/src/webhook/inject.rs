@@ -235,10 +235,10 @@ fn sidecar_container(template: &SidecarTemplate, queue: Option<&Name>, resources
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn template(native: bool) -> SidecarTemplate {
+    pub(crate) fn template(native: bool) -> SidecarTemplate {
         SidecarTemplate {
             image: "ghcr.io/paddock-dev/paddock-sidecar:0.1.0".into(),
             pull_policy: "IfNotPresent".into(),

@@ -132,10 +132,16 @@ pub async fn start(
         None => {
             let names = certs::service_dns_names(&settings.service, namespace);
             let cert = certs::shared_self_signed(client.clone(), namespace, &settings.tls_secret, &names).await?;
-            if let Some(configuration) = settings.configuration.clone() {
-                tokio::spawn(certs::keep_ca_bundle(client.clone(), configuration, cert.ca_pem.clone()));
-            }
-            RustlsConfig::from_config(cert.rustls()?)
+            let tls = RustlsConfig::from_config(cert.rustls()?);
+            tokio::spawn(certs::follow_shared(
+                client.clone(),
+                namespace.to_owned(),
+                settings.tls_secret.clone(),
+                settings.configuration.clone(),
+                tls.clone(),
+                cert,
+            ));
+            tls
         }
     };
 
