@@ -25,7 +25,7 @@ struct Args {
     /// Number of ZooKeeper servers.
     #[arg(long, default_value_t = 3)]
     servers: usize,
-    /// Where the kubeconfig and the operator's log go (emptied at start).
+    /// Where the kubeconfig and the operator's log go (written over at start).
     #[arg(long, default_value_os_t = std::env::temp_dir().join("paddock-local"))]
     dir: PathBuf,
 }
@@ -34,7 +34,6 @@ struct Args {
 async fn main() -> Result<()> {
     paddock_e2e::init_tracing();
     let args = Args::parse();
-    let _ = std::fs::remove_dir_all(&args.dir);
     std::fs::create_dir_all(&args.dir).with_context(|| format!("creating {}", args.dir.display()))?;
 
     println!("==> starting a {}-node ZooKeeper ensemble, the Kubernetes API stand-in and the operator", args.servers);

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use rand::seq::SliceRandom as _;
 use rand::{Rng, RngExt as _, SeedableRng as _};
 use tokio::time::Instant;
@@ -162,9 +162,16 @@ async fn inject(
             Ok((format!("pod {}/{}", pod.namespace, pod.name), Some(pod.name.clone())))
         }
         FaultKind::KillOperatorLeader => {
-            let Some(leader) = cluster.stack.operator_leader().await else {
-                return Ok(("no operator leads at the moment: nothing to kill".to_owned(), None));
-            };
+            // A replica restarted by the last such fault may still be taking the Lease.
+            let mut leader = cluster.stack.operator_leader().await;
+            for _ in 0..100 {
+                if leader.is_some() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                leader = cluster.stack.operator_leader().await;
+            }
+            let leader = leader.context("no operator replica took the Lease within 20 s")?;
             let operator = &mut cluster.stack.operators[leader];
             operator.process.kill();
             tokio::time::sleep(Duration::from_secs(2)).await;
@@ -174,11 +181,11 @@ async fn inject(
     }
 }
 
-/// A pod from `set` (pods busy at something worth interrupting), waiting up to 2 s for one.
-async fn wait_for_one(set: &std::sync::Mutex<std::collections::HashSet<String>>) -> Option<String> {
+/// A pod busy at something worth interrupting, waiting up to 2 s for one.
+async fn wait_for_one(busy: &super::workloads::Busy) -> Option<String> {
     let deadline = Instant::now() + Duration::from_secs(2);
     while Instant::now() < deadline {
-        if let Some(pod) = set.lock().unwrap().iter().next().cloned() {
+        if let Some(pod) = busy.any() {
             return Some(pod);
         }
         tokio::time::sleep(Duration::from_millis(5)).await;

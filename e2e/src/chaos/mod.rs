@@ -91,6 +91,11 @@ pub async fn run(options: ChaosOptions) -> Result<Report> {
     let faults = faults.context("injecting a fault")?;
 
     workloads.stop_producing.cancel();
+    // Enqueues still in flight finish (or fail) before the queue is judged empty.
+    let producers_gone = Instant::now() + Duration::from_secs(60);
+    while workloads.producers.load(std::sync::atomic::Ordering::SeqCst) > 0 && Instant::now() < producers_gone {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let drained = drain(&cluster, Duration::from_secs(120)).await;
     for pod in &mut cluster.pods {
         pod.stop_app();
@@ -168,7 +173,8 @@ async fn check_isolation(cluster: &Cluster, report: &mut Report, when: &str) -> 
         let mut status = 503;
         for _ in 0..60 {
             let request = request.try_clone().expect("a request without a streamed body");
-            status = request.send().await?.status().as_u16();
+            // No answer at all (the sidecar restarting) counts as unavailable too.
+            status = request.send().await.map_or(503, |r| r.status().as_u16());
             if status != 503 {
                 break;
             }

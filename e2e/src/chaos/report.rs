@@ -84,27 +84,29 @@ pub fn check_queue(workloads: &Workloads, faults: &[Fault], dead_lettered: &[u64
     }
     for deliveries in by_item.values_mut() {
         deliveries.sort_by_key(|d| d.at);
-        for pair in deliveries.windows(2) {
-            let (earlier, later) = (pair[0], pair[1]);
-            let cause = duplicate_cause(earlier, later, faults);
-            match cause {
+        for index in 1..deliveries.len() {
+            let later = deliveries[index];
+            // Once any consumer heard its ack confirmed, the item must never come again.
+            let confirmed =
+                deliveries[..index].iter().find(|d| matches!(d.ack, AckOutcome::Acked(at) if at < later.at));
+            if let Some(acked) = confirmed {
+                report.violations.push(format!(
+                    "queue: item-{}: delivered again (attempt {}) after {}'s ack of attempt {} was confirmed",
+                    later.item, later.attempt, acked.pod, acked.attempt
+                ));
+                continue;
+            }
+            match duplicate_cause(deliveries[index - 1], later, faults) {
                 Ok(cause) => *report.duplicates.entry(cause).or_default() += 1,
-                Err(violation) => report.violations.push(format!("queue: item-{}: {violation}", earlier.item)),
+                Err(violation) => report.violations.push(format!("queue: item-{}: {violation}", later.item)),
             }
         }
     }
 }
 
-/// Why `later` delivered the item again after `earlier`, or the violation if nothing does.
+/// Why `later` delivered the item again after `earlier` (whose ack, if confirmed, came
+/// after `later`), or the violation if nothing explains it.
 fn duplicate_cause(earlier: &Delivery, later: &Delivery, faults: &[Fault]) -> Result<String, String> {
-    if let AckOutcome::Acked(at) = earlier.ack
-        && at < later.at
-    {
-        return Err(format!(
-            "delivered again (attempt {}) after {}'s ack of attempt {} was confirmed",
-            later.attempt, earlier.pod, earlier.attempt
-        ));
-    }
     let during = |f: &&Fault| f.start <= later.at && f.end >= earlier.at;
     if let Some(fault) =
         faults.iter().filter(during).find(|f| f.kind.hits_a_pod() && f.pod.as_deref() == Some(&earlier.pod))
@@ -114,18 +116,21 @@ fn duplicate_cause(earlier: &Delivery, later: &Delivery, faults: &[Fault]) -> Re
             _ => "consumer pod paused past its session".to_owned(),
         });
     }
+    let fault = faults.iter().find(during).map(|f| format!(" ({:?})", f.kind)).unwrap_or_default();
     match earlier.ack {
-        AckOutcome::ClaimLost => Ok(format!(
-            "claim lost before the ack{}",
-            faults.iter().find(during).map(|f| format!(" ({:?})", f.kind)).unwrap_or_default()
-        )),
+        AckOutcome::ClaimLost => Ok(format!("claim lost before the ack{fault}")),
         AckOutcome::Unknown => Ok("ack unanswered (outcome unknown)".to_owned()),
-        // Acked after the redelivery: the claim had been lost (an idempotent ack of an
-        // item the redelivery's consumer had already acked answers 200).
-        AckOutcome::Acked(_) => Ok(format!(
-            "claim lost before the ack{}",
-            faults.iter().find(during).map(|f| format!(" ({:?})", f.kind)).unwrap_or_default()
-        )),
+        // Confirmed after the redelivery: acks are idempotent, so this is the earlier
+        // consumer's retry finding the item gone (the later consumer acked first), or a
+        // claim a fault took away. Anything else is two live claims at once.
+        AckOutcome::Acked(at) => {
+            let later_acked_first = matches!(later.ack, AckOutcome::Acked(later_at) if later_at <= at);
+            if later_acked_first || !fault.is_empty() {
+                Ok(format!("claim lost before the ack{fault}"))
+            } else {
+                Err(format!("delivered to {} while {}'s claim still held, with no fault", later.pod, earlier.pod))
+            }
+        }
         AckOutcome::Pending => {
             Err(format!("delivered again to {} while {} still held it, with no fault", later.pod, earlier.pod))
         }

@@ -9,7 +9,7 @@
 //! A pod's tasks wait at `checkpoint` while the pod is paused (its app is stopped with its
 //! sidecar) and are aborted when it is killed.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -144,6 +144,47 @@ impl Drop for Inside<'_> {
     }
 }
 
+/// Pods busy at something worth interrupting, counted per pod (a pod has several workers);
+/// a worker leaves when its guard drops, also when its pod is killed and the task aborted.
+#[derive(Debug, Default)]
+pub struct Busy {
+    pods: Mutex<HashMap<String, usize>>,
+}
+
+pub struct BusyGuard<'a> {
+    busy: &'a Busy,
+    pod: String,
+}
+
+impl Busy {
+    fn enter(&self, pod: &str) -> BusyGuard<'_> {
+        *self.pods.lock().unwrap().entry(pod.to_owned()).or_default() += 1;
+        BusyGuard { busy: self, pod: pod.to_owned() }
+    }
+
+    /// One busy pod, if any.
+    pub fn any(&self) -> Option<String> {
+        self.pods.lock().unwrap().iter().find(|(_, n)| **n > 0).map(|(pod, _)| pod.clone())
+    }
+}
+
+impl Drop for BusyGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(count) = self.busy.pods.lock().unwrap().get_mut(&self.pod) {
+            *count -= 1;
+        }
+    }
+}
+
+/// Counts a task as running until it ends or is aborted.
+struct Running<'a>(&'a AtomicU64);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// Successes per workload and the longest time between two of them.
 #[derive(Debug)]
 pub struct Availability {
@@ -198,9 +239,12 @@ pub struct Workloads {
     pub availability: Availability,
     /// Pods whose counter client has read the value and not yet written it back: the
     /// nemesis pauses one of these (a pause mid-section is the one fencing exists for).
-    pub mid_section: Mutex<HashSet<String>>,
+    pub mid_section: Busy,
     /// Pods whose consumer is processing an item: the nemesis kills one of these.
-    pub processing: Mutex<HashSet<String>>,
+    pub processing: Busy,
+    /// Producer tasks running: the drain waits until none is (an enqueue in flight at the
+    /// end would otherwise land after the queue looked empty).
+    pub producers: AtomicU64,
     next_item: AtomicU64,
     /// Stops the producers and lock clients; consumers go on to drain.
     pub stop_producing: CancellationToken,
@@ -226,8 +270,9 @@ impl Workloads {
             rw: Gauge::default(),
             counts: Counts::default(),
             availability: Availability::new(),
-            mid_section: Mutex::default(),
-            processing: Mutex::default(),
+            mid_section: Busy::default(),
+            processing: Busy::default(),
+            producers: AtomicU64::new(0),
             next_item: AtomicU64::new(0),
             stop_producing: CancellationToken::new(),
         }
@@ -252,10 +297,10 @@ impl Workloads {
             match pod.client.acquire(COUNTER_LOCK, owner, "2s").await {
                 Ok(Acquire::Acquired { token, .. }) => {
                     let value = self.store.read();
-                    self.mid_section.lock().unwrap().insert(pod.name.clone());
+                    let busy = self.mid_section.enter(&pod.name);
                     tokio::time::sleep(jitter(20, 60)).await;
                     pod.checkpoint().await;
-                    self.mid_section.lock().unwrap().remove(&pod.name);
+                    drop(busy);
                     match self.store.write(token, value + 1) {
                         Write::Accepted => {
                             self.counts.increments.fetch_add(1, Ordering::Relaxed);
@@ -278,6 +323,8 @@ impl Workloads {
     }
 
     async fn producer(&self, pod: &mut PodHandle) {
+        self.producers.fetch_add(1, Ordering::SeqCst);
+        let _running = Running(&self.producers);
         while !self.stop_producing.is_cancelled() {
             pod.checkpoint().await;
             let item = self.next_item.fetch_add(1, Ordering::Relaxed);
@@ -340,10 +387,10 @@ impl Workloads {
 
     /// The app's work on one item; it counts once it is done.
     async fn process(&self, pod: &mut PodHandle, item: u64, took: Duration) {
-        self.processing.lock().unwrap().insert(pod.name.clone());
+        let busy = self.processing.enter(&pod.name);
         tokio::time::sleep(took).await;
         pod.checkpoint().await;
-        self.processing.lock().unwrap().remove(&pod.name);
+        drop(busy);
         *self.ledger.lock().unwrap().processed.entry(item).or_default() += 1;
     }
 
