@@ -146,9 +146,7 @@ async fn dead_letters(cluster: &Cluster) -> Result<Vec<u64>> {
             use base64::Engine as _;
             base64::engine::general_purpose::STANDARD.decode(p).ok()
         });
-        if let Some(n) =
-            payload.and_then(|p| String::from_utf8(p).ok()).and_then(|p| p.strip_prefix("item-")?.parse().ok())
-        {
+        if let Some(n) = payload.as_deref().and_then(workloads::item_number) {
             items.push(n);
         }
     }

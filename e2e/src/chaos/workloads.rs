@@ -328,7 +328,7 @@ impl Workloads {
         while !self.stop_producing.is_cancelled() {
             pod.checkpoint().await;
             let item = self.next_item.fetch_add(1, Ordering::Relaxed);
-            let answer = pod.client.enqueue(QUEUE, format!("item-{item}")).await;
+            let answer = pod.client.enqueue(QUEUE, item_payload(item)).await;
             let confirmed = matches!(answer, Ok((201, _)));
             self.ledger.lock().unwrap().enqueued.insert(item, confirmed);
             if confirmed {
@@ -353,11 +353,7 @@ impl Workloads {
                     continue;
                 }
             };
-            let Some(number) = std::str::from_utf8(&item.payload)
-                .ok()
-                .and_then(|p| p.strip_prefix("item-"))
-                .and_then(|n| n.parse::<u64>().ok())
-            else {
+            let Some(number) = item_number(&item.payload) else {
                 continue;
             };
             self.counts.delivered.fetch_add(1, Ordering::Relaxed);
@@ -444,4 +440,14 @@ impl Workloads {
 /// A random duration between `low` and `high` milliseconds.
 fn jitter(low: u64, high: u64) -> Duration {
     Duration::from_millis(rand::rng().random_range(low..high))
+}
+
+/// The payload producers enqueue for item `number`.
+fn item_payload(number: u64) -> String {
+    format!("item-{number}")
+}
+
+/// The item number a payload carries, if it is one of ours.
+pub fn item_number(payload: &[u8]) -> Option<u64> {
+    std::str::from_utf8(payload).ok()?.strip_prefix("item-")?.parse().ok()
 }
