@@ -313,9 +313,14 @@ impl QueueService {
         &self,
         queue: &Name,
         limit: usize,
-    ) -> Result<Vec<(String, queue::item::DeadLetter, usize)>, QueueServiceError> {
+    ) -> Result<Vec<queue::StoredDeadLetter>, QueueServiceError> {
         let client = self.inner.ctx.session.client()?.client;
         Ok(queue::dead_letters(&client, &self.paths(queue), limit).await?)
+    }
+
+    pub async fn dead_letter(&self, queue: &Name, dead_id: &str) -> Result<queue::StoredDeadLetter, QueueServiceError> {
+        let client = self.inner.ctx.session.client()?.client;
+        Ok(queue::dead_letter(&client, &self.paths(queue), dead_id).await?)
     }
 
     pub async fn requeue_dead(&self, queue: &Name, dead_id: &str) -> Result<ItemId, QueueServiceError> {

@@ -205,8 +205,22 @@ async fn nacks_past_max_attempts_dead_letter_and_a_dead_letter_can_be_requeued()
     let dead: Value = pod.http().get(pod.url("/queue/flaky/dead")).send().await.unwrap().json().await.unwrap();
     let letter = &dead["items"][0];
     assert_eq!(letter["id"], first.id.as_str());
-    assert_eq!(letter["letter"]["attempts"]["attempt"], 2, "{letter}");
-    assert_eq!(letter["letter"]["attempts"]["deliveries"][0]["outcome"], "nack: boom", "{letter}");
+    assert_eq!(letter["attempts"], 2, "{letter}");
+    assert_eq!(letter["deliveries"][0]["outcome"], "nack: boom", "{letter}");
+    // What an operator of the queue needs: the item itself, who had it and when, and why.
+    assert_eq!((letter["payload"].as_str(), letter["payloadBase64"].as_str()), (Some("poison"), Some("cG9pc29u")));
+    assert_eq!(letter["payloadBytes"], 6, "{letter}");
+    let pods: Vec<&str> = letter["deliveries"].as_array().unwrap().iter().filter_map(|d| d["pod"].as_str()).collect();
+    assert_eq!(pods, ["pod-a", "pod-a"], "{letter}");
+    assert!(letter["deliveries"][1]["at"].as_str().is_some_and(|t| t.ends_with('Z')), "{letter}");
+    assert!(letter["reason"].as_str().unwrap().contains("maxAttempts 2"), "{letter}");
+    let one = pod.http().get(pod.url(&format!("/queue/flaky/dead/{}", first.id))).send().await.unwrap();
+    assert_eq!(one.status(), 200);
+    let one: Value = one.json().await.unwrap();
+    assert_eq!((one["id"].as_str(), one["payload"].as_str()), (Some(first.id.as_str()), Some("poison")), "{one}");
+    let listed: Value =
+        pod.http().get(pod.url("/queue/flaky/dead?payload=false")).send().await.unwrap().json().await.unwrap();
+    assert!(listed["items"][0].get("payloadBase64").is_none(), "{listed}");
     let stats = pod.queue_stats("flaky").await.unwrap();
     assert_eq!((stats["depth"].as_u64(), stats["deadLettered"].as_u64()), (Some(0), Some(1)));
 

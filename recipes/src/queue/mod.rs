@@ -42,6 +42,13 @@ pub enum QueueError {
     NoSuchItem(String),
     #[error("dead letter {0} does not exist")]
     NoSuchDeadLetter(String),
+    /// The item was moved to the dead letters while this consumer held it (possible only
+    /// through a sidecar older than the claim check, or after the claim was lost).
+    #[error("item {0} was dead-lettered; it is in the queue's dead letters, not acked")]
+    DeadLettered(String),
+    /// The item is in the queue but this session's claim on it is gone.
+    #[error("item {0} is in the queue but this consumer's claim on it is gone")]
+    ClaimLost(String),
     #[error("ZooKeeper: {0}")]
     ZooKeeper(#[from] zk::Error),
 }
@@ -253,13 +260,19 @@ pub async fn claim_next(
                 "delivered {} times without an ack (maxAttempts {})",
                 item.attempts.attempt, config.max_attempts
             );
-            match dead_letter(client, paths, &item, &reason, false).await {
+            match move_to_dead(client, paths, &item, &reason, ClaimCheck::NoneHeld).await {
                 Ok(()) => {
                     view.forget(&id);
                     observer.dead_lettered();
                     tracing::info!(item = %id, reason, "dead-lettered");
                 }
-                Err(_) => {
+                Err(QueueError::ZooKeeper(zk::Error::NodeExists)) => {
+                    // Someone holds it on its last attempt: theirs to ack, nack or lose.
+                    view.mark_claimed(&id);
+                    skip.insert(id);
+                }
+                Err(err) => {
+                    tracing::debug!(item = %id, error = %err, "not dead-lettered; skipping it");
                     skip.insert(id);
                 }
             }
@@ -351,14 +364,24 @@ async fn claim_is_ours(client: &zk::Client, claim_path: &str) -> Result<bool, Qu
     }
 }
 
-/// Moves an item with its history to `dead/<id>` in one multi (with its claim, when the
-/// caller holds one).
-async fn dead_letter(
+/// Whose claim a dead-lettering transaction accounts for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClaimCheck {
+    /// The caller holds the claim (a nack on the last attempt): it goes with the item.
+    Ours,
+    /// Nobody may hold one: the multi creates and deletes `claims/<id>`, so it fails with
+    /// `NodeExists` while any consumer holds the item, whatever the caller's view says.
+    NoneHeld,
+}
+
+/// Moves an item with its history to `dead/<id>` in one multi, which also settles the
+/// claim as `claim` says.
+async fn move_to_dead(
     client: &zk::Client,
     paths: &QueuePaths,
     item: &ReadItem,
     reason: &str,
-    with_claim: bool,
+    claim: ClaimCheck,
 ) -> Result<(), QueueError> {
     let letter = DeadLetter {
         envelope: Envelope { carried: None, ..item.envelope.clone() },
@@ -375,22 +398,31 @@ async fn dead_letter(
     if let Some(version) = item.attempts_version {
         multi.add_delete(&paths.attempts_of(&id_text), Some(version))?;
     }
-    if with_claim {
-        multi.add_delete(&paths.claim(&id_text), None)?;
+    match claim {
+        ClaimCheck::Ours => multi.add_delete(&paths.claim(&id_text), None)?,
+        ClaimCheck::NoneHeld => {
+            multi.add_create(&paths.claim(&id_text), b"", &zk::CreateMode::Persistent.with_acls(paths.acl.acls()))?;
+            multi.add_delete(&paths.claim(&id_text), None)?;
+        }
     }
     multi.add_create(&paths.dead_item(&id_text), &data, &zk::CreateMode::Persistent.with_acls(paths.acl.acls()))?;
     multi.commit().await.map_err(zk::Error::from)?;
     Ok(())
 }
 
-/// Runs a multi, retrying connection loss for as long as the session may live. A retry
-/// that finds the nodes gone after a lost reply counts as done by the first attempt: the
-/// caller holds the claim, so nobody else can have removed them.
-async fn commit_owned(
-    client: &zk::Client,
-    acl: crate::identity::NodeAcl,
-    ops: &[Op],
-) -> Result<Vec<zk::MultiWriteResult>, QueueError> {
+/// What a multi on a claimed item did.
+enum Committed {
+    Applied(Vec<zk::MultiWriteResult>),
+    /// A node it removes was already gone: removed by an earlier attempt of this call
+    /// whose reply was lost (`retried`), or of the caller's own earlier call, or taken by
+    /// someone else. [`settle_gone`] tells which.
+    Gone {
+        retried: bool,
+    },
+}
+
+/// Runs a multi, retrying connection loss for as long as the session may live.
+async fn commit_owned(client: &zk::Client, acl: crate::identity::NodeAcl, ops: &[Op]) -> Result<Committed, QueueError> {
     let deadline = tokio::time::Instant::now() + client.session_timeout();
     let mut retried = false;
     loop {
@@ -405,9 +437,9 @@ async fn commit_owned(
             }
         }
         match multi.commit().await {
-            Ok(results) => return Ok(results),
-            Err(zk::MultiWriteError::OperationFailed { source: zk::Error::NoNode, .. }) if retried => {
-                return Ok(Vec::new());
+            Ok(results) => return Ok(Committed::Applied(results)),
+            Err(zk::MultiWriteError::OperationFailed { source: zk::Error::NoNode, .. }) => {
+                return Ok(Committed::Gone { retried });
             }
             Err(zk::MultiWriteError::RequestFailed { source })
                 if crate::errors::outcome_unknown(&source) && tokio::time::Instant::now() < deadline =>
@@ -437,14 +469,25 @@ pub async fn ack(client: &zk::Client, paths: &QueuePaths, id: &ItemId) -> Result
         &[Op::Delete(paths.claim(&id_text)), Op::Delete(item_path.clone()), Op::Delete(paths.attempts_of(&id_text))],
     )
     .await;
-    match result {
-        Ok(_) => Ok(()),
-        // Acks are idempotent: the caller holds the claim in this session, so an item that
-        // is already gone was removed by an earlier attempt of this ack whose reply was lost
-        // (the caller retried after an error).
-        Err(QueueError::ZooKeeper(zk::Error::NoNode)) if client.check_stat(&item_path).await?.is_none() => Ok(()),
-        Err(err) => Err(err),
+    match result? {
+        Committed::Applied(_) => Ok(()),
+        Committed::Gone { .. } => settle_gone(client, paths, id, &item_path).await,
     }
+}
+
+/// After a multi on a claimed item found a node gone: `Ok` when the item is gone because
+/// an earlier attempt of this consumer's own ack or nack was applied (its reply lost, the
+/// caller retried), an error that says where the item went otherwise.
+async fn settle_gone(client: &zk::Client, paths: &QueuePaths, id: &ItemId, item_path: &str) -> Result<(), QueueError> {
+    let id_text = id.to_string();
+    if client.check_stat(&paths.dead_item(&id_text)).await?.is_some() {
+        return Err(QueueError::DeadLettered(id_text));
+    }
+    if client.check_stat(item_path).await?.is_some() {
+        // The item is there but our claim is not: it is not ours to settle.
+        return Err(QueueError::ClaimLost(id_text));
+    }
+    Ok(())
 }
 
 /// Gives a claim up without counting anything (visibility timeout, shutdown): the item
@@ -480,6 +523,9 @@ pub async fn nack(
     let id_text = id.to_string();
     let mut item = match read_item(client, paths, id).await? {
         Read::Found(item) => item,
+        Read::Gone if client.check_stat(&paths.dead_item(&id_text)).await?.is_some() => {
+            return Err(QueueError::DeadLettered(id_text));
+        }
         Read::Gone | Read::Foreign => return Err(QueueError::NoSuchItem(id_text)),
     };
     if let Some(last) = item.attempts.deliveries.last_mut() {
@@ -490,18 +536,21 @@ pub async fn nack(
     }
     if item.attempts.attempt >= config.max_attempts {
         let reason = format!("nacked on attempt {} (maxAttempts {})", item.attempts.attempt, config.max_attempts);
-        dead_letter(client, paths, &item, &reason, true).await?;
+        move_to_dead(client, paths, &item, &reason, ClaimCheck::Ours).await?;
         return Ok(NackOutcome::DeadLettered);
     }
     if delay.is_zero() {
         // Same place in the queue; the history notes the nack.
         let history = serde_json::to_vec(&item.attempts).expect("attempts serialize");
-        commit_owned(
+        let committed = commit_owned(
             client,
             paths.acl,
             &[Op::SetData(paths.attempts_of(&id_text), history), Op::Delete(paths.claim(&id_text))],
         )
         .await?;
+        if let Committed::Gone { retried: false } = committed {
+            settle_gone(client, paths, id, &item.path).await?;
+        }
         return Ok(NackOutcome::Requeued { id: Some(id.clone()) });
     }
     // Delayed: the item moves to the bucket of its new due time, carrying its history.
@@ -510,7 +559,8 @@ pub async fn nack(
     let moved = Envelope { due_ms: due, original_id, carried: Some(item.attempts), ..item.envelope };
     let bucket = bucket_name(moved.priority, due);
     ensure_bucket(client, paths, &bucket).await?;
-    let results = commit_owned(
+    let item_path = item.path.clone();
+    let results = match commit_owned(
         client,
         paths.acl,
         &[
@@ -520,7 +570,16 @@ pub async fn nack(
             Op::Create(format!("{}/item-", paths.bucket(&bucket)), encode(&moved, &item.payload)),
         ],
     )
-    .await?;
+    .await?
+    {
+        Committed::Applied(results) => results,
+        // Our first attempt moved it; its reply, with the new id, was lost.
+        Committed::Gone { retried: true } => Vec::new(),
+        Committed::Gone { retried: false } => {
+            settle_gone(client, paths, id, &item_path).await?;
+            Vec::new()
+        }
+    };
     let new_id = results.into_iter().find_map(|r| match r {
         zk::MultiWriteResult::Create { path, .. } => {
             path.rsplit("item-").next().map(|seq| ItemId { bucket: bucket.clone(), seq: seq.to_owned() })
@@ -530,12 +589,26 @@ pub async fn nack(
     Ok(NackOutcome::Requeued { id: new_id })
 }
 
-/// Dead letters, oldest first: id and the letter (payload not included).
+/// A dead letter as stored: its id, what it was and went through, and its payload.
+#[derive(Debug, Clone)]
+pub struct StoredDeadLetter {
+    pub id: String,
+    pub letter: DeadLetter,
+    pub payload: Vec<u8>,
+}
+
+fn parse_dead_letter(id: &str, data: &[u8]) -> Option<StoredDeadLetter> {
+    let newline = data.iter().position(|b| *b == b'\n')?;
+    let letter = serde_json::from_slice::<DeadLetter>(&data[..newline]).ok()?;
+    Some(StoredDeadLetter { id: id.to_owned(), letter, payload: data[newline + 1..].to_vec() })
+}
+
+/// Dead letters, oldest first, up to `limit`, with their payloads.
 pub async fn dead_letters(
     client: &zk::Client,
     paths: &QueuePaths,
     limit: usize,
-) -> Result<Vec<(String, DeadLetter, usize)>, QueueError> {
+) -> Result<Vec<StoredDeadLetter>, QueueError> {
     let mut ids = match client.list_children(&paths.dead()).await {
         Ok(ids) => ids,
         Err(zk::Error::NoNode) => return Err(QueueError::NotProvisioned(paths.base.clone())),
@@ -545,18 +618,27 @@ pub async fn dead_letters(
     let mut letters = Vec::new();
     for id in ids.into_iter().take(limit) {
         match client.get_data(&paths.dead_item(&id)).await {
-            Ok((data, _)) => {
-                if let Some(newline) = data.iter().position(|b| *b == b'\n')
-                    && let Ok(letter) = serde_json::from_slice::<DeadLetter>(&data[..newline])
-                {
-                    letters.push((id, letter, data.len() - newline - 1));
-                }
-            }
-            Err(zk::Error::NoNode) => {}
+            Ok((data, _)) => match parse_dead_letter(&id, &data) {
+                Some(letter) => letters.push(letter),
+                None => tracing::warn!(dead = %id, "not a Paddock dead letter; skipping it"),
+            },
+            Err(zk::Error::NoNode) => {} // requeued meanwhile
             Err(err) => return Err(err.into()),
         }
     }
     Ok(letters)
+}
+
+/// One dead letter with its payload.
+pub async fn dead_letter(client: &zk::Client, paths: &QueuePaths, id: &str) -> Result<StoredDeadLetter, QueueError> {
+    match client.get_data(&paths.dead_item(id)).await {
+        Ok((data, _)) => parse_dead_letter(id, &data).ok_or_else(|| QueueError::NoSuchDeadLetter(id.to_owned())),
+        Err(zk::Error::NoNode) => match client.check_stat(&paths.base).await? {
+            Some(_) => Err(QueueError::NoSuchDeadLetter(id.to_owned())),
+            None => Err(QueueError::NotProvisioned(paths.base.clone())),
+        },
+        Err(err) => Err(err.into()),
+    }
 }
 
 /// Moves a dead letter back into the queue (ready now, attempts reset). Returns its new id.

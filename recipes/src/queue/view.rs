@@ -191,6 +191,13 @@ impl QueueView {
         self.inner.state.lock().expect("not poisoned").claimed.insert(id.clone());
     }
 
+    /// Forgets that an item is claimed, as a view that has not yet had the claim's watch
+    /// event would not know it. For tests of what the claim transaction itself decides.
+    #[doc(hidden)]
+    pub fn unmark_claimed_for_test(&self, id: &ItemId) {
+        self.inner.state.lock().expect("not poisoned").claimed.remove(id);
+    }
+
     /// (buckets, loaded items, claimed) as the view holds them: what it costs in memory.
     pub fn footprint(&self) -> (usize, usize, usize) {
         let state = self.inner.state.lock().expect("not poisoned");

@@ -13,7 +13,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use paddock_recipes::Name;
 use paddock_recipes::queue::item::{ItemId, MAX_PRIORITY};
-use paddock_recipes::queue::{NackOutcome, NewItem, QueueError};
+use paddock_recipes::queue::{NackOutcome, NewItem, QueueError, StoredDeadLetter};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -33,6 +33,7 @@ pub fn router() -> Router<AppState> {
         .route("/queue/{name}", post(enqueue).get(stats))
         .route("/queue/{name}/batch", post(enqueue_batch))
         .route("/queue/{name}/dead", get(dead_letters))
+        .route("/queue/{name}/dead/{id}", get(dead_letter))
         .route("/queue/{name}/dead/{id}/requeue", post(requeue))
         .route("/queue/{name}/{id}/ack", post(ack))
         .route("/queue/{name}/{id}/nack", post(nack))
@@ -82,6 +83,8 @@ struct NackQuery {
 #[serde(deny_unknown_fields)]
 struct DeadQuery {
     limit: Option<usize>,
+    /// `false` leaves the payloads out (a listing of large items).
+    payload: Option<bool>,
 }
 
 fn queue_name(name: &str) -> ApiResult<Name> {
@@ -293,11 +296,53 @@ async fn dead_letters(
     let queue = queue_name(&name)?;
     let limit = query.limit.unwrap_or(100).min(1000);
     let letters = state.queues.dead_letters(&queue, limit).await.map_err(|e| queue_error(&state, &queue, e))?;
-    let items: Vec<Value> = letters
-        .into_iter()
-        .map(|(id, letter, size)| json!({ "id": id, "payloadBytes": size, "letter": letter }))
-        .collect();
+    let with_payload = query.payload.unwrap_or(true);
+    let items: Vec<Value> = letters.iter().map(|letter| dead_letter_json(letter, with_payload)).collect();
     Ok(axum::Json(json!({ "queue": queue.as_str(), "items": items })).into_response())
+}
+
+async fn dead_letter(State(state): State<AppState>, Path((name, id)): Path<(String, String)>) -> ApiResult<Response> {
+    let queue = queue_name(&name)?;
+    let dead_id = item_id(&id)?.to_string();
+    let letter = state.queues.dead_letter(&queue, &dead_id).await.map_err(|e| queue_error(&state, &queue, e))?;
+    let mut body = dead_letter_json(&letter, true);
+    body["queue"] = json!(queue.as_str());
+    Ok(axum::Json(body).into_response())
+}
+
+/// What an operator of the queue needs to see in a dead letter: why it died, every
+/// delivery (pod, time, outcome), and the item itself (payload as base64, and as text
+/// when it is UTF-8).
+fn dead_letter_json(stored: &StoredDeadLetter, with_payload: bool) -> Value {
+    let letter = &stored.letter;
+    let at = |ms: u64| {
+        humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)).to_string()
+    };
+    let deliveries: Vec<Value> = letter
+        .attempts
+        .deliveries
+        .iter()
+        .map(|d| json!({ "attempt": d.attempt, "pod": d.pod, "at": at(d.at_ms), "outcome": d.outcome }))
+        .collect();
+    let mut body = json!({
+        "id": stored.id,
+        "reason": letter.reason,
+        "deadAt": at(letter.dead_at_ms),
+        "enqueuedAt": at(letter.envelope.enqueued_at_ms),
+        "originalId": letter.envelope.original_id,
+        "priority": letter.envelope.priority,
+        "contentType": letter.envelope.content_type,
+        "attempts": letter.attempts.attempt,
+        "deliveries": deliveries,
+        "payloadBytes": stored.payload.len(),
+    });
+    if with_payload {
+        body["payloadBase64"] = json!(BASE64.encode(&stored.payload));
+        if let Ok(text) = std::str::from_utf8(&stored.payload) {
+            body["payload"] = json!(text);
+        }
+    }
+    body
 }
 
 async fn requeue(State(state): State<AppState>, Path((name, id)): Path<(String, String)>) -> ApiResult<Response> {
@@ -317,6 +362,17 @@ fn queue_error(state: &AppState, queue: &Name, err: QueueServiceError) -> ApiErr
         QueueServiceError::Queue(QueueError::NoSuchItem(id)) => ApiError::conflict(
             "claim-lost",
             format!("item {id} is no longer in queue {queue}; it was acked or moved after this pod lost its claim"),
+        ),
+        QueueServiceError::Queue(QueueError::ClaimLost(id)) => ApiError::conflict(
+            "claim-lost",
+            format!("this pod's claim on item {id} of queue {queue} is gone; it may be redelivered elsewhere, so do not assume your processing counted"),
+        ),
+        QueueServiceError::Queue(QueueError::DeadLettered(id)) => ApiError::conflict(
+            "dead-lettered",
+            format!(
+                "item {id} of queue {queue} was dead-lettered while this pod held it, so this is not recorded as an ack; \
+                 see GET /queue/{queue}/dead/{id} and requeue it if it must run again"
+            ),
         ),
         QueueServiceError::Queue(QueueError::NoSuchDeadLetter(id)) => {
             ApiError::not_found("dead-letter-not-found", format!("queue {queue} has no dead letter {id}; list them with GET /queue/{queue}/dead"))
