@@ -1,6 +1,12 @@
 //! The config the operator writes into a lock's or queue's znode and the sidecar reads.
 //! JSON with camelCase keys and durations as strings (`"30s"`, `"5m"`); empty data means
-//! all defaults, and unknown keys are rejected so a typo is not silently ignored.
+//! all defaults.
+//!
+//! Read tolerantly: a newer operator may write keys an older sidecar does not know (the
+//! sidecar runs inside application pods and is upgraded only when they restart, so a
+//! minor version of skew each way is normal). Unknown keys are ignored and reported to
+//! the caller, which counts them; they are never fatal. Typos cannot reach a znode: the
+//! operator writes configs from specs the CRD schema has validated.
 
 use std::time::Duration;
 
@@ -16,7 +22,7 @@ pub struct ConfigError {
 
 /// A lock's config: data of `<root>/<ns>/locks/<name>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct LockConfig {
     /// How many may hold the lock at once: 1 is a mutex, N > 1 a semaphore.
     pub max_holders: u32,
@@ -34,7 +40,7 @@ impl Default for LockConfig {
 
 /// A queue's config: data of `<root>/<ns>/queues/<name>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[serde(rename_all = "camelCase", default)]
 pub struct QueueConfig {
     /// Deliveries before an item is dead-lettered.
     pub max_attempts: u32,
@@ -52,9 +58,21 @@ impl Default for QueueConfig {
     }
 }
 
+/// A config as read, with the keys this version does not know (ignored).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parsed<T> {
+    pub config: T,
+    pub unknown_fields: Vec<String>,
+}
+
 impl LockConfig {
     pub fn from_znode(path: &str, data: &[u8]) -> Result<Self, ConfigError> {
-        let config: Self = parse("lock", path, data)?;
+        Self::parse_znode(path, data).map(|p| p.config)
+    }
+
+    /// As [`LockConfig::from_znode`], also naming the keys it ignored.
+    pub fn parse_znode(path: &str, data: &[u8]) -> Result<Parsed<Self>, ConfigError> {
+        let (config, unknown_fields): (Self, _) = parse("lock", path, data)?;
         if config.max_holders == 0 {
             return Err(ConfigError {
                 kind: "lock",
@@ -62,13 +80,18 @@ impl LockConfig {
                 reason: "maxHolders must be at least 1".into(),
             });
         }
-        Ok(config)
+        Ok(Parsed { config, unknown_fields })
     }
 }
 
 impl QueueConfig {
     pub fn from_znode(path: &str, data: &[u8]) -> Result<Self, ConfigError> {
-        let config: Self = parse("queue", path, data)?;
+        Self::parse_znode(path, data).map(|p| p.config)
+    }
+
+    /// As [`QueueConfig::from_znode`], also naming the keys it ignored.
+    pub fn parse_znode(path: &str, data: &[u8]) -> Result<Parsed<Self>, ConfigError> {
+        let (config, unknown_fields): (Self, _) = parse("queue", path, data)?;
         let invalid = |reason: &str| ConfigError { kind: "queue", path: path.to_owned(), reason: reason.to_owned() };
         if config.max_attempts == 0 {
             return Err(invalid("maxAttempts must be at least 1"));
@@ -76,7 +99,7 @@ impl QueueConfig {
         if config.visibility_timeout.is_zero() {
             return Err(invalid("visibilityTimeout must be positive"));
         }
-        Ok(config)
+        Ok(Parsed { config, unknown_fields })
     }
 }
 
@@ -84,11 +107,17 @@ fn parse<T: Default + serde::de::DeserializeOwned>(
     kind: &'static str,
     path: &str,
     data: &[u8],
-) -> Result<T, ConfigError> {
+) -> Result<(T, Vec<String>), ConfigError> {
     if data.iter().all(u8::is_ascii_whitespace) {
-        return Ok(T::default());
+        return Ok((T::default(), Vec::new()));
     }
-    serde_json::from_slice(data).map_err(|e| ConfigError { kind, path: path.to_owned(), reason: e.to_string() })
+    let invalid = |e: serde_json::Error| ConfigError { kind, path: path.to_owned(), reason: e.to_string() };
+    let mut unknown = Vec::new();
+    let mut deserializer = serde_json::Deserializer::from_slice(data);
+    let config =
+        serde_ignored::deserialize(&mut deserializer, |field| unknown.push(field.to_string())).map_err(invalid)?;
+    deserializer.end().map_err(invalid)?;
+    Ok((config, unknown))
 }
 
 /// Serializes a config for its znode.
@@ -116,10 +145,25 @@ mod tests {
     }
 
     #[test]
-    fn rejects_typos_and_nonsense() {
-        let err = LockConfig::from_znode("/p/l", br#"{"maxHolder":3}"#).unwrap_err();
-        assert!(err.reason.contains("maxHolder"), "{err}");
+    fn rejects_nonsense() {
         assert!(LockConfig::from_znode("/p", br#"{"maxHolders":0}"#).is_err());
         assert!(QueueConfig::from_znode("/p", br#"{"visibilityTimeout":"soon"}"#).is_err());
+        assert!(QueueConfig::from_znode("/p", br#"{"maxAttempts":3} trailing"#).is_err());
+    }
+
+    /// A newer operator's config, read by this version: what it knows applies, the rest is
+    /// named so it can be counted.
+    #[test]
+    fn keys_of_a_newer_operator_are_ignored_and_named() {
+        let lock = LockConfig::parse_znode("/p/l", br#"{"maxHolders":1,"lockDelay":"5s"}"#).unwrap();
+        assert_eq!(lock.config, LockConfig::default());
+        assert_eq!(lock.unknown_fields, ["lockDelay"]);
+        let queue = QueueConfig::parse_znode(
+            "/p/q",
+            br#"{"maxAttempts":2,"maxVisibility":"12h","retry":{"backoff":"exponential"},"visibilityTimeout":"30s"}"#,
+        )
+        .unwrap();
+        assert_eq!((queue.config.max_attempts, queue.config.visibility_timeout), (2, Duration::from_secs(30)));
+        assert_eq!(queue.unknown_fields, ["maxVisibility", "retry"]);
     }
 }

@@ -176,7 +176,14 @@ impl LockService {
 
     /// The lock's config, cached until its znode changes.
     async fn config(&self, current: &Current, lock_path: &str) -> Result<LockConfig, LockServiceError> {
-        match self.inner.configs.get(current, lock_path, LockConfig::from_znode).await {
+        let metrics = &self.inner.ctx.metrics;
+        let parse = |path: &str, data: &[u8]| {
+            LockConfig::parse_znode(path, data).map(|parsed| {
+                metrics.unknown_config_fields("lock", path, &parsed.unknown_fields);
+                parsed.config
+            })
+        };
+        match self.inner.configs.get(current, lock_path, parse).await {
             Ok(config) => Ok(config),
             Err(CacheError::NoNode) => Err(LockError::NotProvisioned(lock_path.to_owned()).into()),
             Err(CacheError::Invalid(e)) => Err(LockError::Config(e).into()),

@@ -17,6 +17,14 @@ pub struct QueueLabel {
     pub queue: String,
 }
 
+/// A config key this version does not know, in a lock's or a queue's config.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UnknownFieldLabel {
+    /// `lock` or `queue`.
+    pub kind: String,
+    pub field: String,
+}
+
 pub struct Metrics {
     pub registry: Registry,
     pub lock_acquires: Counter,
@@ -34,6 +42,7 @@ pub struct Metrics {
     pub queue_dead_lettered: Family<QueueLabel, Counter>,
     pub queue_wait_seconds: Histogram,
     pub queue_zk_reads: Counter,
+    pub config_unknown_fields: Family<UnknownFieldLabel, Counter>,
 }
 
 impl Metrics {
@@ -55,6 +64,7 @@ impl Metrics {
             queue_dead_lettered: Family::default(),
             queue_wait_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 20)),
             queue_zk_reads: Counter::default(),
+            config_unknown_fields: Family::default(),
             registry: Registry::default(),
         };
         registry.register("lock_acquires", "Locks acquired", m.lock_acquires.clone());
@@ -72,6 +82,11 @@ impl Metrics {
         registry.register("queue_dead_lettered", "Items moved to dead-letter", m.queue_dead_lettered.clone());
         registry.register("queue_wait_seconds", "Time from enqueue to delivery", m.queue_wait_seconds.clone());
         registry.register("queue_zookeeper_reads", "ZooKeeper reads made by queue consumers", m.queue_zk_reads.clone());
+        registry.register(
+            "config_unknown_fields",
+            "Keys of lock and queue configs this sidecar does not know and ignored (a newer operator's), per config read",
+            m.config_unknown_fields.clone(),
+        );
         // Every loss reason shows from the start, at zero, so dashboards and alerts see it.
         for reason in ["session-expired", "connection-lost", "ttl-elapsed", "node-deleted"] {
             m.lock_losses.get_or_create(&ReasonLabel { reason: reason.to_owned() }).inc_by(0);
@@ -83,6 +98,27 @@ impl Metrics {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");
         out
+    }
+}
+
+impl Metrics {
+    /// Counts and logs the keys a config read ignored. Called when a config is read from
+    /// its znode (once per change, not per request).
+    pub fn unknown_config_fields(&self, kind: &str, path: &str, fields: &[String]) {
+        if fields.is_empty() {
+            return;
+        }
+        tracing::info!(
+            kind,
+            path,
+            ?fields,
+            "config has keys this sidecar does not know (a newer operator?); ignoring them"
+        );
+        for field in fields {
+            self.config_unknown_fields
+                .get_or_create(&UnknownFieldLabel { kind: kind.to_owned(), field: field.clone() })
+                .inc();
+        }
     }
 }
 

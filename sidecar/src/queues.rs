@@ -105,7 +105,14 @@ impl QueueService {
     pub async fn config(&self, queue: &Name) -> Result<QueueConfig, QueueServiceError> {
         let current = self.inner.ctx.session.client()?;
         let path = self.paths(queue).base;
-        match self.inner.configs.get(&current, &path, QueueConfig::from_znode).await {
+        let metrics = &self.inner.ctx.metrics;
+        let parse = |path: &str, data: &[u8]| {
+            QueueConfig::parse_znode(path, data).map(|parsed| {
+                metrics.unknown_config_fields("queue", path, &parsed.unknown_fields);
+                parsed.config
+            })
+        };
+        match self.inner.configs.get(&current, &path, parse).await {
             Ok(config) => Ok(config),
             Err(CacheError::NoNode) => Err(QueueError::NotProvisioned(path).into()),
             Err(CacheError::Invalid(e)) => Err(QueueError::Config(e).into()),
