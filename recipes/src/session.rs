@@ -126,14 +126,28 @@ impl Session {
         self.inner.options.session_timeout
     }
 
-    /// Closes the session: its ephemeral nodes are deleted at once by the server.
+    /// Closes the session: its ephemeral nodes are deleted at once by the server, also
+    /// while other tasks still hold clones of its client (their requests then fail with
+    /// `ClientClosed`). Waits up to a few seconds for the server to confirm.
     pub async fn close(&self) {
         self.inner.shutdown.cancel();
         let current = self.inner.current.send_replace(None);
         self.inner.connected.send_replace(false);
-        if let Some(current) = current {
-            // Dropping the last clone of the client closes the session.
-            drop(current);
+        let Some(current) = current else { return };
+        let mut states = current.client.state_watcher();
+        current.client.close();
+        let closed = async {
+            let mut state = states.state();
+            while !state.is_terminated() {
+                state = states.changed().await;
+            }
+        };
+        match tokio::time::timeout(Duration::from_secs(5), closed).await {
+            Ok(()) => tracing::info!(generation = current.generation, "ZooKeeper session closed"),
+            Err(_) => tracing::warn!(
+                generation = current.generation,
+                "ZooKeeper did not confirm the close in 5 s; the session ends at its timeout"
+            ),
         }
     }
 }
