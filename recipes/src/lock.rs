@@ -206,11 +206,10 @@ pub async fn acquire(
                 let mut gone = false;
                 for target in targets {
                     let path = format!("{}/{}", request.lock_path, contenders[target].name);
-                    let (stat, watcher) = client.check_and_watch_stat(&path).await?;
-                    if stat.is_none() {
+                    let Some(watcher) = watch_contender(client, &path).await? else {
                         gone = true;
                         break;
-                    }
+                    };
                     watchers.push(Box::pin(watcher.changed()));
                 }
                 if gone {
@@ -222,6 +221,19 @@ pub async fn acquire(
                 }
             }
         }
+    }
+}
+
+/// Watches a contender for its deletion (or any change), as a waiter does; None when it
+/// is already gone. The watch is a data watch set by `getData`, which ZooKeeper does not
+/// set on a missing node: an `exists` watch would stay on the server for the life of the
+/// session, waiting for a contender name that is never created again (Curator's lock
+/// recipe avoids it the same way).
+pub async fn watch_contender(client: &zk::Client, path: &str) -> Result<Option<zk::OneshotWatcher>, zk::Error> {
+    match client.get_and_watch_data(path).await {
+        Ok((_, _, watcher)) => Ok(Some(watcher)),
+        Err(zk::Error::NoNode) => Ok(None),
+        Err(err) => Err(err),
     }
 }
 
