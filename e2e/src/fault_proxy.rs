@@ -507,7 +507,10 @@ pub fn request_operations(opcode: i32, body: &[u8]) -> Option<Vec<(i32, String)>
             op::CREATE | op::CREATE2 | op::CREATE_CONTAINER | op::CREATE_TTL => {
                 r.buffer()?;
                 for _ in 0..r.i32()?.max(0) {
-                    (r.i32()?, r.string()?, r.string()?); // ACL: perms, scheme, id
+                    // ACL: perms, scheme, id
+                    r.i32()?;
+                    r.buffer()?;
+                    r.buffer()?;
                 }
                 r.i32()?; // flags
                 if kind == op::CREATE_TTL {
