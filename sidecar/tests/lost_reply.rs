@@ -9,6 +9,8 @@
 //! | write path | answer after the lost reply |
 //! |---|---|
 //! | lock contender create | 200 grant (the contender is found again by its uuid) |
+//! | withdrawal of a contender that timed out | 409 lock-busy (the retried delete finds it gone) |
+//! | semaphore holder's touch (setData that wakes the next in line) | see its test |
 //! | release | 200 released (the retried delete finds its own delete) |
 //! | enqueue, batch enqueue | 503 "outcome unknown, retry": the items are in; a retry enqueues them again |
 //! | claim | 200 with the item (the claim is found to be this session's) |
@@ -43,12 +45,14 @@ struct World {
     pod: PodClient,
 }
 
-async fn world(locks: &[&str], queues: &[(&str, QueueConfig)]) -> World {
+async fn world(locks: &[(&str, u32)], queues: &[(&str, QueueConfig)]) -> World {
     init_tracing();
     let ensemble = Ensemble::start_single().await.expect("ensemble starts");
     let admin = provision::admin(&ensemble.connect_string()).await.unwrap();
-    for name in locks {
-        provision::lock(&admin, NS, name, LockConfig::default()).await.unwrap();
+    for (name, max_holders) in locks {
+        provision::lock(&admin, NS, name, LockConfig { max_holders: *max_holders, ..Default::default() })
+            .await
+            .unwrap();
     }
     for (name, config) in queues {
         provision::queue(&admin, NS, name, config.clone()).await.unwrap();
@@ -178,7 +182,7 @@ async fn assert_drained(world: &World, queue: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lock_contender_create_reply_lost_grants_the_one_contender_it_created() {
-    let w = world(&["orders"], &[]).await;
+    let w = world(&[("orders", 1)], &[]).await;
     let lost = w.proxy.lose_next_reply(Match {
         opcodes: op::CREATES,
         body_contains: Some("/locks/orders/_c_"),
@@ -206,8 +210,68 @@ async fn lock_contender_create_reply_lost_grants_the_one_contender_it_created() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn withdrawal_reply_lost_answers_busy_and_leaves_no_contender() {
+    let w = world(&[("orders", 1)], &[]).await;
+    assert!(matches!(w.pod.acquire("orders", "worker-1", "5s").await.unwrap(), Acquire::Acquired { .. }));
+    let holder = children(&w.admin, &lock_path("orders")).await;
+    // worker-2 tries once: its contender is created, does not hold, and is deleted again.
+    let lost = w.proxy.lose_next_reply(Match {
+        opcodes: &[op::DELETE],
+        body_contains: Some("/locks/orders/_c_"),
+        ..Default::default()
+    });
+    let busy = w.pod.acquire("orders", "worker-2", "0s").await.unwrap();
+    applied(lost).await;
+    println!("withdrawal: the app was answered {busy:?}");
+
+    assert!(matches!(busy, Acquire::Busy(_)), "the app is told the lock is busy: {busy:?}");
+    assert_eq!(children(&w.admin, &lock_path("orders")).await, holder, "only the holder's contender is left");
+    let (_, state) = w.pod.lock_status("orders", "worker-2").await.unwrap();
+    assert_eq!(state["state"], "free", "worker-2 neither holds nor waits: {state}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn semaphore_touch_reply_lost_grants_and_leaves_no_orphan_holder() {
+    // A semaphore holder sets its own node's data once it holds, so that the waiter behind
+    // it re-arms its watches on the holders. That setData is a write of its own.
+    let w = world(&[("workers", 2)], &[]).await;
+    let lost = w.proxy.lose_next_reply(Match {
+        opcodes: &[op::SET_DATA],
+        body_contains: Some("/locks/workers/_c_"),
+        ..Default::default()
+    });
+    let first = w.pod.acquire("workers", "worker-1", "5s").await.unwrap();
+    applied(lost).await;
+    println!("semaphore touch: the app was answered {first:?}");
+    ready(&w.pod).await;
+
+    let contenders = children(&w.admin, &lock_path("workers")).await;
+    let granted = match &first {
+        Acquire::Acquired { token, .. } => Some(*token),
+        Acquire::Failed { status: 503, body } => {
+            assert_outcome_unknown(503, body);
+            // The app retries, as it is told to.
+            match w.pod.acquire("workers", "worker-1", "5s").await.unwrap() {
+                Acquire::Acquired { token, .. } => Some(token),
+                other => panic!("the retried acquire: {other:?}"),
+            }
+        }
+        other => panic!("the app's answer: {other:?}"),
+    };
+    let contenders_after = children(&w.admin, &lock_path("workers")).await;
+    assert_eq!(
+        contenders_after.len(),
+        1,
+        "one owner holds one place of the semaphore: no orphan holder (after the lost reply: {contenders:?})"
+    );
+    // The other place is free for another owner.
+    assert!(matches!(w.pod.acquire("workers", "worker-2", "0s").await.unwrap(), Acquire::Acquired { .. }));
+    assert!(granted.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lock_release_reply_lost_answers_released_and_frees_the_lock() {
-    let w = world(&["orders"], &[]).await;
+    let w = world(&[("orders", 1)], &[]).await;
     let Acquire::Acquired { token, .. } = w.pod.acquire("orders", "worker-1", "5s").await.unwrap() else {
         panic!("granted")
     };
