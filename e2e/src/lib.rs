@@ -8,6 +8,7 @@ pub mod chaos;
 pub mod client;
 pub mod curator;
 pub mod ensemble;
+pub mod fault_proxy;
 pub mod fenced;
 pub mod netns;
 pub mod operator;
@@ -17,6 +18,7 @@ pub mod stack;
 
 pub use client::{Acquire, PodClient};
 pub use ensemble::{Ensemble, EnsembleOptions, Mode};
+pub use fault_proxy::FaultProxy;
 pub use operator::{Operator, OperatorOptions};
 pub use process::{ProcessHandle, Sidecar, SidecarOptions};
 

@@ -1,0 +1,698 @@
+//! A fault proxy between ZooKeeper clients (a sidecar) and their ensemble that loses a
+//! chosen reply on command: the request reaches the server and is applied (or refused),
+//! the server's reply is discarded and both connections are closed. The client sees
+//! `ConnectionLoss` for a write whose outcome it cannot know, reconnects through the proxy
+//! within its session timeout, and finds its session (and its ephemerals) intact. So the
+//! code paths that handle "applied, but the reply was lost" run on purpose, not by luck.
+//!
+//! ```text
+//! client ──▶ 127.0.0.1:<free port> (FaultProxy) ──▶ one of the servers, in rotation
+//! ```
+//!
+//! It reads ZooKeeper's client framing: every frame is a 4-byte big-endian length and
+//! that many bytes. The client's first frame is its ConnectRequest and the server's first
+//! the ConnectResponse, neither with a header; every later client frame starts with
+//! `RequestHeader {xid: i32, type: i32}`, every later server frame with
+//! `ReplyHeader {xid: i32, zxid: i64, err: i32}` (watch events have xid -1, pings -2).
+//!
+//! Invariants:
+//! - Frames are forwarded whole and unchanged, in order; only the armed request's reply
+//!   (and everything after it on that connection) is dropped.
+//! - Once an armed request is forwarded, nothing more of that client's is sent until its
+//!   reply is in: the server applies exactly that request, and later ones fail with the
+//!   connection (not applied), as they would on a real cut.
+//! - A rule fires once. By default it fires only on a reply that says the request was
+//!   applied ([`Outcome::Applied`]); a refused one (e.g. a create under a missing bucket)
+//!   is passed through and the rule stays armed.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+/// ZooKeeper opcodes (`ZooDefs.OpCode`). What zookeeper-client 0.11 sends for each call
+/// (against a 3.5+ server): `create` → [`CREATE2`] (or [`CREATE_CONTAINER`] /
+/// [`CREATE_TTL`] by mode), `delete` → [`DELETE`], `set_data` → [`SET_DATA`], a
+/// `MultiWriter` → [`MULTI`] (its creates inside are [`CREATE2`]), a `MultiReader` →
+/// [`MULTI_READ`]. [`CREATE`] is only sent to servers older than 3.5.
+pub mod op {
+    pub const CREATE: i32 = 1;
+    pub const DELETE: i32 = 2;
+    pub const EXISTS: i32 = 3;
+    pub const GET_DATA: i32 = 4;
+    pub const SET_DATA: i32 = 5;
+    pub const GET_CHILDREN: i32 = 8;
+    pub const SYNC: i32 = 9;
+    pub const PING: i32 = 11;
+    pub const GET_CHILDREN2: i32 = 12;
+    pub const CHECK: i32 = 13;
+    pub const MULTI: i32 = 14;
+    pub const CREATE2: i32 = 15;
+    pub const CREATE_CONTAINER: i32 = 19;
+    pub const CREATE_TTL: i32 = 21;
+    pub const MULTI_READ: i32 = 22;
+    pub const AUTH: i32 = 100;
+    pub const SET_WATCHES2: i32 = 105;
+    pub const ADD_WATCH: i32 = 106;
+    pub const CLOSE_SESSION: i32 = -11;
+    /// Every way a client creates a node.
+    pub const CREATES: &[i32] = &[CREATE, CREATE2, CREATE_CONTAINER, CREATE_TTL];
+    /// The type of a failed operation's result inside a multi response.
+    pub const ERROR: i32 = -1;
+}
+
+/// Which reply may be lost.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Outcome {
+    /// Only a reply that says the request was applied (err 0; for a multi, no failed
+    /// operation). A refused request's reply is passed through and the rule stays armed.
+    #[default]
+    Applied,
+    /// Only a reply that says the request was refused.
+    Refused,
+    /// Whatever the server answered.
+    Any,
+}
+
+/// Which client request to lose the reply of.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Match<'a> {
+    /// The request's opcode is one of these (see [`op`]).
+    pub opcodes: &'a [i32],
+    /// The request's body (after its header) contains this: paths are plain strings in
+    /// it, so `"/claims/"` tells a claim or ack multi from an enqueue multi.
+    pub body_contains: Option<&'a str>,
+    pub outcome: Outcome,
+}
+
+/// A reply the proxy lost: the request, and the header of the server's reply to it.
+#[derive(Debug, Clone)]
+pub struct Fired {
+    pub opcode: i32,
+    pub xid: i32,
+    /// The zxid in the server's reply (the transaction's, when applied).
+    pub zxid: i64,
+    pub err: i32,
+    /// Whether the server applied the request (see [`Outcome::Applied`]).
+    pub applied: bool,
+    /// The request's body, after its header.
+    pub body: Vec<u8>,
+}
+
+impl Fired {
+    /// The operations of the request and their paths: one for a plain request, one per
+    /// operation for a multi.
+    pub fn operations(&self) -> Vec<(i32, String)> {
+        request_operations(self.opcode, &self.body).unwrap_or_default()
+    }
+}
+
+/// An armed rule; resolves once the proxy has lost the reply.
+#[derive(Debug)]
+pub struct LostReply {
+    rx: oneshot::Receiver<Fired>,
+    fired: Option<Fired>,
+}
+
+impl LostReply {
+    /// The lost reply, if the rule has fired by now.
+    pub fn fired(&mut self) -> Option<&Fired> {
+        if self.fired.is_none() {
+            self.fired = self.rx.try_recv().ok();
+        }
+        self.fired.as_ref()
+    }
+
+    /// Waits until the rule has fired.
+    pub async fn wait(mut self, timeout: Duration) -> Result<Fired> {
+        if let Some(fired) = self.fired.take() {
+            return Ok(fired);
+        }
+        match tokio::time::timeout(timeout, self.rx).await {
+            Ok(Ok(fired)) => Ok(fired),
+            Ok(Err(_)) => bail!("the fault proxy stopped before the rule fired"),
+            Err(_) => bail!("no matching request within {timeout:?}"),
+        }
+    }
+}
+
+struct Rule {
+    opcodes: Vec<i32>,
+    body_contains: Option<Vec<u8>>,
+    outcome: Outcome,
+    fired: oneshot::Sender<Fired>,
+}
+
+impl Rule {
+    fn matches(&self, header: RequestHeader, body: &[u8]) -> bool {
+        self.opcodes.contains(&header.opcode)
+            && self.body_contains.as_deref().is_none_or(|needle| contains(body, needle))
+            && !self.fired.is_closed()
+    }
+
+    fn accepts(&self, applied: bool) -> bool {
+        match self.outcome {
+            Outcome::Applied => applied,
+            Outcome::Refused => !applied,
+            Outcome::Any => true,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Shared {
+    upstreams: Vec<SocketAddr>,
+    next_upstream: AtomicUsize,
+    rules: Mutex<VecDeque<Rule>>,
+    forwarded: Mutex<HashMap<i32, u64>>,
+    accepted: AtomicU64,
+    lost: AtomicU64,
+    /// Cancelled to close every current connection (a new token is put in its place).
+    connections: Mutex<CancellationToken>,
+}
+
+/// A TCP proxy in front of ZooKeeper servers that loses replies on command. Dropping it
+/// stops it and closes its connections.
+pub struct FaultProxy {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+}
+
+impl FaultProxy {
+    /// Listens on a free port of 127.0.0.1 in front of `upstreams` (each new connection
+    /// goes to the next server in rotation that accepts it).
+    pub async fn start(upstreams: impl IntoIterator<Item = SocketAddr>) -> Result<Self> {
+        let upstreams: Vec<SocketAddr> = upstreams.into_iter().collect();
+        anyhow::ensure!(!upstreams.is_empty(), "a fault proxy needs at least one ZooKeeper server");
+        let listener = TcpListener::bind("127.0.0.1:0").await.context("binding the fault proxy")?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared { upstreams, ..Default::default() });
+        let stop = CancellationToken::new();
+        tokio::spawn(accept(listener, shared.clone(), stop.clone()));
+        Ok(Self { addr, shared, stop })
+    }
+
+    /// In front of every server of an ensemble.
+    pub async fn for_ensemble(ensemble: &crate::Ensemble) -> Result<Self> {
+        Self::start((0..ensemble.len()).map(|i| ensemble.address(i))).await
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The connect string for clients that should go through the proxy.
+    pub fn connect_string(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// Arms a one-shot rule: the next client request that matches is forwarded, its reply
+    /// (once the server sent it) is discarded and that connection is closed on both sides.
+    /// Rules are tried in the order they were armed.
+    pub fn lose_next_reply(&self, rule: Match<'_>) -> LostReply {
+        let (tx, rx) = oneshot::channel();
+        self.shared.rules.lock().expect("not poisoned").push_back(Rule {
+            opcodes: rule.opcodes.to_vec(),
+            body_contains: rule.body_contains.map(|s| s.as_bytes().to_vec()),
+            outcome: rule.outcome,
+            fired: tx,
+        });
+        LostReply { rx, fired: None }
+    }
+
+    /// Client requests forwarded so far with this opcode (also the ones whose reply was lost).
+    pub fn forwarded(&self, opcode: i32) -> u64 {
+        self.shared.forwarded.lock().expect("not poisoned").get(&opcode).copied().unwrap_or(0)
+    }
+
+    /// Client connections accepted so far (a reconnect is one more).
+    pub fn connections_accepted(&self) -> u64 {
+        self.shared.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Replies lost so far.
+    pub fn replies_lost(&self) -> u64 {
+        self.shared.lost.load(Ordering::SeqCst)
+    }
+
+    /// Closes every current connection without losing anything in particular.
+    pub fn disconnect_all(&self) {
+        let mut token = self.shared.connections.lock().expect("not poisoned");
+        token.cancel();
+        *token = CancellationToken::new();
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        self.shared.connections.lock().expect("not poisoned").cancel();
+    }
+}
+
+async fn accept(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
+    loop {
+        let (client, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    tracing::warn!(error = %err, "fault proxy: accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.cancelled() => return,
+        };
+        shared.accepted.fetch_add(1, Ordering::SeqCst);
+        let closed = shared.connections.lock().expect("not poisoned").clone();
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                result = serve(&shared, client) => {
+                    if let Err(err) = result {
+                        tracing::debug!(error = %err, "fault proxy: connection ended");
+                    }
+                }
+                _ = closed.cancelled() => {}
+            }
+        });
+    }
+}
+
+/// The armed request a connection forwarded and waits on, and what to tell the client
+/// side once its reply is in.
+struct Pending {
+    xid: i32,
+    opcode: i32,
+    body: Vec<u8>,
+    rule: Rule,
+    /// Sent true to go on forwarding (the reply did not suit the rule and was forwarded).
+    verdict: oneshot::Sender<bool>,
+}
+
+async fn connect_upstream(shared: &Shared) -> Result<TcpStream> {
+    let n = shared.upstreams.len();
+    let first = shared.next_upstream.fetch_add(1, Ordering::SeqCst);
+    let mut last_error = None;
+    for i in 0..n {
+        let addr = shared.upstreams[(first + i) % n];
+        match tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => {
+                stream.set_nodelay(true)?;
+                return Ok(stream);
+            }
+            Ok(Err(err)) => last_error = Some(anyhow::Error::from(err).context(format!("connecting to {addr}"))),
+            Err(_) => last_error = Some(anyhow::anyhow!("connecting to {addr} timed out")),
+        }
+    }
+    Err(last_error.expect("at least one upstream"))
+}
+
+async fn serve(shared: &Shared, client: TcpStream) -> Result<()> {
+    client.set_nodelay(true)?;
+    let server = connect_upstream(shared).await?;
+    let (client_read, client_write) = client.into_split();
+    let (server_read, server_write) = server.into_split();
+    let pending: Mutex<Option<Pending>> = Mutex::new(None);
+    // Whichever direction ends first ends the connection: dropping the halves closes both.
+    tokio::select! {
+        result = client_to_server(shared, client_read, server_write, &pending) => result,
+        result = server_to_client(shared, server_read, client_write, &pending) => result,
+    }
+}
+
+async fn client_to_server(
+    shared: &Shared,
+    mut from: impl AsyncRead + Unpin,
+    mut to: impl AsyncWrite + Unpin,
+    pending: &Mutex<Option<Pending>>,
+) -> Result<()> {
+    // The ConnectRequest: no header.
+    let Some(connect) = read_frame(&mut from).await? else { return Ok(()) };
+    write_frame(&mut to, &connect).await?;
+    loop {
+        let Some(frame) = read_frame(&mut from).await? else { return Ok(()) };
+        let header = parse_request(&frame).context("a client frame without a request header")?;
+        let body = &frame[REQUEST_HEADER_LEN..];
+        let rule = {
+            let mut rules = shared.rules.lock().expect("not poisoned");
+            rules.retain(|r| !r.fired.is_closed()); // the test dropped its handle
+            rules.iter().position(|r| r.matches(header, body)).and_then(|i| rules.remove(i))
+        };
+        *shared.forwarded.lock().expect("not poisoned").entry(header.opcode).or_default() += 1;
+        let Some(rule) = rule else {
+            write_frame(&mut to, &frame).await?;
+            continue;
+        };
+        let (verdict, go_on) = oneshot::channel();
+        *pending.lock().expect("not poisoned") =
+            Some(Pending { xid: header.xid, opcode: header.opcode, body: body.to_vec(), rule, verdict });
+        write_frame(&mut to, &frame).await?;
+        // Nothing more from this client until the reply is in.
+        match go_on.await {
+            Ok(true) => continue,
+            _ => return std::future::pending().await, // the other side closes the connection
+        }
+    }
+}
+
+async fn server_to_client(
+    shared: &Shared,
+    mut from: impl AsyncRead + Unpin,
+    mut to: impl AsyncWrite + Unpin,
+    pending: &Mutex<Option<Pending>>,
+) -> Result<()> {
+    // The ConnectResponse: no header.
+    let Some(connected) = read_frame(&mut from).await? else { return Ok(()) };
+    write_frame(&mut to, &connected).await?;
+    loop {
+        let Some(frame) = read_frame(&mut from).await? else { return Ok(()) };
+        let header = parse_reply(&frame).context("a server frame without a reply header")?;
+        let armed = {
+            let mut pending = pending.lock().expect("not poisoned");
+            match pending.as_ref() {
+                Some(p) if p.xid == header.xid => pending.take(),
+                _ => None,
+            }
+        };
+        let Some(armed) = armed else {
+            write_frame(&mut to, &frame).await?;
+            continue;
+        };
+        let applied = reply_applied(armed.opcode, header, &frame[REPLY_HEADER_LEN..]);
+        if !armed.rule.accepts(applied) {
+            // Not the outcome the test waits for: pass it on and stay armed.
+            write_frame(&mut to, &frame).await?;
+            shared.rules.lock().expect("not poisoned").push_front(armed.rule);
+            let _ = armed.verdict.send(true);
+            continue;
+        }
+        shared.lost.fetch_add(1, Ordering::SeqCst);
+        tracing::info!(
+            opcode = armed.opcode,
+            xid = header.xid,
+            zxid = header.zxid,
+            err = header.err,
+            applied,
+            "fault proxy: reply lost, closing the connection"
+        );
+        let _ = armed.verdict.send(false);
+        let _ = armed.rule.fired.send(Fired {
+            opcode: armed.opcode,
+            xid: header.xid,
+            zxid: header.zxid,
+            err: header.err,
+            applied,
+            body: armed.body,
+        });
+        return Ok(());
+    }
+}
+
+/// Frames above this are not ZooKeeper's (its jute.maxbuffer is about 1 MiB).
+const MAX_FRAME: usize = 64 << 20;
+pub const REQUEST_HEADER_LEN: usize = 8;
+pub const REPLY_HEADER_LEN: usize = 16;
+
+/// Reads one length-prefixed frame; None at a clean end of stream between frames.
+pub async fn read_frame(from: &mut (impl AsyncRead + Unpin)) -> Result<Option<Vec<u8>>> {
+    let mut len = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        let n = from.read(&mut len[got..]).await?;
+        if n == 0 {
+            if got == 0 {
+                return Ok(None);
+            }
+            bail!("end of stream inside a frame's length");
+        }
+        got += n;
+    }
+    let len = i32::from_be_bytes(len);
+    if len < 0 || len as usize > MAX_FRAME {
+        bail!("frame length {len} is not ZooKeeper's");
+    }
+    let mut frame = vec![0u8; len as usize];
+    from.read_exact(&mut frame).await.context("end of stream inside a frame")?;
+    Ok(Some(frame))
+}
+
+async fn write_frame(to: &mut (impl AsyncWrite + Unpin), frame: &[u8]) -> Result<()> {
+    let mut out = Vec::with_capacity(4 + frame.len());
+    out.extend_from_slice(&(frame.len() as i32).to_be_bytes());
+    out.extend_from_slice(frame);
+    to.write_all(&out).await?;
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestHeader {
+    pub xid: i32,
+    pub opcode: i32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplyHeader {
+    pub xid: i32,
+    pub zxid: i64,
+    pub err: i32,
+}
+
+pub fn parse_request(frame: &[u8]) -> Option<RequestHeader> {
+    let mut r = Reader(frame);
+    Some(RequestHeader { xid: r.i32()?, opcode: r.i32()? })
+}
+
+pub fn parse_reply(frame: &[u8]) -> Option<ReplyHeader> {
+    let mut r = Reader(frame);
+    Some(ReplyHeader { xid: r.i32()?, zxid: r.i64()?, err: r.i32()? })
+}
+
+/// Whether a reply says its request was applied. A failed multi has err 0 in its header
+/// (ZooKeeper 3.8) and one error result per operation, so its first result tells.
+pub fn reply_applied(opcode: i32, header: ReplyHeader, body: &[u8]) -> bool {
+    if header.err != 0 {
+        return false;
+    }
+    if opcode == op::MULTI {
+        let mut r = Reader(body);
+        return r.i32().is_some_and(|first_type| first_type != op::ERROR);
+    }
+    true
+}
+
+/// The operations of a request body (after its header) with their paths.
+pub fn request_operations(opcode: i32, body: &[u8]) -> Option<Vec<(i32, String)>> {
+    let mut r = Reader(body);
+    if opcode != op::MULTI {
+        return Some(vec![(opcode, r.string()?)]);
+    }
+    let mut ops = Vec::new();
+    loop {
+        // MultiHeader {type: i32, done: bool, err: i32}, then the operation's record.
+        let (kind, done, _err) = (r.i32()?, r.u8()?, r.i32()?);
+        if done != 0 || kind == -1 {
+            return Some(ops);
+        }
+        let path = r.string()?;
+        match kind {
+            op::CREATE | op::CREATE2 | op::CREATE_CONTAINER | op::CREATE_TTL => {
+                r.buffer()?;
+                for _ in 0..r.i32()?.max(0) {
+                    // ACL: perms, scheme, id
+                    r.i32()?;
+                    r.buffer()?;
+                    r.buffer()?;
+                }
+                r.i32()?; // flags
+                if kind == op::CREATE_TTL {
+                    r.i64()?;
+                }
+            }
+            op::DELETE | op::CHECK => {
+                r.i32()?; // version
+            }
+            op::SET_DATA => {
+                r.buffer()?;
+                r.i32()?;
+            }
+            _ => return None,
+        }
+        ops.push((kind, path));
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Jute's big-endian records.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Some(head)
+    }
+
+    fn u8(&mut self) -> Option<u8> {
+        Some(self.take(1)?[0])
+    }
+
+    fn i32(&mut self) -> Option<i32> {
+        Some(i32::from_be_bytes(self.take(4)?.try_into().ok()?))
+    }
+
+    fn i64(&mut self) -> Option<i64> {
+        Some(i64::from_be_bytes(self.take(8)?.try_into().ok()?))
+    }
+
+    /// A length-prefixed buffer (-1: null).
+    fn buffer(&mut self) -> Option<&'a [u8]> {
+        let len = self.i32()?;
+        if len < 0 {
+            return Some(&[]);
+        }
+        self.take(len as usize)
+    }
+
+    fn string(&mut self) -> Option<String> {
+        Some(String::from_utf8_lossy(self.buffer()?).into_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn string(out: &mut Vec<u8>, s: &str) {
+        out.extend_from_slice(&(s.len() as i32).to_be_bytes());
+        out.extend_from_slice(s.as_bytes());
+    }
+
+    fn multi_header(out: &mut Vec<u8>, kind: i32, done: bool) {
+        out.extend_from_slice(&kind.to_be_bytes());
+        out.push(done as u8);
+        out.extend_from_slice(&(-1i32).to_be_bytes());
+    }
+
+    /// A claim-like multi: check the item, create the claim (one ACL), set the history.
+    fn claim_multi() -> Vec<u8> {
+        let mut body = Vec::new();
+        multi_header(&mut body, op::CHECK, false);
+        string(&mut body, "/q/items/b0/item-0000000001");
+        body.extend_from_slice(&3i32.to_be_bytes());
+        multi_header(&mut body, op::CREATE2, false);
+        string(&mut body, "/q/claims/b0.0000000001");
+        string(&mut body, "{\"pod\":\"p\"}");
+        body.extend_from_slice(&1i32.to_be_bytes());
+        body.extend_from_slice(&31i32.to_be_bytes());
+        string(&mut body, "world");
+        string(&mut body, "anyone");
+        body.extend_from_slice(&1i32.to_be_bytes()); // ephemeral
+        multi_header(&mut body, op::SET_DATA, false);
+        string(&mut body, "/q/attempts/b0.0000000001");
+        string(&mut body, "{}");
+        body.extend_from_slice(&(-1i32).to_be_bytes());
+        multi_header(&mut body, -1, true);
+        body
+    }
+
+    #[test]
+    fn parses_request_and_reply_headers() {
+        let mut frame = Vec::new();
+        frame.extend_from_slice(&7i32.to_be_bytes());
+        frame.extend_from_slice(&op::CREATE2.to_be_bytes());
+        string(&mut frame, "/a/b");
+        assert_eq!(parse_request(&frame), Some(RequestHeader { xid: 7, opcode: op::CREATE2 }));
+        assert_eq!(request_operations(op::CREATE2, &frame[REQUEST_HEADER_LEN..]), Some(vec![(15, "/a/b".into())]));
+        assert_eq!(parse_request(&frame[..5]), None, "too short for a header");
+
+        let mut reply = Vec::new();
+        reply.extend_from_slice(&(-1i32).to_be_bytes());
+        reply.extend_from_slice(&0x1_0000_0005i64.to_be_bytes());
+        reply.extend_from_slice(&(-101i32).to_be_bytes());
+        let header = parse_reply(&reply).unwrap();
+        assert_eq!(header, ReplyHeader { xid: -1, zxid: 0x1_0000_0005, err: -101 });
+        assert!(!reply_applied(op::DELETE, header, &[]), "NoNode is refused");
+        assert!(reply_applied(op::DELETE, ReplyHeader { err: 0, ..header }, &[]));
+    }
+
+    #[test]
+    fn lists_the_operations_of_a_multi_and_tells_a_failed_one() {
+        let body = claim_multi();
+        let ops = request_operations(op::MULTI, &body).unwrap();
+        assert_eq!(
+            ops,
+            vec![
+                (op::CHECK, "/q/items/b0/item-0000000001".to_owned()),
+                (op::CREATE2, "/q/claims/b0.0000000001".to_owned()),
+                (op::SET_DATA, "/q/attempts/b0.0000000001".to_owned()),
+            ]
+        );
+        assert!(contains(&body, b"/claims/") && !contains(&body, b"/dead/"));
+
+        let ok = ReplyHeader { xid: 3, zxid: 9, err: 0 };
+        let mut failed = Vec::new();
+        multi_header(&mut failed, op::ERROR, false); // one error result per operation
+        assert!(!reply_applied(op::MULTI, ok, &failed));
+        let mut applied = Vec::new();
+        multi_header(&mut applied, op::CHECK, false);
+        assert!(reply_applied(op::MULTI, ok, &applied));
+    }
+
+    #[tokio::test]
+    async fn reads_frames_delivered_in_pieces_and_stops_cleanly_between_frames() {
+        let (mut writer, mut reader) = tokio::io::duplex(64);
+        let frames: Vec<Vec<u8>> = vec![vec![1, 2, 3], vec![], (0..200u8).collect()];
+        let mut wire = Vec::new();
+        for f in &frames {
+            wire.extend_from_slice(&(f.len() as i32).to_be_bytes());
+            wire.extend_from_slice(f);
+        }
+        let feeder = tokio::spawn(async move {
+            for piece in wire.chunks(3) {
+                writer.write_all(piece).await.unwrap();
+                tokio::task::yield_now().await;
+            }
+        });
+        for f in &frames {
+            assert_eq!(read_frame(&mut reader).await.unwrap().as_ref(), Some(f));
+        }
+        feeder.await.unwrap();
+        assert_eq!(read_frame(&mut reader).await.unwrap(), None, "clean end between frames");
+
+        let mut cut: &[u8] = &[0, 0, 0, 5, 1, 2];
+        assert!(read_frame(&mut cut).await.is_err(), "end of stream inside a frame");
+        let mut bogus: &[u8] = &[0xff, 0xff, 0xff, 0xff];
+        assert!(read_frame(&mut bogus).await.is_err(), "negative length");
+    }
+
+    #[test]
+    fn a_rule_matches_opcode_and_body() {
+        let (tx, _rx) = oneshot::channel();
+        let rule = Rule {
+            opcodes: vec![op::MULTI],
+            body_contains: Some(b"/claims/".to_vec()),
+            outcome: Outcome::Applied,
+            fired: tx,
+        };
+        let body = claim_multi();
+        assert!(rule.matches(RequestHeader { xid: 1, opcode: op::MULTI }, &body));
+        assert!(!rule.matches(RequestHeader { xid: 1, opcode: op::CREATE2 }, &body));
+        assert!(!rule.matches(RequestHeader { xid: 1, opcode: op::MULTI }, b"/items/b0/item-"));
+        assert!(rule.accepts(true) && !rule.accepts(false));
+    }
+}

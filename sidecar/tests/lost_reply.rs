@@ -1,0 +1,539 @@
+//! Lost replies, deterministically: for each write path of the sidecar, the fault proxy
+//! (`paddock_e2e::fault_proxy`) lets ZooKeeper apply the request, drops its reply and the
+//! connection, and the sidecar reconnects through it within its session timeout. Each test
+//! then reads ZooKeeper directly and checks that there is no orphan node, no double
+//! effect, no lost item, and that the app got an answer it can act on.
+//!
+//! What the app is answered, by path (a retry is what the answer tells the app to do):
+//!
+//! | write path | answer after the lost reply |
+//! |---|---|
+//! | lock contender create | 200 grant (the contender is found again by its uuid) |
+//! | withdrawal of a contender that timed out | 409 lock-busy (the retried delete finds it gone) |
+//! | semaphore holder's touch (setData that wakes the next in line) | see its test |
+//! | release | 200 released (the retried delete finds its own delete) |
+//! | enqueue, batch enqueue | 503 "outcome unknown, retry": the items are in; a retry enqueues them again |
+//! | claim | 200 with the item (the claim is found to be this session's) |
+//! | ack, nack, delayed nack | 200 (the retried multi finds its own effect) |
+//! | dead-letter (nack on the last attempt), requeue of a dead letter | see their tests |
+
+mod common;
+
+use std::time::Duration;
+
+use common::{SIDECAR, eventually};
+use paddock_e2e::fault_proxy::{Fired, Match, op};
+use paddock_e2e::process::Sidecar;
+use paddock_e2e::{Acquire, Ensemble, FaultProxy, PodClient, SidecarOptions, init_tracing, provision};
+use paddock_recipes::queue::item::{Attempts, decode};
+use paddock_recipes::{LockConfig, QueueConfig, zk};
+use serde_json::Value;
+
+const NS: &str = "team-lost";
+/// Long enough that the reconnect through the proxy always keeps the session.
+const SESSION: Duration = Duration::from_secs(10);
+const FIRED_WITHIN: Duration = Duration::from_secs(10);
+
+/// One server (the proxy's subject is one connection), the proxy in front of it, a client
+/// straight to the server for reading what is really there, and a sidecar whose only way
+/// to ZooKeeper is the proxy.
+struct World {
+    _ensemble: Ensemble,
+    proxy: FaultProxy,
+    admin: zk::Client,
+    _sidecar: Sidecar,
+    pod: PodClient,
+}
+
+async fn world(locks: &[(&str, u32)], queues: &[(&str, QueueConfig)]) -> World {
+    init_tracing();
+    let ensemble = Ensemble::start_single().await.expect("ensemble starts");
+    let admin = provision::admin(&ensemble.connect_string()).await.unwrap();
+    for (name, max_holders) in locks {
+        provision::lock(&admin, NS, name, LockConfig { max_holders: *max_holders, ..Default::default() })
+            .await
+            .unwrap();
+    }
+    for (name, config) in queues {
+        provision::queue(&admin, NS, name, config.clone()).await.unwrap();
+    }
+    let proxy = FaultProxy::for_ensemble(&ensemble).await.unwrap();
+    // The sidecar built from this checkout; PADDOCK_TEST_SIDECAR_BIN names another build
+    // of it (e.g. one copied out of a target directory that two checkouts share).
+    let binary = std::env::var("PADDOCK_TEST_SIDECAR_BIN").unwrap_or_else(|_| SIDECAR.to_owned());
+    let options = SidecarOptions::new(binary, proxy.connect_string(), "pod-a", NS).session_timeout(SESSION);
+    let sidecar = Sidecar::start(options).await.expect("sidecar starts");
+    let pod = PodClient::new(sidecar.url(""));
+    World { _ensemble: ensemble, proxy, admin, _sidecar: sidecar, pod }
+}
+
+fn queue_config(max_attempts: u32) -> QueueConfig {
+    QueueConfig { max_attempts, visibility_timeout: Duration::from_secs(300), max_payload_bytes: None }
+}
+
+fn lock_path(name: &str) -> String {
+    format!("/paddock/{NS}/locks/{name}")
+}
+
+fn queue_path(name: &str) -> String {
+    format!("/paddock/{NS}/queues/{name}")
+}
+
+async fn children(admin: &zk::Client, path: &str) -> Vec<String> {
+    let mut children = admin.list_children(path).await.unwrap_or_else(|e| panic!("listing {path}: {e}"));
+    children.sort();
+    children
+}
+
+/// An item as it is in ZooKeeper.
+#[derive(Debug)]
+struct StoredItem {
+    id: String,
+    payload: String,
+    carried: Option<Attempts>,
+}
+
+async fn items(admin: &zk::Client, queue: &str) -> Vec<StoredItem> {
+    let base = format!("{}/items", queue_path(queue));
+    let mut items = Vec::new();
+    for bucket in children(admin, &base).await {
+        let nodes = match admin.list_children(&format!("{base}/{bucket}")).await {
+            Ok(nodes) => nodes,
+            Err(zk::Error::NoNode) => continue, // an empty container the server removed
+            Err(e) => panic!("listing bucket {bucket}: {e}"),
+        };
+        for node in nodes {
+            let (data, _) = admin.get_data(&format!("{base}/{bucket}/{node}")).await.unwrap();
+            let (envelope, payload) = decode(&data).expect("a Paddock item");
+            let seq = node.strip_prefix("item-").expect("item-<seq>");
+            items.push(StoredItem {
+                id: format!("{bucket}.{seq}"),
+                payload: String::from_utf8_lossy(payload).into_owned(),
+                carried: envelope.carried,
+            });
+        }
+    }
+    items.sort_by(|a, b| a.id.cmp(&b.id));
+    items
+}
+
+async fn attempts(admin: &zk::Client, queue: &str, id: &str) -> Option<Attempts> {
+    match admin.get_data(&format!("{}/attempts/{id}", queue_path(queue))).await {
+        Ok((data, _)) => Some(serde_json::from_slice(&data).expect("attempts JSON")),
+        Err(zk::Error::NoNode) => None,
+        Err(e) => panic!("reading attempts of {id}: {e}"),
+    }
+}
+
+/// What is left of a queue besides its items: claims, histories, dead letters.
+async fn leftovers(admin: &zk::Client, queue: &str) -> (Vec<String>, Vec<String>, Vec<String>) {
+    let base = queue_path(queue);
+    (
+        children(admin, &format!("{base}/claims")).await,
+        children(admin, &format!("{base}/attempts")).await,
+        children(admin, &format!("{base}/dead")).await,
+    )
+}
+
+/// Waits until the sidecar is connected again (after a lost reply it reconnects).
+async fn ready(pod: &PodClient) {
+    eventually(Duration::from_secs(15), "the sidecar reconnected", || async {
+        pod.http().get(pod.url("/readyz")).send().await.is_ok_and(|r| r.status().is_success())
+    })
+    .await;
+}
+
+/// The lost reply happened, after the server applied the request.
+async fn applied(lost: paddock_e2e::fault_proxy::LostReply) -> Fired {
+    let fired = lost.wait(FIRED_WITHIN).await.expect("the proxy lost the reply");
+    assert!(fired.applied, "the server applied the request whose reply was lost: {fired:?}");
+    fired
+}
+
+/// A 503 that tells the app ZooKeeper could not say whether the write happened.
+fn assert_outcome_unknown(status: u16, body: &Value) {
+    assert_eq!((status, body["error"].as_str()), (503, Some("zookeeper-unavailable")), "{body}");
+    assert!(body["message"].as_str().unwrap_or_default().contains("outcome is unknown"), "{body}");
+}
+
+/// Prints what the app was answered (`--nocapture` shows the record of a run).
+fn answered(path: &str, status: u16, body: &Value) {
+    println!("{path}: the app was answered {status} {body}");
+}
+
+async fn post(pod: &PodClient, path: &str) -> (u16, Value) {
+    let response = pod.http().post(pod.url(path)).send().await.unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+/// Delivers one item and acks it; its payload.
+async fn consume(pod: &PodClient, queue: &str) -> String {
+    let item = pod.next(queue, "10s").await.unwrap().expect("an item to consume");
+    assert_eq!(pod.settle(queue, &item.id, "ack", "").await.unwrap().0, 200);
+    String::from_utf8(item.payload).unwrap()
+}
+
+async fn assert_drained(world: &World, queue: &str) {
+    assert!(world.pod.next(queue, "0s").await.unwrap().is_none(), "nothing more is delivered");
+    assert!(items(&world.admin, queue).await.is_empty());
+    let (claims, histories, _) = leftovers(&world.admin, queue).await;
+    assert!(claims.is_empty() && histories.is_empty(), "no orphan claim or history: {claims:?} {histories:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_contender_create_reply_lost_grants_the_one_contender_it_created() {
+    let w = world(&[("orders", 1)], &[]).await;
+    let lost = w.proxy.lose_next_reply(Match {
+        opcodes: op::CREATES,
+        body_contains: Some("/locks/orders/_c_"),
+        ..Default::default()
+    });
+    let acquired = w.pod.acquire("orders", "worker-1", "5s").await.unwrap();
+    let fired = applied(lost).await;
+    println!("lock contender create: the app was answered {acquired:?}");
+
+    // Exactly one contender: the one whose create reply was lost, not a second one.
+    let contenders = children(&w.admin, &lock_path("orders")).await;
+    assert_eq!(contenders.len(), 1, "no orphan contender: {contenders:?}");
+    let node = format!("{}/{}", lock_path("orders"), contenders[0]);
+    let stat = w.admin.check_stat(&node).await.unwrap().unwrap();
+    assert_eq!(stat.czxid, fired.zxid, "the contender is the lost create's node");
+    assert_ne!(stat.ephemeral_owner, 0, "owned by the sidecar's session, which survived");
+    let Acquire::Acquired { token, body } = acquired else { panic!("the app is granted the lock: {acquired:?}") };
+    assert_eq!(token, stat.czxid, "the token is that contender's czxid: {body}");
+
+    // It really holds: another owner is busy, and the holder releases cleanly.
+    assert!(matches!(w.pod.acquire("orders", "worker-2", "0s").await.unwrap(), Acquire::Busy(_)));
+    assert_eq!(w.pod.release("orders", "worker-1").await.unwrap().0, 200);
+    assert!(children(&w.admin, &lock_path("orders")).await.is_empty());
+    assert_eq!(w.proxy.forwarded(op::CREATE2), 2, "one create per acquire: the lost one was not retried blindly");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn withdrawal_reply_lost_answers_busy_and_leaves_no_contender() {
+    let w = world(&[("orders", 1)], &[]).await;
+    assert!(matches!(w.pod.acquire("orders", "worker-1", "5s").await.unwrap(), Acquire::Acquired { .. }));
+    let holder = children(&w.admin, &lock_path("orders")).await;
+    // worker-2 tries once: its contender is created, does not hold, and is deleted again.
+    let lost = w.proxy.lose_next_reply(Match {
+        opcodes: &[op::DELETE],
+        body_contains: Some("/locks/orders/_c_"),
+        ..Default::default()
+    });
+    let busy = w.pod.acquire("orders", "worker-2", "0s").await.unwrap();
+    applied(lost).await;
+    println!("withdrawal: the app was answered {busy:?}");
+
+    assert!(matches!(busy, Acquire::Busy(_)), "the app is told the lock is busy: {busy:?}");
+    assert_eq!(children(&w.admin, &lock_path("orders")).await, holder, "only the holder's contender is left");
+    let (_, state) = w.pod.lock_status("orders", "worker-2").await.unwrap();
+    assert_eq!(state["state"], "free", "worker-2 neither holds nor waits: {state}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn semaphore_touch_reply_lost_grants_and_leaves_no_orphan_holder() {
+    // A semaphore holder sets its own node's data once it holds, so that the waiter behind
+    // it re-arms its watches on the holders. That setData is a write of its own.
+    let w = world(&[("workers", 2)], &[]).await;
+    let lost = w.proxy.lose_next_reply(Match {
+        opcodes: &[op::SET_DATA],
+        body_contains: Some("/locks/workers/_c_"),
+        ..Default::default()
+    });
+    let first = w.pod.acquire("workers", "worker-1", "5s").await.unwrap();
+    applied(lost).await;
+    println!("semaphore touch: the app was answered {first:?}");
+    ready(&w.pod).await;
+
+    let contenders = children(&w.admin, &lock_path("workers")).await;
+    let granted = match &first {
+        Acquire::Acquired { token, .. } => Some(*token),
+        Acquire::Failed { status: 503, body } => {
+            assert_outcome_unknown(503, body);
+            // The app retries, as it is told to.
+            match w.pod.acquire("workers", "worker-1", "5s").await.unwrap() {
+                Acquire::Acquired { token, .. } => Some(token),
+                other => panic!("the retried acquire: {other:?}"),
+            }
+        }
+        other => panic!("the app's answer: {other:?}"),
+    };
+    let contenders_after = children(&w.admin, &lock_path("workers")).await;
+    assert_eq!(
+        contenders_after.len(),
+        1,
+        "one owner holds one place of the semaphore: no orphan holder (after the lost reply: {contenders:?})"
+    );
+    // The other place is free for another owner.
+    assert!(matches!(w.pod.acquire("workers", "worker-2", "0s").await.unwrap(), Acquire::Acquired { .. }));
+    assert!(granted.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_release_reply_lost_answers_released_and_frees_the_lock() {
+    let w = world(&[("orders", 1)], &[]).await;
+    let Acquire::Acquired { token, .. } = w.pod.acquire("orders", "worker-1", "5s").await.unwrap() else {
+        panic!("granted")
+    };
+    let lost = w.proxy.lose_next_reply(Match {
+        opcodes: &[op::DELETE],
+        body_contains: Some("/locks/orders/_c_"),
+        ..Default::default()
+    });
+    let (status, body) = w.pod.release("orders", "worker-1").await.unwrap();
+    applied(lost).await;
+    answered("release", status, &body);
+
+    assert_eq!((status, body["token"].as_i64()), (200, Some(token)), "released, not lost: {body}");
+    assert!(children(&w.admin, &lock_path("orders")).await.is_empty(), "no contender left");
+    let (_, state) = w.pod.lock_status("orders", "worker-1").await.unwrap();
+    assert_eq!(state["state"], "free", "{state}");
+    assert_eq!(w.pod.metric("paddock_lock_losses_total").await.unwrap(), 0.0, "our own delete is no loss");
+    let Acquire::Acquired { token: next, .. } = w.pod.acquire("orders", "worker-2", "0s").await.unwrap() else {
+        panic!("the lock is free for the next owner")
+    };
+    assert!(next > token);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enqueue_reply_lost_answers_outcome_unknown_and_loses_nothing() {
+    let w = world(&[], &[("jobs", queue_config(5))]).await;
+    // The item create (create2 of `item-`), not the bucket's container create; a create
+    // refused for want of its bucket passes and the rule stays armed.
+    let lost =
+        w.proxy.lose_next_reply(Match { opcodes: &[op::CREATE2], body_contains: Some("/item-"), ..Default::default() });
+    let (status, body) = w.pod.enqueue("jobs", "one").await.unwrap();
+    applied(lost).await;
+    answered("enqueue", status, &body);
+    ready(&w.pod).await;
+
+    let stored = items(&w.admin, "jobs").await;
+    assert_eq!(stored.iter().filter(|i| i.payload == "one").count(), 1, "the applied item is there once: {stored:?}");
+    match status {
+        // The sidecar resolved the unknown outcome itself: one item for one 201.
+        201 => assert_eq!(body["id"].as_str(), Some(stored[0].id.as_str()), "{body}"),
+        _ => {
+            // Told "outcome unknown, retry": the retry enqueues it again. Enqueue is
+            // at-least-once: a 503 then retry gives a duplicate (consumers see it twice).
+            assert_outcome_unknown(status, &body);
+            let (status, body) = w.pod.enqueue("jobs", "one").await.unwrap();
+            answered("enqueue, retried", status, &body);
+            assert_eq!(status, 201, "{body}");
+            assert_eq!(items(&w.admin, "jobs").await.len(), 2, "documented: 503 + retry = two items");
+            assert_eq!(consume(&w.pod, "jobs").await, "one");
+        }
+    }
+    assert_eq!(consume(&w.pod, "jobs").await, "one");
+    assert_drained(&w, "jobs").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_enqueue_reply_lost_answers_outcome_unknown_and_keeps_the_whole_batch() {
+    let w = world(&[], &[("jobs", queue_config(5))]).await;
+    let lost =
+        w.proxy.lose_next_reply(Match { opcodes: &[op::MULTI], body_contains: Some("/item-"), ..Default::default() });
+    let batch: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+    let (status, body) = w.pod.enqueue_batch("jobs", &batch).await.unwrap();
+    let fired = applied(lost).await;
+    answered("batch enqueue", status, &body);
+    assert_eq!(fired.operations().len(), 3, "one multi of three creates: {:?}", fired.operations());
+    ready(&w.pod).await;
+
+    let mut payloads: Vec<String> = items(&w.admin, "jobs").await.into_iter().map(|i| i.payload).collect();
+    payloads.sort();
+    assert_eq!(payloads, batch, "all of the batch, once (a multi is all or nothing)");
+    let mut expected = batch.clone();
+    if status != 201 {
+        // As for a single enqueue: the retry the 503 asks for enqueues the batch again.
+        assert_outcome_unknown(status, &body);
+        let (status, body) = w.pod.enqueue_batch("jobs", &batch).await.unwrap();
+        assert_eq!(status, 201, "{body}");
+        assert_eq!(items(&w.admin, "jobs").await.len(), 6, "documented: 503 + retry = the batch twice");
+        expected.extend(batch.clone());
+    }
+    let mut consumed = Vec::new();
+    for _ in 0..expected.len() {
+        consumed.push(consume(&w.pod, "jobs").await);
+    }
+    consumed.sort();
+    expected.sort();
+    assert_eq!(consumed, expected, "every accepted item is delivered");
+    assert_drained(&w, "jobs").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claim_reply_lost_delivers_the_item_it_claimed_once() {
+    let w = world(&[], &[("jobs", queue_config(5))]).await;
+    assert_eq!(w.pod.enqueue("jobs", "job").await.unwrap().0, 201);
+    let lost =
+        w.proxy.lose_next_reply(Match { opcodes: &[op::MULTI], body_contains: Some("/claims/"), ..Default::default() });
+    let item = w.pod.next("jobs", "5s").await.unwrap();
+    applied(lost).await;
+    println!("claim: the app was answered {:?}", item.as_ref().map(|i| (&i.id, i.attempt)));
+
+    let item = item.expect("the app gets the item whose claim was applied");
+    assert_eq!((item.attempt, item.payload.as_slice()), (1, &b"job"[..]));
+    let (claims, histories, _) = leftovers(&w.admin, "jobs").await;
+    assert_eq!((claims, histories), (vec![item.id.clone()], vec![item.id.clone()]), "one claim, one history");
+    assert_eq!(attempts(&w.admin, "jobs", &item.id).await.unwrap().attempt, 1, "the attempt is counted once");
+    assert!(w.pod.next("jobs", "0s").await.unwrap().is_none(), "not delivered a second time");
+    assert_eq!(w.pod.settle("jobs", &item.id, "ack", "").await.unwrap().0, 200, "and the app can ack it");
+    assert_drained(&w, "jobs").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ack_reply_lost_answers_acked_and_removes_item_claim_and_history() {
+    let w = world(&[], &[("jobs", queue_config(5))]).await;
+    assert_eq!(w.pod.enqueue("jobs", "job").await.unwrap().0, 201);
+    let item = w.pod.next("jobs", "5s").await.unwrap().expect("an item");
+    let lost =
+        w.proxy.lose_next_reply(Match { opcodes: &[op::MULTI], body_contains: Some("/claims/"), ..Default::default() });
+    let (status, body) = w.pod.settle("jobs", &item.id, "ack", "").await.unwrap();
+    applied(lost).await;
+    answered("ack", status, &body);
+
+    assert_eq!((status, body["acked"].as_bool()), (200, Some(true)), "{body}");
+    assert_drained(&w, "jobs").await;
+    // Acked once is acked: a repeat is refused as not held (the app must not count it twice).
+    let (status, body) = w.pod.settle("jobs", &item.id, "ack", "").await.unwrap();
+    assert_eq!((status, body["error"].as_str()), (409, Some("claim-lost")), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nack_reply_lost_answers_requeued_and_the_item_comes_again() {
+    let w = world(&[], &[("jobs", queue_config(5))]).await;
+    assert_eq!(w.pod.enqueue("jobs", "job").await.unwrap().0, 201);
+    let item = w.pod.next("jobs", "5s").await.unwrap().expect("an item");
+    // Zero delay: one multi that notes the nack in the history and deletes the claim.
+    let lost =
+        w.proxy.lose_next_reply(Match { opcodes: &[op::MULTI], body_contains: Some("/claims/"), ..Default::default() });
+    let (status, body) = w.pod.settle("jobs", &item.id, "nack", "reason=boom").await.unwrap();
+    let fired = applied(lost).await;
+    answered("nack", status, &body);
+    assert_eq!(fired.operations().iter().map(|(o, _)| *o).collect::<Vec<_>>(), vec![op::SET_DATA, op::DELETE]);
+
+    assert_eq!(
+        (status, body["outcome"].as_str(), body["newId"].as_str()),
+        (200, Some("requeued"), Some(item.id.as_str())),
+        "{body}"
+    );
+    let stored = items(&w.admin, "jobs").await;
+    assert_eq!(
+        stored.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(),
+        vec![item.id.as_str()],
+        "same item, same place"
+    );
+    let (claims, _, _) = leftovers(&w.admin, "jobs").await;
+    assert!(claims.is_empty(), "no orphan claim: {claims:?}");
+    let history = attempts(&w.admin, "jobs", &item.id).await.unwrap();
+    assert_eq!(history.attempt, 1);
+    assert_eq!(history.deliveries.last().and_then(|d| d.outcome.as_deref()), Some("nack: boom"));
+    let again = w.pod.next("jobs", "5s").await.unwrap().expect("delivered again");
+    assert_eq!((again.id.as_str(), again.attempt), (item.id.as_str(), 2));
+    assert_eq!(w.pod.settle("jobs", &again.id, "ack", "").await.unwrap().0, 200);
+    assert_drained(&w, "jobs").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delayed_nack_reply_lost_answers_requeued_and_moves_the_item_once() {
+    let w = world(&[], &[("jobs", queue_config(5))]).await;
+    assert_eq!(w.pod.enqueue("jobs", "job").await.unwrap().0, 201);
+    let item = w.pod.next("jobs", "5s").await.unwrap().expect("an item");
+    // Delayed: one multi that deletes claim, item and history and creates the moved item.
+    let lost =
+        w.proxy.lose_next_reply(Match { opcodes: &[op::MULTI], body_contains: Some("/claims/"), ..Default::default() });
+    let (status, body) = w.pod.settle("jobs", &item.id, "nack", "delay=1s").await.unwrap();
+    let fired = applied(lost).await;
+    answered("delayed nack", status, &body);
+    assert_eq!(fired.operations().len(), 4, "{:?}", fired.operations());
+
+    // The new id is unknown after a lost reply (newId null); the outcome is known.
+    assert_eq!((status, body["outcome"].as_str()), (200, Some("requeued")), "{body}");
+    let stored = items(&w.admin, "jobs").await;
+    assert_eq!(stored.len(), 1, "moved once, not lost, not copied: {stored:?}");
+    assert_ne!(stored[0].id, item.id, "moved to the bucket of its due time");
+    assert_eq!(stored[0].carried.as_ref().map(|a| a.attempt), Some(1), "carrying its history");
+    if let Some(new_id) = body["newId"].as_str() {
+        assert_eq!(new_id, stored[0].id);
+    }
+    let (claims, histories, _) = leftovers(&w.admin, "jobs").await;
+    assert!(claims.is_empty() && histories.is_empty(), "no orphan claim or history: {claims:?} {histories:?}");
+    let again = w.pod.next("jobs", "10s").await.unwrap().expect("delivered after its delay");
+    assert_eq!((again.id.as_str(), again.attempt, again.payload.as_slice()), (stored[0].id.as_str(), 2, &b"job"[..]));
+    assert_eq!(w.pod.settle("jobs", &again.id, "ack", "").await.unwrap().0, 200);
+    assert_drained(&w, "jobs").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letter_reply_lost_answers_dead_lettered() {
+    let w = world(&[], &[("jobs", queue_config(1))]).await;
+    assert_eq!(w.pod.enqueue("jobs", "poison").await.unwrap().0, 201);
+    let item = w.pod.next("jobs", "5s").await.unwrap().expect("an item");
+    // The last attempt's nack: one multi that deletes item, history and claim and creates
+    // the dead letter.
+    let lost =
+        w.proxy.lose_next_reply(Match { opcodes: &[op::MULTI], body_contains: Some("/dead/"), ..Default::default() });
+    let (status, body) = w.pod.settle("jobs", &item.id, "nack", "").await.unwrap();
+    applied(lost).await;
+    answered("dead-letter", status, &body);
+    ready(&w.pod).await;
+
+    // ZooKeeper: dead-lettered exactly once, nothing left behind.
+    assert!(items(&w.admin, "jobs").await.is_empty(), "the item moved");
+    let (claims, histories, dead) = leftovers(&w.admin, "jobs").await;
+    assert!(claims.is_empty() && histories.is_empty(), "no orphan claim or history: {claims:?} {histories:?}");
+    assert_eq!(dead, vec![item.id.clone()], "one dead letter");
+    assert!(w.pod.next("jobs", "0s").await.unwrap().is_none(), "a dead letter is not delivered");
+
+    // The app: dead-lettered, or an error whose retry (as the error says) tells it so.
+    let (status, body) = if status == 503 {
+        assert_outcome_unknown(status, &body);
+        let retried = w.pod.settle("jobs", &item.id, "nack", "").await.unwrap();
+        answered("dead-letter, retried", retried.0, &retried.1);
+        retried
+    } else {
+        (status, body)
+    };
+    assert_eq!(
+        (status, body["outcome"].as_str()),
+        (200, Some("dead-lettered")),
+        "the app learns that its nack dead-lettered the item: {body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requeue_of_a_dead_letter_reply_lost_answers_requeued() {
+    let w = world(&[], &[("jobs", queue_config(1))]).await;
+    assert_eq!(w.pod.enqueue("jobs", "poison").await.unwrap().0, 201);
+    let item = w.pod.next("jobs", "5s").await.unwrap().expect("an item");
+    let (status, body) = w.pod.settle("jobs", &item.id, "nack", "").await.unwrap();
+    assert_eq!((status, body["outcome"].as_str()), (200, Some("dead-lettered")), "{body}");
+    let lost =
+        w.proxy.lose_next_reply(Match { opcodes: &[op::MULTI], body_contains: Some("/dead/"), ..Default::default() });
+    let requeue = format!("/queue/jobs/dead/{}/requeue", item.id);
+    let (status, body) = post(&w.pod, &requeue).await;
+    applied(lost).await;
+    answered("requeue", status, &body);
+    ready(&w.pod).await;
+
+    // ZooKeeper: back in the queue exactly once, the dead letter gone.
+    let stored = items(&w.admin, "jobs").await;
+    assert_eq!(stored.iter().map(|i| i.payload.as_str()).collect::<Vec<_>>(), vec!["poison"], "requeued once");
+    let (claims, histories, dead) = leftovers(&w.admin, "jobs").await;
+    assert!(claims.is_empty() && histories.is_empty() && dead.is_empty(), "{claims:?} {histories:?} {dead:?}");
+    let again = w.pod.next("jobs", "5s").await.unwrap().expect("delivered again");
+    assert_eq!((again.attempt, again.payload.as_slice()), (1, &b"poison"[..]), "attempts reset");
+    assert_eq!(w.pod.settle("jobs", &again.id, "ack", "").await.unwrap().0, 200);
+
+    // The app: requeued (with the new id), or an error whose retry tells it so.
+    let (status, body) = if status == 503 {
+        assert_outcome_unknown(status, &body);
+        let retried = post(&w.pod, &requeue).await;
+        answered("requeue, retried", retried.0, &retried.1);
+        retried
+    } else {
+        (status, body)
+    };
+    assert_eq!(status, 200, "the app learns that its requeue was done: {body}");
+    assert_eq!(body["id"].as_str(), Some(again.id.as_str()), "{body}");
+}
