@@ -184,11 +184,16 @@ pub async fn acquire(
         };
         match decide(&contenders, index, config.max_holders) {
             Decision::Holds => {
-                guard.disarm();
                 if config.max_holders > 1 {
-                    // Wake our successor: it may now be next in line and must watch the holders.
-                    client.set_data(&node_path, &data, None).await?;
+                    // Wake our successor: it may now be next in line and must watch the
+                    // holders. Until this is done the contender is not handed out: an
+                    // error withdraws it, so no holder is left that nobody knows of.
+                    if let Err(err) = touch(client, &node_path, &data).await {
+                        guard.withdraw().await;
+                        return Err(err.into());
+                    }
                 }
+                guard.disarm();
                 return Ok(Acquisition::Acquired(Held {
                     lock_path: request.lock_path.to_owned(),
                     node_path,
@@ -220,6 +225,22 @@ pub async fn acquire(
                     observer.woken();
                 }
             }
+        }
+    }
+}
+
+/// Rewrites a contender's data unchanged, which fires its successor's watch. Idempotent,
+/// so connection loss is retried for as long as the session may live.
+async fn touch(client: &zk::Client, node_path: &str, data: &[u8]) -> Result<(), zk::Error> {
+    let deadline = Instant::now() + client.session_timeout();
+    loop {
+        match client.set_data(node_path, data, None).await {
+            Ok(_) => return Ok(()),
+            Err(err) if crate::errors::outcome_unknown(&err) && Instant::now() < deadline => {
+                tracing::debug!(node_path, error = %err, "touch of a new holder interrupted; again");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(err) => return Err(err),
         }
     }
 }

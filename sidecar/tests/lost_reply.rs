@@ -10,12 +10,13 @@
 //! |---|---|
 //! | lock contender create | 200 grant (the contender is found again by its uuid) |
 //! | withdrawal of a contender that timed out | 409 lock-busy (the retried delete finds it gone) |
-//! | semaphore holder's touch (setData that wakes the next in line) | see its test |
+//! | semaphore holder's touch (setData that wakes the next in line) | 200 grant (the touch is retried; on failure the contender is withdrawn) |
 //! | release | 200 released (the retried delete finds its own delete) |
-//! | enqueue, batch enqueue | 503 "outcome unknown, retry": the items are in; a retry enqueues them again |
+//! | enqueue, batch enqueue | 201 with the ids (the items are found again by their create id; nothing to retry) |
 //! | claim | 200 with the item (the claim is found to be this session's) |
-//! | ack, nack, delayed nack | 200 (the retried multi finds its own effect) |
-//! | dead-letter (nack on the last attempt), requeue of a dead letter | see their tests |
+//! | ack, nack, delayed nack | 200 (the retried multi finds its own effect; a moved item by its create id) |
+//! | dead-letter (nack on the last attempt) | 200 dead-lettered (the retried multi finds the dead letter) |
+//! | requeue of a dead letter | 200 with the new id (the letter gone, the item found by its create id) |
 
 mod common;
 
@@ -58,10 +59,7 @@ async fn world(locks: &[(&str, u32)], queues: &[(&str, QueueConfig)]) -> World {
         provision::queue(&admin, NS, name, config.clone()).await.unwrap();
     }
     let proxy = FaultProxy::for_ensemble(&ensemble).await.unwrap();
-    // The sidecar built from this checkout; PADDOCK_TEST_SIDECAR_BIN names another build
-    // of it (e.g. one copied out of a target directory that two checkouts share).
-    let binary = std::env::var("PADDOCK_TEST_SIDECAR_BIN").unwrap_or_else(|_| SIDECAR.to_owned());
-    let options = SidecarOptions::new(binary, proxy.connect_string(), "pod-a", NS).session_timeout(SESSION);
+    let options = SidecarOptions::new(SIDECAR, proxy.connect_string(), "pod-a", NS).session_timeout(SESSION);
     let sidecar = Sidecar::start(options).await.expect("sidecar starts");
     let pod = PodClient::new(sidecar.url(""));
     World { _ensemble: ensemble, proxy, admin, _sidecar: sidecar, pod }
@@ -296,7 +294,7 @@ async fn lock_release_reply_lost_answers_released_and_frees_the_lock() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn enqueue_reply_lost_answers_outcome_unknown_and_loses_nothing() {
+async fn enqueue_reply_lost_answers_created_once() {
     let w = world(&[], &[("jobs", queue_config(5))]).await;
     // The item create (create2 of `item-`), not the bucket's container create; a create
     // refused for want of its bucket passes and the rule stays armed.
@@ -309,26 +307,16 @@ async fn enqueue_reply_lost_answers_outcome_unknown_and_loses_nothing() {
 
     let stored = items(&w.admin, "jobs").await;
     assert_eq!(stored.iter().filter(|i| i.payload == "one").count(), 1, "the applied item is there once: {stored:?}");
-    match status {
-        // The sidecar resolved the unknown outcome itself: one item for one 201.
-        201 => assert_eq!(body["id"].as_str(), Some(stored[0].id.as_str()), "{body}"),
-        _ => {
-            // Told "outcome unknown, retry": the retry enqueues it again. Enqueue is
-            // at-least-once: a 503 then retry gives a duplicate (consumers see it twice).
-            assert_outcome_unknown(status, &body);
-            let (status, body) = w.pod.enqueue("jobs", "one").await.unwrap();
-            answered("enqueue, retried", status, &body);
-            assert_eq!(status, 201, "{body}");
-            assert_eq!(items(&w.admin, "jobs").await.len(), 2, "documented: 503 + retry = two items");
-            assert_eq!(consume(&w.pod, "jobs").await, "one");
-        }
-    }
+    // The sidecar resolved the unknown outcome itself (the item's create id): one item
+    // for one 201, and the app has nothing to retry.
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["id"].as_str(), Some(stored[0].id.as_str()), "{body}");
     assert_eq!(consume(&w.pod, "jobs").await, "one");
     assert_drained(&w, "jobs").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn batch_enqueue_reply_lost_answers_outcome_unknown_and_keeps_the_whole_batch() {
+async fn batch_enqueue_reply_lost_answers_created_once_for_the_whole_batch() {
     let w = world(&[], &[("jobs", queue_config(5))]).await;
     let lost =
         w.proxy.lose_next_reply(Match { opcodes: &[op::MULTI], body_contains: Some("/item-"), ..Default::default() });
@@ -342,15 +330,15 @@ async fn batch_enqueue_reply_lost_answers_outcome_unknown_and_keeps_the_whole_ba
     let mut payloads: Vec<String> = items(&w.admin, "jobs").await.into_iter().map(|i| i.payload).collect();
     payloads.sort();
     assert_eq!(payloads, batch, "all of the batch, once (a multi is all or nothing)");
+    // Resolved by the sidecar: 201 with the ids of the batch as stored, nothing to retry.
+    assert_eq!(status, 201, "{body}");
+    let mut stored_ids: Vec<String> = items(&w.admin, "jobs").await.into_iter().map(|i| i.id).collect();
+    let mut answered_ids: Vec<String> =
+        body["ids"].as_array().unwrap().iter().map(|i| i.as_str().unwrap().to_owned()).collect();
+    stored_ids.sort();
+    answered_ids.sort();
+    assert_eq!(answered_ids, stored_ids, "{body}");
     let mut expected = batch.clone();
-    if status != 201 {
-        // As for a single enqueue: the retry the 503 asks for enqueues the batch again.
-        assert_outcome_unknown(status, &body);
-        let (status, body) = w.pod.enqueue_batch("jobs", &batch).await.unwrap();
-        assert_eq!(status, 201, "{body}");
-        assert_eq!(items(&w.admin, "jobs").await.len(), 6, "documented: 503 + retry = the batch twice");
-        expected.extend(batch.clone());
-    }
     let mut consumed = Vec::new();
     for _ in 0..expected.len() {
         consumed.push(consume(&w.pod, "jobs").await);
@@ -447,15 +435,13 @@ async fn delayed_nack_reply_lost_answers_requeued_and_moves_the_item_once() {
     answered("delayed nack", status, &body);
     assert_eq!(fired.operations().len(), 4, "{:?}", fired.operations());
 
-    // The new id is unknown after a lost reply (newId null); the outcome is known.
+    // The outcome and the new id are found again by the move's create id.
     assert_eq!((status, body["outcome"].as_str()), (200, Some("requeued")), "{body}");
     let stored = items(&w.admin, "jobs").await;
     assert_eq!(stored.len(), 1, "moved once, not lost, not copied: {stored:?}");
     assert_ne!(stored[0].id, item.id, "moved to the bucket of its due time");
     assert_eq!(stored[0].carried.as_ref().map(|a| a.attempt), Some(1), "carrying its history");
-    if let Some(new_id) = body["newId"].as_str() {
-        assert_eq!(new_id, stored[0].id);
-    }
+    assert_eq!(body["newId"].as_str(), Some(stored[0].id.as_str()), "{body}");
     let (claims, histories, _) = leftovers(&w.admin, "jobs").await;
     assert!(claims.is_empty() && histories.is_empty(), "no orphan claim or history: {claims:?} {histories:?}");
     let again = w.pod.next("jobs", "10s").await.unwrap().expect("delivered after its delay");

@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use self::item::{Attempts, DeadLetter, Envelope, ItemId, bucket_name, decode, encode, now_ms};
+use self::item::{Attempts, DeadLetter, Envelope, ItemId, bucket_name, decode, encode, new_create_id, now_ms};
 use self::view::{Next, QueueView};
 use crate::config::{ConfigError, QueueConfig};
 use crate::layout::QueuePaths;
@@ -99,6 +99,7 @@ fn envelope_for(item: &NewItem, now: u64) -> Envelope {
         due_ms: now + item.delay.as_millis() as u64,
         original_id: None,
         carried: None,
+        create_id: new_create_id(),
     }
 }
 
@@ -113,30 +114,37 @@ async fn ensure_bucket(client: &zk::Client, paths: &QueuePaths, bucket: &str) ->
 
 /// Enqueues items: one create for a single item, one multi (all or none) for several.
 /// Returns their ids in order.
+///
+/// A create whose reply was lost is looked for by its create id once the connection is
+/// back: found, its id is returned; not there, the create is sent again. So one `Ok` is
+/// one stored item (or batch), also across lost replies.
 pub async fn enqueue(client: &zk::Client, paths: &QueuePaths, items: &[NewItem]) -> Result<Vec<ItemId>, QueueError> {
     let now = now_ms();
-    let prepared: Vec<(String, Vec<u8>)> = items
+    let prepared: Vec<(String, Envelope, Vec<u8>)> = items
         .iter()
         .map(|item| {
             let envelope = envelope_for(item, now);
-            (bucket_name(item.priority, envelope.due_ms), encode(&envelope, &item.payload))
+            let data = encode(&envelope, &item.payload);
+            (bucket_name(item.priority, envelope.due_ms), envelope, data)
         })
         .collect();
     let options = zk::CreateMode::PersistentSequential.with_acls(paths.acl.acls());
-    for attempt in 0..3 {
-        let result = if let [(bucket, data)] = prepared.as_slice() {
+    let deadline = tokio::time::Instant::now() + client.session_timeout();
+    let mut missing_buckets = 0;
+    loop {
+        let result = if let [(bucket, _, data)] = prepared.as_slice() {
             let prefix = format!("{}/item-", paths.bucket(bucket));
             client.create(&prefix, data, &options).await.map(|(_, seq)| vec![(bucket.clone(), seq.to_string())])
         } else {
             let mut multi = client.new_multi_writer();
-            for (bucket, data) in &prepared {
+            for (bucket, _, data) in &prepared {
                 multi.add_create(&format!("{}/item-", paths.bucket(bucket)), data, &options)?;
             }
             multi.commit().await.map_err(zk::Error::from).and_then(|results| {
                 results
                     .into_iter()
                     .zip(&prepared)
-                    .map(|(r, (bucket, _))| match r {
+                    .map(|(r, (bucket, _, _))| match r {
                         zk::MultiWriteResult::Create { path, .. } => {
                             let seq = path.rsplit("item-").next().unwrap_or_default().to_owned();
                             Ok((bucket.clone(), seq))
@@ -150,17 +158,81 @@ pub async fn enqueue(client: &zk::Client, paths: &QueuePaths, items: &[NewItem])
             Ok(created) => {
                 return Ok(created.into_iter().map(|(bucket, seq)| ItemId { bucket, seq }).collect());
             }
-            Err(zk::Error::NoNode) if attempt < 2 => {
-                let buckets: HashSet<&String> = prepared.iter().map(|(b, _)| b).collect();
+            Err(zk::Error::NoNode) if missing_buckets < 2 => {
+                missing_buckets += 1;
+                let buckets: HashSet<&String> = prepared.iter().map(|(b, _, _)| b).collect();
                 for bucket in buckets {
                     ensure_bucket(client, paths, bucket).await?;
                 }
             }
             Err(zk::Error::NoNode) => return Err(QueueError::NotProvisioned(paths.base.clone())),
+            Err(err) if crate::errors::outcome_unknown(&err) && tokio::time::Instant::now() < deadline => {
+                // All or none: the first item tells whether the create (or multi) landed.
+                let (bucket, envelope, _) = &prepared[0];
+                let Some(first) = find_created(client, paths, bucket, envelope, deadline).await? else {
+                    tracing::debug!(error = %err, "enqueue interrupted and not applied; sending it again");
+                    continue;
+                };
+                if prepared.len() == 1 {
+                    return Ok(vec![first]);
+                }
+                let mut ids = Vec::with_capacity(prepared.len());
+                for (bucket, envelope, _) in &prepared {
+                    match find_created(client, paths, bucket, envelope, deadline).await? {
+                        Some(id) => ids.push(id),
+                        None => return Err(err.into()), // cannot be: a multi is all or none
+                    }
+                }
+                return Ok(ids);
+            }
             Err(err) => return Err(err.into()),
         }
     }
-    unreachable!("the loop returns on its last attempt")
+}
+
+/// After a create whose reply was lost: waits for the connection, brings the server up to
+/// date (`sync`), and looks for the item with `envelope`'s create id in its bucket. Some
+/// when the create was applied; None when it was not (and so may be sent again).
+async fn find_created(
+    client: &zk::Client,
+    paths: &QueuePaths,
+    bucket: &str,
+    envelope: &Envelope,
+    deadline: tokio::time::Instant,
+) -> Result<Option<ItemId>, QueueError> {
+    let Some(create_id) = envelope.create_id.as_deref() else { return Ok(None) };
+    let bucket_path = paths.bucket(bucket);
+    loop {
+        let found = async {
+            client.sync(&bucket_path).await?;
+            let mut nodes = match client.list_children(&bucket_path).await {
+                Ok(nodes) => nodes,
+                Err(zk::Error::NoNode) => return Ok(None),
+                Err(err) => return Err(err),
+            };
+            // Newest first: the lost create is among the last of its bucket. One read at
+            // a time, as items may be up to a megabyte each.
+            nodes.sort_unstable_by(|a, b| b.cmp(a));
+            for node in nodes {
+                let data = match client.get_data(&format!("{bucket_path}/{node}")).await {
+                    Ok((data, _)) => data,
+                    Err(zk::Error::NoNode) => continue,
+                    Err(err) => return Err(err),
+                };
+                if decode(&data).is_some_and(|(e, _)| e.create_id.as_deref() == Some(create_id)) {
+                    return Ok(ItemId::from_node(bucket, &node));
+                }
+            }
+            Ok(None)
+        };
+        match found.await {
+            Ok(found) => return Ok(found),
+            Err(err) if crate::errors::outcome_unknown(&err) && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(err) => return Err(err.into()),
+        }
+    }
 }
 
 /// An item as read for a claim or a nack: one multi-read of the item and its history.
@@ -384,7 +456,7 @@ async fn move_to_dead(
     claim: ClaimCheck,
 ) -> Result<(), QueueError> {
     let letter = DeadLetter {
-        envelope: Envelope { carried: None, ..item.envelope.clone() },
+        envelope: Envelope { carried: None, create_id: None, ..item.envelope.clone() },
         attempts: item.attempts.clone(),
         dead_at_ms: now_ms(),
         reason: reason.to_owned(),
@@ -393,21 +465,44 @@ async fn move_to_dead(
     data.push(b'\n');
     data.extend_from_slice(&item.payload);
     let id_text = item.id.to_string();
-    let mut multi = client.new_multi_writer();
-    multi.add_delete(&item.path, Some(item.version))?;
-    if let Some(version) = item.attempts_version {
-        multi.add_delete(&paths.attempts_of(&id_text), Some(version))?;
-    }
-    match claim {
-        ClaimCheck::Ours => multi.add_delete(&paths.claim(&id_text), None)?,
-        ClaimCheck::NoneHeld => {
-            multi.add_create(&paths.claim(&id_text), b"", &zk::CreateMode::Persistent.with_acls(paths.acl.acls()))?;
-            multi.add_delete(&paths.claim(&id_text), None)?;
+    let deadline = tokio::time::Instant::now() + client.session_timeout();
+    let mut retried = false;
+    loop {
+        let mut multi = client.new_multi_writer();
+        multi.add_delete(&item.path, Some(item.version))?;
+        if let Some(version) = item.attempts_version {
+            multi.add_delete(&paths.attempts_of(&id_text), Some(version))?;
+        }
+        match claim {
+            ClaimCheck::Ours => multi.add_delete(&paths.claim(&id_text), None)?,
+            ClaimCheck::NoneHeld => {
+                let open = zk::CreateMode::Persistent.with_acls(paths.acl.acls());
+                multi.add_create(&paths.claim(&id_text), b"", &open)?;
+                multi.add_delete(&paths.claim(&id_text), None)?;
+            }
+        }
+        let dead = zk::CreateMode::Persistent.with_acls(paths.acl.acls());
+        multi.add_create(&paths.dead_item(&id_text), &data, &dead)?;
+        match multi.commit().await {
+            Ok(_) => return Ok(()),
+            // With our claim, nobody else moves the item: a retry that finds it gone and
+            // the dead letter there finds our own first attempt applied.
+            Err(zk::MultiWriteError::OperationFailed { source: zk::Error::NoNode | zk::Error::NodeExists, .. })
+                if retried && client.check_stat(&paths.dead_item(&id_text)).await?.is_some() =>
+            {
+                return Ok(());
+            }
+            Err(zk::MultiWriteError::RequestFailed { source })
+                if claim == ClaimCheck::Ours
+                    && crate::errors::outcome_unknown(&source)
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                retried = true;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(err) => return Err(zk::Error::from(err).into()),
         }
     }
-    multi.add_create(&paths.dead_item(&id_text), &data, &zk::CreateMode::Persistent.with_acls(paths.acl.acls()))?;
-    multi.commit().await.map_err(zk::Error::from)?;
-    Ok(())
 }
 
 /// What a multi on a claimed item did.
@@ -556,7 +651,13 @@ pub async fn nack(
     // Delayed: the item moves to the bucket of its new due time, carrying its history.
     let due = now_ms() + delay.as_millis() as u64;
     let original_id = Some(item.envelope.original_id.clone().unwrap_or_else(|| id_text.clone()));
-    let moved = Envelope { due_ms: due, original_id, carried: Some(item.attempts), ..item.envelope };
+    let moved = Envelope {
+        due_ms: due,
+        original_id,
+        carried: Some(item.attempts),
+        create_id: new_create_id(),
+        ..item.envelope
+    };
     let bucket = bucket_name(moved.priority, due);
     ensure_bucket(client, paths, &bucket).await?;
     let item_path = item.path.clone();
@@ -574,7 +675,11 @@ pub async fn nack(
     {
         Committed::Applied(results) => results,
         // Our first attempt moved it; its reply, with the new id, was lost.
-        Committed::Gone { retried: true } => Vec::new(),
+        Committed::Gone { retried: true } => {
+            let deadline = tokio::time::Instant::now() + client.session_timeout();
+            let new_id = find_created(client, paths, &bucket, &moved, deadline).await?;
+            return Ok(NackOutcome::Requeued { id: new_id });
+        }
         Committed::Gone { retried: false } => {
             settle_gone(client, paths, id, &item_path).await?;
             Vec::new()
@@ -642,38 +747,70 @@ pub async fn dead_letter(client: &zk::Client, paths: &QueuePaths, id: &str) -> R
 }
 
 /// Moves a dead letter back into the queue (ready now, attempts reset). Returns its new id.
+///
+/// A reply lost after the move was applied is resolved here: the dead letter is gone and
+/// the item with this move's create id is in its bucket; if the move was not applied, it
+/// is sent again.
 pub async fn requeue_dead(client: &zk::Client, paths: &QueuePaths, dead_id: &str) -> Result<ItemId, QueueError> {
-    let (data, stat) = match client.get_data(&paths.dead_item(dead_id)).await {
-        Ok(found) => found,
-        Err(zk::Error::NoNode) => return Err(QueueError::NoSuchDeadLetter(dead_id.to_owned())),
-        Err(err) => return Err(err.into()),
-    };
-    let newline =
-        data.iter().position(|b| *b == b'\n').ok_or_else(|| QueueError::NoSuchDeadLetter(dead_id.to_owned()))?;
-    let letter: DeadLetter =
-        serde_json::from_slice(&data[..newline]).map_err(|_| QueueError::NoSuchDeadLetter(dead_id.to_owned()))?;
-    let payload = &data[newline + 1..];
-    let now = now_ms();
-    let original_id = Some(letter.envelope.original_id.clone().unwrap_or_else(|| dead_id.to_owned()));
-    let envelope = Envelope { due_ms: now, original_id, carried: None, ..letter.envelope };
-    let bucket = bucket_name(envelope.priority, now);
-    ensure_bucket(client, paths, &bucket).await?;
-    let mut multi = client.new_multi_writer();
-    multi.add_delete(&paths.dead_item(dead_id), Some(stat.version))?;
-    multi.add_create(
-        &format!("{}/item-", paths.bucket(&bucket)),
-        &encode(&envelope, payload),
-        &zk::CreateMode::PersistentSequential.with_acls(paths.acl.acls()),
-    )?;
-    let results = multi.commit().await.map_err(zk::Error::from)?;
-    let seq = results
-        .into_iter()
-        .find_map(|r| match r {
-            zk::MultiWriteResult::Create { path, .. } => path.rsplit("item-").next().map(str::to_owned),
-            _ => None,
-        })
-        .unwrap_or_default();
-    Ok(ItemId { bucket, seq })
+    let deadline = tokio::time::Instant::now() + client.session_timeout();
+    // Set once a move was sent and its outcome is unknown: (bucket, envelope) to look for.
+    let mut sent: Option<(String, Envelope)> = None;
+    loop {
+        let read = match client.get_data(&paths.dead_item(dead_id)).await {
+            Ok(found) => Some(found),
+            Err(zk::Error::NoNode) => None,
+            Err(err)
+                if crate::errors::outcome_unknown(&err) && sent.is_some() && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            Err(err) => return Err(err.into()),
+        };
+        let Some((data, stat)) = read else {
+            return match &sent {
+                Some((bucket, envelope)) => find_created(client, paths, bucket, envelope, deadline)
+                    .await?
+                    .ok_or_else(|| QueueError::NoSuchDeadLetter(dead_id.to_owned())),
+                None => Err(QueueError::NoSuchDeadLetter(dead_id.to_owned())),
+            };
+        };
+        let letter =
+            parse_dead_letter(dead_id, &data).ok_or_else(|| QueueError::NoSuchDeadLetter(dead_id.to_owned()))?;
+        let now = now_ms();
+        let original_id = Some(letter.letter.envelope.original_id.clone().unwrap_or_else(|| dead_id.to_owned()));
+        let envelope =
+            Envelope { due_ms: now, original_id, carried: None, create_id: new_create_id(), ..letter.letter.envelope };
+        let bucket = bucket_name(envelope.priority, now);
+        ensure_bucket(client, paths, &bucket).await?;
+        let mut multi = client.new_multi_writer();
+        multi.add_delete(&paths.dead_item(dead_id), Some(stat.version))?;
+        multi.add_create(
+            &format!("{}/item-", paths.bucket(&bucket)),
+            &encode(&envelope, &letter.payload),
+            &zk::CreateMode::PersistentSequential.with_acls(paths.acl.acls()),
+        )?;
+        match multi.commit().await {
+            Ok(results) => {
+                let seq = results
+                    .into_iter()
+                    .find_map(|r| match r {
+                        zk::MultiWriteResult::Create { path, .. } => path.rsplit("item-").next().map(str::to_owned),
+                        _ => None,
+                    })
+                    .unwrap_or_default();
+                return Ok(ItemId { bucket, seq });
+            }
+            Err(zk::MultiWriteError::RequestFailed { source })
+                if crate::errors::outcome_unknown(&source) && tokio::time::Instant::now() < deadline =>
+            {
+                // The next read tells: the letter still there (same version) was not moved.
+                sent = Some((bucket, envelope));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(err) => return Err(zk::Error::from(err).into()),
+        }
+    }
 }
 
 /// Counts from ZooKeeper: one stat per bucket, plus claims and dead letters.
