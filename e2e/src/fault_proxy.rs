@@ -79,6 +79,9 @@ pub enum Outcome {
     Refused,
     /// Whatever the server answered.
     Any,
+    /// The request never reaches the server: the connection is closed instead of
+    /// forwarding it, so the write is certainly not applied (`Fired::applied` false).
+    NotSent,
 }
 
 /// Which client request to lose the reply of.
@@ -162,6 +165,7 @@ impl Rule {
             Outcome::Applied => applied,
             Outcome::Refused => !applied,
             Outcome::Any => true,
+            Outcome::NotSent => false,
         }
     }
 }
@@ -352,6 +356,18 @@ async fn client_to_server(
             write_frame(&mut to, &frame).await?;
             continue;
         };
+        if rule.outcome == Outcome::NotSent {
+            shared.lost.fetch_add(1, Ordering::SeqCst);
+            tracing::info!(
+                opcode = header.opcode,
+                xid = header.xid,
+                "fault proxy: request dropped, closing the connection"
+            );
+            let fired =
+                Fired { opcode: header.opcode, xid: header.xid, zxid: 0, err: 0, applied: false, body: body.to_vec() };
+            let _ = rule.fired.send(fired);
+            return Ok(());
+        }
         let (verdict, go_on) = oneshot::channel();
         *pending.lock().expect("not poisoned") =
             Some(Pending { xid: header.xid, opcode: header.opcode, body: body.to_vec(), rule, verdict });

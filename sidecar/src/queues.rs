@@ -192,9 +192,16 @@ impl QueueService {
                     return Err(QueueError::NotProvisioned(self.paths(queue).base).into());
                 }
                 while handed.len() < max {
-                    match self.claim_one(queue, &view, &config).await? {
-                        Some(item) => handed.push(item),
-                        None => break,
+                    match self.claim_one(queue, &view, &config).await {
+                        Ok(Some(item)) => handed.push(item),
+                        Ok(None) => break,
+                        // What is claimed is this app's to process: hand it out rather than
+                        // leave it claimed, unseen, until the visibility timeout.
+                        Err(err) if !handed.is_empty() => {
+                            tracing::warn!(queue = %queue, claimed = handed.len(), error = %err, "claiming more items failed; handing out those claimed");
+                            return Ok(handed);
+                        }
+                        Err(err) => return Err(err),
                     }
                 }
                 if !handed.is_empty() {

@@ -23,7 +23,7 @@ mod common;
 use std::time::Duration;
 
 use common::{SIDECAR, eventually};
-use paddock_e2e::fault_proxy::{Fired, Match, op};
+use paddock_e2e::fault_proxy::{Fired, Match, Outcome, op};
 use paddock_e2e::process::Sidecar;
 use paddock_e2e::{Acquire, Ensemble, FaultProxy, PodClient, SidecarOptions, init_tracing, provision};
 use paddock_recipes::queue::item::{Attempts, decode};
@@ -366,6 +366,45 @@ async fn claim_reply_lost_delivers_the_item_it_claimed_once() {
     assert_eq!(attempts(&w.admin, "jobs", &item.id).await.unwrap().attempt, 1, "the attempt is counted once");
     assert!(w.pod.next("jobs", "0s").await.unwrap().is_none(), "not delivered a second time");
     assert_eq!(w.pod.settle("jobs", &item.id, "ack", "").await.unwrap().0, 200, "and the app can ack it");
+    assert_drained(&w, "jobs").await;
+}
+
+/// `max=3`: the second claim never reaches ZooKeeper (its connection drops first), so it
+/// fails. The first item, already claimed, must be handed out, not dropped with the error
+/// and left claimed (an attempt used up) until the visibility timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_claim_that_fails_midway_hands_out_what_it_claimed() {
+    let w = world(&[], &[("jobs", queue_config(5))]).await;
+    let mut ids = Vec::new();
+    for payload in ["first", "second", "third"] {
+        let (status, body) = w.pod.enqueue("jobs", payload).await.unwrap();
+        assert_eq!(status, 201, "{body}");
+        ids.push(body["id"].as_str().unwrap().to_owned());
+    }
+    let claim_of_second = format!("/claims/{}", ids[1]);
+    let lost = w.proxy.lose_next_reply(Match {
+        opcodes: &[op::MULTI],
+        body_contains: Some(&claim_of_second),
+        outcome: Outcome::NotSent,
+    });
+    let response = w.pod.http().get(w.pod.url("/queue/next?queue=jobs&max=3&wait=5s")).send().await.unwrap();
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.unwrap_or_default();
+    let fired = lost.wait(FIRED_WITHIN).await.expect("the second claim was dropped");
+    assert!(!fired.applied);
+    answered("next max=3", status, &body);
+    assert_eq!(status, 200, "the claimed item is handed out: {body}");
+    let handed: Vec<&str> = body["items"].as_array().unwrap().iter().map(|i| i["id"].as_str().unwrap()).collect();
+    assert_eq!(handed, [ids[0].as_str()], "{body}");
+    ready(&w.pod).await;
+
+    // The others were never claimed: delivered next, on their first attempt.
+    for expected in &ids[1..] {
+        let item = w.pod.next("jobs", "10s").await.unwrap().expect("the unclaimed items come next");
+        assert_eq!((item.id.as_str(), item.attempt), (expected.as_str(), 1));
+        assert_eq!(w.pod.settle("jobs", &item.id, "ack", "").await.unwrap().0, 200);
+    }
+    assert_eq!(w.pod.settle("jobs", &ids[0], "ack", "").await.unwrap().0, 200, "the first is the app's to ack");
     assert_drained(&w, "jobs").await;
 }
 
