@@ -108,6 +108,8 @@ pub enum LockServiceError {
     Session(#[from] SessionError),
     #[error("owner {owner} is already waiting for lock {name}")]
     AlreadyWaiting { name: Name, owner: String },
+    #[error("owner {owner} holds lock {name} shared and asked for it exclusive")]
+    HeldShared { name: Name, owner: String },
     #[error("lock {name} is not held by owner {owner}")]
     NotHeld { name: Name, owner: String },
     #[error("lock {name} was lost ({}) before this request; acquire it again", reason.as_str())]
@@ -208,6 +210,11 @@ impl LockService {
         let reentrant = {
             let mut table = inner.table.lock().expect("not poisoned");
             match table.get(&key) {
+                // A shared hold cannot be upgraded in place (two readers upgrading would
+                // wait on each other forever); an exclusive hold covers a shared ask.
+                Some(Entry::Held(held)) if held.held.mode == LockMode::Shared && mode == LockMode::Exclusive => {
+                    return Err(LockServiceError::HeldShared { name, owner });
+                }
                 Some(Entry::Held(_)) => true,
                 Some(Entry::Waiting) => return Err(LockServiceError::AlreadyWaiting { name, owner }),
                 Some(Entry::Lost(_)) | None => {

@@ -517,3 +517,31 @@ async fn curator_interprocess_mutex_and_the_sidecar_exclude_each_other() {
     let got = tokio::task::spawn_blocking(move || curator.acquire(5000).unwrap()).await.unwrap();
     assert!(got, "Curator acquires after the sidecar released");
 }
+
+/// Re-acquiring answers for the mode asked: a reader asking for exclusive is refused (no
+/// upgrade in place), and nobody else's shared hold is mistaken for exclusive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn re_acquiring_respects_the_mode() {
+    let ensemble = setup(&[("rw", 1)]).await;
+    let (_a, pod) = sidecar(&ensemble, "pod-a", NS, SESSION).await;
+    let shared = pod.acquire_with(json!({"name": "rw", "owner": "app", "mode": "shared"})).await.unwrap();
+    let Acquire::Acquired { token, .. } = shared else { panic!("shared grant: {shared:?}") };
+    let other = pod.acquire_with(json!({"name": "rw", "owner": "reader-2", "mode": "shared"})).await.unwrap();
+    assert!(matches!(other, Acquire::Acquired { .. }), "readers share: {other:?}");
+
+    let upgrade = pod.acquire_with(json!({"name": "rw", "owner": "app", "mode": "exclusive"})).await.unwrap();
+    match upgrade {
+        Acquire::Failed { status: 409, body } => assert_eq!(body["error"], "lock-held-shared", "{body}"),
+        other => panic!("a shared holder asking for exclusive was answered {other:?}"),
+    }
+    // Still held shared, same token; released, an exclusive ask is a fresh acquire.
+    let again = pod.acquire_with(json!({"name": "rw", "owner": "app", "mode": "shared"})).await.unwrap();
+    let Acquire::Acquired { token: same, body } = again else { panic!("{again:?}") };
+    assert_eq!((same, body["reentrant"].as_bool(), body["mode"].as_str()), (token, Some(true), Some("shared")));
+    assert_eq!(pod.release("rw", "app").await.unwrap().0, 200);
+    assert_eq!(pod.release("rw", "reader-2").await.unwrap().0, 200);
+    let exclusive = pod.acquire_with(json!({"name": "rw", "owner": "app", "mode": "exclusive"})).await.unwrap();
+    let Acquire::Acquired { token: writer, body } = exclusive else { panic!("{exclusive:?}") };
+    assert!(writer > token);
+    assert_eq!((body["reentrant"].as_bool(), body["mode"].as_str()), (Some(false), Some("exclusive")));
+}

@@ -182,6 +182,13 @@ fn lock_error(state: &AppState, name: &Name, err: LockServiceError) -> ApiError 
                  wait for it, or use a different \"owner\" per worker"
             ),
         ),
+        LockServiceError::HeldShared { owner, .. } => ApiError::conflict(
+            "lock-held-shared",
+            format!(
+                "owner {owner} holds lock {name} in shared mode and asked for it exclusive; a shared hold \
+                 cannot be upgraded in place: release it (DELETE /lock/{name}?owner={owner}), then acquire exclusive"
+            ),
+        ),
         LockServiceError::NotHeld { owner, .. } => ApiError::not_found(
             "lock-not-held",
             format!("lock {name} in namespace {ns} is not held by owner {owner}; nothing to release or renew"),
