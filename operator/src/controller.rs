@@ -3,8 +3,9 @@
 //! watch on Paddock's ZooKeeper subtree re-reconciles the resource whose znodes changed,
 //! so `kubectl get` shows holders and depth within a second of a change.
 //!
-//! Errors: an invalid spec sets `Ready=False` (InvalidSpec) and waits for a change;
-//! ZooKeeper trouble sets `Ready=False` (ZooKeeperUnavailable) and retries with back-off.
+//! Errors ([`crate::error`]): each says which step failed where, with its own reason on
+//! the condition, the Event and the failure metric. An invalid spec sets `Ready=False`
+//! and waits for a change; anything else is retried with back-off.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -28,6 +29,8 @@ use prometheus_client::metrics::histogram::Histogram;
 use serde_json::json;
 
 use crate::crd::{DistributedLock, DistributedLockStatus, WorkQueue, WorkQueueStatus};
+pub use crate::error::Error;
+use crate::error::{At, Step};
 use crate::reconcile::cleanup::Cleanup;
 use crate::reconcile::{Identities, apply, build, cleanup, observe};
 
@@ -36,31 +39,6 @@ pub const FINALIZER: &str = "paddock.dev/znodes";
 pub const CREDENTIALS_SECRET: &str = "paddock-zookeeper-credentials";
 /// The Secret's key holding `user:password`.
 pub const CREDENTIALS_KEY: &str = "credentials";
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("invalid spec: {0}")]
-    InvalidSpec(String),
-    #[error("ZooKeeper: {0}")]
-    ZooKeeper(String),
-    #[error("Kubernetes API: {0}")]
-    Kube(#[from] kube::Error),
-}
-
-impl Error {
-    /// A short, stable category for conditions, Events and metrics.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            Error::InvalidSpec(_) => "InvalidSpec",
-            Error::ZooKeeper(_) => "ZooKeeperUnavailable",
-            Error::Kube(_) => "KubernetesApiError",
-        }
-    }
-}
-
-fn zk_error(err: impl std::fmt::Display) -> Error {
-    Error::ZooKeeper(err.to_string())
-}
 
 /// Prometheus metrics of the controllers (served at `/metrics`).
 pub struct Metrics {
@@ -154,15 +132,28 @@ impl Context {
         }
     }
 
+    /// The operator's ZooKeeper user, as errors name it.
+    fn operator_user(&self) -> String {
+        self.operator.acl_id().split(':').next().unwrap_or_default().to_owned()
+    }
+
+    fn at(&self, step: Step, path: &str, namespace: &str) -> At {
+        At::new(step, path, namespace, &self.operator_user())
+    }
+
     /// The namespace's identity from its Secret (created on first use), added to the
     /// operator's ZooKeeper session so it can read what the namespace's sidecars create.
     async fn identities(&self, namespace: &str) -> Result<(Identities, zk::Client), Error> {
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
-        let identity = match secrets.get_opt(CREDENTIALS_SECRET).await? {
+        let identity = match secrets
+            .get_opt(CREDENTIALS_SECRET)
+            .await
+            .map_err(Error::kube(format!("reading Secret {CREDENTIALS_SECRET}"), namespace))?
+        {
             Some(secret) => {
                 let raw = secret.data.and_then(|d| d.get(CREDENTIALS_KEY).cloned()).map(|b| b.0).unwrap_or_default();
                 DigestIdentity::parse(&String::from_utf8_lossy(&raw))
-                    .map_err(|e| Error::InvalidSpec(format!("Secret {CREDENTIALS_SECRET}: {e}")))?
+                    .map_err(|e| Error::BadCredentials { namespace: namespace.to_owned(), reason: e.to_string() })?
             }
             None => {
                 let identity = DigestIdentity::generate(&format!("paddock-ns-{namespace}"));
@@ -176,14 +167,15 @@ impl Context {
                     Ok(_) => identity,
                     // Created by a concurrent reconcile: use that one.
                     Err(kube::Error::Api(e)) if e.code == 409 => return Box::pin(self.identities(namespace)).await,
-                    Err(e) => return Err(e.into()),
+                    Err(e) => return Err(Error::kube(format!("creating Secret {CREDENTIALS_SECRET}"), namespace)(e)),
                 }
             }
         };
-        let current = self.session.client().map_err(zk_error)?;
+        let at = self.at(Step::Authenticate, &format!("{}/{namespace}", self.layout.root()), namespace);
+        let current = self.session.client().map_err(|e| at.clone().session(e))?;
         let key = (current.generation, namespace.to_owned());
         if !self.authed.lock().expect("not poisoned").contains(&key) {
-            current.client.auth("digest", identity.credentials().as_bytes()).await.map_err(zk_error)?;
+            current.client.auth("digest", identity.credentials().as_bytes()).await.map_err(|e| at.zk(e))?;
             self.authed.lock().expect("not poisoned").insert(key);
         }
         Ok((Identities { namespace: identity, operator: self.operator.clone() }, current.client))
@@ -193,7 +185,7 @@ impl Context {
         let event =
             KubeEvent { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary: None };
         if let Err(err) = self.recorder.publish(&event, &obj.object_ref(&())).await {
-            tracing::warn!(error = %err, "could not publish an Event");
+            tracing::warn!(error = %err, reason, "could not publish an Event");
         }
     }
 }
@@ -221,11 +213,15 @@ fn names(obj: &impl ResourceExt) -> Result<(Name, Name), Error> {
     Ok((ns, name))
 }
 
-async fn patch_status<K>(api: &Api<K>, name: &str, status: serde_json::Value) -> Result<(), Error>
+async fn patch_status<K>(api: &Api<K>, obj: &K, status: serde_json::Value) -> Result<(), Error>
 where
-    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
-    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&json!({ "status": status }))).await?;
+    let name = obj.meta().name.clone().unwrap_or_default();
+    let namespace = obj.meta().namespace.clone().unwrap_or_default();
+    api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&json!({ "status": status })))
+        .await
+        .map_err(Error::kube(format!("writing the status of {} {name}", K::kind(&())), &namespace))?;
     Ok(())
 }
 
@@ -264,7 +260,8 @@ async fn reconcile_lock_inner(lock: Arc<DistributedLock>, ctx: Arc<Context>) -> 
             Finalizer::Cleanup(lock) => {
                 let (ns, name) = names(&*lock)?;
                 let (_, client) = ctx.identities(ns.as_str()).await?;
-                cleanup::lock(&client, &ctx.layout.lock(&ns, &name)).await.map_err(zk_error)?;
+                let path = ctx.layout.lock(&ns, &name);
+                cleanup::lock(&client, &path).await.map_err(|e| ctx.at(Step::Cleanup, &path, ns.as_str()).zk(e))?;
                 ctx.event(&*lock, EventType::Normal, "Deleted", "the lock's znodes were removed".into()).await;
                 Ok(Action::await_change())
             }
@@ -279,8 +276,12 @@ async fn apply_lock(lock: &DistributedLock, ctx: &Context) -> Result<Action, Err
     let (ids, client) = ctx.identities(ns.as_str()).await?;
     let desired =
         build::lock(&ctx.layout, &ns, &name, &lock.spec, &ids).map_err(|e| Error::InvalidSpec(e.to_string()))?;
-    apply::lock(&client, &ctx.layout, &ns, &name, &desired).await.map_err(zk_error)?;
-    let (holders, waiters) = observe::lock(&client, &desired.path, lock.spec.max_holders).await.map_err(zk_error)?;
+    apply::lock(&client, &ctx.layout, &ns, &name, &desired)
+        .await
+        .map_err(|e| ctx.at(Step::Provision, &e.path, ns.as_str()).zk(e.source))?;
+    let (holders, waiters) = observe::lock(&client, &desired.path, lock.spec.max_holders)
+        .await
+        .map_err(|e| ctx.at(Step::Observe, &desired.path, ns.as_str()).lock(e))?;
     let generation = lock.metadata.generation;
     let status = DistributedLockStatus {
         path: Some(desired.path),
@@ -290,7 +291,7 @@ async fn apply_lock(lock: &DistributedLock, ctx: &Context) -> Result<Action, Err
         conditions: vec![condition(true, "Provisioned", "znodes in place".into(), generation)],
     };
     let api: Api<DistributedLock> = Api::namespaced(ctx.client.clone(), ns.as_str());
-    patch_status(&api, name.as_str(), serde_json::to_value(status).expect("status serializes")).await?;
+    patch_status(&api, lock, serde_json::to_value(status).expect("status serializes")).await?;
     Ok(Action::requeue(Duration::from_secs(300)))
 }
 
@@ -303,7 +304,10 @@ async fn reconcile_queue_inner(queue: Arc<WorkQueue>, ctx: Arc<Context>) -> Resu
                 let (ns, name) = names(&*queue)?;
                 let (_, client) = ctx.identities(ns.as_str()).await?;
                 let paths = ctx.layout.queue(&ns, &name);
-                match cleanup::queue(&client, &paths, queue.spec.deletion_policy).await.map_err(zk_error)? {
+                let outcome = cleanup::queue(&client, &paths, queue.spec.deletion_policy)
+                    .await
+                    .map_err(|e| ctx.at(Step::Cleanup, &paths.base, ns.as_str()).queue(e))?;
+                match outcome {
                     Cleanup::Deleted => {
                         ctx.event(&*queue, EventType::Normal, "Deleted", "the queue's znodes were removed".into()).await
                     }
@@ -329,8 +333,12 @@ async fn apply_queue(queue: &WorkQueue, ctx: &Context) -> Result<Action, Error> 
     let (ids, client) = ctx.identities(ns.as_str()).await?;
     let desired =
         build::queue(&ctx.layout, &ns, &name, &queue.spec, &ids).map_err(|e| Error::InvalidSpec(e.to_string()))?;
-    apply::queue(&client, &ctx.layout, &ns, &name, &desired).await.map_err(zk_error)?;
-    let stats = observe::queue(&client, &ctx.layout.queue(&ns, &name)).await.map_err(zk_error)?;
+    apply::queue(&client, &ctx.layout, &ns, &name, &desired)
+        .await
+        .map_err(|e| ctx.at(Step::Provision, &e.path, ns.as_str()).zk(e.source))?;
+    let paths = ctx.layout.queue(&ns, &name);
+    let stats =
+        observe::queue(&client, &paths).await.map_err(|e| ctx.at(Step::Observe, &paths.base, ns.as_str()).queue(e))?;
     let generation = queue.metadata.generation;
     let status = WorkQueueStatus {
         path: Some(desired.path),
@@ -342,7 +350,7 @@ async fn apply_queue(queue: &WorkQueue, ctx: &Context) -> Result<Action, Error> 
         conditions: vec![condition(true, "Provisioned", "znodes in place".into(), generation)],
     };
     let api: Api<WorkQueue> = Api::namespaced(ctx.client.clone(), ns.as_str());
-    patch_status(&api, name.as_str(), serde_json::to_value(status).expect("status serializes")).await?;
+    patch_status(&api, queue, serde_json::to_value(status).expect("status serializes")).await?;
     Ok(Action::requeue(Duration::from_secs(300)))
 }
 
@@ -358,22 +366,24 @@ where
     K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
     use kube::runtime::finalizer::Error as F;
+    let namespace = obj.meta().namespace.clone().unwrap_or_default();
     let err = match result {
         Ok(action) => return Ok(action),
         Err(F::ApplyFailed(e) | F::CleanupFailed(e)) => e,
-        Err(other) => Error::Kube(kube::Error::Service(other.to_string().into())),
+        Err(F::AddFinalizer(e) | F::RemoveFinalizer(e)) => {
+            Error::kube(format!("updating the finalizers of {} {}", K::kind(&()), obj.name_any()), &namespace)(e)
+        }
+        Err(F::UnnamedObject) => Error::InvalidSpec("the object has no name".into()),
+        Err(F::InvalidFinalizer) => Error::InvalidSpec(format!("invalid finalizer {FINALIZER}")),
     };
     let reason = err.reason();
-    tracing::warn!(object = %obj.meta().name.clone().unwrap_or_default(), reason, error = %err, "reconcile failed");
+    tracing::warn!(kind = %K::kind(&()), namespace, object = %obj.name_any(), reason, error = %err, "reconcile failed");
     let status = json!({ "conditions": [condition(false, reason, err.to_string(), obj.meta().generation)] });
-    if let Err(e) = patch_status(api, &obj.meta().name.clone().unwrap_or_default(), status).await {
+    if let Err(e) = patch_status(api, obj, status).await {
         tracing::warn!(error = %e, "could not set Ready=False");
     }
     ctx.event(obj, EventType::Warning, reason, err.to_string()).await;
-    match err {
-        Error::InvalidSpec(_) => Ok(Action::await_change()),
-        other => Err(other),
-    }
+    if err.retry() { Err(err) } else { Ok(Action::await_change()) }
 }
 
 /// Exponential back-off per object (0.5 s doubling to 60 s), reset by a success. ZooKeeper

@@ -3,6 +3,7 @@
 
 pub mod controller;
 pub mod crd;
+pub mod error;
 pub mod leader;
 pub mod reconcile;
 pub mod validate;

@@ -1,0 +1,121 @@
+//! How the operator reports what goes wrong, with the real binary, a real ZooKeeper and
+//! the Kubernetes API stand-in: a znode the operator may not read is reported as such,
+//! with what to do.
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::api::{Api, PostParams};
+use paddock_e2e::apiserver::ApiServer;
+use paddock_e2e::{Ensemble, Operator, OperatorOptions, eventually, init_tracing, workspace_binary};
+use paddock_operator::crd::{DeletionPolicy, DistributedLock, DistributedLockSpec};
+use paddock_recipes::identity::DigestIdentity;
+use paddock_recipes::zk;
+
+/// A single ZooKeeper server, the stand-in with the CRDs, and one operator.
+struct Setup {
+    ensemble: Ensemble,
+    _api: ApiServer,
+    client: kube::Client,
+    operator_identity: DigestIdentity,
+    _operator: Operator,
+    _dir: tempfile::TempDir,
+}
+
+async fn setup() -> Setup {
+    init_tracing();
+    let ensemble = Ensemble::start_single().await.unwrap();
+    let api = ApiServer::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, api.kubeconfig()).unwrap();
+    paddock_e2e::stack::kubectl(&kubeconfig, &["apply", "-f", "crds/"]).unwrap();
+    let operator_identity = DigestIdentity::generate("paddock-operator");
+    let options = OperatorOptions::new(
+        workspace_binary("paddock-operator"),
+        &kubeconfig,
+        &ensemble.connect_string(),
+        &operator_identity.credentials(),
+    );
+    let operator = Operator::spawn(options).unwrap();
+    let client = api.client().unwrap();
+    Setup { ensemble, _api: api, client, operator_identity, _operator: operator, _dir: dir }
+}
+
+impl Setup {
+    async fn zk_as(&self, credentials: &str) -> zk::Client {
+        zk::Client::connector()
+            .with_auth("digest", credentials.as_bytes())
+            .connect(&self.ensemble.connect_string())
+            .await
+            .unwrap()
+    }
+}
+
+fn ready(conditions: &[Condition]) -> Option<Condition> {
+    conditions.iter().find(|c| c.type_ == "Ready").cloned()
+}
+
+fn lock(name: &str) -> DistributedLock {
+    DistributedLock::new(
+        name,
+        DistributedLockSpec { max_holders: 1, ttl: None, deletion_policy: DeletionPolicy::Retain },
+    )
+}
+
+async fn lock_ready(locks: &Api<DistributedLock>, name: &str) -> Option<Condition> {
+    locks.get_opt(name).await.unwrap().and_then(|l| l.status).and_then(|s| ready(&s.conditions))
+}
+
+/// Issue 12, item 11: a lock whose znode exists with an ACL that leaves the operator out
+/// (made by hand, or under another operator identity). The operator cannot read its
+/// config; it says so (not "ZooKeeper unavailable"), with the path and the namespace,
+/// and an Event says what to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_znode_the_operator_may_not_read_is_reported_with_the_fix() {
+    let setup = setup().await;
+    let locks: Api<DistributedLock> = Api::namespaced(setup.client.clone(), "default");
+    locks.create(&PostParams::default(), &lock("orders")).await.unwrap();
+    eventually(Duration::from_secs(60), "the lock is Ready", || async {
+        lock_ready(&locks, "orders").await.is_some_and(|c| c.status == "True")
+    })
+    .await;
+
+    // Someone else's znode where the operator will provision `foreign`.
+    let admin = setup.zk_as(&setup.operator_identity.credentials()).await;
+    let stranger = DigestIdentity::generate("someone-else");
+    let acl = [zk::Acl::new(zk::Permission::ALL, zk::AuthId::new("digest", &stranger.acl_id()))];
+    let path = "/paddock/default/locks/foreign";
+    admin.create(path, b"{}", &zk::CreateMode::Persistent.with_acls(zk::Acls::new(&acl))).await.unwrap();
+
+    locks.create(&PostParams::default(), &lock("foreign")).await.unwrap();
+    eventually(Duration::from_secs(60), "Ready=False for the foreign znode", || async {
+        lock_ready(&locks, "foreign").await.is_some_and(|c| c.status == "False")
+    })
+    .await;
+    let condition = lock_ready(&locks, "foreign").await.unwrap();
+    assert_eq!(condition.reason, "ZnodeAccessDenied", "{condition:?}");
+    assert!(condition.message.contains(path), "names the znode: {}", condition.message);
+    assert!(condition.message.contains("namespace default"), "names the namespace: {}", condition.message);
+
+    let events: Api<Event> = Api::namespaced(setup.client.clone(), "default");
+    let event = {
+        let mut found = None;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while found.is_none() && Instant::now() < deadline {
+            let list = events.list(&Default::default()).await.unwrap();
+            found = list.items.into_iter().find(|e| {
+                e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("foreign")
+                    && e.reason.as_deref() == Some("ZnodeAccessDenied")
+            });
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        found.expect("a ZnodeAccessDenied Event about the lock foreign")
+    };
+    let note = event.note.unwrap_or_default();
+    assert_eq!(event.type_.as_deref(), Some("Warning"));
+    assert!(note.contains(path) && note.contains("deleteall"), "the Event says what to do: {note}");
+    // The lock that is fine stays Ready: one bad znode does not spoil the others.
+    assert_eq!(lock_ready(&locks, "orders").await.unwrap().status, "True");
+}
