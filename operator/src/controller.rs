@@ -3,6 +3,9 @@
 //! watch on Paddock's ZooKeeper subtree re-reconciles the resource whose znodes changed,
 //! so `kubectl get` shows holders and depth within a second of a change.
 //!
+//! Status: written only when it changed; the Ready condition keeps its
+//! lastTransitionTime unless its status changes (Kubernetes API conventions).
+//!
 //! Errors ([`crate::error`]): each says which step failed where, with its own reason on
 //! the condition, the Event and the failure metric. An invalid spec sets `Ready=False`
 //! and waits for a change; anything else is retried with back-off.
@@ -195,14 +198,45 @@ fn base64_encode(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
-fn condition(ready: bool, reason: &str, message: String, generation: Option<i64>) -> Condition {
+/// The Ready condition, keeping the lastTransitionTime of `previous` unless its status
+/// changes.
+fn ready_condition(
+    previous: &[Condition],
+    ready: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+) -> Condition {
+    let status = if ready { "True" } else { "False" };
+    let last_transition_time = previous
+        .iter()
+        .find(|c| c.type_ == "Ready" && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| Time(k8s_openapi::jiff::Timestamp::now()));
     Condition {
         type_: "Ready".into(),
-        status: if ready { "True" } else { "False" }.into(),
+        status: status.into(),
         reason: reason.into(),
         message,
         observed_generation: generation,
-        last_transition_time: Time(k8s_openapi::jiff::Timestamp::now()),
+        last_transition_time,
+    }
+}
+
+/// The resources' conditions, for the Ready condition's lastTransitionTime.
+trait Conditions {
+    fn conditions(&self) -> &[Condition];
+}
+
+impl Conditions for DistributedLock {
+    fn conditions(&self) -> &[Condition] {
+        self.status.as_ref().map_or(&[], |s| &s.conditions)
+    }
+}
+
+impl Conditions for WorkQueue {
+    fn conditions(&self) -> &[Condition] {
+        self.status.as_ref().map_or(&[], |s| &s.conditions)
     }
 }
 
@@ -288,10 +322,12 @@ async fn apply_lock(lock: &DistributedLock, ctx: &Context) -> Result<Action, Err
         holders,
         waiters,
         observed_generation: generation,
-        conditions: vec![condition(true, "Provisioned", "znodes in place".into(), generation)],
+        conditions: vec![ready_condition(lock.conditions(), true, "Provisioned", "znodes in place".into(), generation)],
     };
-    let api: Api<DistributedLock> = Api::namespaced(ctx.client.clone(), ns.as_str());
-    patch_status(&api, lock, serde_json::to_value(status).expect("status serializes")).await?;
+    if lock.status.as_ref() != Some(&status) {
+        let api: Api<DistributedLock> = Api::namespaced(ctx.client.clone(), ns.as_str());
+        patch_status(&api, lock, serde_json::to_value(status).expect("status serializes")).await?;
+    }
     Ok(Action::requeue(Duration::from_secs(300)))
 }
 
@@ -347,10 +383,18 @@ async fn apply_queue(queue: &WorkQueue, ctx: &Context) -> Result<Action, Error> 
         delayed: stats.delayed,
         dead_lettered: stats.dead_lettered,
         observed_generation: generation,
-        conditions: vec![condition(true, "Provisioned", "znodes in place".into(), generation)],
+        conditions: vec![ready_condition(
+            queue.conditions(),
+            true,
+            "Provisioned",
+            "znodes in place".into(),
+            generation,
+        )],
     };
-    let api: Api<WorkQueue> = Api::namespaced(ctx.client.clone(), ns.as_str());
-    patch_status(&api, queue, serde_json::to_value(status).expect("status serializes")).await?;
+    if queue.status.as_ref() != Some(&status) {
+        let api: Api<WorkQueue> = Api::namespaced(ctx.client.clone(), ns.as_str());
+        patch_status(&api, queue, serde_json::to_value(status).expect("status serializes")).await?;
+    }
     Ok(Action::requeue(Duration::from_secs(300)))
 }
 
@@ -363,7 +407,7 @@ async fn settle<K>(
     ctx: &Context,
 ) -> Result<Action, Error>
 where
-    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    K: Resource<DynamicType = ()> + Conditions + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
     use kube::runtime::finalizer::Error as F;
     let namespace = obj.meta().namespace.clone().unwrap_or_default();
@@ -378,8 +422,9 @@ where
     };
     let reason = err.reason();
     tracing::warn!(kind = %K::kind(&()), namespace, object = %obj.name_any(), reason, error = %err, "reconcile failed");
-    let status = json!({ "conditions": [condition(false, reason, err.to_string(), obj.meta().generation)] });
-    if let Err(e) = patch_status(api, obj, status).await {
+    let condition = ready_condition(obj.conditions(), false, reason, err.to_string(), obj.meta().generation);
+    let unchanged = obj.conditions().contains(&condition);
+    if !unchanged && let Err(e) = patch_status(api, obj, json!({ "conditions": [condition] })).await {
         tracing::warn!(error = %e, "could not set Ready=False");
     }
     ctx.event(obj, EventType::Warning, reason, err.to_string()).await;
@@ -490,4 +535,29 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
             }
         });
     futures::join!(locks, queues);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(time: &str) -> Condition {
+        Condition {
+            type_: "Ready".into(),
+            status: "True".into(),
+            reason: "Provisioned".into(),
+            message: "znodes in place".into(),
+            observed_generation: Some(1),
+            last_transition_time: Time(time.parse().unwrap()),
+        }
+    }
+
+    #[test]
+    fn ready_keeps_its_transition_time_unless_its_status_changes() {
+        let before = [at("2026-01-01T00:00:00Z")];
+        let same = ready_condition(&before, true, "Provisioned", "znodes in place".into(), Some(2));
+        assert_eq!(same.last_transition_time, before[0].last_transition_time);
+        let changed = ready_condition(&before, false, "ZooKeeperUnavailable", "down".into(), Some(2));
+        assert!(changed.last_transition_time.0 > before[0].last_transition_time.0);
+    }
 }

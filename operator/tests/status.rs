@@ -1,17 +1,21 @@
-//! How the operator reports what goes wrong, with the real binary, a real ZooKeeper and
-//! the Kubernetes API stand-in: a znode the operator may not read is reported as such,
+//! How the operator's status behaves over time, with the real binary, a real ZooKeeper
+//! and the Kubernetes API stand-in: the Ready condition keeps its lastTransitionTime
+//! while it stays what it was, and a znode the operator may not read is reported as such,
 //! with what to do.
 
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use paddock_e2e::apiserver::ApiServer;
 use paddock_e2e::{Ensemble, Operator, OperatorOptions, eventually, init_tracing, workspace_binary};
 use paddock_operator::crd::{DeletionPolicy, DistributedLock, DistributedLockSpec};
-use paddock_recipes::identity::DigestIdentity;
+use paddock_recipes::identity::{DigestIdentity, NodeAcl};
+use paddock_recipes::lock::{self, AcquireRequest, HolderInfo, LockMode};
 use paddock_recipes::zk;
+use serde_json::json;
 
 /// A single ZooKeeper server, the stand-in with the CRDs, and one operator.
 struct Setup {
@@ -44,6 +48,12 @@ async fn setup() -> Setup {
 }
 
 impl Setup {
+    async fn namespace_credentials(&self) -> String {
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), "default");
+        let secret = secrets.get("paddock-zookeeper-credentials").await.unwrap();
+        String::from_utf8(secret.data.unwrap()["credentials"].0.clone()).unwrap()
+    }
+
     async fn zk_as(&self, credentials: &str) -> zk::Client {
         zk::Client::connector()
             .with_auth("digest", credentials.as_bytes())
@@ -66,6 +76,64 @@ fn lock(name: &str) -> DistributedLock {
 
 async fn lock_ready(locks: &Api<DistributedLock>, name: &str) -> Option<Condition> {
     locks.get_opt(name).await.unwrap().and_then(|l| l.status).and_then(|s| ready(&s.conditions))
+}
+
+/// Issue 12, item 10: reconciles that leave Ready as it was (a holder comes and goes, in
+/// new seconds) keep its lastTransitionTime; a change of Ready moves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_keeps_its_last_transition_time_until_it_changes() {
+    let setup = setup().await;
+    let locks: Api<DistributedLock> = Api::namespaced(setup.client.clone(), "default");
+    locks.create(&PostParams::default(), &lock("orders")).await.unwrap();
+    eventually(Duration::from_secs(60), "the lock is Ready", || async {
+        lock_ready(&locks, "orders").await.is_some_and(|c| c.status == "True")
+    })
+    .await;
+    let first = lock_ready(&locks, "orders").await.unwrap();
+
+    // A holder comes and goes three times, a second and more apart; each shows in the
+    // status (so the operator reconciled), none changes Ready.
+    let app = setup.zk_as(&setup.namespace_credentials().await).await;
+    let path = "/paddock/default/locks/orders";
+    let holder = HolderInfo { pod: "web-0".into(), owner: "worker-1".into() };
+    let holders = || async { locks.get("orders").await.unwrap().status.map_or(0, |s| s.holders.len()) };
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let request = AcquireRequest {
+            lock_path: path,
+            mode: LockMode::Exclusive,
+            holder: &holder,
+            wait: Duration::ZERO,
+            acl: NodeAcl::Creator,
+        };
+        let config = lock::read_config(&app, path).await.unwrap();
+        let lock::Acquisition::Acquired(held) = lock::acquire(&app, &config, &request, &()).await.unwrap() else {
+            panic!("the lock is free")
+        };
+        eventually(Duration::from_secs(10), "the status shows the holder", || async { holders().await == 1 }).await;
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        app.delete(&held.node_path, None).await.unwrap();
+        eventually(Duration::from_secs(10), "the status shows no holder", || async { holders().await == 0 }).await;
+    }
+    let after = lock_ready(&locks, "orders").await.unwrap();
+    assert_eq!(after.status, "True");
+    assert_eq!(
+        after.last_transition_time, first.last_transition_time,
+        "Ready stayed True, yet its lastTransitionTime moved"
+    );
+
+    // A spec the operator cannot use (the stand-in does not run the CRD's CEL rule):
+    // Ready turns False, and that transition moves the time.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let patch = json!({"spec": {"ttl": "50ms"}});
+    locks.patch("orders", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    eventually(Duration::from_secs(30), "Ready=False for the invalid spec", || async {
+        lock_ready(&locks, "orders").await.is_some_and(|c| c.status == "False")
+    })
+    .await;
+    let invalid = lock_ready(&locks, "orders").await.unwrap();
+    assert_eq!(invalid.reason, "InvalidSpec");
+    assert!(invalid.last_transition_time.0 > first.last_transition_time.0, "the transition moved the time");
 }
 
 /// Issue 12, item 11: a lock whose znode exists with an ACL that leaves the operator out
