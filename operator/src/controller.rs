@@ -3,6 +3,14 @@
 //! watch on Paddock's ZooKeeper subtree re-reconciles the resource whose znodes changed,
 //! so `kubectl get` shows holders and depth within a second of a change.
 //!
+//! Triggers: a resource's own changes count only when they are changes of its spec or
+//! lifecycle (generation, deletion, finalizers) — the operator's own status writes do not
+//! re-trigger it. ZooKeeper changes count only when they can change the status or the
+//! desired znodes (contenders, items, claims and dead letters coming and going; not
+//! delivery histories or contenders' data), and are throttled with a leading edge
+//! ([`crate::throttle`]): at most one reconcile per resource per [`STATUS_INTERVAL`], the
+//! latest state reflected within it.
+//!
 //! Status: written only when it changed; the Ready condition keeps its
 //! lastTransitionTime unless its status changes (Kubernetes API conventions).
 //!
@@ -11,6 +19,7 @@
 //! and waits for a change; anything else is retried with back-off.
 
 use std::collections::HashSet;
+use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,8 +30,8 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use paddock_recipes::identity::DigestIdentity;
 use paddock_recipes::{Layout, Name, Session, zk};
@@ -42,6 +51,9 @@ pub const FINALIZER: &str = "paddock.dev/znodes";
 pub const CREDENTIALS_SECRET: &str = "paddock-zookeeper-credentials";
 /// The Secret's key holding `user:password`.
 pub const CREDENTIALS_KEY: &str = "credentials";
+
+/// At most one ZooKeeper-triggered reconcile per resource this often.
+pub const STATUS_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Prometheus metrics of the controllers (served at `/metrics`).
 pub struct Metrics {
@@ -414,6 +426,15 @@ where
     let err = match result {
         Ok(action) => return Ok(action),
         Err(F::ApplyFailed(e) | F::CleanupFailed(e)) => e,
+        // The finalizer's patch tests what the cache said; the cache had not caught up
+        // with the server yet (this replica's own previous patch). Not a failure: try
+        // again once the watch has brought the object.
+        Err(F::AddFinalizer(kube::Error::Api(e)) | F::RemoveFinalizer(kube::Error::Api(e)))
+            if e.code == 409 || e.code == 422 =>
+        {
+            tracing::debug!(kind = %K::kind(&()), namespace, object = %obj.name_any(), "finalizers changed meanwhile");
+            return Ok(Action::requeue(Duration::from_millis(200)));
+        }
         Err(F::AddFinalizer(e) | F::RemoveFinalizer(e)) => {
             Error::kube(format!("updating the finalizers of {} {}", K::kind(&()), obj.name_any()), &namespace)(e)
         }
@@ -458,7 +479,32 @@ impl StringKey for k8s_openapi::api::core::v1::ObjectReference {
     }
 }
 
-/// Znode changes below the root, as the resources they belong to.
+/// The resource a znode change below the root belongs to, if the change can matter to its
+/// status or its znodes: the resource's own znode, and nodes coming and going below it —
+/// contenders; items, claims and dead letters — but not data changes below it (contenders'
+/// holder info, items' envelopes) nor delivery histories (`attempts/<item>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Trigger {
+    Lock(String, String),
+    Queue(String, String),
+}
+
+fn trigger(rest: &str, event: zk::EventType) -> Option<Trigger> {
+    let parts: Vec<&str> = rest.trim_start_matches('/').split('/').collect();
+    let comes_or_goes = matches!(event, zk::EventType::NodeCreated | zk::EventType::NodeDeleted);
+    match parts.as_slice() {
+        [ns, "locks", name] => Some(Trigger::Lock((*ns).into(), (*name).into())),
+        [ns, "locks", name, _contender] if comes_or_goes => Some(Trigger::Lock((*ns).into(), (*name).into())),
+        [ns, "queues", name] => Some(Trigger::Queue((*ns).into(), (*name).into())),
+        [ns, "queues", name, "attempts"] if comes_or_goes => Some(Trigger::Queue((*ns).into(), (*name).into())),
+        [ns, "queues", name, "items" | "claims" | "dead", ..] if comes_or_goes => {
+            Some(Trigger::Queue((*ns).into(), (*name).into()))
+        }
+        _ => None,
+    }
+}
+
+/// Znode changes below the root, as the resources they belong to, throttled.
 fn zookeeper_triggers(
     session: Session,
     root: String,
@@ -470,7 +516,8 @@ fn zookeeper_triggers(
             let Ok(current) = session.wait_connected(Duration::from_secs(5)).await else { continue };
             let mut watcher = match current.client.watch(&root, zk::AddWatchMode::PersistentRecursive).await {
                 Ok(w) => w,
-                Err(_) => {
+                Err(err) => {
+                    tracing::warn!(error = %err, root, "could not watch Paddock's subtree");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 }
@@ -484,23 +531,45 @@ fn zookeeper_triggers(
                     continue;
                 }
                 let rest = event.path.strip_prefix(&root).unwrap_or_default();
-                let parts: Vec<&str> = rest.trim_start_matches('/').split('/').collect();
-                match parts.as_slice() {
-                    [ns, "locks", name, ..] => {
-                        let _ = locks_tx.send(ObjectRef::new(name).within(ns));
+                match trigger(rest, event.event_type) {
+                    Some(Trigger::Lock(ns, name)) => {
+                        let _ = locks_tx.send(ObjectRef::new(&name).within(&ns));
                     }
-                    [ns, "queues", name, ..] => {
-                        let _ = queues_tx.send(ObjectRef::new(name).within(ns));
+                    Some(Trigger::Queue(ns, name)) => {
+                        let _ = queues_tx.send(ObjectRef::new(&name).within(&ns));
                     }
-                    _ => {}
+                    None => {}
                 }
             }
         }
     });
     (
-        tokio_stream::wrappers::UnboundedReceiverStream::new(locks_rx),
-        tokio_stream::wrappers::UnboundedReceiverStream::new(queues_rx),
+        tokio_stream::wrappers::UnboundedReceiverStream::new(crate::throttle::throttled(locks_rx, STATUS_INTERVAL)),
+        tokio_stream::wrappers::UnboundedReceiverStream::new(crate::throttle::throttled(queues_rx, STATUS_INTERVAL)),
     )
+}
+
+/// What of a resource's own changes needs a reconcile: its spec (generation) and its
+/// lifecycle (deletion, finalizers) — not its status, which the operator writes itself.
+fn spec_or_lifecycle<K: Resource>(obj: &K) -> Option<u64> {
+    let meta = obj.meta();
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (meta.generation, meta.deletion_timestamp.is_some(), &meta.finalizers).hash(&mut hasher);
+    Some(hasher.finish())
+}
+
+/// The controller of `K`: its watch filtered to spec and lifecycle changes.
+fn controller<K>(client: kube::Client) -> Controller<K>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let changes = watcher(Api::<K>::all(client), watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(spec_or_lifecycle, Default::default());
+    Controller::for_stream(changes, reader)
 }
 
 /// Runs both controllers until `shutdown` resolves.
@@ -509,10 +578,11 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
     // Every change of the ZooKeeper session re-reconciles everything: losing it turns the
     // resources Ready=False, getting it back turns them Ready again — no restart needed.
     let session_changes = || tokio_stream::wrappers::BroadcastStream::new(ctx.session.subscribe()).map(|_| ());
-    // Status follows ZooKeeper, rate-limited: changes to one resource within 200 ms coalesce.
-    let config = ControllerConfig::default().debounce(Duration::from_millis(200));
+    // No debounce: ZooKeeper's triggers come throttled, and a trigger for a resource being
+    // reconciled waits for that reconcile to end (the controller runs one per object).
+    let config = ControllerConfig::default();
     let shutdown = futures::future::FutureExt::shared(Box::pin(shutdown));
-    let locks = Controller::new(Api::<DistributedLock>::all(ctx.client.clone()), watcher::Config::default())
+    let locks = controller::<DistributedLock>(ctx.client.clone())
         .with_config(config.clone())
         .reconcile_on(lock_triggers)
         .reconcile_all_on(session_changes())
@@ -523,7 +593,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
                 tracing::debug!(error = %err, "lock reconcile");
             }
         });
-    let queues = Controller::new(Api::<WorkQueue>::all(ctx.client.clone()), watcher::Config::default())
+    let queues = controller::<WorkQueue>(ctx.client.clone())
         .with_config(config)
         .reconcile_on(queue_triggers)
         .reconcile_all_on(session_changes())
@@ -559,5 +629,23 @@ mod tests {
         assert_eq!(same.last_transition_time, before[0].last_transition_time);
         let changed = ready_condition(&before, false, "ZooKeeperUnavailable", "down".into(), Some(2));
         assert!(changed.last_transition_time.0 > before[0].last_transition_time.0);
+    }
+
+    #[test]
+    fn only_changes_that_matter_to_status_trigger() {
+        use zk::EventType::{NodeCreated, NodeDataChanged, NodeDeleted};
+        let lock = Some(Trigger::Lock("shop".into(), "orders".into()));
+        let queue = Some(Trigger::Queue("shop".into(), "jobs".into()));
+        assert_eq!(trigger("/shop/locks/orders", NodeDataChanged), lock, "its config");
+        assert_eq!(trigger("/shop/locks/orders/_c_1-lock-0000000001", NodeCreated), lock);
+        assert_eq!(trigger("/shop/locks/orders/_c_1-lock-0000000001", NodeDataChanged), None);
+        assert_eq!(trigger("/shop/queues/jobs/items/b9-1/item-0000000001", NodeCreated), queue);
+        assert_eq!(trigger("/shop/queues/jobs/claims/b9-1.0000000001", NodeDeleted), queue);
+        assert_eq!(trigger("/shop/queues/jobs/dead/b9-1.0000000001", NodeCreated), queue);
+        assert_eq!(trigger("/shop/queues/jobs/attempts/b9-1.0000000001", NodeCreated), None, "history");
+        assert_eq!(trigger("/shop/queues/jobs/attempts/b9-1.0000000001", NodeDataChanged), None);
+        assert_eq!(trigger("/shop/queues/jobs/items/b9-1/item-0000000001", NodeDataChanged), None);
+        assert_eq!(trigger("/shop/queues/jobs/attempts", NodeDeleted), queue, "its znodes must be put back");
+        assert_eq!(trigger("/shop", NodeCreated), None);
     }
 }

@@ -6,5 +6,6 @@ pub mod crd;
 pub mod error;
 pub mod leader;
 pub mod reconcile;
+pub mod throttle;
 pub mod validate;
 pub mod webhook;

@@ -1,8 +1,9 @@
 //! How the operator's status behaves over time, with the real binary, a real ZooKeeper
-//! and the Kubernetes API stand-in: the Ready condition keeps its lastTransitionTime
-//! while it stays what it was, and a znode the operator may not read is reported as such,
-//! with what to do.
+//! and the Kubernetes API stand-in: a busy queue's status keeps up with its traffic, the
+//! Ready condition keeps its lastTransitionTime while it stays what it was, and a znode
+//! the operator may not read is reported as such, with what to do.
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Secret;
@@ -11,10 +12,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use paddock_e2e::apiserver::ApiServer;
 use paddock_e2e::{Ensemble, Operator, OperatorOptions, eventually, init_tracing, workspace_binary};
-use paddock_operator::crd::{DeletionPolicy, DistributedLock, DistributedLockSpec};
+use paddock_operator::crd::{DeletionPolicy, DistributedLock, DistributedLockSpec, WorkQueue, WorkQueueSpec};
 use paddock_recipes::identity::{DigestIdentity, NodeAcl};
 use paddock_recipes::lock::{self, AcquireRequest, HolderInfo, LockMode};
-use paddock_recipes::zk;
+use paddock_recipes::queue::{self, NewItem, view::QueueView};
+use paddock_recipes::{Layout, Name, Session, SessionOptions, zk};
 use serde_json::json;
 
 /// A single ZooKeeper server, the stand-in with the CRDs, and one operator.
@@ -76,6 +78,112 @@ fn lock(name: &str) -> DistributedLock {
 
 async fn lock_ready(locks: &Api<DistributedLock>, name: &str) -> Option<Condition> {
     locks.get_opt(name).await.unwrap().and_then(|l| l.status).and_then(|s| ready(&s.conditions))
+}
+
+/// Issue 12, item 9: a queue with steady traffic (40 enqueues and 20 consumes a second)
+/// for 30 s. Every sample of its `.status.depth` must be a depth the queue really had
+/// within the 2 s before (the test counts what it enqueued and acked; ±2 for the
+/// operations in flight at the instant of the operator's read).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_queue_status_follows_its_depth_within_two_seconds() {
+    let setup = setup().await;
+    let queues: Api<WorkQueue> = Api::namespaced(setup.client.clone(), "default");
+    let spec = WorkQueueSpec {
+        max_attempts: 5,
+        visibility_timeout: "5m".into(),
+        max_payload_bytes: None,
+        deletion_policy: DeletionPolicy::Delete,
+    };
+    queues.create(&PostParams::default(), &WorkQueue::new("busy", spec)).await.unwrap();
+    let status = || async { queues.get("busy").await.unwrap().status };
+    eventually(Duration::from_secs(60), "the queue is Ready", || async {
+        status().await.and_then(|s| ready(&s.conditions)).is_some_and(|c| c.status == "True")
+    })
+    .await;
+
+    // A pod of the namespace, through the library: one session, one watch-fed view.
+    let credentials = setup.namespace_credentials().await;
+    let session = Session::start(SessionOptions {
+        connect: setup.ensemble.connect_string(),
+        session_timeout: Duration::from_secs(10),
+        digest_auth: Some(credentials),
+    });
+    let client = session.wait_connected(Duration::from_secs(30)).await.unwrap().client;
+    let layout = Layout::new("/paddock").unwrap().with_node_acl(NodeAcl::for_session(true));
+    let paths = layout.queue(&Name::new("namespace", "default").unwrap(), &Name::new("queue", "busy").unwrap());
+    let view = QueueView::start(session.clone(), paths.clone(), Arc::new(()));
+    eventually(Duration::from_secs(30), "the consumer's view is synced", || async { view.is_synced() }).await;
+    let config = queue::read_config(&client, &paths).await.unwrap();
+
+    // The true depth after each operation: (when, enqueued - acked).
+    let history: Arc<Mutex<Vec<(Instant, i64)>>> = Arc::new(Mutex::new(vec![(Instant::now(), 0)]));
+    let load = {
+        let history = history.clone();
+        async move {
+            let (mut enqueued, mut acked) = (0i64, 0i64);
+            let mut tick = tokio::time::interval(Duration::from_millis(25));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let started = Instant::now();
+            let mut n = 0u64;
+            while started.elapsed() < Duration::from_secs(30) {
+                tick.tick().await;
+                n += 1;
+                let item = NewItem {
+                    payload: format!("item-{n}").into_bytes(),
+                    content_type: None,
+                    priority: 0,
+                    delay: Duration::ZERO,
+                };
+                queue::enqueue(&client, &paths, &[item]).await.unwrap();
+                enqueued += 1;
+                history.lock().unwrap().push((Instant::now(), enqueued - acked));
+                if n.is_multiple_of(2)
+                    && let Some(delivery) =
+                        queue::claim_next(&client, &paths, &view, &config, "consumer-0", &()).await.unwrap()
+                {
+                    queue::ack(&client, &paths, &delivery.id).await.unwrap();
+                    acked += 1;
+                    history.lock().unwrap().push((Instant::now(), enqueued - acked));
+                }
+            }
+            (enqueued, acked)
+        }
+    };
+    let sample = async {
+        let mut samples = Vec::new();
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(30) {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let depth = status().await.map_or(0, |s| s.depth) as i64;
+            samples.push((Instant::now(), depth));
+        }
+        samples
+    };
+    let ((enqueued, acked), samples) = futures::join!(load, sample);
+    assert!(enqueued - acked > 400, "the queue grew under the load ({enqueued} enqueued, {acked} acked)");
+
+    let history = history.lock().unwrap();
+    let start = history[0].0;
+    let lag = Duration::from_secs(2);
+    let mut violations = Vec::new();
+    for &(at, shown) in samples.iter().filter(|(at, _)| *at >= start + lag) {
+        // The depths the queue had in [at - 2 s, at]: the one in force at `at - 2 s` and
+        // every one after it up to `at`.
+        let from = history.iter().rposition(|(t, _)| *t <= at - lag).unwrap_or(0);
+        let window: Vec<i64> = history[from..].iter().take_while(|(t, _)| *t <= at).map(|&(_, d)| d).collect();
+        let (lo, hi) = (*window.iter().min().unwrap(), *window.iter().max().unwrap());
+        if shown < lo - 2 || shown > hi + 2 {
+            violations
+                .push(format!("at {:.1}s status depth {shown}, queue depth {lo}..={hi}", (at - start).as_secs_f64()));
+        }
+    }
+    assert!(
+        violations.is_empty(),
+        "{} of {} samples of .status.depth lagged more than 2 s behind the queue, e.g. {:?}",
+        violations.len(),
+        samples.len(),
+        &violations[..violations.len().min(5)]
+    );
 }
 
 /// Issue 12, item 10: reconciles that leave Ready as it was (a holder comes and goes, in
