@@ -17,6 +17,9 @@
 //! Errors ([`crate::error`]): each says which step failed where, with its own reason on
 //! the condition, the Event and the failure metric. An invalid spec sets `Ready=False`
 //! and waits for a change; anything else is retried with back-off.
+//!
+//! Nothing is done unless this replica leads ([`Leadership`]): checked when a reconcile
+//! starts and again before each write.
 
 use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
@@ -43,6 +46,7 @@ use serde_json::json;
 use crate::crd::{DistributedLock, DistributedLockStatus, WorkQueue, WorkQueueStatus};
 pub use crate::error::Error;
 use crate::error::{At, Step};
+use crate::leader::Leadership;
 use crate::reconcile::cleanup::Cleanup;
 use crate::reconcile::{Identities, apply, build, cleanup, observe};
 
@@ -124,6 +128,8 @@ pub struct Context {
     pub session: Session,
     pub layout: Layout,
     pub operator: DigestIdentity,
+    /// Whether this replica leads; nothing is written unless it does.
+    pub leadership: Leadership,
     recorder: Recorder,
     /// (session generation, namespace) whose credentials this session carries.
     authed: Mutex<HashSet<(u64, String)>>,
@@ -132,7 +138,13 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn new(client: kube::Client, session: Session, layout: Layout, operator: DigestIdentity) -> Self {
+    pub fn new(
+        client: kube::Client,
+        session: Session,
+        layout: Layout,
+        operator: DigestIdentity,
+        leadership: Leadership,
+    ) -> Self {
         let reporter = Reporter { controller: "paddock-operator".into(), instance: std::env::var("POD_NAME").ok() };
         let recorder = Recorder::new(client.clone(), reporter);
         Self {
@@ -140,6 +152,7 @@ impl Context {
             session,
             layout,
             operator,
+            leadership,
             recorder,
             authed: Mutex::default(),
             failures: Mutex::default(),
@@ -154,6 +167,11 @@ impl Context {
 
     fn at(&self, step: Step, path: &str, namespace: &str) -> At {
         At::new(step, path, namespace, &self.operator_user())
+    }
+
+    /// Ok while this replica leads; checked before every write.
+    fn leading(&self) -> Result<(), Error> {
+        if self.leadership.is_leading() { Ok(()) } else { Err(Error::NotLeading) }
     }
 
     /// The namespace's identity from its Secret (created on first use), added to the
@@ -171,6 +189,7 @@ impl Context {
                     .map_err(|e| Error::BadCredentials { namespace: namespace.to_owned(), reason: e.to_string() })?
             }
             None => {
+                self.leading()?;
                 let identity = DigestIdentity::generate(&format!("paddock-ns-{namespace}"));
                 let secret: Secret = serde_json::from_value(json!({
                     "apiVersion": "v1", "kind": "Secret",
@@ -197,6 +216,9 @@ impl Context {
     }
 
     async fn event<K: Resource<DynamicType = ()>>(&self, obj: &K, type_: EventType, reason: &str, note: String) {
+        if self.leading().is_err() {
+            return;
+        }
         let event =
             KubeEvent { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary: None };
         if let Err(err) = self.recorder.publish(&event, &obj.object_ref(&())).await {
@@ -259,10 +281,11 @@ fn names(obj: &impl ResourceExt) -> Result<(Name, Name), Error> {
     Ok((ns, name))
 }
 
-async fn patch_status<K>(api: &Api<K>, obj: &K, status: serde_json::Value) -> Result<(), Error>
+async fn patch_status<K>(api: &Api<K>, ctx: &Context, obj: &K, status: serde_json::Value) -> Result<(), Error>
 where
     K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
+    ctx.leading()?;
     let name = obj.meta().name.clone().unwrap_or_default();
     let namespace = obj.meta().namespace.clone().unwrap_or_default();
     api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&json!({ "status": status })))
@@ -281,14 +304,18 @@ async fn reconcile_queue(queue: Arc<WorkQueue>, ctx: Arc<Context>) -> Result<Act
     accounted("WorkQueue", key, &ctx.clone(), reconcile_queue_inner(queue, ctx)).await
 }
 
-/// Runs one reconcile, counts it in the metrics, and resets the object's back-off when it
-/// succeeds.
+/// Runs one reconcile (none unless this replica leads), counts it in the metrics, and
+/// resets the object's back-off when it succeeds.
 async fn accounted(
     kind: &str,
     key: String,
     ctx: &Context,
     reconcile: impl std::future::Future<Output = Result<Action, Error>>,
 ) -> Result<Action, Error> {
+    if ctx.leading().is_err() {
+        tracing::debug!(object = key, "not leading: reconciling nothing");
+        return Ok(Action::await_change());
+    }
     let started = std::time::Instant::now();
     let result = reconcile.await;
     ctx.metrics.observe(kind, started, &result);
@@ -307,6 +334,7 @@ async fn reconcile_lock_inner(lock: Arc<DistributedLock>, ctx: Arc<Context>) -> 
                 let (ns, name) = names(&*lock)?;
                 let (_, client) = ctx.identities(ns.as_str()).await?;
                 let path = ctx.layout.lock(&ns, &name);
+                ctx.leading()?;
                 cleanup::lock(&client, &path).await.map_err(|e| ctx.at(Step::Cleanup, &path, ns.as_str()).zk(e))?;
                 ctx.event(&*lock, EventType::Normal, "Deleted", "the lock's znodes were removed".into()).await;
                 Ok(Action::await_change())
@@ -322,6 +350,7 @@ async fn apply_lock(lock: &DistributedLock, ctx: &Context) -> Result<Action, Err
     let (ids, client) = ctx.identities(ns.as_str()).await?;
     let desired =
         build::lock(&ctx.layout, &ns, &name, &lock.spec, &ids).map_err(|e| Error::InvalidSpec(e.to_string()))?;
+    ctx.leading()?;
     apply::lock(&client, &ctx.layout, &ns, &name, &desired)
         .await
         .map_err(|e| ctx.at(Step::Provision, &e.path, ns.as_str()).zk(e.source))?;
@@ -338,7 +367,7 @@ async fn apply_lock(lock: &DistributedLock, ctx: &Context) -> Result<Action, Err
     };
     if lock.status.as_ref() != Some(&status) {
         let api: Api<DistributedLock> = Api::namespaced(ctx.client.clone(), ns.as_str());
-        patch_status(&api, lock, serde_json::to_value(status).expect("status serializes")).await?;
+        patch_status(&api, ctx, lock, serde_json::to_value(status).expect("status serializes")).await?;
     }
     Ok(Action::requeue(Duration::from_secs(300)))
 }
@@ -352,6 +381,7 @@ async fn reconcile_queue_inner(queue: Arc<WorkQueue>, ctx: Arc<Context>) -> Resu
                 let (ns, name) = names(&*queue)?;
                 let (_, client) = ctx.identities(ns.as_str()).await?;
                 let paths = ctx.layout.queue(&ns, &name);
+                ctx.leading()?;
                 let outcome = cleanup::queue(&client, &paths, queue.spec.deletion_policy)
                     .await
                     .map_err(|e| ctx.at(Step::Cleanup, &paths.base, ns.as_str()).queue(e))?;
@@ -381,6 +411,7 @@ async fn apply_queue(queue: &WorkQueue, ctx: &Context) -> Result<Action, Error> 
     let (ids, client) = ctx.identities(ns.as_str()).await?;
     let desired =
         build::queue(&ctx.layout, &ns, &name, &queue.spec, &ids).map_err(|e| Error::InvalidSpec(e.to_string()))?;
+    ctx.leading()?;
     apply::queue(&client, &ctx.layout, &ns, &name, &desired)
         .await
         .map_err(|e| ctx.at(Step::Provision, &e.path, ns.as_str()).zk(e.source))?;
@@ -405,13 +436,14 @@ async fn apply_queue(queue: &WorkQueue, ctx: &Context) -> Result<Action, Error> 
     };
     if queue.status.as_ref() != Some(&status) {
         let api: Api<WorkQueue> = Api::namespaced(ctx.client.clone(), ns.as_str());
-        patch_status(&api, queue, serde_json::to_value(status).expect("status serializes")).await?;
+        patch_status(&api, ctx, queue, serde_json::to_value(status).expect("status serializes")).await?;
     }
     Ok(Action::requeue(Duration::from_secs(300)))
 }
 
 /// Turns a failed reconcile into `Ready=False` with the reason, an Event, and what to do
-/// next: wait for a change (invalid spec) or retry (ZooKeeper, API trouble).
+/// next: wait for a change (invalid spec) or retry (ZooKeeper, API trouble). A replica
+/// that stopped leading writes nothing.
 async fn settle<K>(
     obj: &K,
     api: &Api<K>,
@@ -441,11 +473,14 @@ where
         Err(F::UnnamedObject) => Error::InvalidSpec("the object has no name".into()),
         Err(F::InvalidFinalizer) => Error::InvalidSpec(format!("invalid finalizer {FINALIZER}")),
     };
+    if matches!(err, Error::NotLeading) || ctx.leading().is_err() {
+        return Ok(Action::await_change());
+    }
     let reason = err.reason();
     tracing::warn!(kind = %K::kind(&()), namespace, object = %obj.name_any(), reason, error = %err, "reconcile failed");
     let condition = ready_condition(obj.conditions(), false, reason, err.to_string(), obj.meta().generation);
     let unchanged = obj.conditions().contains(&condition);
-    if !unchanged && let Err(e) = patch_status(api, obj, json!({ "conditions": [condition] })).await {
+    if !unchanged && let Err(e) = patch_status(api, ctx, obj, json!({ "conditions": [condition] })).await {
         tracing::warn!(error = %e, "could not set Ready=False");
     }
     ctx.event(obj, EventType::Warning, reason, err.to_string()).await;

@@ -39,6 +39,9 @@ impl fmt::Display for Step {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// This replica does not lead (any more): it writes nothing.
+    #[error("this replica does not lead")]
+    NotLeading,
     /// The spec cannot be used; nothing is retried until it changes.
     #[error("invalid spec: {0}")]
     InvalidSpec(String),
@@ -107,6 +110,7 @@ impl Error {
     /// A short, stable category for conditions, Events and metrics.
     pub fn reason(&self) -> &'static str {
         match self {
+            Error::NotLeading => "NotLeading",
             Error::InvalidSpec(_) => "InvalidSpec",
             Error::BadCredentials { .. } => "CredentialsInvalid",
             Error::NoSession { .. } | Error::Unavailable { .. } => "ZooKeeperUnavailable",
@@ -121,7 +125,7 @@ impl Error {
 
     /// Whether retrying may help without anyone changing the resource.
     pub fn retry(&self) -> bool {
-        !matches!(self, Error::InvalidSpec(_))
+        !matches!(self, Error::InvalidSpec(_) | Error::NotLeading)
     }
 
     pub fn kube(action: impl Into<String>, namespace: &str) -> impl FnOnce(kube::Error) -> Error {
