@@ -3,10 +3,26 @@
 //! watch on Paddock's ZooKeeper subtree re-reconciles the resource whose znodes changed,
 //! so `kubectl get` shows holders and depth within a second of a change.
 //!
-//! Errors: an invalid spec sets `Ready=False` (InvalidSpec) and waits for a change;
-//! ZooKeeper trouble sets `Ready=False` (ZooKeeperUnavailable) and retries with back-off.
+//! Triggers: a resource's own changes count only when they are changes of its spec or
+//! lifecycle (generation, deletion, finalizers) — the operator's own status writes do not
+//! re-trigger it. ZooKeeper changes count only when they can change the status or the
+//! desired znodes (contenders, items, claims and dead letters coming and going; not
+//! delivery histories or contenders' data), and are throttled with a leading edge
+//! ([`crate::throttle`]): at most one reconcile per resource per [`STATUS_INTERVAL`], the
+//! latest state reflected within it.
+//!
+//! Status: written only when it changed; the Ready condition keeps its
+//! lastTransitionTime unless its status changes (Kubernetes API conventions).
+//!
+//! Errors ([`crate::error`]): each says which step failed where, with its own reason on
+//! the condition, the Event and the failure metric. An invalid spec sets `Ready=False`
+//! and waits for a change; anything else is retried with back-off.
+//!
+//! Nothing is done unless this replica leads ([`Leadership`]): checked when a reconcile
+//! starts and again before each write.
 
 use std::collections::HashSet;
+use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,8 +33,8 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use paddock_recipes::identity::DigestIdentity;
 use paddock_recipes::{Layout, Name, Session, zk};
@@ -28,6 +44,9 @@ use prometheus_client::metrics::histogram::Histogram;
 use serde_json::json;
 
 use crate::crd::{DistributedLock, DistributedLockStatus, WorkQueue, WorkQueueStatus};
+pub use crate::error::Error;
+use crate::error::{At, Step};
+use crate::leader::Leadership;
 use crate::reconcile::cleanup::Cleanup;
 use crate::reconcile::{Identities, apply, build, cleanup, observe};
 
@@ -37,30 +56,8 @@ pub const CREDENTIALS_SECRET: &str = "paddock-zookeeper-credentials";
 /// The Secret's key holding `user:password`.
 pub const CREDENTIALS_KEY: &str = "credentials";
 
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("invalid spec: {0}")]
-    InvalidSpec(String),
-    #[error("ZooKeeper: {0}")]
-    ZooKeeper(String),
-    #[error("Kubernetes API: {0}")]
-    Kube(#[from] kube::Error),
-}
-
-impl Error {
-    /// A short, stable category for conditions, Events and metrics.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            Error::InvalidSpec(_) => "InvalidSpec",
-            Error::ZooKeeper(_) => "ZooKeeperUnavailable",
-            Error::Kube(_) => "KubernetesApiError",
-        }
-    }
-}
-
-fn zk_error(err: impl std::fmt::Display) -> Error {
-    Error::ZooKeeper(err.to_string())
-}
+/// At most one ZooKeeper-triggered reconcile per resource this often.
+pub const STATUS_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Prometheus metrics of the controllers (served at `/metrics`).
 pub struct Metrics {
@@ -131,6 +128,8 @@ pub struct Context {
     pub session: Session,
     pub layout: Layout,
     pub operator: DigestIdentity,
+    /// Whether this replica leads; nothing is written unless it does.
+    pub leadership: Leadership,
     recorder: Recorder,
     /// (session generation, namespace) whose credentials this session carries.
     authed: Mutex<HashSet<(u64, String)>>,
@@ -139,7 +138,13 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn new(client: kube::Client, session: Session, layout: Layout, operator: DigestIdentity) -> Self {
+    pub fn new(
+        client: kube::Client,
+        session: Session,
+        layout: Layout,
+        operator: DigestIdentity,
+        leadership: Leadership,
+    ) -> Self {
         let reporter = Reporter { controller: "paddock-operator".into(), instance: std::env::var("POD_NAME").ok() };
         let recorder = Recorder::new(client.clone(), reporter);
         Self {
@@ -147,6 +152,7 @@ impl Context {
             session,
             layout,
             operator,
+            leadership,
             recorder,
             authed: Mutex::default(),
             failures: Mutex::default(),
@@ -154,17 +160,36 @@ impl Context {
         }
     }
 
+    /// The operator's ZooKeeper user, as errors name it.
+    fn operator_user(&self) -> String {
+        self.operator.acl_id().split(':').next().unwrap_or_default().to_owned()
+    }
+
+    fn at(&self, step: Step, path: &str, namespace: &str) -> At {
+        At::new(step, path, namespace, &self.operator_user())
+    }
+
+    /// Ok while this replica leads; checked before every write.
+    fn leading(&self) -> Result<(), Error> {
+        if self.leadership.is_leading() { Ok(()) } else { Err(Error::NotLeading) }
+    }
+
     /// The namespace's identity from its Secret (created on first use), added to the
     /// operator's ZooKeeper session so it can read what the namespace's sidecars create.
     async fn identities(&self, namespace: &str) -> Result<(Identities, zk::Client), Error> {
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
-        let identity = match secrets.get_opt(CREDENTIALS_SECRET).await? {
+        let identity = match secrets
+            .get_opt(CREDENTIALS_SECRET)
+            .await
+            .map_err(Error::kube(format!("reading Secret {CREDENTIALS_SECRET}"), namespace))?
+        {
             Some(secret) => {
                 let raw = secret.data.and_then(|d| d.get(CREDENTIALS_KEY).cloned()).map(|b| b.0).unwrap_or_default();
                 DigestIdentity::parse(&String::from_utf8_lossy(&raw))
-                    .map_err(|e| Error::InvalidSpec(format!("Secret {CREDENTIALS_SECRET}: {e}")))?
+                    .map_err(|e| Error::BadCredentials { namespace: namespace.to_owned(), reason: e.to_string() })?
             }
             None => {
+                self.leading()?;
                 let identity = DigestIdentity::generate(&format!("paddock-ns-{namespace}"));
                 let secret: Secret = serde_json::from_value(json!({
                     "apiVersion": "v1", "kind": "Secret",
@@ -176,24 +201,28 @@ impl Context {
                     Ok(_) => identity,
                     // Created by a concurrent reconcile: use that one.
                     Err(kube::Error::Api(e)) if e.code == 409 => return Box::pin(self.identities(namespace)).await,
-                    Err(e) => return Err(e.into()),
+                    Err(e) => return Err(Error::kube(format!("creating Secret {CREDENTIALS_SECRET}"), namespace)(e)),
                 }
             }
         };
-        let current = self.session.client().map_err(zk_error)?;
+        let at = self.at(Step::Authenticate, &format!("{}/{namespace}", self.layout.root()), namespace);
+        let current = self.session.client().map_err(|e| at.clone().session(e))?;
         let key = (current.generation, namespace.to_owned());
         if !self.authed.lock().expect("not poisoned").contains(&key) {
-            current.client.auth("digest", identity.credentials().as_bytes()).await.map_err(zk_error)?;
+            current.client.auth("digest", identity.credentials().as_bytes()).await.map_err(|e| at.zk(e))?;
             self.authed.lock().expect("not poisoned").insert(key);
         }
         Ok((Identities { namespace: identity, operator: self.operator.clone() }, current.client))
     }
 
     async fn event<K: Resource<DynamicType = ()>>(&self, obj: &K, type_: EventType, reason: &str, note: String) {
+        if self.leading().is_err() {
+            return;
+        }
         let event =
             KubeEvent { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary: None };
         if let Err(err) = self.recorder.publish(&event, &obj.object_ref(&())).await {
-            tracing::warn!(error = %err, "could not publish an Event");
+            tracing::warn!(error = %err, reason, "could not publish an Event");
         }
     }
 }
@@ -203,14 +232,45 @@ fn base64_encode(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
-fn condition(ready: bool, reason: &str, message: String, generation: Option<i64>) -> Condition {
+/// The Ready condition, keeping the lastTransitionTime of `previous` unless its status
+/// changes.
+fn ready_condition(
+    previous: &[Condition],
+    ready: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+) -> Condition {
+    let status = if ready { "True" } else { "False" };
+    let last_transition_time = previous
+        .iter()
+        .find(|c| c.type_ == "Ready" && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| Time(k8s_openapi::jiff::Timestamp::now()));
     Condition {
         type_: "Ready".into(),
-        status: if ready { "True" } else { "False" }.into(),
+        status: status.into(),
         reason: reason.into(),
         message,
         observed_generation: generation,
-        last_transition_time: Time(k8s_openapi::jiff::Timestamp::now()),
+        last_transition_time,
+    }
+}
+
+/// The resources' conditions, for the Ready condition's lastTransitionTime.
+trait Conditions {
+    fn conditions(&self) -> &[Condition];
+}
+
+impl Conditions for DistributedLock {
+    fn conditions(&self) -> &[Condition] {
+        self.status.as_ref().map_or(&[], |s| &s.conditions)
+    }
+}
+
+impl Conditions for WorkQueue {
+    fn conditions(&self) -> &[Condition] {
+        self.status.as_ref().map_or(&[], |s| &s.conditions)
     }
 }
 
@@ -221,11 +281,16 @@ fn names(obj: &impl ResourceExt) -> Result<(Name, Name), Error> {
     Ok((ns, name))
 }
 
-async fn patch_status<K>(api: &Api<K>, name: &str, status: serde_json::Value) -> Result<(), Error>
+async fn patch_status<K>(api: &Api<K>, ctx: &Context, obj: &K, status: serde_json::Value) -> Result<(), Error>
 where
-    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
-    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&json!({ "status": status }))).await?;
+    ctx.leading()?;
+    let name = obj.meta().name.clone().unwrap_or_default();
+    let namespace = obj.meta().namespace.clone().unwrap_or_default();
+    api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&json!({ "status": status })))
+        .await
+        .map_err(Error::kube(format!("writing the status of {} {name}", K::kind(&())), &namespace))?;
     Ok(())
 }
 
@@ -239,14 +304,18 @@ async fn reconcile_queue(queue: Arc<WorkQueue>, ctx: Arc<Context>) -> Result<Act
     accounted("WorkQueue", key, &ctx.clone(), reconcile_queue_inner(queue, ctx)).await
 }
 
-/// Runs one reconcile, counts it in the metrics, and resets the object's back-off when it
-/// succeeds.
+/// Runs one reconcile (none unless this replica leads), counts it in the metrics, and
+/// resets the object's back-off when it succeeds.
 async fn accounted(
     kind: &str,
     key: String,
     ctx: &Context,
     reconcile: impl std::future::Future<Output = Result<Action, Error>>,
 ) -> Result<Action, Error> {
+    if ctx.leading().is_err() {
+        tracing::debug!(object = key, "not leading: reconciling nothing");
+        return Ok(Action::await_change());
+    }
     let started = std::time::Instant::now();
     let result = reconcile.await;
     ctx.metrics.observe(kind, started, &result);
@@ -264,7 +333,9 @@ async fn reconcile_lock_inner(lock: Arc<DistributedLock>, ctx: Arc<Context>) -> 
             Finalizer::Cleanup(lock) => {
                 let (ns, name) = names(&*lock)?;
                 let (_, client) = ctx.identities(ns.as_str()).await?;
-                cleanup::lock(&client, &ctx.layout.lock(&ns, &name)).await.map_err(zk_error)?;
+                let path = ctx.layout.lock(&ns, &name);
+                ctx.leading()?;
+                cleanup::lock(&client, &path).await.map_err(|e| ctx.at(Step::Cleanup, &path, ns.as_str()).zk(e))?;
                 ctx.event(&*lock, EventType::Normal, "Deleted", "the lock's znodes were removed".into()).await;
                 Ok(Action::await_change())
             }
@@ -279,18 +350,25 @@ async fn apply_lock(lock: &DistributedLock, ctx: &Context) -> Result<Action, Err
     let (ids, client) = ctx.identities(ns.as_str()).await?;
     let desired =
         build::lock(&ctx.layout, &ns, &name, &lock.spec, &ids).map_err(|e| Error::InvalidSpec(e.to_string()))?;
-    apply::lock(&client, &ctx.layout, &ns, &name, &desired).await.map_err(zk_error)?;
-    let (holders, waiters) = observe::lock(&client, &desired.path, lock.spec.max_holders).await.map_err(zk_error)?;
+    ctx.leading()?;
+    apply::lock(&client, &ctx.layout, &ns, &name, &desired)
+        .await
+        .map_err(|e| ctx.at(Step::Provision, &e.path, ns.as_str()).zk(e.source))?;
+    let (holders, waiters) = observe::lock(&client, &desired.path, lock.spec.max_holders)
+        .await
+        .map_err(|e| ctx.at(Step::Observe, &desired.path, ns.as_str()).lock(e))?;
     let generation = lock.metadata.generation;
     let status = DistributedLockStatus {
         path: Some(desired.path),
         holders,
         waiters,
         observed_generation: generation,
-        conditions: vec![condition(true, "Provisioned", "znodes in place".into(), generation)],
+        conditions: vec![ready_condition(lock.conditions(), true, "Provisioned", "znodes in place".into(), generation)],
     };
-    let api: Api<DistributedLock> = Api::namespaced(ctx.client.clone(), ns.as_str());
-    patch_status(&api, name.as_str(), serde_json::to_value(status).expect("status serializes")).await?;
+    if lock.status.as_ref() != Some(&status) {
+        let api: Api<DistributedLock> = Api::namespaced(ctx.client.clone(), ns.as_str());
+        patch_status(&api, ctx, lock, serde_json::to_value(status).expect("status serializes")).await?;
+    }
     Ok(Action::requeue(Duration::from_secs(300)))
 }
 
@@ -303,7 +381,11 @@ async fn reconcile_queue_inner(queue: Arc<WorkQueue>, ctx: Arc<Context>) -> Resu
                 let (ns, name) = names(&*queue)?;
                 let (_, client) = ctx.identities(ns.as_str()).await?;
                 let paths = ctx.layout.queue(&ns, &name);
-                match cleanup::queue(&client, &paths, queue.spec.deletion_policy).await.map_err(zk_error)? {
+                ctx.leading()?;
+                let outcome = cleanup::queue(&client, &paths, queue.spec.deletion_policy)
+                    .await
+                    .map_err(|e| ctx.at(Step::Cleanup, &paths.base, ns.as_str()).queue(e))?;
+                match outcome {
                     Cleanup::Deleted => {
                         ctx.event(&*queue, EventType::Normal, "Deleted", "the queue's znodes were removed".into()).await
                     }
@@ -329,8 +411,13 @@ async fn apply_queue(queue: &WorkQueue, ctx: &Context) -> Result<Action, Error> 
     let (ids, client) = ctx.identities(ns.as_str()).await?;
     let desired =
         build::queue(&ctx.layout, &ns, &name, &queue.spec, &ids).map_err(|e| Error::InvalidSpec(e.to_string()))?;
-    apply::queue(&client, &ctx.layout, &ns, &name, &desired).await.map_err(zk_error)?;
-    let stats = observe::queue(&client, &ctx.layout.queue(&ns, &name)).await.map_err(zk_error)?;
+    ctx.leading()?;
+    apply::queue(&client, &ctx.layout, &ns, &name, &desired)
+        .await
+        .map_err(|e| ctx.at(Step::Provision, &e.path, ns.as_str()).zk(e.source))?;
+    let paths = ctx.layout.queue(&ns, &name);
+    let stats =
+        observe::queue(&client, &paths).await.map_err(|e| ctx.at(Step::Observe, &paths.base, ns.as_str()).queue(e))?;
     let generation = queue.metadata.generation;
     let status = WorkQueueStatus {
         path: Some(desired.path),
@@ -339,15 +426,24 @@ async fn apply_queue(queue: &WorkQueue, ctx: &Context) -> Result<Action, Error> 
         delayed: stats.delayed,
         dead_lettered: stats.dead_lettered,
         observed_generation: generation,
-        conditions: vec![condition(true, "Provisioned", "znodes in place".into(), generation)],
+        conditions: vec![ready_condition(
+            queue.conditions(),
+            true,
+            "Provisioned",
+            "znodes in place".into(),
+            generation,
+        )],
     };
-    let api: Api<WorkQueue> = Api::namespaced(ctx.client.clone(), ns.as_str());
-    patch_status(&api, name.as_str(), serde_json::to_value(status).expect("status serializes")).await?;
+    if queue.status.as_ref() != Some(&status) {
+        let api: Api<WorkQueue> = Api::namespaced(ctx.client.clone(), ns.as_str());
+        patch_status(&api, ctx, queue, serde_json::to_value(status).expect("status serializes")).await?;
+    }
     Ok(Action::requeue(Duration::from_secs(300)))
 }
 
 /// Turns a failed reconcile into `Ready=False` with the reason, an Event, and what to do
-/// next: wait for a change (invalid spec) or retry (ZooKeeper, API trouble).
+/// next: wait for a change (invalid spec) or retry (ZooKeeper, API trouble). A replica
+/// that stopped leading writes nothing.
 async fn settle<K>(
     obj: &K,
     api: &Api<K>,
@@ -355,25 +451,40 @@ async fn settle<K>(
     ctx: &Context,
 ) -> Result<Action, Error>
 where
-    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    K: Resource<DynamicType = ()> + Conditions + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
     use kube::runtime::finalizer::Error as F;
+    let namespace = obj.meta().namespace.clone().unwrap_or_default();
     let err = match result {
         Ok(action) => return Ok(action),
         Err(F::ApplyFailed(e) | F::CleanupFailed(e)) => e,
-        Err(other) => Error::Kube(kube::Error::Service(other.to_string().into())),
+        // The finalizer's patch tests what the cache said; the cache had not caught up
+        // with the server yet (this replica's own previous patch). Not a failure: try
+        // again once the watch has brought the object.
+        Err(F::AddFinalizer(kube::Error::Api(e)) | F::RemoveFinalizer(kube::Error::Api(e)))
+            if e.code == 409 || e.code == 422 =>
+        {
+            tracing::debug!(kind = %K::kind(&()), namespace, object = %obj.name_any(), "finalizers changed meanwhile");
+            return Ok(Action::requeue(Duration::from_millis(200)));
+        }
+        Err(F::AddFinalizer(e) | F::RemoveFinalizer(e)) => {
+            Error::kube(format!("updating the finalizers of {} {}", K::kind(&()), obj.name_any()), &namespace)(e)
+        }
+        Err(F::UnnamedObject) => Error::InvalidSpec("the object has no name".into()),
+        Err(F::InvalidFinalizer) => Error::InvalidSpec(format!("invalid finalizer {FINALIZER}")),
     };
+    if matches!(err, Error::NotLeading) || ctx.leading().is_err() {
+        return Ok(Action::await_change());
+    }
     let reason = err.reason();
-    tracing::warn!(object = %obj.meta().name.clone().unwrap_or_default(), reason, error = %err, "reconcile failed");
-    let status = json!({ "conditions": [condition(false, reason, err.to_string(), obj.meta().generation)] });
-    if let Err(e) = patch_status(api, &obj.meta().name.clone().unwrap_or_default(), status).await {
+    tracing::warn!(kind = %K::kind(&()), namespace, object = %obj.name_any(), reason, error = %err, "reconcile failed");
+    let condition = ready_condition(obj.conditions(), false, reason, err.to_string(), obj.meta().generation);
+    let unchanged = obj.conditions().contains(&condition);
+    if !unchanged && let Err(e) = patch_status(api, ctx, obj, json!({ "conditions": [condition] })).await {
         tracing::warn!(error = %e, "could not set Ready=False");
     }
     ctx.event(obj, EventType::Warning, reason, err.to_string()).await;
-    match err {
-        Error::InvalidSpec(_) => Ok(Action::await_change()),
-        other => Err(other),
-    }
+    if err.retry() { Err(err) } else { Ok(Action::await_change()) }
 }
 
 /// Exponential back-off per object (0.5 s doubling to 60 s), reset by a success. ZooKeeper
@@ -403,7 +514,32 @@ impl StringKey for k8s_openapi::api::core::v1::ObjectReference {
     }
 }
 
-/// Znode changes below the root, as the resources they belong to.
+/// The resource a znode change below the root belongs to, if the change can matter to its
+/// status or its znodes: the resource's own znode, and nodes coming and going below it —
+/// contenders; items, claims and dead letters — but not data changes below it (contenders'
+/// holder info, items' envelopes) nor delivery histories (`attempts/<item>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Trigger {
+    Lock(String, String),
+    Queue(String, String),
+}
+
+fn trigger(rest: &str, event: zk::EventType) -> Option<Trigger> {
+    let parts: Vec<&str> = rest.trim_start_matches('/').split('/').collect();
+    let comes_or_goes = matches!(event, zk::EventType::NodeCreated | zk::EventType::NodeDeleted);
+    match parts.as_slice() {
+        [ns, "locks", name] => Some(Trigger::Lock((*ns).into(), (*name).into())),
+        [ns, "locks", name, _contender] if comes_or_goes => Some(Trigger::Lock((*ns).into(), (*name).into())),
+        [ns, "queues", name] => Some(Trigger::Queue((*ns).into(), (*name).into())),
+        [ns, "queues", name, "attempts"] if comes_or_goes => Some(Trigger::Queue((*ns).into(), (*name).into())),
+        [ns, "queues", name, "items" | "claims" | "dead", ..] if comes_or_goes => {
+            Some(Trigger::Queue((*ns).into(), (*name).into()))
+        }
+        _ => None,
+    }
+}
+
+/// Znode changes below the root, as the resources they belong to, throttled.
 fn zookeeper_triggers(
     session: Session,
     root: String,
@@ -415,7 +551,8 @@ fn zookeeper_triggers(
             let Ok(current) = session.wait_connected(Duration::from_secs(5)).await else { continue };
             let mut watcher = match current.client.watch(&root, zk::AddWatchMode::PersistentRecursive).await {
                 Ok(w) => w,
-                Err(_) => {
+                Err(err) => {
+                    tracing::warn!(error = %err, root, "could not watch Paddock's subtree");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 }
@@ -429,23 +566,45 @@ fn zookeeper_triggers(
                     continue;
                 }
                 let rest = event.path.strip_prefix(&root).unwrap_or_default();
-                let parts: Vec<&str> = rest.trim_start_matches('/').split('/').collect();
-                match parts.as_slice() {
-                    [ns, "locks", name, ..] => {
-                        let _ = locks_tx.send(ObjectRef::new(name).within(ns));
+                match trigger(rest, event.event_type) {
+                    Some(Trigger::Lock(ns, name)) => {
+                        let _ = locks_tx.send(ObjectRef::new(&name).within(&ns));
                     }
-                    [ns, "queues", name, ..] => {
-                        let _ = queues_tx.send(ObjectRef::new(name).within(ns));
+                    Some(Trigger::Queue(ns, name)) => {
+                        let _ = queues_tx.send(ObjectRef::new(&name).within(&ns));
                     }
-                    _ => {}
+                    None => {}
                 }
             }
         }
     });
     (
-        tokio_stream::wrappers::UnboundedReceiverStream::new(locks_rx),
-        tokio_stream::wrappers::UnboundedReceiverStream::new(queues_rx),
+        tokio_stream::wrappers::UnboundedReceiverStream::new(crate::throttle::throttled(locks_rx, STATUS_INTERVAL)),
+        tokio_stream::wrappers::UnboundedReceiverStream::new(crate::throttle::throttled(queues_rx, STATUS_INTERVAL)),
     )
+}
+
+/// What of a resource's own changes needs a reconcile: its spec (generation) and its
+/// lifecycle (deletion, finalizers) — not its status, which the operator writes itself.
+fn spec_or_lifecycle<K: Resource>(obj: &K) -> Option<u64> {
+    let meta = obj.meta();
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (meta.generation, meta.deletion_timestamp.is_some(), &meta.finalizers).hash(&mut hasher);
+    Some(hasher.finish())
+}
+
+/// The controller of `K`: its watch filtered to spec and lifecycle changes.
+fn controller<K>(client: kube::Client) -> Controller<K>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let changes = watcher(Api::<K>::all(client), watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(spec_or_lifecycle, Default::default());
+    Controller::for_stream(changes, reader)
 }
 
 /// Runs both controllers until `shutdown` resolves.
@@ -454,10 +613,11 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
     // Every change of the ZooKeeper session re-reconciles everything: losing it turns the
     // resources Ready=False, getting it back turns them Ready again — no restart needed.
     let session_changes = || tokio_stream::wrappers::BroadcastStream::new(ctx.session.subscribe()).map(|_| ());
-    // Status follows ZooKeeper, rate-limited: changes to one resource within 200 ms coalesce.
-    let config = ControllerConfig::default().debounce(Duration::from_millis(200));
+    // No debounce: ZooKeeper's triggers come throttled, and a trigger for a resource being
+    // reconciled waits for that reconcile to end (the controller runs one per object).
+    let config = ControllerConfig::default();
     let shutdown = futures::future::FutureExt::shared(Box::pin(shutdown));
-    let locks = Controller::new(Api::<DistributedLock>::all(ctx.client.clone()), watcher::Config::default())
+    let locks = controller::<DistributedLock>(ctx.client.clone())
         .with_config(config.clone())
         .reconcile_on(lock_triggers)
         .reconcile_all_on(session_changes())
@@ -468,7 +628,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
                 tracing::debug!(error = %err, "lock reconcile");
             }
         });
-    let queues = Controller::new(Api::<WorkQueue>::all(ctx.client.clone()), watcher::Config::default())
+    let queues = controller::<WorkQueue>(ctx.client.clone())
         .with_config(config)
         .reconcile_on(queue_triggers)
         .reconcile_all_on(session_changes())
@@ -480,4 +640,47 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
             }
         });
     futures::join!(locks, queues);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(time: &str) -> Condition {
+        Condition {
+            type_: "Ready".into(),
+            status: "True".into(),
+            reason: "Provisioned".into(),
+            message: "znodes in place".into(),
+            observed_generation: Some(1),
+            last_transition_time: Time(time.parse().unwrap()),
+        }
+    }
+
+    #[test]
+    fn ready_keeps_its_transition_time_unless_its_status_changes() {
+        let before = [at("2026-01-01T00:00:00Z")];
+        let same = ready_condition(&before, true, "Provisioned", "znodes in place".into(), Some(2));
+        assert_eq!(same.last_transition_time, before[0].last_transition_time);
+        let changed = ready_condition(&before, false, "ZooKeeperUnavailable", "down".into(), Some(2));
+        assert!(changed.last_transition_time.0 > before[0].last_transition_time.0);
+    }
+
+    #[test]
+    fn only_changes_that_matter_to_status_trigger() {
+        use zk::EventType::{NodeCreated, NodeDataChanged, NodeDeleted};
+        let lock = Some(Trigger::Lock("shop".into(), "orders".into()));
+        let queue = Some(Trigger::Queue("shop".into(), "jobs".into()));
+        assert_eq!(trigger("/shop/locks/orders", NodeDataChanged), lock, "its config");
+        assert_eq!(trigger("/shop/locks/orders/_c_1-lock-0000000001", NodeCreated), lock);
+        assert_eq!(trigger("/shop/locks/orders/_c_1-lock-0000000001", NodeDataChanged), None);
+        assert_eq!(trigger("/shop/queues/jobs/items/b9-1/item-0000000001", NodeCreated), queue);
+        assert_eq!(trigger("/shop/queues/jobs/claims/b9-1.0000000001", NodeDeleted), queue);
+        assert_eq!(trigger("/shop/queues/jobs/dead/b9-1.0000000001", NodeCreated), queue);
+        assert_eq!(trigger("/shop/queues/jobs/attempts/b9-1.0000000001", NodeCreated), None, "history");
+        assert_eq!(trigger("/shop/queues/jobs/attempts/b9-1.0000000001", NodeDataChanged), None);
+        assert_eq!(trigger("/shop/queues/jobs/items/b9-1/item-0000000001", NodeDataChanged), None);
+        assert_eq!(trigger("/shop/queues/jobs/attempts", NodeDeleted), queue, "its znodes must be put back");
+        assert_eq!(trigger("/shop", NodeCreated), None);
+    }
 }

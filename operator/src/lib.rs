@@ -3,7 +3,9 @@
 
 pub mod controller;
 pub mod crd;
+pub mod error;
 pub mod leader;
 pub mod reconcile;
+pub mod throttle;
 pub mod validate;
 pub mod webhook;

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use paddock_operator::controller::{self, Context};
-use paddock_operator::leader::LeaderElection;
+use paddock_operator::leader::{LeaderElection, Leadership, default_identity};
 use paddock_recipes::identity::DigestIdentity;
 use paddock_recipes::{Layout, Session, SessionOptions};
 
@@ -39,7 +39,7 @@ struct RunArgs {
     /// Namespace of the leader-election Lease (the operator's own).
     #[arg(long, env = "POD_NAMESPACE", value_name = "POD_NAMESPACE", default_value = "default")]
     namespace: String,
-    /// This replica's name in the Lease.
+    /// This replica's name in the Lease (unset: the host's name and a random part).
     #[arg(long, env = "POD_NAME", value_name = "POD_NAME")]
     pod_name: Option<String>,
     /// How long a leader's Lease lasts without renewal.
@@ -82,7 +82,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         session_timeout: args.session_timeout,
         digest_auth: Some(operator.credentials()),
     });
-    let ctx = Arc::new(Context::new(client.clone(), session.clone(), layout, operator));
+    let leadership = Leadership::new();
+    let ctx = Arc::new(Context::new(client.clone(), session.clone(), layout, operator, leadership.clone()));
     // Every replica serves the webhook, leader or not.
     let webhook_stop = tokio_util::sync::CancellationToken::new();
     paddock_operator::webhook::start(
@@ -100,8 +101,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     // Service, and the webhook needs the Kubernetes API, not ZooKeeper.
     serve_metrics(args.metrics_listen, ctx.clone()).await?;
 
-    let identity = args.pod_name.unwrap_or_else(|| format!("paddock-operator-{}", uuid_suffix()));
-    let election = LeaderElection::new(client, &args.namespace, "paddock-operator", &identity, args.lease_duration);
+    let identity = args.pod_name.filter(|name| !name.is_empty()).unwrap_or_else(default_identity);
+    let election =
+        LeaderElection::new(client, &args.namespace, "paddock-operator", &identity, args.lease_duration, leadership);
     let mut shutdown = Box::pin(shutdown_signal());
     tokio::select! {
         _ = election.acquire() => {}
@@ -115,20 +117,21 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             _ = lost_rx => {}
         }
     };
+    // The controllers check the leadership before every write, so they act on nothing
+    // once it has ended, even before `hold` has noticed (a process paused past its renew
+    // deadline resumes with every timer due at once).
     let controllers = controller::run(ctx, stop);
     let lost = tokio::select! {
-        _ = controllers => false,
-        _ = election.hold() => { let _ = lost_tx.send(()); true }
+        _ = controllers => None,
+        lost = election.hold() => { let _ = lost_tx.send(()); Some(lost) }
     };
     election.release().await;
     session.close().await;
-    anyhow::ensure!(!lost, "lost leadership; exiting so that a restart rejoins the election");
+    if let Some(lost) = lost {
+        anyhow::bail!("stopped leading ({lost:?}); exiting so that a restart rejoins the election");
+    }
     tracing::info!("paddock-operator stopped");
     Ok(())
-}
-
-fn uuid_suffix() -> String {
-    std::process::id().to_string()
 }
 
 /// `/metrics` (Prometheus), `/healthz`, `/readyz` (serving; the body says whether a

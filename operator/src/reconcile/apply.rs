@@ -6,6 +6,20 @@ use paddock_recipes::{Layout, LockConfig, Name, QueueConfig, zk};
 
 use super::build::Desired;
 
+/// A failed apply: ZooKeeper's error and the subtree it came from (Paddock's root, or the
+/// resource's znode and what is below it).
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {source}")]
+pub struct ApplyError {
+    pub path: String,
+    #[source]
+    pub source: zk::Error,
+}
+
+fn at(path: &str) -> impl FnOnce(zk::Error) -> ApplyError + '_ {
+    move |source| ApplyError { path: path.to_owned(), source }
+}
+
 /// Ensures a lock's znode as `desired` says.
 pub async fn lock(
     client: &zk::Client,
@@ -13,10 +27,11 @@ pub async fn lock(
     ns: &Name,
     name: &Name,
     desired: &Desired,
-) -> Result<(), zk::Error> {
+) -> Result<(), ApplyError> {
     let config = LockConfig::from_znode(&desired.path, &desired.data).expect("built from a validated spec");
-    ensure_root(client, layout, zk::Acls::new(&desired.root_acl)).await?;
-    ensure_lock(client, layout, ns, name, &config, zk::Acls::new(&desired.acl)).await.map(drop)
+    ensure_root(client, layout, zk::Acls::new(&desired.root_acl)).await.map_err(at(layout.root()))?;
+    ensure_lock(client, layout, ns, name, &config, zk::Acls::new(&desired.acl)).await.map_err(at(&desired.path))?;
+    Ok(())
 }
 
 /// Ensures a queue's znode and its children as `desired` says.
@@ -26,8 +41,9 @@ pub async fn queue(
     ns: &Name,
     name: &Name,
     desired: &Desired,
-) -> Result<(), zk::Error> {
+) -> Result<(), ApplyError> {
     let config = QueueConfig::from_znode(&desired.path, &desired.data).expect("built from a validated spec");
-    ensure_root(client, layout, zk::Acls::new(&desired.root_acl)).await?;
-    ensure_queue(client, layout, ns, name, &config, zk::Acls::new(&desired.acl)).await.map(drop)
+    ensure_root(client, layout, zk::Acls::new(&desired.root_acl)).await.map_err(at(layout.root()))?;
+    ensure_queue(client, layout, ns, name, &config, zk::Acls::new(&desired.acl)).await.map_err(at(&desired.path))?;
+    Ok(())
 }
