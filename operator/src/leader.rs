@@ -75,20 +75,9 @@ pub fn default_identity() -> String {
     format!("{host}-{}", random_hex())
 }
 
-/// 128 random bits as hex: the kernel's, or else std's per-process random hash keys.
+/// 128 random bits as hex.
 fn random_hex() -> String {
-    if let Ok(uuid) = std::fs::read_to_string("/proc/sys/kernel/random/uuid") {
-        return uuid.trim().replace('-', "");
-    }
-    use std::hash::{BuildHasher, Hasher};
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
-    let part = |salt: u8| {
-        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-        hasher.write_u128(nanos);
-        hasher.write_u8(salt);
-        hasher.finish()
-    };
-    format!("{:016x}{:016x}", part(0), part(1))
+    uuid::Uuid::new_v4().simple().to_string()
 }
 
 /// The lease record as last seen, and when (by this replica's clock).

@@ -211,7 +211,9 @@ async fn keep_session(inner: Arc<Inner>) {
                     let _ = inner.events.send(SessionEvent::Reconnected { generation });
                 }
                 terminal => {
-                    tracing::error!(generation, state = %terminal, "ZooKeeper session ended");
+                    // Handled here (a new session follows, holders are told of lost locks):
+                    // a warning, not an error a person must act on.
+                    tracing::warn!(generation, state = %terminal, "ZooKeeper session ended; opening a new one");
                     *inner.last_error.lock().expect("not poisoned") =
                         format!("ZooKeeper session {terminal}; opening a new one");
                     inner.current.send_replace(None);

@@ -90,7 +90,7 @@ async fn items_on_their_last_attempt_are_not_dead_lettered_while_claimed() {
 
     let dead = admin.list_children(&paths.dead()).await.unwrap();
     let claims = admin.list_children(&paths.claims()).await.unwrap();
-    let acked = acked.lock().unwrap();
+    let acked = acked.lock().unwrap().clone();
     let twice: Vec<_> = acked.iter().filter(|(_, n)| **n > 1).collect();
     assert!(
         dead.is_empty(),

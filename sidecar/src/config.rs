@@ -56,6 +56,17 @@ pub struct Config {
     #[arg(long, env = "PADDOCK_SHUTDOWN_GRACE", value_name = "PADDOCK_SHUTDOWN_GRACE", default_value = "5s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
 
+    /// Most connections served at once (the API and the probe port each): further
+    /// connections wait in the listen backlog until one ends. The API serves one pod; a
+    /// thread of the app that long-polls holds one connection.
+    #[arg(long, env = "PADDOCK_MAX_CONNECTIONS", value_name = "PADDOCK_MAX_CONNECTIONS", default_value = "512", value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub max_connections: u32,
+
+    /// How long a connection may take to send a request's headers before it is closed
+    /// (a client that connects and sends nothing, or half a request, holds no slot longer).
+    #[arg(long, env = "PADDOCK_HEADER_READ_TIMEOUT", value_name = "PADDOCK_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_read_timeout: Duration,
+
     /// Log format: `text` or `json`.
     #[arg(long, env = "PADDOCK_LOG_FORMAT", value_name = "PADDOCK_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,

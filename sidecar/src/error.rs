@@ -51,10 +51,11 @@ impl ApiError {
         )
     }
 
-    /// A lock's or queue's znode holds a config the sidecar cannot use.
+    /// A lock's or queue's znode holds a config the sidecar cannot use: the resource is
+    /// misconfigured (409, not a server error); retrying will not help until it is fixed.
     pub fn config_invalid(what: &str, kind: &str, name: &Name, namespace: &Name, err: impl std::fmt::Display) -> Self {
         Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
+            StatusCode::CONFLICT,
             if what == "lock" { "lock-config-invalid" } else { "queue-config-invalid" },
             format!("{err}; fix the {kind} {name} in namespace {namespace}"),
         )
@@ -99,9 +100,77 @@ impl From<paddock_recipes::names::NameError> for ApiError {
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
         let status = rejection.status();
-        let code = if status == StatusCode::PAYLOAD_TOO_LARGE { "payload-too-large" } else { "invalid-json" };
-        Self::new(status, code, format!("{}; send a JSON object as documented in /openapi.json", rejection.body_text()))
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            return Self::body_too_large();
+        }
+        Self::new(
+            status,
+            "invalid-json",
+            format!("{}; send a JSON object as documented in /openapi.json", rejection.body_text()),
+        )
     }
+}
+
+impl ApiError {
+    /// A request body over [`crate::api::MAX_BODY_BYTES`].
+    pub fn body_too_large() -> Self {
+        let limit = crate::api::MAX_BODY_BYTES;
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload-too-large",
+            format!(
+                "the request body is over the sidecar's limit of {limit} bytes; a queue item holds at most \
+                 1,000,000 bytes (or its queue's maxPayloadBytes): store large data elsewhere and enqueue a \
+                 reference, or split a batch"
+            ),
+        )
+        .with_details(json!({ "limit": limit }))
+    }
+}
+
+/// Makes every error JSON, also those written by the framework and its layers (a body
+/// over the limit, an unknown route, a wrong method), so an app can always read `error`
+/// and `message`.
+pub async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = match axum::body::to_bytes(body, 16 * 1024).await {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).trim().to_owned(),
+        Err(_) => String::new(),
+    };
+    let error = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::body_too_large(),
+        StatusCode::NOT_FOUND => {
+            ApiError::not_found("no-such-endpoint", "no such endpoint; GET /openapi.json lists the API")
+        }
+        StatusCode::METHOD_NOT_ALLOWED => {
+            let allowed = parts.headers.get(axum::http::header::ALLOW).and_then(|v| v.to_str().ok()).unwrap_or("");
+            ApiError::new(
+                status,
+                "method-not-allowed",
+                format!("this endpoint answers {allowed}; see GET /openapi.json"),
+            )
+        }
+        _ if status.is_client_error() => ApiError::new(status, "bad-request", format!("{text}; see GET /openapi.json")),
+        _ => {
+            tracing::error!(%status, body = text, "a server error without a JSON body");
+            ApiError::new(status, "internal", format!("internal error ({text}); see the sidecar's log"))
+        }
+    };
+    let mut response = error.into_response();
+    for name in [axum::http::header::ALLOW, axum::http::header::RETRY_AFTER] {
+        if let Some(value) = parts.headers.get(&name) {
+            response.headers_mut().insert(name, value.clone());
+        }
+    }
+    response
 }
 
 impl From<QueryRejection> for ApiError {

@@ -10,6 +10,7 @@ mod locks;
 mod metrics;
 mod pod;
 mod queues;
+mod server;
 mod state;
 
 use std::sync::Arc;
@@ -71,19 +72,21 @@ async fn main() -> anyhow::Result<()> {
         events: ctx.events,
         metrics: ctx.metrics,
         shutdown: shutdown.clone(),
+        readiness: Arc::default(),
     };
 
+    let limits = server::Limits {
+        max_connections: config.max_connections as usize,
+        header_read_timeout: config.header_read_timeout,
+    };
     if let Some(addr) = config.health_listen {
         let health = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("PADDOCK_HEALTH_LISTEN {addr}: cannot bind"))?;
         let probes = api::health::router().with_state(state.clone());
-        tokio::spawn(
-            axum::serve(health, probes).with_graceful_shutdown(shutdown.clone().cancelled_owned()).into_future(),
-        );
+        tokio::spawn(server::serve(health, probes, limits, shutdown.clone()));
     }
-    let server = axum::serve(listener, api::router(state)).with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let server = tokio::spawn(server.into_future());
+    let server = tokio::spawn(server::serve(listener, api::router(state), limits, shutdown.clone()));
     // On SIGTERM: stop accepting, end streams, give in-flight requests the grace period,
     // then release what the pod holds.
     shutdown_signal().await;

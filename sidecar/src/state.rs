@@ -21,4 +21,6 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Cancelled on SIGTERM: event streams and long-polls end so the server can drain.
     pub shutdown: CancellationToken,
+    /// What `/readyz` last answered (its changes are logged, not every probe).
+    pub readiness: Arc<crate::api::health::Readiness>,
 }

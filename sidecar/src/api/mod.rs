@@ -8,6 +8,8 @@ mod queues;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use tower_http::classify::ServerErrorsFailureClass;
 use tower_http::trace::TraceLayer;
 
 use crate::state::AppState;
@@ -24,8 +26,20 @@ pub fn router(state: AppState) -> Router {
         .merge(metrics::router())
         .merge(queues::router())
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(TraceLayer::new_for_http())
+        .layer(axum::middleware::map_response(crate::error::json_errors))
+        .layer(TraceLayer::new_for_http().on_failure(log_failure))
         .with_state(state)
+}
+
+/// A 503 is expected while ZooKeeper is away (the app is told to retry, and `/readyz`
+/// logs the change once): debug. Any other server error is one a person must look at.
+fn log_failure(class: ServerErrorsFailureClass, latency: std::time::Duration, _span: &tracing::Span) {
+    match class {
+        ServerErrorsFailureClass::StatusCode(StatusCode::SERVICE_UNAVAILABLE) => {
+            tracing::debug!(classification = %class, ?latency, "response failed")
+        }
+        other => tracing::error!(classification = %other, ?latency, "response failed"),
+    }
 }
 
 #[cfg(test)]
@@ -67,7 +81,16 @@ mod tests {
         let shutdown = CancellationToken::new();
         let locks = LockService::new(ctx.clone());
         let queues = QueueService::new(ctx.clone(), shutdown.clone());
-        AppState { session, locks, queues, default_queue: None, events: ctx.events, metrics: ctx.metrics, shutdown }
+        AppState {
+            session,
+            locks,
+            queues,
+            default_queue: None,
+            events: ctx.events,
+            metrics: ctx.metrics,
+            shutdown,
+            readiness: Arc::default(),
+        }
     }
 
     fn documented() -> Vec<(String, String)> {
