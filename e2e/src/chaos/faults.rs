@@ -46,7 +46,7 @@ const WRITES: &[i32] =
     &[op::CREATE, op::CREATE2, op::CREATE_CONTAINER, op::CREATE_TTL, op::DELETE, op::SET_DATA, op::MULTI];
 /// The lock a cut-off pod holds through its cut, to see it reported lost: the semaphore
 /// `workers` of `default` (`examples/`), which no workload uses.
-const WITNESS_LOCK: &str = "workers";
+pub const WITNESS_LOCK: &str = "workers";
 /// How long `CutOffSidecar` cuts a pod off: past its session timeout.
 const CUT_OFF: Duration = Duration::from_secs(SESSION_TIMEOUT.as_secs() * 2);
 /// How long `PauseOperatorLeader` stops the leader: past its renew deadline and lease.
@@ -239,6 +239,18 @@ async fn inject(
             let operator = &mut cluster.stack.operators[leader];
             operator.process.resume()?;
             let mut injected = Injected::on(format!("operator {}", operator.pod_name()));
+            // Woken, it finds the Lease gone and exits to rejoin the election; its pod
+            // would be restarted, and so it is here.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline && !operator.process.has_exited() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            if operator.process.has_exited() {
+                operator.restart()?;
+                injected
+                    .target
+                    .push_str(" (it exited on waking, having lost the Lease, and was restarted as its pod would be)");
+            }
             if holder == Some(leader) {
                 injected.violations.push(format!(
                     "operator: the Lease still named {} after it was stopped for {OPERATOR_PAUSE:?} (lease {LEASE_DURATION:?}): no replica took over",
@@ -255,8 +267,15 @@ async fn inject(
 }
 
 /// The operator replica holding the Lease; a replica restarted by the last operator fault
-/// may still be taking it.
-async fn operator_leader(cluster: &Cluster) -> Result<usize> {
+/// may still be taking it. A replica that has exited (one that lost the Lease exits to
+/// rejoin the election) is restarted first, as its pod would be.
+async fn operator_leader(cluster: &mut Cluster) -> Result<usize> {
+    for operator in &mut cluster.stack.operators {
+        if operator.process.has_exited() {
+            println!("  operator {} had exited: restarted, as its pod would be", operator.pod_name());
+            operator.restart()?;
+        }
+    }
     for _ in 0..100 {
         if let Some(leader) = cluster.stack.operator_leader().await {
             return Ok(leader);
@@ -270,15 +289,22 @@ async fn operator_leader(cluster: &Cluster) -> Result<usize> {
 /// kind drawn from the seed: any write, a queue's or a lock's), then lets the sidecar
 /// reconnect. The sidecar must treat the write as "outcome unknown".
 async fn lose_a_reply(cluster: &mut Cluster, workloads: &Arc<Workloads>, rng: &mut impl Rng) -> Result<Injected> {
-    let busy = match rng.random_range(0..2) {
-        0 => wait_for_one(&workloads.processing).await,
-        _ => wait_for_one(&workloads.mid_section).await,
+    // What to hit, drawn from the seed: a queue's write of a pod whose consumer is busy
+    // (claim, ack, enqueue), a lock write of a pod whose counter holds `orders`, a lock
+    // write of team-b (semaphore and read/write holders), or any write of any pod.
+    let (index, body_contains) = match rng.random_range(0..4) {
+        0 => (
+            pick_pod(cluster, wait_for_one(&workloads.processing).await, rng, |p| p.namespace == "default"),
+            Some("/queues/"),
+        ),
+        1 => (
+            pick_pod(cluster, wait_for_one(&workloads.mid_section).await, rng, |p| p.namespace == "default"),
+            Some("/locks/"),
+        ),
+        2 => (pick_pod(cluster, None, rng, |p| p.namespace == TEAM_B), Some("/locks/")),
+        _ => (pick_pod(cluster, None, rng, |_| true), None),
     };
-    let index = pick_pod(cluster, busy, rng, |_| true);
     let pod = &cluster.pods[index];
-    let paths: &[Option<&str>] =
-        if pod.namespace == "default" { &[None, Some("/queues/"), Some("/locks/")] } else { &[None, Some("/locks/")] };
-    let body_contains = paths[rng.random_range(0..paths.len())];
     let rule = pod.proxy.lose_next_reply(Match { opcodes: WRITES, body_contains, outcome: Outcome::Applied });
     let mut injected = Injected::on_pod(pod);
     injected.pod = None; // the session survives: not a pod fault

@@ -108,6 +108,7 @@ pub async fn run(options: ChaosOptions) -> Result<Report> {
         report.checks.push("the queue did not drain within 120 s after the faults".into());
     }
     let dead = dead_letters(&cluster, &mut report).await?;
+    check_locks_left(&cluster, &mut report).await;
 
     report::check_counter(&workloads, &mut report);
     report::check_gauges(&workloads, &mut report);
@@ -186,6 +187,53 @@ async fn dead_letters(cluster: &Cluster, report: &mut Report) -> Result<Vec<Dead
         ));
     }
     Ok(letters)
+}
+
+/// Once every app has released its locks (each asks again while a release's outcome is
+/// unknown, and gives up a place an unanswered acquire may have left it), no lock has a
+/// holder or a waiter left: a contender left behind would live as long as its pod's
+/// session, taking a place of a semaphore from everyone.
+async fn check_locks_left(cluster: &Cluster, report: &mut Report) {
+    let locks = [
+        ("default", workloads::COUNTER_LOCK),
+        ("default", faults::WITNESS_LOCK),
+        (TEAM_B, workloads::SEMAPHORE_LOCK),
+        (TEAM_B, workloads::RW_LOCK),
+    ];
+    let mut left = Vec::new();
+    // A pod killed at the very end takes its session timeout to let go.
+    let deadline = Instant::now() + cluster::SESSION_TIMEOUT * 3;
+    for (namespace, lock) in locks {
+        let pod = cluster.pods.iter().find(|p| p.namespace == namespace).expect("a pod per namespace").client();
+        let mut last = String::from("no answer");
+        loop {
+            match pod.lock_status(lock, "checker").await {
+                Ok((200, body)) if body["holders"].as_array().is_some_and(|h| h.is_empty()) && body["waiters"] == 0 => {
+                    last.clear();
+                    break;
+                }
+                Ok((status, body)) => {
+                    last = format!("{status}: holders {} waiters {}", body["holders"], body["waiters"])
+                }
+                Err(err) => last = format!("{err:#}"),
+            }
+            if Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        if !last.is_empty() {
+            left.push(format!("{lock} of {namespace} ({last})"));
+        }
+    }
+    if left.is_empty() {
+        report.checks.push("locks after the faults: no holder or waiter left once the apps released them".into());
+    } else {
+        report.violations.extend(
+            left.into_iter()
+                .map(|l| format!("locks after the faults: {l}, after every app released it: a contender left behind")),
+        );
+    }
 }
 
 /// Two namespaces cannot see or touch each other's locks and queues: not through their

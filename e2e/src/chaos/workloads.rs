@@ -326,7 +326,7 @@ impl Workloads {
                             self.counts.stale_rejected.fetch_add(1, Ordering::Relaxed);
                         }
                     }
-                    let _ = pod.client.release(COUNTER_LOCK, owner).await;
+                    release(pod, COUNTER_LOCK, owner).await;
                 }
                 Ok(Acquire::Busy(_)) => {}
                 Ok(Acquire::Failed { .. }) | Err(_) => {
@@ -335,6 +335,9 @@ impl Workloads {
                 }
             }
         }
+        // An acquire whose answer left the outcome unknown may have left this owner a
+        // place: give it up, so that what is left afterwards is the sidecar's doing.
+        release(pod, COUNTER_LOCK, owner).await;
     }
 
     async fn producer(&self, pod: &mut PodHandle) {
@@ -486,11 +489,24 @@ impl Workloads {
                     };
                     counter.fetch_add(1, Ordering::Relaxed);
                     self.availability.success(if semaphore { "semaphore" } else { "read/write" });
-                    let _ = pod.client.release(lock, owner).await;
+                    release(pod, lock, owner).await;
                 }
                 Ok(Acquire::Busy(_)) => {}
                 Ok(Acquire::Failed { .. }) | Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             }
+        }
+        release(pod, lock, owner).await;
+    }
+}
+
+/// Releases a lock, asking again while the answer leaves the outcome unknown (a 503 or
+/// none; releases are idempotent): 200 released, 404 not held, 409 lost are all final.
+async fn release(pod: &mut PodHandle, lock: &str, owner: &str) {
+    for _ in 0..40 {
+        pod.checkpoint().await;
+        match pod.client.release(lock, owner).await {
+            Ok((200 | 404 | 409, _)) => return,
+            _ => tokio::time::sleep(Duration::from_millis(250)).await,
         }
     }
 }
