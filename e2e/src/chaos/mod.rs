@@ -223,7 +223,21 @@ async fn check_locks_left(cluster: &Cluster, report: &mut Report) {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
         if !last.is_empty() {
-            left.push(format!("{lock} of {namespace} ({last})"));
+            // What the holder's own sidecar says of it: does it still know the place?
+            let mut owners = Vec::new();
+            if let Ok((_, body)) = pod.lock_status(lock, "checker").await {
+                for holder in body["holders"].as_array().into_iter().flatten() {
+                    let (owner, name) = (holder["holder"]["owner"].as_str(), holder["holder"]["pod"].as_str());
+                    let Some(sim) = cluster.pods.iter().find(|p| Some(p.name.as_str()) == name) else { continue };
+                    let owner = owner.unwrap_or_default();
+                    let state = match sim.client().lock_status(lock, owner).await {
+                        Ok((status, body)) => format!("{status} state {}", body["state"]),
+                        Err(err) => format!("{err:#}"),
+                    };
+                    owners.push(format!("GET /lock/{lock}?owner={owner} on {}: {state}", sim.name));
+                }
+            }
+            left.push(format!("{lock} of {namespace} ({last}; {})", owners.join("; ")));
         }
     }
     if left.is_empty() {
