@@ -24,6 +24,13 @@
 //! - A rule fires once. By default it fires only on a reply that says the request was
 //!   applied ([`Outcome::Applied`]); a refused one (e.g. a create under a missing bucket)
 //!   is passed through and the rule stays armed.
+//!
+//! It can also cut its clients off the whole ensemble ([`FaultProxy::blackhole`]), as a
+//! node's network going away does: nothing is forwarded either way, new connections are
+//! accepted and held, and no connection is closed, so the client notices only by its own
+//! timeouts and the servers only by the missing pings (the session expires). On
+//! [`FaultProxy::heal`] every connection that lived through the cut is closed (what it
+//! held is dropped, as a network drops packets) and clients connect afresh.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -34,7 +41,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 /// ZooKeeper opcodes (`ZooDefs.OpCode`). What zookeeper-client 0.11 sends for each call
@@ -180,6 +187,8 @@ struct Shared {
     lost: AtomicU64,
     /// Cancelled to close every current connection (a new token is put in its place).
     connections: Mutex<CancellationToken>,
+    /// True while cut off: nothing is forwarded, nothing connects upstream.
+    blackholed: watch::Sender<bool>,
 }
 
 /// A TCP proxy in front of ZooKeeper servers that loses replies on command. Dropping it
@@ -253,6 +262,30 @@ impl FaultProxy {
         token.cancel();
         *token = CancellationToken::new();
     }
+
+    /// Cuts the clients off the ensemble until [`FaultProxy::heal`]: every frame in either
+    /// direction is held back, connections stay open (no reset tells anyone), and new
+    /// ones are accepted but never connected upstream.
+    pub fn blackhole(&self) {
+        self.shared.blackholed.send_replace(true);
+    }
+
+    /// Ends a [`FaultProxy::blackhole`]: closes every connection that lived through it
+    /// (dropping what it held back) and forwards again.
+    pub fn heal(&self) {
+        self.disconnect_all();
+        self.shared.blackholed.send_replace(false);
+    }
+
+    pub fn is_blackholed(&self) -> bool {
+        *self.shared.blackholed.borrow()
+    }
+}
+
+/// Waits while the proxy is cut off.
+async fn while_blackholed(shared: &Shared) {
+    let mut cut = shared.blackholed.subscribe();
+    let _ = cut.wait_for(|cut| !*cut).await;
 }
 
 impl Drop for FaultProxy {
@@ -280,12 +313,14 @@ async fn accept(listener: TcpListener, shared: Arc<Shared>, stop: CancellationTo
         let shared = shared.clone();
         tokio::spawn(async move {
             tokio::select! {
+                // A closed connection forwards nothing more, also what a blackhole held.
+                biased;
+                _ = closed.cancelled() => {}
                 result = serve(&shared, client) => {
                     if let Err(err) = result {
                         tracing::debug!(error = %err, "fault proxy: connection ended");
                     }
                 }
-                _ = closed.cancelled() => {}
             }
         });
     }
@@ -322,6 +357,7 @@ async fn connect_upstream(shared: &Shared) -> Result<TcpStream> {
 
 async fn serve(shared: &Shared, client: TcpStream) -> Result<()> {
     client.set_nodelay(true)?;
+    while_blackholed(shared).await;
     let server = connect_upstream(shared).await?;
     let (client_read, client_write) = client.into_split();
     let (server_read, server_write) = server.into_split();
@@ -351,6 +387,7 @@ async fn client_to_server(
             rules.retain(|r| !r.fired.is_closed()); // the test dropped its handle
             rules.iter().position(|r| r.matches(header, body)).and_then(|i| rules.remove(i))
         };
+        while_blackholed(shared).await;
         *shared.forwarded.lock().expect("not poisoned").entry(header.opcode).or_default() += 1;
         let Some(rule) = rule else {
             write_frame(&mut to, &frame).await?;
@@ -392,6 +429,7 @@ async fn server_to_client(
     loop {
         let Some(frame) = read_frame(&mut from).await? else { return Ok(()) };
         let header = parse_reply(&frame).context("a server frame without a reply header")?;
+        while_blackholed(shared).await;
         let armed = {
             let mut pending = pending.lock().expect("not poisoned");
             match pending.as_ref() {

@@ -1,5 +1,6 @@
 //! The fault suite, short (CI): the whole system under every kind of fault, then the
-//! checkers. And two deliberately broken variants, to prove the checkers bite. The runs
+//! checkers. And deliberately broken variants, to prove the checkers bite (and one whose
+//! consumers fail some items, to prove dead letters are counted, not lost). The runs
 //! take turns: they share the machine's two cores.
 //!
 //! `PADDOCK_CHAOS_SEED` replays a run's fault schedule, `PADDOCK_CHAOS_DURATION` (e.g.
@@ -62,4 +63,30 @@ async fn consumers_that_ack_before_processing_lose_items_and_the_ledger_says_so(
     let report = chaos::run(options).await.unwrap();
     println!("{report}");
     assert!(!report.lost.is_empty(), "items acked but never processed went unnoticed:\n{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn items_that_always_fail_are_dead_lettered_and_counted_not_lost() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let options = ChaosOptions {
+        seed: seed(),
+        duration: Duration::from_secs(15),
+        faults: vec![FaultKind::KillSidecar],
+        broken: Some(Broken::FailSomeItems),
+        ..Default::default()
+    };
+    let report = chaos::run(options).await.unwrap();
+    println!("{report}");
+    let count = |what: &str| report.operations.iter().find(|(w, _)| w.contains(what)).map(|(_, n)| *n).unwrap();
+    let failing = count("items to fail enqueued");
+    assert!(failing > 0 && count("nacks confirmed") > 0, "no item was failed on purpose:\n{report}");
+    // Every confirmed item meant to fail is in the dead letters (a missing one would be
+    // lost: it was never processed), and none is reported lost or as a violation.
+    assert!(report.lost.is_empty(), "dead-lettered items reported lost:\n{report}");
+    assert!(
+        report.dead_lettered >= failing,
+        "{failing} items to fail, {} dead letters:\n{report}",
+        report.dead_lettered
+    );
+    assert!(report.violations.is_empty(), "violations:\n{report}");
 }

@@ -114,3 +114,47 @@ async fn a_refused_multi_fires_only_a_rule_that_waits_for_a_refusal() {
     let fired = refused.wait(Duration::from_secs(5)).await.unwrap();
     assert!(!fired.applied, "a multi whose create had no parent: {fired:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blackhole_past_the_session_timeout_expires_the_session_and_a_short_one_does_not() {
+    init_tracing();
+    let ensemble = Ensemble::start_single().await.unwrap();
+    let proxy = FaultProxy::for_ensemble(&ensemble).await.unwrap();
+    let direct = zk::Client::connect(&ensemble.connect_string()).await.unwrap();
+    let client = zk::Client::connector()
+        .with_session_timeout(Duration::from_secs(4))
+        .connect(&proxy.connect_string())
+        .await
+        .unwrap();
+    let session = client.session_id();
+    client.create("/held", b"", &open(zk::CreateMode::Ephemeral)).await.unwrap();
+
+    // Cut for less than the session timeout: the session lives. The heal closes the
+    // connection that lived through the cut; the client reconnects to the same session.
+    proxy.blackhole();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(direct.check_stat("/held").await.unwrap().is_some());
+    let mut states = client.state_watcher();
+    proxy.heal();
+    let dropped = async { while states.changed().await != zk::SessionState::Disconnected {} };
+    tokio::time::timeout(Duration::from_secs(10), dropped).await.expect("the heal closes the connection");
+    connected(&client).await;
+    assert_eq!(client.session_id(), session);
+    client.create("/short-cut", b"", &open(zk::CreateMode::Persistent)).await.unwrap();
+
+    // Cut past it: the server expires the session (its ephemeral goes) while the client
+    // hears nothing; after the heal the client learns its session expired.
+    let mut states = client.state_watcher();
+    proxy.blackhole();
+    assert!(proxy.is_blackholed());
+    let expired = async {
+        while direct.check_stat("/held").await.unwrap().is_some() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(15), expired).await.expect("the server expires the cut-off session");
+    assert_ne!(client.state(), zk::SessionState::SyncConnected, "the client noticed the silence");
+    proxy.heal();
+    let learned = async { while states.changed().await != zk::SessionState::Expired {} };
+    tokio::time::timeout(Duration::from_secs(15), learned).await.expect("the client learns its session expired");
+}

@@ -1,7 +1,9 @@
 //! The system under test, all real processes: the stack (a 3-node ensemble on hosts of
 //! its own, the Kubernetes API stand-in, two operator replicas, CRDs and resources applied
 //! with kubectl) and sidecars standing for pods of two namespaces, each with the
-//! credentials the operator made for its namespace.
+//! credentials the operator made for its namespace. Each sidecar reaches the ensemble
+//! through a fault proxy of its own (its node's network, so to speak): the nemesis loses
+//! a reply there or cuts the pod off.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,10 +15,12 @@ use tokio::task::JoinSet;
 use super::workloads::{PodHandle, Role, Workloads};
 use crate::client::PodClient;
 use crate::stack::{Stack, StackOptions};
-use crate::{EnsembleOptions, Sidecar, SidecarOptions, find_binary};
+use crate::{EnsembleOptions, FaultProxy, Sidecar, SidecarOptions, find_binary};
 
 /// Session timeout of sidecars and operators: short, so faults play out in seconds.
 pub const SESSION_TIMEOUT: Duration = Duration::from_secs(4);
+/// The operators' leader lease (their renew deadline is shorter).
+pub const LEASE_DURATION: Duration = Duration::from_secs(3);
 /// The second namespace, with its own resources (`e2e/chaos/team-b.yaml`).
 pub const TEAM_B: &str = "team-b";
 
@@ -25,6 +29,8 @@ pub struct SimPod {
     pub name: String,
     pub namespace: String,
     pub sidecar: Sidecar,
+    /// Between the sidecar and every ZooKeeper server.
+    pub proxy: FaultProxy,
     pub credentials: String,
     roles: Vec<Role>,
     paused: watch::Sender<bool>,
@@ -95,7 +101,7 @@ impl Cluster {
             operators: 2,
             namespaces: vec![TEAM_B.to_owned()],
             manifests: vec!["examples/".to_owned(), "e2e/chaos/team-b.yaml".to_owned()],
-            lease_duration: Duration::from_secs(3),
+            lease_duration: LEASE_DURATION,
             session_timeout: SESSION_TIMEOUT,
             dir: dir.path().to_owned(),
         })
@@ -110,20 +116,18 @@ impl Cluster {
         let mut cluster = Self { stack, pods: Vec::new(), dir };
         for (name, namespace, roles) in pods {
             let credentials = cluster.stack.namespace_credentials(namespace).await?;
-            let mut options = SidecarOptions::new(
-                find_binary("paddock-sidecar")?,
-                cluster.stack.ensemble.connect_string(),
-                name,
-                namespace,
-            )
-            .session_timeout(SESSION_TIMEOUT)
-            .env("PADDOCK_ZK_AUTH", &credentials);
+            let proxy = FaultProxy::for_ensemble(&cluster.stack.ensemble).await?;
+            let mut options =
+                SidecarOptions::new(find_binary("paddock-sidecar")?, proxy.connect_string(), name, namespace)
+                    .session_timeout(SESSION_TIMEOUT)
+                    .env("PADDOCK_ZK_AUTH", &credentials);
             options.log_file = Some(cluster.dir.path().join(format!("sidecar-{name}.log")));
             let sidecar = Sidecar::start(options).await?;
             let mut pod = SimPod {
                 name: name.to_owned(),
                 namespace: namespace.to_owned(),
                 sidecar,
+                proxy,
                 credentials,
                 roles,
                 paused: watch::channel(false).0,

@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::cluster::{Cluster, TEAM_B};
 pub use self::faults::FaultKind;
+use self::report::DeadLetter;
 pub use self::report::Report;
 use self::workloads::{QUEUE, Workloads};
 
@@ -35,6 +36,9 @@ pub enum Broken {
     NoFencing,
     /// Consumers ack an item before they process it.
     AckBeforeProcessing,
+    /// Consumers fail every tenth item (they nack it): after the queue's `maxAttempts`
+    /// deliveries it goes to the dead letters, which the ledger must count, not call lost.
+    FailSomeItems,
 }
 
 #[derive(Debug, Clone)]
@@ -103,7 +107,8 @@ pub async fn run(options: ChaosOptions) -> Result<Report> {
     if !drained {
         report.checks.push("the queue did not drain within 120 s after the faults".into());
     }
-    let dead = dead_letters(&cluster).await?;
+    let dead = dead_letters(&cluster, &mut report).await?;
+    check_locks_left(&cluster, &mut report).await;
 
     report::check_counter(&workloads, &mut report);
     report::check_gauges(&workloads, &mut report);
@@ -135,22 +140,114 @@ async fn drain(cluster: &Cluster, timeout: Duration) -> bool {
     false
 }
 
-/// Item numbers in the queue's dead letters.
-async fn dead_letters(cluster: &Cluster) -> Result<Vec<u64>> {
-    let pod = cluster.pods.iter().find(|p| p.namespace == "default").expect("a pod of default").client();
-    let response = pod.http().get(pod.url(&format!("/queue/{QUEUE}/dead?limit=1000"))).send().await?;
-    let body: serde_json::Value = response.json().await?;
-    let mut items = Vec::new();
-    for letter in body["items"].as_array().into_iter().flatten() {
-        let payload = letter["payloadBase64"].as_str().and_then(|p| {
-            use base64::Engine as _;
-            base64::engine::general_purpose::STANDARD.decode(p).ok()
-        });
-        if let Some(n) = payload.as_deref().and_then(workloads::item_number) {
-            items.push(n);
+/// The queue's dead letters, all of them, as `GET /queue/{name}/dead` shows them. It lists
+/// at most 1000; when the queue's stats count more, the rest are listed in ZooKeeper
+/// (with the namespace's identity) and read one by one through `GET .../dead/{id}`.
+async fn dead_letters(cluster: &Cluster, report: &mut Report) -> Result<Vec<DeadLetter>> {
+    const PAGE: usize = 1000;
+    let web = cluster.pods.iter().find(|p| p.namespace == "default").expect("a pod of default");
+    let pod = web.client();
+    let get = |path: String| {
+        let pod = pod.clone();
+        async move {
+            // The sidecar may still be reconnecting after the faults: ask again on a 503.
+            for _ in 0..60 {
+                let response = pod.http().get(pod.url(&path)).send().await?;
+                if response.status() != 503 {
+                    anyhow::ensure!(response.status().is_success(), "GET {path}: {}", response.status());
+                    return Ok::<_, anyhow::Error>(response.json::<serde_json::Value>().await?);
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            anyhow::bail!("GET {path}: 503 for 30 s")
+        }
+    };
+    let listing = get(format!("/queue/{QUEUE}/dead?limit={PAGE}")).await?;
+    let mut letters: Vec<DeadLetter> =
+        listing["items"].as_array().into_iter().flatten().filter_map(DeadLetter::from_api).collect();
+    let counted = get(format!("/queue/{QUEUE}")).await?["stats"]["deadLettered"].as_u64().unwrap_or(0);
+    if letters.len() >= PAGE || (letters.len() as u64) < counted {
+        let admin = zk::Client::connector()
+            .with_auth("digest", web.credentials.as_bytes())
+            .connect(&cluster.stack.ensemble.connect_string())
+            .await
+            .context("connecting as default to list the dead letters")?;
+        let mut ids = admin.list_children(&format!("/paddock/default/queues/{QUEUE}/dead")).await?;
+        ids.sort();
+        let listed = letters.len();
+        let seen: std::collections::HashSet<String> = letters.iter().map(|l| l.id.clone()).collect();
+        for id in ids.into_iter().filter(|id| !seen.contains(id)) {
+            if let Some(letter) = DeadLetter::from_api(&get(format!("/queue/{QUEUE}/dead/{id}")).await?) {
+                letters.push(letter);
+            }
+        }
+        report.checks.push(format!(
+            "dead letters: GET /queue/{QUEUE}/dead listed {listed} (it lists at most {PAGE}); the other {} were read one by one",
+            letters.len() - listed
+        ));
+    }
+    Ok(letters)
+}
+
+/// Once every app has released its locks (each asks again while a release's outcome is
+/// unknown, and gives up a place an unanswered acquire may have left it), no lock has a
+/// holder or a waiter left: a contender left behind would live as long as its pod's
+/// session, taking a place of a semaphore from everyone.
+async fn check_locks_left(cluster: &Cluster, report: &mut Report) {
+    let locks = [
+        ("default", workloads::COUNTER_LOCK),
+        ("default", faults::WITNESS_LOCK),
+        (TEAM_B, workloads::SEMAPHORE_LOCK),
+        (TEAM_B, workloads::RW_LOCK),
+    ];
+    let mut left = Vec::new();
+    // A pod killed at the very end takes its session timeout to let go.
+    let deadline = Instant::now() + cluster::SESSION_TIMEOUT * 3;
+    for (namespace, lock) in locks {
+        let pod = cluster.pods.iter().find(|p| p.namespace == namespace).expect("a pod per namespace").client();
+        let mut last = String::from("no answer");
+        loop {
+            match pod.lock_status(lock, "checker").await {
+                Ok((200, body)) if body["holders"].as_array().is_some_and(|h| h.is_empty()) && body["waiters"] == 0 => {
+                    last.clear();
+                    break;
+                }
+                Ok((status, body)) => {
+                    last = format!("{status}: holders {} waiters {}", body["holders"], body["waiters"])
+                }
+                Err(err) => last = format!("{err:#}"),
+            }
+            if Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        if !last.is_empty() {
+            // What the holder's own sidecar says of it: does it still know the place?
+            let mut owners = Vec::new();
+            if let Ok((_, body)) = pod.lock_status(lock, "checker").await {
+                for holder in body["holders"].as_array().into_iter().flatten() {
+                    let (owner, name) = (holder["holder"]["owner"].as_str(), holder["holder"]["pod"].as_str());
+                    let Some(sim) = cluster.pods.iter().find(|p| Some(p.name.as_str()) == name) else { continue };
+                    let owner = owner.unwrap_or_default();
+                    let state = match sim.client().lock_status(lock, owner).await {
+                        Ok((status, body)) => format!("{status} state {}", body["state"]),
+                        Err(err) => format!("{err:#}"),
+                    };
+                    owners.push(format!("GET /lock/{lock}?owner={owner} on {}: {state}", sim.name));
+                }
+            }
+            left.push(format!("{lock} of {namespace} ({last}; {})", owners.join("; ")));
         }
     }
-    Ok(items)
+    if left.is_empty() {
+        report.checks.push("locks after the faults: no holder or waiter left once the apps released them".into());
+    } else {
+        report.violations.extend(
+            left.into_iter()
+                .map(|l| format!("locks after the faults: {l}, after every app released it: a contender left behind")),
+        );
+    }
 }
 
 /// Two namespaces cannot see or touch each other's locks and queues: not through their

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::faults::{Fault, FaultKind};
-use super::workloads::{AckOutcome, Delivery, Workloads};
+use super::workloads::{AckOutcome, Delivery, ItemRef, Workloads};
 
 #[derive(Debug, Default)]
 pub struct Report {
@@ -20,8 +20,12 @@ pub struct Report {
     pub fault_counts: BTreeMap<String, usize>,
     pub violations: Vec<String>,
     pub lost: Vec<u64>,
+    /// Items found in the dead letters, and the dead letters by reason.
     pub dead_lettered: u64,
+    pub dead_letter_reasons: BTreeMap<String, u64>,
     pub duplicates: BTreeMap<String, u64>,
+    /// Deliveries again after a confirmed nack: retries the consumer asked for.
+    pub redelivered_after_nack: u64,
     pub longest_unavailability: Option<(String, Duration)>,
     pub checks: Vec<String>,
 }
@@ -69,20 +73,120 @@ pub fn check_gauges(workloads: &Workloads, report: &mut Report) {
         .push(format!("semaphore pool: at most {} holders seen at once (limit 3)", workloads.semaphore.max_seen()));
 }
 
-/// Lost items, and duplicates with their cause, from the queue's ledger.
-pub fn check_queue(workloads: &Workloads, faults: &[Fault], dead_lettered: &[u64], report: &mut Report) {
+/// A dead letter as `GET /queue/{name}/dead` shows it.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub id: String,
+    /// The item it was, when the payload is one of ours.
+    pub item: Option<ItemRef>,
+    pub reason: String,
+    pub attempts: u64,
+    /// (pod, outcome) of every delivery.
+    pub deliveries: Vec<(String, String)>,
+}
+
+impl DeadLetter {
+    /// From one entry of the API's answer (the text `payload`, else `payloadBase64`).
+    pub fn from_api(letter: &serde_json::Value) -> Option<Self> {
+        use base64::Engine as _;
+        let payload = match letter["payload"].as_str() {
+            Some(text) => text.as_bytes().to_vec(),
+            None => base64::engine::general_purpose::STANDARD.decode(letter["payloadBase64"].as_str()?).ok()?,
+        };
+        let deliveries = letter["deliveries"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|d| (d["pod"].as_str().unwrap_or("?").to_owned(), d["outcome"].as_str().unwrap_or("?").to_owned()))
+            .collect();
+        Some(Self {
+            id: letter["id"].as_str()?.to_owned(),
+            item: ItemRef::parse(&payload),
+            reason: letter["reason"].as_str().unwrap_or("").to_owned(),
+            attempts: letter["attempts"].as_u64().unwrap_or(0),
+            deliveries,
+        })
+    }
+}
+
+/// Lost items, and duplicates with their cause, from the queue's ledger and dead letters.
+///
+/// Deliveries are grouped by copy (an item number and the enqueue try that left it, as
+/// the payload says): one copy delivered again after a confirmed ack is a violation; a
+/// second copy of an item exists only because the producer tried again after an answer
+/// that left the outcome unknown, and is counted as a duplicate of that cause (a copy of
+/// a try answered 201 while another try also left one is a violation: two copies of one
+/// confirmed enqueue).
+pub fn check_queue(workloads: &Workloads, faults: &[Fault], dead: &[DeadLetter], report: &mut Report) {
     let ledger = workloads.ledger.lock().unwrap();
-    report.dead_lettered = dead_lettered.len() as u64;
+    let dead_items: std::collections::HashSet<u64> = dead.iter().filter_map(|d| d.item.map(|i| i.number)).collect();
+    report.dead_lettered = dead.len() as u64;
+    for letter in dead {
+        let reason = letter.reason.split(':').next().unwrap_or("").trim().to_owned();
+        *report.dead_letter_reasons.entry(reason).or_default() += 1;
+    }
     for (item, confirmed) in &ledger.enqueued {
-        if *confirmed && !ledger.processed.contains_key(item) && !dead_lettered.contains(item) {
+        if *confirmed && !ledger.processed.contains_key(item) && !dead_items.contains(item) {
             report.lost.push(*item);
         }
     }
-    let mut by_item: HashMap<u64, Vec<&Delivery>> = HashMap::new();
+    let mut by_copy: HashMap<(u64, u32), Vec<&Delivery>> = HashMap::new();
     for delivery in &ledger.deliveries {
-        by_item.entry(delivery.item).or_default().push(delivery);
+        by_copy.entry((delivery.item, delivery.copy)).or_default().push(delivery);
     }
-    for deliveries in by_item.values_mut() {
+    // A copy whose ack was confirmed is gone: it cannot also be a dead letter.
+    for letter in dead {
+        let Some(item) = letter.item else { continue };
+        let acked = by_copy
+            .get(&(item.number, item.copy))
+            .and_then(|ds| ds.iter().find(|d| matches!(d.ack, AckOutcome::Acked(_))).copied());
+        if let Some(acked) = acked {
+            report.violations.push(format!(
+                "queue: item-{}: dead-lettered ({}) although {}'s ack of attempt {} was confirmed",
+                item.number, letter.reason, acked.pod, acked.attempt
+            ));
+        }
+    }
+    let mut copies: HashMap<u64, Vec<u32>> = HashMap::new();
+    for (number, copy) in by_copy.keys() {
+        copies.entry(*number).or_default().push(*copy);
+    }
+    for letter in dead.iter().filter_map(|d| d.item) {
+        let known = copies.entry(letter.number).or_default();
+        if !known.contains(&letter.copy) {
+            known.push(letter.copy);
+        }
+    }
+    for (number, mut tries) in copies {
+        tries.sort();
+        for pair in tries.windows(2) {
+            let [first, second] = [pair[0], pair[1]];
+            let answered = |copy: u32| ledger.tries.get(&(number, copy)).copied();
+            if answered(first) == Some(true) {
+                report.violations.push(format!(
+                    "queue: item-{number}: two copies, of enqueue try {first} (answered 201) and of try {second}: the producer only tries again after an unknown outcome"
+                ));
+            } else {
+                *report
+                    .duplicates
+                    .entry(
+                        "item enqueued twice: tried again after an answer that left the outcome unknown (503 or none)"
+                            .to_owned(),
+                    )
+                    .or_default() += 1;
+            }
+        }
+    }
+    // Enqueues answered without a 201 whose copy was in the queue all the same.
+    let unknown_but_applied = by_copy
+        .keys()
+        .copied()
+        .chain(dead.iter().filter_map(|d| d.item).map(|i| (i.number, i.copy)))
+        .filter(|key| ledger.tries.get(key) == Some(&false))
+        .collect::<std::collections::HashSet<_>>()
+        .len() as u64;
+    report.operations.push(("enqueues answered 503 or unanswered whose item was enqueued".into(), unknown_but_applied));
+    for deliveries in by_copy.values_mut() {
         deliveries.sort_by_key(|d| d.at);
         for index in 1..deliveries.len() {
             let later = deliveries[index];
@@ -91,9 +195,13 @@ pub fn check_queue(workloads: &Workloads, faults: &[Fault], dead_lettered: &[u64
                 deliveries[..index].iter().find(|d| matches!(d.ack, AckOutcome::Acked(at) if at < later.at));
             if let Some(acked) = confirmed {
                 report.violations.push(format!(
-                    "queue: item-{}: delivered again (attempt {}) after {}'s ack of attempt {} was confirmed",
-                    later.item, later.attempt, acked.pod, acked.attempt
+                    "queue: item-{}: delivered again (attempt {}, id {}) after {}'s ack of attempt {} (id {}) was confirmed",
+                    later.item, later.attempt, later.id, acked.pod, acked.attempt, acked.id
                 ));
+                continue;
+            }
+            if deliveries[index - 1].ack == AckOutcome::Nacked {
+                report.redelivered_after_nack += 1;
                 continue;
             }
             match duplicate_cause(deliveries[index - 1], later, faults) {
@@ -113,11 +221,13 @@ fn duplicate_cause(earlier: &Delivery, later: &Delivery, faults: &[Fault]) -> Re
     {
         return Ok(match fault.kind {
             FaultKind::KillSidecar => "consumer pod killed before its ack".to_owned(),
+            FaultKind::CutOffSidecar => "consumer pod cut off from ZooKeeper past its session".to_owned(),
             _ => "consumer pod paused past its session".to_owned(),
         });
     }
     let fault = faults.iter().find(during).map(|f| format!(" ({:?})", f.kind)).unwrap_or_default();
     match earlier.ack {
+        AckOutcome::Nacked => Ok("delivered again after the consumer's nack".to_owned()),
         AckOutcome::ClaimLost => Ok(format!("claim lost before the ack{fault}")),
         AckOutcome::Unknown => Ok("ack unanswered (outcome unknown)".to_owned()),
         // Confirmed after the redelivery: acks are idempotent, so this is the earlier
@@ -141,21 +251,35 @@ fn duplicate_cause(earlier: &Delivery, later: &Delivery, faults: &[Fault]) -> Re
 pub fn summarize(workloads: &Workloads, faults: &[Fault], started: Instant, report: &mut Report) {
     let c = &workloads.counts;
     let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-    report.operations = vec![
+    let mut operations = vec![
         ("lock increments accepted".into(), load(&c.increments)),
         ("stale writes rejected by the store".into(), load(&c.stale_rejected)),
         ("lock requests failed (unavailable)".into(), load(&c.lock_errors)),
         ("items enqueued (confirmed)".into(), load(&c.enqueued)),
-        ("enqueues with unknown outcome".into(), load(&c.enqueue_uncertain)),
+        ("enqueue tries with unknown outcome".into(), load(&c.enqueue_uncertain)),
+        ("enqueues tried again after an unknown outcome".into(), load(&c.enqueue_retries)),
         ("deliveries".into(), load(&c.delivered)),
         ("acks confirmed".into(), load(&c.acked)),
+        ("nacks confirmed (items failed on purpose)".into(), load(&c.nacked)),
+        ("items to fail enqueued (confirmed)".into(), load(&c.poison_enqueued)),
         ("semaphore holds".into(), load(&c.semaphore_holds)),
         ("read holds".into(), load(&c.reads)),
         ("write holds".into(), load(&c.writes)),
     ];
+    operations.append(&mut report.operations);
+    report.operations = operations;
+    let mut checked: BTreeMap<(String, &str), usize> = BTreeMap::new();
     for fault in faults {
         report.faults.push(((fault.start - started).as_secs_f64(), format!("{:?} on {}", fault.kind, fault.target)));
         *report.fault_counts.entry(format!("{:?}", fault.kind)).or_default() += 1;
+        report.violations.extend(fault.violations.iter().cloned());
+        for check in &fault.checks {
+            *checked.entry((format!("{:?}", fault.kind), check.as_str())).or_default() += 1;
+        }
+    }
+    for ((kind, check), times) in checked {
+        let of = report.fault_counts[&kind];
+        report.checks.push(format!("{kind}: {check} ({times} of {of})"));
     }
     report.longest_unavailability =
         workloads.availability.longest().into_iter().next().map(|(workload, gap)| (workload.to_owned(), gap));
@@ -182,6 +306,12 @@ impl fmt::Display for Report {
             writeln!(f, "  {}{}", shown.join(", "), if self.lost.len() > 10 { ", ..." } else { "" })?;
         }
         writeln!(f, "items dead-lettered (kept with their history): {}", self.dead_lettered)?;
+        for (reason, count) in &self.dead_letter_reasons {
+            writeln!(f, "  {count:>8}  {reason}")?;
+        }
+        if self.redelivered_after_nack > 0 {
+            writeln!(f, "deliveries again after a nack (retries, not duplicates): {}", self.redelivered_after_nack)?;
+        }
         writeln!(f, "duplicates: {}", self.duplicate_count())?;
         for (cause, count) in &self.duplicates {
             writeln!(f, "  {count:>8}  {cause}")?;

@@ -2,7 +2,9 @@
 //! they write down for the checkers:
 //!
 //! - counter: increment a counter kept in a token-checking store under the `orders` lock;
-//! - queue: producers enqueue numbered items to `jobs`, consumers process then ack;
+//! - queue: producers enqueue numbered items to `jobs` (retrying an enqueue whose outcome
+//!   is unknown, as an app would: the payload says which try it was, so two copies of one
+//!   item are told apart), consumers process then ack;
 //! - semaphore: hold a slot of `pool` (3 holders), counting who is inside;
 //! - read/write: readers share `config`, writers hold it alone.
 //!
@@ -58,6 +60,9 @@ pub enum AckOutcome {
     Acked(Instant),
     /// 409/404: the claim was lost before the ack (session expired, visibility timeout).
     ClaimLost,
+    /// The consumer failed the item and its nack was confirmed: it comes again, or goes
+    /// to the dead letters after `maxAttempts` deliveries.
+    Nacked,
     /// No answer within the retries.
     Unknown,
 }
@@ -65,6 +70,10 @@ pub enum AckOutcome {
 #[derive(Debug, Clone)]
 pub struct Delivery {
     pub item: u64,
+    /// Which enqueue try of the item this copy came from (see [`ItemRef`]).
+    pub copy: u32,
+    /// The item id the sidecar handed out.
+    pub id: String,
     pub pod: String,
     pub attempt: u32,
     pub at: Instant,
@@ -74,8 +83,11 @@ pub struct Delivery {
 /// The queue's ledger: what was enqueued (for sure or maybe), delivered, processed.
 #[derive(Debug, Default)]
 pub struct QueueLedger {
-    /// Item number -> whether the enqueue was confirmed (201) or its outcome is unknown.
+    /// Item number -> whether an enqueue of it was confirmed (201) or every try's outcome
+    /// is unknown.
     pub enqueued: BTreeMap<u64, bool>,
+    /// Each enqueue try (item number, try) -> whether it was confirmed.
+    pub tries: HashMap<(u64, u32), bool>,
     pub deliveries: Vec<Delivery>,
     pub processed: HashMap<u64, u32>,
 }
@@ -221,6 +233,9 @@ pub struct Counts {
     pub lock_errors: AtomicU64,
     pub enqueued: AtomicU64,
     pub enqueue_uncertain: AtomicU64,
+    pub enqueue_retries: AtomicU64,
+    pub poison_enqueued: AtomicU64,
+    pub nacked: AtomicU64,
     pub delivered: AtomicU64,
     pub acked: AtomicU64,
     pub semaphore_holds: AtomicU64,
@@ -311,7 +326,7 @@ impl Workloads {
                             self.counts.stale_rejected.fetch_add(1, Ordering::Relaxed);
                         }
                     }
-                    let _ = pod.client.release(COUNTER_LOCK, owner).await;
+                    release(pod, COUNTER_LOCK, owner).await;
                 }
                 Ok(Acquire::Busy(_)) => {}
                 Ok(Acquire::Failed { .. }) | Err(_) => {
@@ -320,6 +335,9 @@ impl Workloads {
                 }
             }
         }
+        // An acquire whose answer left the outcome unknown may have left this owner a
+        // place: give it up, so that what is left afterwards is the sidecar's doing.
+        release(pod, COUNTER_LOCK, owner).await;
     }
 
     async fn producer(&self, pod: &mut PodHandle) {
@@ -327,18 +345,37 @@ impl Workloads {
         let _running = Running(&self.producers);
         while !self.stop_producing.is_cancelled() {
             pod.checkpoint().await;
-            let item = self.next_item.fetch_add(1, Ordering::Relaxed);
-            let answer = pod.client.enqueue(QUEUE, item_payload(item)).await;
-            let confirmed = matches!(answer, Ok((201, _)));
-            self.ledger.lock().unwrap().enqueued.insert(item, confirmed);
-            if confirmed {
-                self.counts.enqueued.fetch_add(1, Ordering::Relaxed);
-                self.availability.success("enqueue");
-                tokio::time::sleep(Duration::from_millis(40)).await;
-            } else {
+            let number = self.next_item.fetch_add(1, Ordering::Relaxed);
+            // Any answer but 201 (a 503, no answer at all) leaves the outcome unknown: the
+            // item may be in the queue. Try again, a few times, as an app would.
+            for copy in 1..=ENQUEUE_TRIES {
+                if copy > 1 {
+                    self.counts.enqueue_retries.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    pod.checkpoint().await;
+                }
+                let item = ItemRef { number, copy };
+                let answer = pod.client.enqueue(QUEUE, item.payload()).await;
+                let confirmed = matches!(answer, Ok((201, _)));
+                {
+                    let mut ledger = self.ledger.lock().unwrap();
+                    ledger.tries.insert((number, copy), confirmed);
+                    *ledger.enqueued.entry(number).or_default() |= confirmed;
+                }
+                if confirmed {
+                    self.counts.enqueued.fetch_add(1, Ordering::Relaxed);
+                    if item.poison() && self.broken == Some(Broken::FailSomeItems) {
+                        self.counts.poison_enqueued.fetch_add(1, Ordering::Relaxed);
+                    }
+                    self.availability.success("enqueue");
+                    break;
+                }
                 self.counts.enqueue_uncertain.fetch_add(1, Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                if self.stop_producing.is_cancelled() {
+                    break;
+                }
             }
+            tokio::time::sleep(Duration::from_millis(40)).await;
         }
     }
 
@@ -353,15 +390,18 @@ impl Workloads {
                     continue;
                 }
             };
-            let Some(number) = item_number(&item.payload) else {
+            let Some(item_ref) = ItemRef::parse(&item.payload) else {
                 continue;
             };
+            let number = item_ref.number;
             self.counts.delivered.fetch_add(1, Ordering::Relaxed);
             self.availability.success("dequeue");
             let delivery = {
                 let mut ledger = self.ledger.lock().unwrap();
                 ledger.deliveries.push(Delivery {
                     item: number,
+                    copy: item_ref.copy,
+                    id: item.id.clone(),
                     pod: pod.name.clone(),
                     attempt: item.attempt,
                     at: Instant::now(),
@@ -369,7 +409,12 @@ impl Workloads {
                 });
                 ledger.deliveries.len() - 1
             };
-            if self.broken == Some(Broken::AckBeforeProcessing) {
+            if self.broken == Some(Broken::FailSomeItems) && item_ref.poison() {
+                // Processing fails every time: the consumer gives it back.
+                tokio::time::sleep(jitter(5, 20)).await;
+                let outcome = self.nack(pod, &item.id).await;
+                self.ledger.lock().unwrap().deliveries[delivery].ack = outcome;
+            } else if self.broken == Some(Broken::AckBeforeProcessing) {
                 let outcome = self.ack(pod, &item.id).await;
                 self.ledger.lock().unwrap().deliveries[delivery].ack = outcome;
                 self.process(pod, number, jitter(150, 300)).await;
@@ -406,6 +451,22 @@ impl Workloads {
         AckOutcome::Unknown
     }
 
+    /// Gives an item back, retrying while the answer is unknown.
+    async fn nack(&self, pod: &mut PodHandle, id: &str) -> AckOutcome {
+        for _ in 0..60 {
+            pod.checkpoint().await;
+            match pod.client.settle(QUEUE, id, "nack", "reason=processing-failed").await {
+                Ok((200 | 204, _)) => {
+                    self.counts.nacked.fetch_add(1, Ordering::Relaxed);
+                    return AckOutcome::Nacked;
+                }
+                Ok((404 | 409, _)) => return AckOutcome::ClaimLost,
+                _ => tokio::time::sleep(Duration::from_millis(500)).await,
+            }
+        }
+        AckOutcome::Unknown
+    }
+
     /// Semaphore slots and read/write holds, checked by a gauge.
     async fn holder(&self, pod: &mut PodHandle, owner: &str, lock: &str, mode: &str, semaphore: bool) {
         while !self.stop_producing.is_cancelled() {
@@ -428,11 +489,24 @@ impl Workloads {
                     };
                     counter.fetch_add(1, Ordering::Relaxed);
                     self.availability.success(if semaphore { "semaphore" } else { "read/write" });
-                    let _ = pod.client.release(lock, owner).await;
+                    release(pod, lock, owner).await;
                 }
                 Ok(Acquire::Busy(_)) => {}
                 Ok(Acquire::Failed { .. }) | Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             }
+        }
+        release(pod, lock, owner).await;
+    }
+}
+
+/// Releases a lock, asking again while the answer leaves the outcome unknown (a 503 or
+/// none; releases are idempotent): 200 released, 404 not held, 409 lost are all final.
+async fn release(pod: &mut PodHandle, lock: &str, owner: &str) {
+    for _ in 0..40 {
+        pod.checkpoint().await;
+        match pod.client.release(lock, owner).await {
+            Ok((200 | 404 | 409, _)) => return,
+            _ => tokio::time::sleep(Duration::from_millis(250)).await,
         }
     }
 }
@@ -442,12 +516,31 @@ fn jitter(low: u64, high: u64) -> Duration {
     Duration::from_millis(rand::rng().random_range(low..high))
 }
 
-/// The payload producers enqueue for item `number`.
-fn item_payload(number: u64) -> String {
-    format!("item-{number}")
+/// How often a producer tries one item while the answers leave its outcome unknown.
+pub const ENQUEUE_TRIES: u32 = 3;
+
+/// What a payload says: the item number and which enqueue try it came from, so a copy
+/// left by a try whose answer was lost is told from a redelivery of one copy. Written
+/// and read here only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ItemRef {
+    pub number: u64,
+    pub copy: u32,
 }
 
-/// The item number a payload carries, if it is one of ours.
-pub fn item_number(payload: &[u8]) -> Option<u64> {
-    std::str::from_utf8(payload).ok()?.strip_prefix("item-")?.parse().ok()
+impl ItemRef {
+    pub fn payload(self) -> String {
+        format!("item-{}.{}", self.number, self.copy)
+    }
+
+    /// The item a payload carries, if it is one of ours.
+    pub fn parse(payload: &[u8]) -> Option<Self> {
+        let (number, copy) = std::str::from_utf8(payload).ok()?.strip_prefix("item-")?.split_once('.')?;
+        Some(Self { number: number.parse().ok()?, copy: copy.parse().ok()? })
+    }
+
+    /// Whether consumers of [`Broken::FailSomeItems`] fail it (every tenth item).
+    pub fn poison(self) -> bool {
+        self.number.is_multiple_of(10)
+    }
 }
