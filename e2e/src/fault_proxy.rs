@@ -100,6 +100,22 @@ pub struct Match<'a> {
     /// it, so `"/claims/"` tells a claim or ack multi from an enqueue multi.
     pub body_contains: Option<&'a str>,
     pub outcome: Outcome,
+    /// What the proxy does the moment the reply is lost: a lost reply followed by an
+    /// outage, deterministically (no reconnect can slip in between).
+    pub then: Then,
+}
+
+/// An outage that starts with a lost reply, until [`FaultProxy::heal`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Then {
+    /// Nothing: the client reconnects at once.
+    #[default]
+    Nothing,
+    /// [`FaultProxy::blackhole`]: connections hang, requests wait.
+    Blackhole,
+    /// [`FaultProxy::refuse`]: every new connection is closed at once (servers that are
+    /// down), so the client's requests fail fast with connection loss.
+    Refuse,
 }
 
 /// A reply the proxy lost: the request, and the header of the server's reply to it.
@@ -157,6 +173,7 @@ struct Rule {
     opcodes: Vec<i32>,
     body_contains: Option<Vec<u8>>,
     outcome: Outcome,
+    then: Then,
     fired: oneshot::Sender<Fired>,
 }
 
@@ -189,6 +206,8 @@ struct Shared {
     connections: Mutex<CancellationToken>,
     /// True while cut off: nothing is forwarded, nothing connects upstream.
     blackholed: watch::Sender<bool>,
+    /// True while every new connection is closed at once.
+    refusing: std::sync::atomic::AtomicBool,
 }
 
 /// A TCP proxy in front of ZooKeeper servers that loses replies on command. Dropping it
@@ -236,6 +255,7 @@ impl FaultProxy {
             opcodes: rule.opcodes.to_vec(),
             body_contains: rule.body_contains.map(|s| s.as_bytes().to_vec()),
             outcome: rule.outcome,
+            then: rule.then,
             fired: tx,
         });
         LostReply { rx, fired: None }
@@ -274,7 +294,15 @@ impl FaultProxy {
     /// (dropping what it held back) and forwards again.
     pub fn heal(&self) {
         self.disconnect_all();
+        self.shared.refusing.store(false, Ordering::SeqCst);
         self.shared.blackholed.send_replace(false);
+    }
+
+    /// Closes every new connection at once until [`FaultProxy::heal`], as servers that are
+    /// down do: clients fail fast and keep trying.
+    pub fn refuse(&self) {
+        self.shared.refusing.store(true, Ordering::SeqCst);
+        self.disconnect_all();
     }
 
     pub fn is_blackholed(&self) -> bool {
@@ -356,6 +384,9 @@ async fn connect_upstream(shared: &Shared) -> Result<TcpStream> {
 }
 
 async fn serve(shared: &Shared, client: TcpStream) -> Result<()> {
+    if shared.refusing.load(Ordering::SeqCst) {
+        return Ok(()); // dropping it closes it
+    }
     client.set_nodelay(true)?;
     while_blackholed(shared).await;
     let server = connect_upstream(shared).await?;
@@ -450,6 +481,13 @@ async fn server_to_client(
             continue;
         }
         shared.lost.fetch_add(1, Ordering::SeqCst);
+        match armed.rule.then {
+            Then::Nothing => {}
+            Then::Blackhole => {
+                shared.blackholed.send_replace(true);
+            }
+            Then::Refuse => shared.refusing.store(true, Ordering::SeqCst),
+        }
         tracing::info!(
             opcode = armed.opcode,
             xid = header.xid,
@@ -741,6 +779,7 @@ mod tests {
             opcodes: vec![op::MULTI],
             body_contains: Some(b"/claims/".to_vec()),
             outcome: Outcome::Applied,
+            then: Then::Nothing,
             fired: tx,
         };
         let body = claim_multi();

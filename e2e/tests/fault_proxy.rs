@@ -43,6 +43,7 @@ async fn a_lost_reply_was_applied_and_the_session_survives_the_reconnect() {
         opcodes: &[op::DELETE, op::CREATE2],
         body_contains: Some("/lost"),
         outcome: Outcome::Applied,
+        ..Default::default()
     });
     assert_eq!(client.delete("/lost", None).await, Err(zk::Error::NoNode));
     assert!(lost.fired().is_none(), "a refused request does not fire an Applied rule");
@@ -103,6 +104,7 @@ async fn a_refused_multi_fires_only_a_rule_that_waits_for_a_refusal() {
         opcodes: &[op::MULTI],
         body_contains: Some("/nowhere"),
         outcome: Outcome::Refused,
+        ..Default::default()
     });
     let mut multi = client.new_multi_writer();
     multi.add_create("/nowhere/child", b"", &open(zk::CreateMode::Persistent)).unwrap();

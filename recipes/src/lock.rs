@@ -302,8 +302,12 @@ pub async fn snapshot(client: &zk::Client, lock_path: &str, max_holders: u32) ->
     Ok(LockSnapshot { max_holders, waiters: contenders.len() - holders.len(), holders: views })
 }
 
-/// Creates our contender and returns its path and fencing token (czxid). Retries a
-/// create whose reply was lost by looking for our uuid first.
+/// Creates our contender and returns its path and fencing token (czxid).
+///
+/// A create whose reply was lost is found again by the uuid in its name, once the
+/// connection is back (for as long as the session may live); not there, it is sent again.
+/// If no answer can be had in that time, a background task deletes whatever node carries
+/// our uuid once it can, so a create applied late never holds the lock for nobody.
 async fn create_contender(
     client: &zk::Client,
     request: &AcquireRequest<'_>,
@@ -313,27 +317,69 @@ async fn create_contender(
     let prefix = format!("{PROTECTED_PREFIX}{}-", uuid::Uuid::new_v4());
     let base = format!("{lock_path}/{prefix}{}", request.mode.node_name());
     let options = zk::CreateMode::EphemeralSequential.with_acls(request.acl.acls());
-    let mut attempts = 0;
+    let deadline = Instant::now() + client.session_timeout();
     loop {
-        match client.create(&base, data, &options).await {
+        let err = match client.create(&base, data, &options).await {
             Ok((stat, sequence)) => return Ok((format!("{base}{sequence}"), stat.czxid)),
             Err(zk::Error::NoNode) => return Err(LockError::NotProvisioned(lock_path.to_owned())),
-            Err(err) if crate::errors::outcome_unknown(&err) && attempts < 5 => {
-                attempts += 1;
-                tracing::debug!(lock_path, error = %err, "create of contender interrupted; looking for it");
-                tokio::time::sleep(Duration::from_millis(50 * attempts)).await;
-                if let Ok(children) = client.list_children(lock_path).await
-                    && let Some(ours) = children.iter().find(|c| c.starts_with(&prefix))
-                {
-                    let node_path = format!("{lock_path}/{ours}");
-                    match client.check_stat(&node_path).await {
-                        Ok(Some(stat)) => return Ok((node_path, stat.czxid)),
-                        Ok(None) => {}
-                        Err(err) => return Err(err.into()),
-                    }
-                }
-            }
+            Err(err) if crate::errors::outcome_unknown(&err) => err,
             Err(err) => return Err(err.into()),
+        };
+        tracing::debug!(lock_path, error = %err, "create of contender interrupted; looking for it");
+        loop {
+            if Instant::now() >= deadline {
+                let (client, lock_path, prefix) = (client.clone(), lock_path.to_owned(), prefix.clone());
+                tokio::spawn(async move { withdraw_by_prefix(&client, &lock_path, &prefix).await });
+                return Err(err.into());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            match find_by_prefix(client, lock_path, &prefix).await {
+                Ok(Some(found)) => return Ok(found),
+                Ok(None) => break, // not applied: send it again
+                Err(e) if crate::errors::outcome_unknown(&e) => continue,
+                Err(zk::Error::NoNode) => return Err(LockError::NotProvisioned(lock_path.to_owned())),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+/// Our contender, found by the uuid in its name after `sync`: its path and czxid. Were
+/// there two (a create applied after we had looked and sent it again), the later one is
+/// deleted and the first kept.
+async fn find_by_prefix(
+    client: &zk::Client,
+    lock_path: &str,
+    prefix: &str,
+) -> Result<Option<(String, i64)>, zk::Error> {
+    client.sync(lock_path).await?;
+    let children = client.list_children(lock_path).await?;
+    let mut ours: Vec<Contender> =
+        sorted_contenders(&children).into_iter().filter(|c| c.name.starts_with(prefix)).collect();
+    for extra in ours.iter().skip(1) {
+        delete_contender(client, &format!("{lock_path}/{}", extra.name)).await;
+    }
+    let Some(first) = ours.drain(..).next() else { return Ok(None) };
+    let node_path = format!("{lock_path}/{}", first.name);
+    Ok(client.check_stat(&node_path).await?.map(|stat| (node_path, stat.czxid)))
+}
+
+/// Deletes every contender carrying `prefix`, as soon as ZooKeeper can be asked, for as
+/// long as the session lives.
+async fn withdraw_by_prefix(client: &zk::Client, lock_path: &str, prefix: &str) {
+    loop {
+        match client.list_children(lock_path).await {
+            Ok(children) => {
+                for name in children.iter().filter(|c| c.starts_with(prefix)) {
+                    delete_contender(client, &format!("{lock_path}/{name}")).await;
+                }
+                return;
+            }
+            Err(zk::Error::SessionExpired | zk::Error::ClientClosed | zk::Error::NoNode) => return,
+            Err(err) => {
+                tracing::debug!(lock_path, error = %err, "withdrawing an interrupted contender; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
         }
     }
 }

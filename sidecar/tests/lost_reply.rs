@@ -23,7 +23,7 @@ mod common;
 use std::time::Duration;
 
 use common::{SIDECAR, eventually};
-use paddock_e2e::fault_proxy::{Fired, Match, Outcome, op};
+use paddock_e2e::fault_proxy::{Fired, Match, Outcome, Then, op};
 use paddock_e2e::process::Sidecar;
 use paddock_e2e::{Acquire, Ensemble, FaultProxy, PodClient, SidecarOptions, init_tracing, provision};
 use paddock_recipes::queue::item::{Attempts, decode};
@@ -207,6 +207,39 @@ async fn lock_contender_create_reply_lost_grants_the_one_contender_it_created() 
     assert_eq!(w.proxy.forwarded(op::CREATE2), 2, "one create per acquire: the lost one was not retried blindly");
 }
 
+/// A semaphore contender's create is applied, its reply lost, and ZooKeeper stays out of
+/// reach for 3 s (a leader election, say) but within the session timeout. The acquire
+/// must not give up and leave its applied contender holding a permit for nobody: it finds
+/// it once back and grants it. (The chaos suite found such an orphan holder in `pool`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_contender_create_reply_lost_then_an_outage_grants_and_leaves_no_orphan() {
+    let w = world(&[("pool", 3)], &[]).await;
+    let lost = w.proxy.lose_next_reply(Match {
+        opcodes: op::CREATES,
+        body_contains: Some("/locks/pool/_c_"),
+        then: Then::Refuse,
+        ..Default::default()
+    });
+    let acquire = tokio::spawn({
+        let pod = w.pod.clone();
+        async move { pod.acquire("pool", "worker-1", "30s").await.unwrap() }
+    });
+    let fired = applied(lost).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    w.proxy.heal();
+    let acquired = acquire.await.unwrap();
+    println!("contender create lost, then 3 s away: the app was answered {acquired:?}");
+
+    let contenders = children(&w.admin, &lock_path("pool")).await;
+    assert_eq!(contenders.len(), 1, "one contender, no orphan: {contenders:?}");
+    let stat = w.admin.check_stat(&format!("{}/{}", lock_path("pool"), contenders[0])).await.unwrap().unwrap();
+    assert_eq!(stat.czxid, fired.zxid, "the lost create's node");
+    let Acquire::Acquired { token, .. } = acquired else { panic!("the app is granted the permit: {acquired:?}") };
+    assert_eq!(token, stat.czxid);
+    assert_eq!(w.pod.release("pool", "worker-1").await.unwrap().0, 200);
+    assert!(children(&w.admin, &lock_path("pool")).await.is_empty(), "released: nothing left");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn withdrawal_reply_lost_answers_busy_and_leaves_no_contender() {
     let w = world(&[("orders", 1)], &[]).await;
@@ -386,6 +419,7 @@ async fn a_batch_claim_that_fails_midway_hands_out_what_it_claimed() {
         opcodes: &[op::MULTI],
         body_contains: Some(&claim_of_second),
         outcome: Outcome::NotSent,
+        ..Default::default()
     });
     let response = w.pod.http().get(w.pod.url("/queue/next?queue=jobs&max=3&wait=5s")).send().await.unwrap();
     let status = response.status().as_u16();

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::cluster::{Cluster, LEASE_DURATION, SESSION_TIMEOUT, TEAM_B};
 use super::workloads::Workloads;
-use crate::fault_proxy::{Match, Outcome, op};
+use crate::fault_proxy::{Match, op};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
 pub enum FaultKind {
@@ -305,7 +305,7 @@ async fn lose_a_reply(cluster: &mut Cluster, workloads: &Arc<Workloads>, rng: &m
         _ => (pick_pod(cluster, None, rng, |_| true), None),
     };
     let pod = &cluster.pods[index];
-    let rule = pod.proxy.lose_next_reply(Match { opcodes: WRITES, body_contains, outcome: Outcome::Applied });
+    let rule = pod.proxy.lose_next_reply(Match { opcodes: WRITES, body_contains, ..Default::default() });
     let mut injected = Injected::on_pod(pod);
     injected.pod = None; // the session survives: not a pod fault
     let root = format!("/paddock/{}/", pod.namespace);
