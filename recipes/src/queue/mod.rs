@@ -17,6 +17,13 @@
 //!   sidecar does, see `paddock-sidecar`), and its later ack is refused.
 //! - Every claim counts one attempt in `attempts/<id>`, in the same multi, so an item
 //!   whose consumers keep dying is dead-lettered after `maxAttempts` like a nacked one.
+//! - Dead-lettering never takes a held item: a consumer that is not the holder moves an
+//!   item to `dead/` in a multi that also creates and deletes `claims/<id>`, which fails
+//!   while anyone holds it.
+//! - Every write has three outcomes, and the unknown one (reply lost) is resolved here,
+//!   not by the caller: creates of items carry a create id in their envelope and are
+//!   looked for after `sync`; multis on a claimed item are retried, and a retry that
+//!   finds its nodes gone tells its own earlier effect from someone else's.
 
 pub mod item;
 pub mod view;
