@@ -169,12 +169,46 @@ impl LostReply {
     }
 }
 
+/// A reply the proxy holds back (see [`FaultProxy::hold_next_reply`]); dropping this
+/// releases it.
+#[derive(Debug)]
+pub struct HeldReply {
+    reply: LostReply,
+    release: Option<oneshot::Sender<()>>,
+}
+
+impl HeldReply {
+    /// Waits until the reply is in the proxy, held.
+    pub async fn wait(&mut self, timeout: Duration) -> Result<Fired> {
+        if let Some(fired) = self.reply.fired() {
+            return Ok(fired.clone());
+        }
+        match tokio::time::timeout(timeout, &mut self.reply.rx).await {
+            Ok(Ok(fired)) => {
+                self.reply.fired = Some(fired.clone());
+                Ok(fired)
+            }
+            Ok(Err(_)) => bail!("the fault proxy stopped before the rule fired"),
+            Err(_) => bail!("no matching request within {timeout:?}"),
+        }
+    }
+
+    /// Lets the reply go on to the client.
+    pub fn release(&mut self) {
+        if let Some(release) = self.release.take() {
+            let _ = release.send(());
+        }
+    }
+}
+
 struct Rule {
     opcodes: Vec<i32>,
     body_contains: Option<Vec<u8>>,
     outcome: Outcome,
     then: Then,
     fired: oneshot::Sender<Fired>,
+    /// A reply held back, not lost: forwarded when this resolves (see [`HeldReply`]).
+    hold: Option<oneshot::Receiver<()>>,
 }
 
 impl Rule {
@@ -251,14 +285,31 @@ impl FaultProxy {
     /// Rules are tried in the order they were armed.
     pub fn lose_next_reply(&self, rule: Match<'_>) -> LostReply {
         let (tx, rx) = oneshot::channel();
+        self.arm(rule, tx, None);
+        LostReply { rx, fired: None }
+    }
+
+    /// Arms a one-shot rule that holds a reply back instead of losing it: the next client
+    /// request that matches is forwarded, and its reply (with everything after it on that
+    /// connection) waits in the proxy until [`HeldReply::release`]. The moment between a
+    /// write being applied and its client hearing so, made as long as a test needs (to
+    /// stop the client in it, say). `rule.then` is not used.
+    pub fn hold_next_reply(&self, rule: Match<'_>) -> HeldReply {
+        let (tx, rx) = oneshot::channel();
+        let (release, hold) = oneshot::channel();
+        self.arm(rule, tx, Some(hold));
+        HeldReply { reply: LostReply { rx, fired: None }, release: Some(release) }
+    }
+
+    fn arm(&self, rule: Match<'_>, fired: oneshot::Sender<Fired>, hold: Option<oneshot::Receiver<()>>) {
         self.shared.rules.lock().expect("not poisoned").push_back(Rule {
             opcodes: rule.opcodes.to_vec(),
             body_contains: rule.body_contains.map(|s| s.as_bytes().to_vec()),
             outcome: rule.outcome,
             then: rule.then,
-            fired: tx,
+            fired,
+            hold,
         });
-        LostReply { rx, fired: None }
     }
 
     /// Client requests forwarded so far with this opcode (also the ones whose reply was lost).
@@ -480,6 +531,16 @@ async fn server_to_client(
             let _ = armed.verdict.send(true);
             continue;
         }
+        let Pending { xid, opcode, body, rule, verdict } = armed;
+        if let Some(hold) = rule.hold {
+            tracing::info!(opcode, xid, zxid = header.zxid, applied, "fault proxy: reply held");
+            let _ = rule.fired.send(Fired { opcode, xid, zxid: header.zxid, err: header.err, applied, body });
+            let _ = hold.await; // released, or the test dropped its handle
+            write_frame(&mut to, &frame).await?;
+            let _ = verdict.send(true);
+            continue;
+        }
+        let armed = Pending { xid, opcode, body, rule, verdict };
         shared.lost.fetch_add(1, Ordering::SeqCst);
         match armed.rule.then {
             Then::Nothing => {}
@@ -781,6 +842,7 @@ mod tests {
             outcome: Outcome::Applied,
             then: Then::Nothing,
             fired: tx,
+            hold: None,
         };
         let body = claim_multi();
         assert!(rule.matches(RequestHeader { xid: 1, opcode: op::MULTI }, &body));

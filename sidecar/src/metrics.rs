@@ -40,6 +40,7 @@ pub struct Metrics {
     pub queue_nacked: Family<QueueLabel, Counter>,
     pub queue_redelivered: Family<QueueLabel, Counter>,
     pub queue_dead_lettered: Family<QueueLabel, Counter>,
+    pub queue_claims_stale: Family<QueueLabel, Counter>,
     pub queue_wait_seconds: Histogram,
     pub queue_zk_reads: Counter,
     pub config_unknown_fields: Family<UnknownFieldLabel, Counter>,
@@ -62,6 +63,7 @@ impl Metrics {
             queue_nacked: Family::default(),
             queue_redelivered: Family::default(),
             queue_dead_lettered: Family::default(),
+            queue_claims_stale: Family::default(),
             queue_wait_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 20)),
             queue_zk_reads: Counter::default(),
             config_unknown_fields: Family::default(),
@@ -80,6 +82,11 @@ impl Metrics {
         registry.register("queue_nacked", "Items nacked", m.queue_nacked.clone());
         registry.register("queue_redelivered", "Deliveries with attempt > 1", m.queue_redelivered.clone());
         registry.register("queue_dead_lettered", "Items moved to dead-letter", m.queue_dead_lettered.clone());
+        registry.register(
+            "queue_claims_stale",
+            "Claims not handed out because the sidecar was stopped or starved for half a session after making them",
+            m.queue_claims_stale.clone(),
+        );
         registry.register("queue_wait_seconds", "Time from enqueue to delivery", m.queue_wait_seconds.clone());
         registry.register("queue_zookeeper_reads", "ZooKeeper reads made by queue consumers", m.queue_zk_reads.clone());
         registry.register(

@@ -159,6 +159,44 @@ impl QueueService {
 
     /// Hands out up to `max` items, waiting up to `wait` for the first one.
     pub async fn next(&self, queue: &Name, wait: Duration, max: usize) -> Result<Vec<Handed>, QueueServiceError> {
+        let claimed = self.claim_up_to(queue, wait, max).await?;
+        Ok(self.fresh_only(claimed))
+    }
+
+    /// Keeps the deliveries whose claims are still certainly held (see
+    /// [`Delivery::claim_is_fresh`]). The others were claimed before this process was
+    /// stopped or starved for half a session: the session may be gone, the item with
+    /// another consumer (perhaps acked there already), so the app is not given it. The
+    /// claim is given back if it still stands.
+    fn fresh_only(&self, claimed: Vec<Handed>) -> Vec<Handed> {
+        let current = self.inner.ctx.session.client().ok();
+        let (fresh, stale): (Vec<_>, Vec<_>) = claimed.into_iter().partition(|handed| {
+            current.as_ref().is_some_and(|c| handed.delivery.claim_is_fresh(c.client.session_timeout()))
+        });
+        for Handed { queue, delivery } in stale {
+            let key = (queue.clone(), delivery.id.clone());
+            let Some(generation) = self.inner.held.lock().expect("not poisoned").remove(&key) else { continue };
+            tracing::warn!(
+                queue = %queue,
+                item = %delivery.id,
+                claimed_ago = ?delivery.claim_proved_at.elapsed(),
+                "a claim older than half the session timeout (the sidecar was stopped or starved) is not handed out"
+            );
+            self.inner.ctx.metrics.queue_claims_stale.get_or_create(&queue_label(queue.as_str())).inc();
+            let (inner, paths) = (self.inner.clone(), self.paths(&queue));
+            tokio::spawn(async move {
+                if let Ok(current) = inner.ctx.session.client()
+                    && current.generation == generation
+                    && let Err(err) = queue::release_claim(&current.client, &paths, &delivery.id).await
+                {
+                    tracing::warn!(queue = %queue, item = %delivery.id, error = %err, "could not give back a stale claim");
+                }
+            });
+        }
+        fresh
+    }
+
+    async fn claim_up_to(&self, queue: &Name, wait: Duration, max: usize) -> Result<Vec<Handed>, QueueServiceError> {
         if self.inner.shutdown.is_cancelled() {
             return Err(QueueServiceError::ShuttingDown);
         }

@@ -1,4 +1,4 @@
-//! Lost replies, deterministically: for each write path of the sidecar, the fault proxy
+//! Lost replies (and one held back), deterministically: for each write path of the sidecar, the fault proxy
 //! (`paddock_e2e::fault_proxy`) lets ZooKeeper apply the request, drops its reply and the
 //! connection, and the sidecar reconnects through it within its session timeout. Each test
 //! then reads ZooKeeper directly and checks that there is no orphan node, no double
@@ -42,11 +42,15 @@ struct World {
     _ensemble: Ensemble,
     proxy: FaultProxy,
     admin: zk::Client,
-    _sidecar: Sidecar,
+    sidecar: Sidecar,
     pod: PodClient,
 }
 
 async fn world(locks: &[(&str, u32)], queues: &[(&str, QueueConfig)]) -> World {
+    world_with_session(locks, queues, SESSION).await
+}
+
+async fn world_with_session(locks: &[(&str, u32)], queues: &[(&str, QueueConfig)], session: Duration) -> World {
     init_tracing();
     let ensemble = Ensemble::start_single().await.expect("ensemble starts");
     let admin = provision::admin(&ensemble.connect_string()).await.unwrap();
@@ -59,10 +63,10 @@ async fn world(locks: &[(&str, u32)], queues: &[(&str, QueueConfig)]) -> World {
         provision::queue(&admin, NS, name, config.clone()).await.unwrap();
     }
     let proxy = FaultProxy::for_ensemble(&ensemble).await.unwrap();
-    let options = SidecarOptions::new(SIDECAR, proxy.connect_string(), "pod-a", NS).session_timeout(SESSION);
+    let options = SidecarOptions::new(SIDECAR, proxy.connect_string(), "pod-a", NS).session_timeout(session);
     let sidecar = Sidecar::start(options).await.expect("sidecar starts");
     let pod = PodClient::new(sidecar.url(""));
-    World { _ensemble: ensemble, proxy, admin, _sidecar: sidecar, pod }
+    World { _ensemble: ensemble, proxy, admin, sidecar, pod }
 }
 
 fn queue_config(max_attempts: u32) -> QueueConfig {
@@ -400,6 +404,46 @@ async fn claim_reply_lost_delivers_the_item_it_claimed_once() {
     assert!(w.pod.next("jobs", "0s").await.unwrap().is_none(), "not delivered a second time");
     assert_eq!(w.pod.settle("jobs", &item.id, "ack", "").await.unwrap().0, 200, "and the app can ack it");
     assert_drained(&w, "jobs").await;
+}
+
+/// A claim applied just before the sidecar is stopped (SIGSTOP, a starved node) past its
+/// session: when it runs again, the claim's reply is in, but the session is gone and with
+/// it the claim; another consumer may have the item, and may have acked it. The proxy
+/// holds the claim's reply back so that the stop falls exactly there. The app must not be
+/// handed an item on a claim that no longer stands: whatever it gets must be held by the
+/// sidecar's session now (the item claimed again, as its next attempt).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_answered_after_the_sidecar_was_stopped_past_its_session_is_not_handed_out() {
+    const SHORT: Duration = Duration::from_secs(4);
+    let mut w = world_with_session(&[], &[("jobs", queue_config(5))], SHORT).await;
+    assert_eq!(w.pod.enqueue("jobs", "job").await.unwrap().0, 201);
+    let mut held =
+        w.proxy.hold_next_reply(Match { opcodes: &[op::MULTI], body_contains: Some("/claims/"), ..Default::default() });
+    let pod = w.pod.clone();
+    let next = tokio::spawn(async move { pod.next("jobs", "30s").await });
+    let fired = held.wait(FIRED_WITHIN).await.expect("the claim reached ZooKeeper");
+    assert!(fired.applied, "the claim was applied: {fired:?}");
+    w.sidecar.process.pause().unwrap();
+    held.release();
+    let claims = format!("{}/claims", queue_path("jobs"));
+    eventually(Duration::from_secs(30), "the stopped sidecar's session expired, and its claim with it", || async {
+        children(&w.admin, &claims).await.is_empty()
+    })
+    .await;
+    w.sidecar.process.resume().unwrap();
+
+    let item = next.await.unwrap().unwrap();
+    println!("the app was answered {:?}", item.as_ref().map(|i| (&i.id, i.attempt)));
+    if let Some(item) = item {
+        let claim = w.admin.check_stat(&format!("{claims}/{}", item.id)).await.unwrap();
+        assert!(
+            claim.is_some(),
+            "item {} (attempt {}) handed out on a claim that no longer stands",
+            item.id,
+            item.attempt
+        );
+        assert!(item.attempt >= 2, "the attempt the expired claim used is counted: {}", item.attempt);
+    }
 }
 
 /// `max=3`: the second claim never reaches ZooKeeper (its connection drops first), so it

@@ -127,15 +127,34 @@ pub async fn run(options: ChaosOptions) -> Result<Report> {
 
 /// Waits until the queue is empty (nothing ready, nothing claimed), then a moment for
 /// the work in progress to finish. Whether everything was processed is the checkers' call.
+/// Prints the queue's depth every 10 s, and what each pod of the queue's namespace sees
+/// when it does not drain (a stuck pod stands out).
 async fn drain(cluster: &Cluster, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
-    let pod = cluster.pods.iter().find(|p| p.namespace == "default").expect("a pod of default").client();
+    let pods: Vec<_> = cluster.pods.iter().filter(|p| p.namespace == "default").collect();
+    let pod = pods[0].client();
+    let mut progress_at = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
-        if pod.queue_stats(QUEUE).await.is_ok_and(|s| s["depth"] == 0 && s["inFlight"] == 0) {
+        let stats = pod.queue_stats(QUEUE).await;
+        if stats.as_ref().is_ok_and(|s| s["depth"] == 0 && s["inFlight"] == 0) {
             tokio::time::sleep(Duration::from_secs(1)).await;
             return true;
         }
+        if Instant::now() >= progress_at {
+            progress_at += Duration::from_secs(10);
+            match &stats {
+                Ok(s) => println!("draining: depth {}, in flight {}", s["depth"], s["inFlight"]),
+                Err(err) => println!("draining: stats unavailable: {err:#}"),
+            }
+        }
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for pod in pods {
+        let client = pod.client();
+        let stats = client.queue_stats(QUEUE).await.map(|s| s.to_string()).unwrap_or_else(|e| format!("{e:#}"));
+        let delivered = client.metric("paddock_queue_delivered_total").await.unwrap_or(f64::NAN);
+        let ready = client.http().get(client.url("/readyz")).send().await.map(|r| r.status().to_string());
+        println!("not drained: {}: readyz {ready:?}, delivered {delivered}, stats {stats}", pod.name);
     }
     false
 }

@@ -76,6 +76,21 @@ pub struct Delivery {
     pub attempt: u32,
     pub envelope: Envelope,
     pub payload: Vec<u8>,
+    /// When the request that proved the claim (its create, or the read that found it
+    /// ours after a lost reply) was sent: the session was alive at the server after this,
+    /// so the claim stands until at least this plus the session timeout.
+    pub claim_proved_at: tokio::time::Instant,
+}
+
+impl Delivery {
+    /// Whether the claim is still certainly held: under half the session timeout since it
+    /// was proved, which leaves the other half for the answer to reach the app. A process
+    /// stopped between its claim and its answer (a pause, a stalled machine) fails this,
+    /// and must not hand the item out: its session may be gone and the item with another
+    /// consumer, perhaps already acked there.
+    pub fn claim_is_fresh(&self, session_timeout: Duration) -> bool {
+        self.claim_proved_at.elapsed() < session_timeout / 2
+    }
 }
 
 /// Counts by state, for `GET /queue/{name}` and the operator's status.
@@ -378,16 +393,18 @@ pub async fn claim_next(
                 multi.add_create(&attempts_path, &history, &zk::CreateMode::Persistent.with_acls(paths.acl.acls()))?
             }
         }
-        let delivered = |item: Box<ReadItem>| Delivery {
+        let delivered = |item: Box<ReadItem>, claim_proved_at| Delivery {
             id: item.id,
             attempt: item.attempts.attempt,
             envelope: item.envelope,
             payload: item.payload,
+            claim_proved_at,
         };
+        let sent_at = tokio::time::Instant::now();
         match multi.commit().await {
             Ok(_) => {
                 view.mark_claimed(&id);
-                return Ok(Some(delivered(item)));
+                return Ok(Some(delivered(item, sent_at)));
             }
             Err(zk::MultiWriteError::OperationFailed { source: zk::Error::NoNode, .. }) => view.forget(&id),
             Err(zk::MultiWriteError::OperationFailed {
@@ -401,9 +418,9 @@ pub async fn claim_next(
             Err(zk::MultiWriteError::RequestFailed { source }) if crate::errors::outcome_unknown(&source) => {
                 // The claim may have been applied: if it is ours, deliver; never leave an
                 // item claimed by a live session that nobody knows of.
-                if claim_is_ours(client, &paths.claim(&id.to_string())).await? {
+                if let Some(proved_at) = claim_is_ours(client, &paths.claim(&id.to_string())).await? {
                     view.mark_claimed(&id);
-                    return Ok(Some(delivered(item)));
+                    return Ok(Some(delivered(item, proved_at)));
                 }
                 return Err(source.into());
             }
@@ -425,16 +442,20 @@ impl Drop for Reservation<'_> {
 }
 
 /// After a claim whose reply was lost: waits for the connection, then tells whether the
-/// claim node exists and belongs to this session.
-async fn claim_is_ours(client: &zk::Client, claim_path: &str) -> Result<bool, QueueError> {
+/// claim node exists and belongs to this session, and if so when the read that found it
+/// was sent (see [`Delivery::claim_proved_at`]).
+async fn claim_is_ours(client: &zk::Client, claim_path: &str) -> Result<Option<tokio::time::Instant>, QueueError> {
     let deadline = tokio::time::Instant::now() + client.session_timeout();
     loop {
+        let sent_at = tokio::time::Instant::now();
         let checked = async {
             client.sync(claim_path).await?;
             client.check_stat(claim_path).await
         };
         match checked.await {
-            Ok(stat) => return Ok(stat.is_some_and(|s| s.ephemeral_owner == client.session_id().0)),
+            Ok(stat) => {
+                return Ok(stat.is_some_and(|s| s.ephemeral_owner == client.session_id().0).then_some(sent_at));
+            }
             Err(err) if crate::errors::outcome_unknown(&err) && tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
