@@ -163,7 +163,7 @@ impl At {
             zk::Error::NoAuth => Error::AccessDenied { step, path, namespace, operator },
             zk::Error::NoNode => Error::Missing { step, path, namespace },
             zk::Error::AuthFailed => Error::AuthFailed { step, path, namespace },
-            e if paddock_recipes::errors::unavailable(&e) => Error::Unavailable { step, path, namespace, source: e },
+            e if paddock_recipes::retry::unavailable(&e) => Error::Unavailable { step, path, namespace, source: e },
             e => Error::ZooKeeper { step, path, namespace, source: e },
         }
     }

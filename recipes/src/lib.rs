@@ -3,10 +3,10 @@
 //! writes and the sidecar reads.
 
 pub mod config;
-pub mod errors;
 pub mod identity;
 pub mod layout;
 pub mod names;
+pub mod retry;
 pub mod session;
 
 pub use config::{LockConfig, QueueConfig};

@@ -69,7 +69,7 @@ impl ApiError {
     /// A ZooKeeper failure while doing `what` (e.g. "acquiring lock orders").
     pub fn zookeeper(what: &str, err: zk::Error) -> Self {
         match err {
-            err if paddock_recipes::errors::unavailable(&err) => Self::unavailable(format!(
+            err if paddock_recipes::retry::unavailable(&err) => Self::unavailable(format!(
                 "{what}: ZooKeeper is unreachable ({err}); the outcome is unknown, retry when /readyz answers 200"
             )),
             zk::Error::NoAuth => Self::new(

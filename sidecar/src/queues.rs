@@ -22,9 +22,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config_cache::{CacheError, ConfigCache};
+use crate::context::ServiceContext;
 use crate::events::{Event, now};
 use crate::metrics::{Metrics, queue_label};
-use crate::pod::Pod;
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueueServiceError {
@@ -55,7 +55,7 @@ pub struct QueueService {
 }
 
 struct Inner {
-    ctx: Pod,
+    ctx: ServiceContext,
     views: Mutex<HashMap<Name, QueueView>>,
     configs: ConfigCache<QueueConfig>,
     /// Deliveries this pod holds, with the session generation that claimed them.
@@ -85,7 +85,7 @@ impl ConsumerObserver for ViewObserver {
 }
 
 impl QueueService {
-    pub fn new(ctx: Pod, shutdown: CancellationToken) -> Self {
+    pub fn new(ctx: ServiceContext, shutdown: CancellationToken) -> Self {
         let inner = Arc::new(Inner {
             ctx,
             views: Mutex::default(),
@@ -280,7 +280,7 @@ impl QueueService {
         let observer = Observer(&self.inner.ctx.metrics, queue);
         let paths = self.paths(queue);
         let Some(delivery) =
-            queue::claim_next(&current.client, &paths, view, config, &self.inner.ctx.name, &observer).await?
+            queue::claim_next(&current.client, &paths, view, config, &self.inner.ctx.pod_name, &observer).await?
         else {
             return Ok(None);
         };

@@ -306,7 +306,7 @@ async fn check_isolation(cluster: &Cluster, report: &mut Report, when: &str) -> 
     for path in ["/paddock/default/locks/orders", "/paddock/default/queues/jobs"] {
         let mut answer = intruder.get_children(path).await;
         for _ in 0..20 {
-            if !matches!(answer, Err(ref e) if paddock_recipes::errors::outcome_unknown(e)) {
+            if !matches!(answer, Err(ref e) if paddock_recipes::retry::outcome_unknown(e)) {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(500)).await;

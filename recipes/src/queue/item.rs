@@ -111,18 +111,38 @@ pub fn new_create_id() -> Option<String> {
     Some(uuid::Uuid::new_v4().simple().to_string())
 }
 
+/// Stored form of an item: its envelope as one line of JSON, then the payload as is.
 pub fn encode(envelope: &Envelope, payload: &[u8]) -> Vec<u8> {
-    let mut data = serde_json::to_vec(envelope).expect("envelope serializes");
+    with_header(envelope, payload)
+}
+
+/// Splits stored data into envelope and payload; None when it is not a Paddock item.
+pub fn decode(data: &[u8]) -> Option<(Envelope, &[u8])> {
+    split_header(data)
+}
+
+/// Stored form of a dead letter (`dead/<id>`): the letter as one line of JSON, then the
+/// payload as is.
+pub fn encode_dead(letter: &DeadLetter, payload: &[u8]) -> Vec<u8> {
+    with_header(letter, payload)
+}
+
+/// Splits a stored dead letter into letter and payload; None when it is not Paddock's.
+pub fn decode_dead(data: &[u8]) -> Option<(DeadLetter, &[u8])> {
+    split_header(data)
+}
+
+fn with_header(header: &impl Serialize, payload: &[u8]) -> Vec<u8> {
+    let mut data = serde_json::to_vec(header).expect("a header serializes");
     data.push(b'\n');
     data.extend_from_slice(payload);
     data
 }
 
-/// Splits stored data into envelope and payload; None when it is not a Paddock item.
-pub fn decode(data: &[u8]) -> Option<(Envelope, &[u8])> {
+fn split_header<T: serde::de::DeserializeOwned>(data: &[u8]) -> Option<(T, &[u8])> {
     let newline = data.iter().position(|b| *b == b'\n')?;
-    let envelope = serde_json::from_slice(&data[..newline]).ok()?;
-    Some((envelope, &data[newline + 1..]))
+    let header = serde_json::from_slice(&data[..newline]).ok()?;
+    Some((header, &data[newline + 1..]))
 }
 
 /// Delivery history of an item, kept in `attempts/<id>` while it is in the queue and
@@ -223,6 +243,12 @@ mod tests {
         let (decoded, body) = decode(&data).unwrap();
         assert_eq!(decoded, env);
         assert_eq!(body, payload);
+
+        let letter = DeadLetter { envelope: env, attempts: Attempts::default(), dead_at_ms: 4, reason: "why".into() };
+        let data = encode_dead(&letter, &payload);
+        let (decoded, body) = decode_dead(&data).unwrap();
+        assert_eq!((decoded, body), (letter, &payload[..]));
+        assert!(decode_dead(b"not json\npayload").is_none());
     }
 
     #[test]

@@ -56,10 +56,10 @@ mod tests {
     use tokio_util::sync::CancellationToken;
     use tower::ServiceExt;
 
+    use crate::context::ServiceContext;
     use crate::events::EventBus;
     use crate::locks::LockService;
     use crate::metrics::Metrics;
-    use crate::pod::Pod;
     use crate::queues::QueueService;
     use crate::state::AppState;
 
@@ -70,8 +70,8 @@ mod tests {
             session_timeout: Duration::from_secs(10),
             digest_auth: None,
         });
-        let ctx = Pod {
-            name: "pod".into(),
+        let ctx = ServiceContext {
+            pod_name: "pod".into(),
             namespace: Name::new("namespace", "default").unwrap(),
             layout: Layout::new("/paddock").unwrap(),
             session: session.clone(),

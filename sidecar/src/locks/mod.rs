@@ -9,20 +9,24 @@
 //!   entry turns `lost` and an event is sent; the owner must acquire again (new token).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use paddock_recipes::lock::{self, AcquireRequest, Acquisition, HolderInfo, LockError, LockMode, LockSnapshot};
 use paddock_recipes::session::{Current, SessionError};
-use paddock_recipes::{LockConfig, Name, SessionEvent, zk};
+use paddock_recipes::{LockConfig, Name, zk};
 use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::config_cache::{CacheError, ConfigCache};
+use crate::context::ServiceContext;
 use crate::events::{Event, LossReason, now};
-use crate::metrics::{Metrics, ReasonLabel};
-use crate::pod::Pod;
+use crate::metrics::Metrics;
+
+mod loss;
+
+use self::loss::{enforce_lease, ensure_holder_watch, follow_session};
 
 type Key = (Name, String);
 
@@ -124,7 +128,7 @@ impl LockServiceError {
         match self {
             LockServiceError::Session(_) => true,
             LockServiceError::ZooKeeper(e) | LockServiceError::Lock(LockError::ZooKeeper(e)) => {
-                paddock_recipes::errors::unavailable(e)
+                paddock_recipes::retry::unavailable(e)
             }
             _ => false,
         }
@@ -137,7 +141,7 @@ pub struct LockService {
 }
 
 struct Inner {
-    ctx: Pod,
+    ctx: ServiceContext,
     table: Mutex<HashMap<Key, Entry>>,
     /// Bumped on every connection state change, so a stale "suspended too long" timer
     /// knows it is stale.
@@ -156,7 +160,7 @@ impl lock::WakeObserver for MetricWake<'_> {
 }
 
 impl LockService {
-    pub fn new(ctx: Pod) -> Self {
+    pub fn new(ctx: ServiceContext) -> Self {
         let inner = Arc::new(Inner {
             ctx,
             table: Mutex::new(HashMap::new()),
@@ -173,7 +177,7 @@ impl LockService {
     }
 
     pub fn pod(&self) -> &str {
-        &self.inner.ctx.name
+        &self.inner.ctx.pod_name
     }
 
     /// The lock's config, cached until its znode changes.
@@ -233,7 +237,7 @@ impl LockService {
         let current = inner.ctx.session.client()?;
         let lock_path = self.lock_path(&name);
         let config = self.config(&current, &lock_path).await?;
-        let holder = HolderInfo { pod: inner.ctx.name.clone(), owner: owner.clone() };
+        let holder = HolderInfo { pod: inner.ctx.pod_name.clone(), owner: owner.clone() };
         let acl = inner.ctx.layout.node_acl();
         let request = AcquireRequest { lock_path: &lock_path, mode, holder: &holder, wait, acl };
         let outcome = lock::acquire(&current.client, &config, &request, &MetricWake(&inner.ctx.metrics)).await?;
@@ -429,7 +433,7 @@ impl Inner {
         Grant {
             name: name.to_string(),
             owner: owner.to_owned(),
-            pod: self.ctx.name.clone(),
+            pod: self.ctx.pod_name.clone(),
             token: held.held.token,
             mode: held.held.mode,
             acquired_at: held.acquired_at.clone(),
@@ -437,37 +441,6 @@ impl Inner {
             expires_in_ms: held.expires_at.map(millis_left),
             reentrant,
         }
-    }
-
-    /// Turns a held entry into a lost one (if it still holds `token`) and tells everyone.
-    fn mark_lost(&self, key: &Key, token: i64, reason: LossReason, orphan: Option<String>) -> bool {
-        let mut table = self.table.lock().expect("not poisoned");
-        if !matches!(table.get(key), Some(Entry::Held(h)) if h.held.token == token) {
-            return false;
-        }
-        let at = now();
-        table.insert(key.clone(), Entry::Lost(LostLock { token, reason, at: at.clone(), orphan }));
-        drop(table);
-        self.ctx.metrics.locks_held.dec();
-        self.count_loss(reason);
-        self.ctx.events.publish(Event::LockLost { name: key.0.to_string(), owner: key.1.clone(), token, reason, at });
-        true
-    }
-
-    fn count_loss(&self, reason: LossReason) {
-        self.ctx.metrics.lock_losses.get_or_create(&ReasonLabel { reason: reason.as_str().to_owned() }).inc();
-    }
-
-    fn held_of_generation(&self, generation: u64) -> Vec<(Key, HeldLock)> {
-        self.table
-            .lock()
-            .expect("not poisoned")
-            .iter()
-            .filter_map(|(k, e)| match e {
-                Entry::Held(h) if h.generation <= generation => Some((k.clone(), h.clone())),
-                _ => None,
-            })
-            .collect()
     }
 }
 
@@ -484,162 +457,6 @@ impl Drop for ClearWaiting<'_> {
             if matches!(table.get(&key), Some(Entry::Waiting)) {
                 table.remove(&key);
             }
-        }
-    }
-}
-
-/// Makes sure this session watches `lock_path` (one persistent recursive watch per lock
-/// and session, shared by every holder in this pod): a holder's node deleted by anyone
-/// but us means its lock is lost. The first time, our node is checked after the watch is
-/// in place, so a deletion before it is not missed.
-async fn ensure_holder_watch(
-    inner: Arc<Inner>,
-    lock_path: String,
-    node_path: String,
-    client: zk::Client,
-    generation: u64,
-) {
-    {
-        let mut watched = inner.watched_locks.lock().expect("not poisoned");
-        if watched.get(&lock_path) == Some(&generation) {
-            return;
-        }
-        watched.insert(lock_path.clone(), generation);
-    }
-    let mut watcher = loop {
-        match client.watch(&lock_path, zk::AddWatchMode::PersistentRecursive).await {
-            Ok(watcher) => break watcher,
-            Err(err) if paddock_recipes::errors::outcome_unknown(&err) => {
-                tracing::debug!(lock = lock_path, error = %err, "watching lock; retrying");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(err) => {
-                // The session is over (its holders are reported lost) or the lock is gone.
-                tracing::debug!(lock = lock_path, error = %err, "not watching lock");
-                inner.watched_locks.lock().expect("not poisoned").remove(&lock_path);
-                return;
-            }
-        }
-    };
-    if let Ok(None) = client.check_stat(&node_path).await {
-        node_gone(&inner, &node_path);
-    }
-    loop {
-        let event = watcher.changed().await;
-        match event.event_type {
-            zk::EventType::NodeDeleted => node_gone(&inner, &event.path),
-            // The session is over (the watcher must not be polled again); `follow_session`
-            // reports the losses and the next acquire watches again.
-            zk::EventType::Session if event.session_state.is_terminated() => return,
-            _ => {}
-        }
-    }
-}
-
-/// A contender node vanished: if it is one we hold, the lock is lost.
-fn node_gone(inner: &Inner, node_path: &str) {
-    let held: Option<(Key, i64)> = inner.table.lock().expect("not poisoned").iter().find_map(|(k, e)| match e {
-        Entry::Held(h) if h.held.node_path == node_path => Some((k.clone(), h.held.token)),
-        _ => None,
-    });
-    if let Some((key, token)) = held {
-        // Deleted while we are cut off: the ensemble expired our session (a notification
-        // can arrive just before the connection is found dead).
-        let reason =
-            if inner.ctx.session.is_connected() { LossReason::NodeDeleted } else { LossReason::SessionExpired };
-        inner.mark_lost(&key, token, reason, None);
-    }
-}
-
-/// Releases a lock whose lease was not renewed in time and reports it lost.
-async fn enforce_lease(inner: Arc<Inner>, key: Key, token: i64) {
-    loop {
-        let due = match inner.table.lock().expect("not poisoned").get(&key) {
-            Some(Entry::Held(h)) if h.held.token == token => h.expires_at,
-            _ => return,
-        };
-        let Some(due) = due else { return };
-        if Instant::now() < due {
-            tokio::time::sleep_until(due).await;
-            continue;
-        }
-        let held = match inner.table.lock().expect("not poisoned").get(&key) {
-            Some(Entry::Held(h)) if h.held.token == token => h.held.clone(),
-            _ => return,
-        };
-        // Lost first, so the app sees `lost` before anyone else can hold the lock.
-        if !inner.mark_lost(&key, token, LossReason::TtlElapsed, None) {
-            return;
-        }
-        if let Ok(current) = inner.ctx.session.client()
-            && let Err(err) = lock::release(&current.client, &held).await
-        {
-            tracing::warn!(node = held.node_path, error = %err, "could not delete expired lease's node");
-        }
-        return;
-    }
-}
-
-/// Turns session events into lost locks and events for the app.
-async fn follow_session(inner: Arc<Inner>) {
-    let mut events = inner.ctx.session.subscribe();
-    loop {
-        let event = match events.recv().await {
-            Ok(event) => event,
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-        };
-        let (state, generation) = match &event {
-            SessionEvent::Established { generation, .. } => ("established", *generation),
-            SessionEvent::Suspended { generation } => ("suspended", *generation),
-            SessionEvent::Reconnected { generation } => ("reconnected", *generation),
-            SessionEvent::Expired { generation, .. } => ("expired", *generation),
-        };
-        inner.ctx.events.publish(Event::Session { state, generation, at: now() });
-        let epoch = inner.connection_epoch.fetch_add(1, Ordering::SeqCst) + 1;
-        match event {
-            SessionEvent::Expired { generation, .. } => {
-                for (key, held) in inner.held_of_generation(generation) {
-                    inner.mark_lost(&key, held.held.token, LossReason::SessionExpired, None);
-                }
-            }
-            SessionEvent::Suspended { generation } => {
-                let inner = inner.clone();
-                let timeout = inner.ctx.session.session_timeout();
-                tokio::spawn(async move {
-                    tokio::time::sleep(timeout).await;
-                    if inner.connection_epoch.load(Ordering::SeqCst) != epoch {
-                        return; // reconnected or expired meanwhile
-                    }
-                    for (key, held) in inner.held_of_generation(generation) {
-                        let orphan = Some(held.held.node_path.clone());
-                        inner.mark_lost(&key, held.held.token, LossReason::ConnectionLost, orphan);
-                    }
-                });
-            }
-            SessionEvent::Reconnected { .. } => delete_orphans(&inner).await,
-            SessionEvent::Established { .. } => {}
-        }
-    }
-}
-
-/// Deletes nodes of locks declared lost while disconnected, if the session survived.
-async fn delete_orphans(inner: &Inner) {
-    let orphans: Vec<String> = inner
-        .table
-        .lock()
-        .expect("not poisoned")
-        .values_mut()
-        .filter_map(|e| match e {
-            Entry::Lost(lost) => lost.orphan.take(),
-            _ => None,
-        })
-        .collect();
-    let Ok(current) = inner.ctx.session.client() else { return };
-    for path in orphans {
-        match current.client.delete(&path, None).await {
-            Ok(()) | Err(zk::Error::NoNode) => {}
-            Err(err) => tracing::warn!(node = path, error = %err, "could not delete a lost lock's node"),
         }
     }
 }

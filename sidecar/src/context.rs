@@ -1,6 +1,6 @@
-//! Who this sidecar is and what it shares: the pod's identity, its ZooKeeper session,
-//! where its namespace's znodes live, and where events and metrics go. The lock and
-//! queue services both start from it.
+//! What the lock and queue services share: the pod's identity, its ZooKeeper session,
+//! where its namespace's znodes live, and where events and metrics go. Both services
+//! start from it.
 
 use std::sync::Arc;
 
@@ -10,9 +10,9 @@ use crate::events::EventBus;
 use crate::metrics::Metrics;
 
 #[derive(Clone)]
-pub struct Pod {
+pub struct ServiceContext {
     /// The pod's name: the default lock owner, and the consumer named in claims.
-    pub name: String,
+    pub pod_name: String,
     pub namespace: Name,
     pub layout: Layout,
     pub session: Session,

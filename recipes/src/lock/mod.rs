@@ -1,0 +1,274 @@
+//! The lock recipe: mutex, semaphore (N holders) and read/write lock on one znode.
+//!
+//! Each contender is an ephemeral sequential child of the lock's znode, named the way
+//! Apache Curator names them, so Curator clients and Paddock exclude each other:
+//!
+//! ```text
+//! _c_<uuid>-lock-<seq>        exclusive (Curator InterProcessMutex)
+//! _c_<uuid>-__READ__<seq>     shared    (Curator InterProcessReadWriteLock, read side)
+//! ```
+//!
+//! Contenders are ordered by sequence number (arrival order, so FIFO). Who holds:
+//! - exclusive: fewer than `maxHolders` contenders ahead of it;
+//! - shared (only when `maxHolders` is 1): no exclusive contender ahead of it.
+//!
+//! No herd: a waiter watches only the nodes whose deletion can make it a holder — its
+//! predecessor (exclusive, mutex), the first exclusive contender ahead (shared), or, for
+//! the one waiter next in line of a semaphore, the current holders. A semaphore waiter
+//! further back watches its predecessor, and a semaphore contender that becomes a holder
+//! touches its own node so its successor re-arms its watches (it is now next in line).
+//!
+//! Fencing token: the contender's `czxid`. Zxids are assigned by the ensemble in total
+//! order and never reused — also across leader elections (the epoch is the high word) and
+//! across deletion and re-creation of the lock's znode — and holders acquire in sequence
+//! order, so successive holders of one lock see strictly increasing tokens.
+//!
+//! Connection loss while creating: the uuid in the name lets us find our node if the
+//! create was applied but its reply lost, so no orphan contender blocks the lock.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+mod contender;
+
+pub use self::contender::watch_contender;
+use self::contender::{Decision, WithdrawOnDrop, create_contender, decide, sorted_contenders, touch};
+use crate::config::{ConfigError, LockConfig};
+use crate::retry::while_unknown;
+use crate::zk;
+
+const PROTECTED_PREFIX: &str = "_c_";
+const MUTEX_NAME: &str = "lock-";
+const READ_NAME: &str = "__READ__";
+
+/// Exclusive (a writer, or a mutex/semaphore holder) or shared (a reader).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LockMode {
+    Exclusive,
+    Shared,
+}
+
+impl LockMode {
+    fn node_name(self) -> &'static str {
+        match self {
+            LockMode::Exclusive => MUTEX_NAME,
+            LockMode::Shared => READ_NAME,
+        }
+    }
+}
+
+/// What a Paddock contender stores in its znode: who it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HolderInfo {
+    pub pod: String,
+    pub owner: String,
+}
+
+/// One contender as seen by everyone: its node, order, kind and (when read) who it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContenderView {
+    pub node: String,
+    pub sequence: i64,
+    pub mode: LockMode,
+    /// None for a contender whose data is not Paddock's (a Curator client).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub holder: Option<HolderInfo>,
+    /// Raw data as text when it is not Paddock's (Curator stores the client's IP).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub foreign: Option<String>,
+}
+
+/// Holders and waiters of a lock at one moment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LockSnapshot {
+    pub max_holders: u32,
+    pub holders: Vec<ContenderView>,
+    pub waiters: usize,
+}
+
+/// A held lock: the node to delete on release and the fencing token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    pub lock_path: String,
+    pub node_path: String,
+    pub token: i64,
+    pub mode: LockMode,
+}
+
+#[derive(Debug, Clone)]
+pub enum Acquisition {
+    Acquired(Held),
+    /// Not acquired within the wait; our contender was withdrawn.
+    TimedOut(LockSnapshot),
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LockError {
+    /// The lock's znode does not exist: no DistributedLock provisions it.
+    #[error("lock znode {0} does not exist")]
+    NotProvisioned(String),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("shared mode needs a lock with maxHolders 1 (a read/write lock); {path} has maxHolders {max_holders}")]
+    SharedSemaphore { path: String, max_holders: u32 },
+    /// Our contender vanished while waiting: the session expired or someone deleted it.
+    #[error("our contender {0} vanished while waiting (session expired?)")]
+    ContenderLost(String),
+    #[error("ZooKeeper: {0}")]
+    ZooKeeper(#[from] zk::Error),
+}
+
+/// Parameters of one acquire.
+#[derive(Debug, Clone)]
+pub struct AcquireRequest<'a> {
+    pub lock_path: &'a str,
+    pub mode: LockMode,
+    pub holder: &'a HolderInfo,
+    /// How long to wait; zero tries once.
+    pub wait: Duration,
+    /// How the contender node is protected.
+    pub acl: crate::identity::NodeAcl,
+}
+
+/// Counts watch wake-ups, so tests and metrics can show that a release wakes one waiter.
+pub trait WakeObserver: Send + Sync {
+    fn woken(&self);
+}
+
+impl WakeObserver for () {
+    fn woken(&self) {}
+}
+
+/// Reads a lock's config; `NotProvisioned` when its znode is missing.
+pub async fn read_config(client: &zk::Client, lock_path: &str) -> Result<LockConfig, LockError> {
+    match client.get_data(lock_path).await {
+        Ok((data, _)) => Ok(LockConfig::from_znode(lock_path, &data)?),
+        Err(zk::Error::NoNode) => Err(LockError::NotProvisioned(lock_path.to_owned())),
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// Acquires the lock at `request.lock_path`, waiting up to `request.wait`.
+///
+/// If the returned future is dropped midway (the caller went away), the contender is
+/// deleted in the background so it cannot block the lock.
+pub async fn acquire(
+    client: &zk::Client,
+    config: &LockConfig,
+    request: &AcquireRequest<'_>,
+    observer: &dyn WakeObserver,
+) -> Result<Acquisition, LockError> {
+    if request.mode == LockMode::Shared && config.max_holders != 1 {
+        return Err(LockError::SharedSemaphore { path: request.lock_path.to_owned(), max_holders: config.max_holders });
+    }
+    let deadline = Instant::now() + request.wait;
+    let data = serde_json::to_vec(request.holder).expect("holder info serializes");
+    let (node_path, token) = create_contender(client, request, &data).await?;
+    let mut guard = WithdrawOnDrop { client: client.clone(), node_path: Some(node_path.clone()) };
+    let node_name = node_path.rsplit('/').next().expect("node path has a name").to_owned();
+
+    loop {
+        let children = match client.list_children(request.lock_path).await {
+            Ok(children) => children,
+            Err(zk::Error::NoNode) => {
+                guard.disarm();
+                return Err(LockError::NotProvisioned(request.lock_path.to_owned()));
+            }
+            Err(err) => return Err(err.into()),
+        };
+        let contenders = sorted_contenders(&children);
+        let Some(index) = contenders.iter().position(|c| c.name == node_name) else {
+            guard.disarm();
+            return Err(LockError::ContenderLost(node_path));
+        };
+        match decide(&contenders, index, config.max_holders) {
+            Decision::Holds => {
+                if config.max_holders > 1 {
+                    // Wake our successor: it may now be next in line and must watch the
+                    // holders. Until this is done the contender is not handed out: an
+                    // error withdraws it, so no holder is left that nobody knows of.
+                    if let Err(err) = touch(client, &node_path, &data).await {
+                        guard.withdraw().await;
+                        return Err(err.into());
+                    }
+                }
+                guard.disarm();
+                return Ok(Acquisition::Acquired(Held {
+                    lock_path: request.lock_path.to_owned(),
+                    node_path,
+                    token,
+                    mode: request.mode,
+                }));
+            }
+            Decision::Wait(targets) => {
+                if Instant::now() >= deadline {
+                    guard.withdraw().await;
+                    let snapshot = snapshot(client, request.lock_path, config.max_holders).await?;
+                    return Ok(Acquisition::TimedOut(snapshot));
+                }
+                let mut watchers = Vec::with_capacity(targets.len());
+                let mut gone = false;
+                for target in targets {
+                    let path = format!("{}/{}", request.lock_path, contenders[target].name);
+                    let Some(watcher) = watch_contender(client, &path).await? else {
+                        gone = true;
+                        break;
+                    };
+                    watchers.push(Box::pin(watcher.changed()));
+                }
+                if gone {
+                    continue;
+                }
+                let any_change = futures::future::select_all(watchers);
+                if tokio::time::timeout_at(deadline, any_change).await.is_ok() {
+                    observer.woken();
+                }
+            }
+        }
+    }
+}
+
+/// Releases a held lock. Connection loss is retried for as long as the session may
+/// live; a node found gone after a lost reply was deleted by our own earlier attempt.
+/// Otherwise already gone (session expired, lease reaper, someone else) gives `Ok(false)`.
+pub async fn release(client: &zk::Client, held: &Held) -> Result<bool, zk::Error> {
+    while_unknown(client, "release", |this| async move {
+        match client.delete(&held.node_path, None).await {
+            Ok(()) => Ok(true),
+            Err(zk::Error::NoNode) => Ok(this.retried),
+            Err(err) => Err(err),
+        }
+    })
+    .await
+}
+
+/// Holders (with who they are) and the number of waiters.
+pub async fn snapshot(client: &zk::Client, lock_path: &str, max_holders: u32) -> Result<LockSnapshot, LockError> {
+    let children = match client.list_children(lock_path).await {
+        Ok(children) => children,
+        Err(zk::Error::NoNode) => return Err(LockError::NotProvisioned(lock_path.to_owned())),
+        Err(err) => return Err(err.into()),
+    };
+    let contenders = sorted_contenders(&children);
+    let holders: Vec<usize> =
+        (0..contenders.len()).filter(|&i| decide(&contenders, i, max_holders) == Decision::Holds).collect();
+    let mut views = Vec::with_capacity(holders.len());
+    for &i in &holders {
+        let c = &contenders[i];
+        let data = match client.get_data(&format!("{lock_path}/{}", c.name)).await {
+            Ok((data, _)) => data,
+            Err(zk::Error::NoNode) => continue, // released meanwhile
+            Err(err) => return Err(err.into()),
+        };
+        let holder = serde_json::from_slice::<HolderInfo>(&data).ok();
+        let foreign = holder.is_none().then(|| String::from_utf8_lossy(&data).into_owned());
+        views.push(ContenderView { node: c.name.clone(), sequence: c.sequence, mode: c.mode, holder, foreign });
+    }
+    Ok(LockSnapshot { max_holders, waiters: contenders.len() - holders.len(), holders: views })
+}

@@ -1,0 +1,188 @@
+//! Settling a claimed item: ack (gone for good), nack (ready again, now or after a delay,
+//! or dead-lettered on its last attempt), and giving a claim up.
+//!
+//! Invariants:
+//! - An item is removed only by an ack (or moved, by a delayed nack or dead-lettering),
+//!   in one multi that also removes its claim: nothing is deleted before it is processed.
+//! - A multi whose reply was lost is retried; a retry that finds its nodes gone tells its
+//!   own earlier effect from someone else's ([`settle_gone`]), so the app hears 200 for
+//!   its own ack and 409 for an item that went elsewhere.
+
+use std::time::Duration;
+
+use super::claim::{Read, read_candidate};
+use super::dead::{ClaimCheck, move_to_dead};
+use super::enqueue::{ensure_bucket, find_created};
+use super::item::{Envelope, ItemId, bucket_name, encode, new_create_id, now_ms};
+use super::{QueueConfig, QueueError};
+use crate::identity::NodeAcl;
+use crate::layout::QueuePaths;
+use crate::retry::while_unknown;
+use crate::zk;
+
+/// What a multi on a claimed item did.
+enum Committed {
+    Applied(Vec<zk::MultiWriteResult>),
+    /// A node it removes was already gone: removed by an earlier attempt of this call
+    /// whose reply was lost (`retried`), or of the caller's own earlier call, or taken by
+    /// someone else. [`settle_gone`] tells which.
+    Gone {
+        retried: bool,
+    },
+}
+
+enum Op {
+    Delete(String),
+    Create(String, Vec<u8>),
+    SetData(String, Vec<u8>),
+}
+
+/// Runs a multi, retrying an unknown outcome for as long as the session may live.
+async fn commit_owned(client: &zk::Client, acl: NodeAcl, ops: &[Op]) -> Result<Committed, QueueError> {
+    while_unknown(client, "settling an item", |this| async move {
+        let mut multi = client.new_multi_writer();
+        for op in ops {
+            match op {
+                Op::Delete(path) => multi.add_delete(path, None)?,
+                Op::Create(path, data) => {
+                    multi.add_create(path, data, &zk::CreateMode::PersistentSequential.with_acls(acl.acls()))?
+                }
+                Op::SetData(path, data) => multi.add_set_data(path, data, None)?,
+            }
+        }
+        match multi.commit().await {
+            Ok(results) => Ok(Committed::Applied(results)),
+            Err(zk::MultiWriteError::OperationFailed { source: zk::Error::NoNode, .. }) => {
+                Ok(Committed::Gone { retried: this.retried })
+            }
+            Err(err) => Err(QueueError::ZooKeeper(err.into())),
+        }
+    })
+    .await
+}
+
+/// Acks a claimed item: it is gone with its claim and history. The caller must hold the
+/// claim (same session, not given up).
+pub async fn ack(client: &zk::Client, paths: &QueuePaths, id: &ItemId) -> Result<(), QueueError> {
+    let id_text = id.to_string();
+    let item_path = format!("{}/{}", paths.bucket(&id.bucket), id.node_name());
+    let ops =
+        [Op::Delete(paths.claim(&id_text)), Op::Delete(item_path.clone()), Op::Delete(paths.attempts_of(&id_text))];
+    match commit_owned(client, paths.acl, &ops).await? {
+        Committed::Applied(_) => Ok(()),
+        Committed::Gone { .. } => settle_gone(client, paths, id, &item_path).await,
+    }
+}
+
+/// After a multi on a claimed item found a node gone: `Ok` when the item is gone because
+/// an earlier attempt of this consumer's own ack or nack was applied (its reply lost, the
+/// caller retried), an error that says where the item went otherwise.
+async fn settle_gone(client: &zk::Client, paths: &QueuePaths, id: &ItemId, item_path: &str) -> Result<(), QueueError> {
+    let id_text = id.to_string();
+    if client.check_stat(&paths.dead_item(&id_text)).await?.is_some() {
+        return Err(QueueError::DeadLettered(id_text));
+    }
+    if client.check_stat(item_path).await?.is_some() {
+        // The item is there but our claim is not: it is not ours to settle.
+        return Err(QueueError::ClaimLost(id_text));
+    }
+    Ok(())
+}
+
+/// Gives a claim up without counting anything (visibility timeout, shutdown): the item
+/// is ready again at once; its next delivery counts the next attempt.
+pub async fn release_claim(client: &zk::Client, paths: &QueuePaths, id: &ItemId) -> Result<(), QueueError> {
+    match client.delete(&paths.claim(&id.to_string()), None).await {
+        Ok(()) | Err(zk::Error::NoNode) => Ok(()),
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// What a nack did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NackOutcome {
+    /// Ready again (after `delay`). A delayed item moves to another bucket and so gets a
+    /// new id (None in the rare case that a lost reply hid it).
+    Requeued {
+        id: Option<ItemId>,
+    },
+    DeadLettered,
+}
+
+/// Nacks a claimed item: back to the queue after `delay`, or to dead letters when it has
+/// had `max_attempts` deliveries.
+pub async fn nack(
+    client: &zk::Client,
+    paths: &QueuePaths,
+    config: &QueueConfig,
+    id: &ItemId,
+    delay: Duration,
+    reason: Option<&str>,
+) -> Result<NackOutcome, QueueError> {
+    let id_text = id.to_string();
+    let mut item = match read_candidate(client, paths, id).await? {
+        Read::Found(item) => item,
+        Read::Gone if client.check_stat(&paths.dead_item(&id_text)).await?.is_some() => {
+            return Err(QueueError::DeadLettered(id_text));
+        }
+        Read::Gone | Read::Foreign => return Err(QueueError::NoSuchItem(id_text)),
+    };
+    if let Some(last) = item.attempts.deliveries.last_mut() {
+        last.outcome = Some(match reason {
+            Some(r) => format!("nack: {}", r.chars().take(200).collect::<String>()),
+            None => "nack".to_owned(),
+        });
+    }
+    if item.attempts.attempt >= config.max_attempts {
+        let reason = format!("nacked on attempt {} (maxAttempts {})", item.attempts.attempt, config.max_attempts);
+        move_to_dead(client, paths, &item, &reason, ClaimCheck::Ours).await?;
+        return Ok(NackOutcome::DeadLettered);
+    }
+    if delay.is_zero() {
+        // Same place in the queue; the history notes the nack.
+        let history = serde_json::to_vec(&item.attempts).expect("attempts serialize");
+        let ops = [Op::SetData(paths.attempts_of(&id_text), history), Op::Delete(paths.claim(&id_text))];
+        if let Committed::Gone { retried: false } = commit_owned(client, paths.acl, &ops).await? {
+            settle_gone(client, paths, id, &item.path).await?;
+        }
+        return Ok(NackOutcome::Requeued { id: Some(id.clone()) });
+    }
+    // Delayed: the item moves to the bucket of its new due time, carrying its history.
+    let due = now_ms() + delay.as_millis() as u64;
+    let original_id = Some(item.envelope.original_id.clone().unwrap_or_else(|| id_text.clone()));
+    let moved = Envelope {
+        due_ms: due,
+        original_id,
+        carried: Some(item.attempts),
+        create_id: new_create_id(),
+        ..item.envelope
+    };
+    let bucket = bucket_name(moved.priority, due);
+    ensure_bucket(client, paths, &bucket).await?;
+    let ops = [
+        Op::Delete(paths.claim(&id_text)),
+        Op::Delete(item.path.clone()),
+        Op::Delete(paths.attempts_of(&id_text)),
+        Op::Create(format!("{}/item-", paths.bucket(&bucket)), encode(&moved, &item.payload)),
+    ];
+    let results = match commit_owned(client, paths.acl, &ops).await? {
+        Committed::Applied(results) => results,
+        // Our first attempt moved it; its reply, with the new id, was lost.
+        Committed::Gone { retried: true } => {
+            let deadline = tokio::time::Instant::now() + client.session_timeout();
+            let new_id = find_created(client, paths, &bucket, &moved, deadline).await?;
+            return Ok(NackOutcome::Requeued { id: new_id });
+        }
+        Committed::Gone { retried: false } => {
+            settle_gone(client, paths, id, &item.path).await?;
+            Vec::new()
+        }
+    };
+    let new_id = results.into_iter().find_map(|r| match r {
+        zk::MultiWriteResult::Create { path, .. } => {
+            path.rsplit("item-").next().map(|seq| ItemId { bucket: bucket.clone(), seq: seq.to_owned() })
+        }
+        _ => None,
+    });
+    Ok(NackOutcome::Requeued { id: new_id })
+}
