@@ -26,7 +26,9 @@ pub struct Report {
     pub duplicates: BTreeMap<String, u64>,
     /// Deliveries again after a confirmed nack: retries the consumer asked for.
     pub redelivered_after_nack: u64,
-    pub longest_unavailability: Option<(String, Duration)>,
+    /// Each workload's longest time without a success, with when it started and ended
+    /// (seconds into the run), longest first.
+    pub longest_unavailability: Vec<(String, Duration, f64)>,
     pub checks: Vec<String>,
 }
 
@@ -281,8 +283,12 @@ pub fn summarize(workloads: &Workloads, faults: &[Fault], started: Instant, repo
         let of = report.fault_counts[&kind];
         report.checks.push(format!("{kind}: {check} ({times} of {of})"));
     }
-    report.longest_unavailability =
-        workloads.availability.longest().into_iter().next().map(|(workload, gap)| (workload.to_owned(), gap));
+    report.longest_unavailability = workloads
+        .availability
+        .longest()
+        .into_iter()
+        .map(|(workload, gap, ended)| (workload.to_owned(), gap, (ended - started).as_secs_f64()))
+        .collect();
 }
 
 impl fmt::Display for Report {
@@ -316,8 +322,12 @@ impl fmt::Display for Report {
         for (cause, count) in &self.duplicates {
             writeln!(f, "  {count:>8}  {cause}")?;
         }
-        if let Some((workload, gap)) = &self.longest_unavailability {
+        if let Some((workload, gap, _)) = self.longest_unavailability.first() {
             writeln!(f, "longest unavailability: {:.1} s ({workload})", gap.as_secs_f64())?;
+        }
+        for (workload, gap, ended) in &self.longest_unavailability {
+            let gap = gap.as_secs_f64();
+            writeln!(f, "  {workload}: {gap:.1} s without a success, from {:.1} s to {ended:.1} s", ended - gap)?;
         }
         for check in &self.checks {
             writeln!(f, "check: {check}")?;

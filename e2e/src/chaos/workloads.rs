@@ -200,7 +200,8 @@ impl Drop for Running<'_> {
 /// Successes per workload and the longest time between two of them.
 #[derive(Debug)]
 pub struct Availability {
-    state: Mutex<HashMap<&'static str, (Instant, Duration)>>,
+    /// Per workload: the last success, and the longest gap with when it ended.
+    state: Mutex<HashMap<&'static str, (Instant, Duration, Instant)>>,
     started: Instant,
 }
 
@@ -212,15 +213,19 @@ impl Availability {
     fn success(&self, workload: &'static str) {
         let now = Instant::now();
         let mut state = self.state.lock().unwrap();
-        let (last, longest) = state.entry(workload).or_insert((self.started, Duration::ZERO));
-        *longest = (*longest).max(now - *last);
+        let (last, longest, ended) = state.entry(workload).or_insert((self.started, Duration::ZERO, self.started));
+        if now - *last > *longest {
+            *longest = now - *last;
+            *ended = now;
+        }
         *last = now;
     }
 
-    /// The longest gap of each workload, and when it ended.
-    pub fn longest(&self) -> Vec<(&'static str, Duration)> {
-        let mut gaps: Vec<_> = self.state.lock().unwrap().iter().map(|(k, (_, gap))| (*k, *gap)).collect();
-        gaps.sort_by_key(|(_, gap)| std::cmp::Reverse(*gap));
+    /// The longest gap of each workload and when it ended, longest first.
+    pub fn longest(&self) -> Vec<(&'static str, Duration, Instant)> {
+        let mut gaps: Vec<_> =
+            self.state.lock().unwrap().iter().map(|(k, (_, gap, ended))| (*k, *gap, *ended)).collect();
+        gaps.sort_by_key(|(_, gap, _)| std::cmp::Reverse(*gap));
         gaps
     }
 }
