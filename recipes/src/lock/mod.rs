@@ -124,6 +124,17 @@ pub enum LockError {
     ZooKeeper(#[from] zk::Error),
 }
 
+impl LockError {
+    /// A read of the lock's znode or its children that found nothing: the lock is not
+    /// provisioned (or was deleted).
+    pub(crate) fn or_not_provisioned(err: zk::Error, lock_path: &str) -> Self {
+        match err {
+            zk::Error::NoNode => LockError::NotProvisioned(lock_path.to_owned()),
+            err => err.into(),
+        }
+    }
+}
+
 /// Parameters of one acquire.
 #[derive(Debug, Clone)]
 pub struct AcquireRequest<'a> {
@@ -147,11 +158,8 @@ impl WakeObserver for () {
 
 /// Reads a lock's config; `NotProvisioned` when its znode is missing.
 pub async fn read_config(client: &zk::Client, lock_path: &str) -> Result<LockConfig, LockError> {
-    match client.get_data(lock_path).await {
-        Ok((data, _)) => Ok(LockConfig::from_znode(lock_path, &data)?),
-        Err(zk::Error::NoNode) => Err(LockError::NotProvisioned(lock_path.to_owned())),
-        Err(err) => Err(err.into()),
-    }
+    let (data, _) = client.get_data(lock_path).await.map_err(|e| LockError::or_not_provisioned(e, lock_path))?;
+    Ok(LockConfig::from_znode(lock_path, &data)?)
 }
 
 /// Acquires the lock at `request.lock_path`, waiting up to `request.wait`.
@@ -250,11 +258,7 @@ pub async fn release(client: &zk::Client, held: &Held) -> Result<bool, zk::Error
 
 /// Holders (with who they are) and the number of waiters.
 pub async fn snapshot(client: &zk::Client, lock_path: &str, max_holders: u32) -> Result<LockSnapshot, LockError> {
-    let children = match client.list_children(lock_path).await {
-        Ok(children) => children,
-        Err(zk::Error::NoNode) => return Err(LockError::NotProvisioned(lock_path.to_owned())),
-        Err(err) => return Err(err.into()),
-    };
+    let children = client.list_children(lock_path).await.map_err(|e| LockError::or_not_provisioned(e, lock_path))?;
     let contenders = sorted_contenders(&children);
     let holders: Vec<usize> =
         (0..contenders.len()).filter(|&i| decide(&contenders, i, max_holders) == Decision::Holds).collect();

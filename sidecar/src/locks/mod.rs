@@ -251,37 +251,34 @@ impl LockService {
             Acquisition::Acquired(held) => {
                 waiting.key = None;
                 let ttl = ttl.or(config.default_ttl);
-                let entry = HeldLock {
-                    held,
-                    generation: current.generation,
-                    acquired_at: now(),
-                    ttl,
-                    expires_at: ttl.map(|t| Instant::now() + t),
-                };
-                let grant = inner.grant(&name, &owner, &entry, false);
-                let node_path = entry.held.node_path.clone();
-                inner.table.lock().expect("not poisoned").insert(key.clone(), Entry::Held(entry));
-                inner.ctx.metrics.lock_acquires.inc();
-                inner.ctx.metrics.locks_held.inc();
-                inner.ctx.events.publish(Event::LockAcquired {
-                    name: name.to_string(),
-                    owner: owner.clone(),
-                    token: grant.token,
-                    at: grant.acquired_at.clone(),
-                });
-                tokio::spawn(ensure_holder_watch(
-                    self.inner.clone(),
-                    lock_path.clone(),
-                    node_path,
-                    current.client,
-                    current.generation,
-                ));
-                if ttl.is_some() {
-                    tokio::spawn(enforce_lease(self.inner.clone(), key, grant.token));
-                }
-                Ok(AcquireOutcome::Acquired(grant))
+                let expires_at = ttl.map(|t| Instant::now() + t);
+                let entry = HeldLock { held, generation: current.generation, acquired_at: now(), ttl, expires_at };
+                Ok(AcquireOutcome::Acquired(self.record_grant(key, entry, lock_path, current)))
             }
         }
+    }
+
+    /// Enters a new hold in the table, tells the app and the metrics, and starts
+    /// watching for its loss (and its lease, if it has one).
+    fn record_grant(&self, key: Key, entry: HeldLock, lock_path: String, current: Current) -> Grant {
+        let inner = &self.inner;
+        let (name, owner) = &key;
+        let grant = inner.grant(name, owner, &entry, false);
+        let (node_path, leased) = (entry.held.node_path.clone(), entry.ttl.is_some());
+        inner.table.lock().expect("not poisoned").insert(key.clone(), Entry::Held(entry));
+        inner.ctx.metrics.lock_acquires.inc();
+        inner.ctx.metrics.locks_held.inc();
+        inner.ctx.events.publish(Event::LockAcquired {
+            name: name.to_string(),
+            owner: owner.clone(),
+            token: grant.token,
+            at: grant.acquired_at.clone(),
+        });
+        tokio::spawn(ensure_holder_watch(inner.clone(), lock_path, node_path, current.client, current.generation));
+        if leased {
+            tokio::spawn(enforce_lease(inner.clone(), key, grant.token));
+        }
+        grant
     }
 
     pub async fn release(&self, name: Name, owner: String) -> Result<i64, LockServiceError> {
