@@ -38,15 +38,13 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use paddock_recipes::identity::DigestIdentity;
 use paddock_recipes::{Layout, Name, Session, zk};
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::histogram::Histogram;
 use serde_json::json;
 
 use crate::crd::{DistributedLock, DistributedLockStatus, WorkQueue, WorkQueueStatus};
 pub use crate::error::Error;
 use crate::error::{At, Step};
 use crate::leader::Leadership;
+use crate::metrics::Metrics;
 use crate::reconcile::cleanup::Cleanup;
 use crate::reconcile::{Identities, apply, build, cleanup, observe};
 
@@ -58,69 +56,6 @@ pub const CREDENTIALS_KEY: &str = "credentials";
 
 /// At most one ZooKeeper-triggered reconcile per resource this often.
 pub const STATUS_INTERVAL: Duration = Duration::from_millis(500);
-
-/// Prometheus metrics of the controllers (served at `/metrics`).
-pub struct Metrics {
-    pub registry: prometheus_client::registry::Registry,
-    reconciles: Family<KindLabel, Counter>,
-    failures: Family<FailureLabel, Counter>,
-    duration: Histogram,
-    admissions: Family<ResultLabel, Counter>,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
-struct ResultLabel {
-    result: String,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
-struct KindLabel {
-    kind: String,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
-struct FailureLabel {
-    kind: String,
-    reason: String,
-}
-
-impl Metrics {
-    fn new() -> Self {
-        let mut registry = prometheus_client::registry::Registry::with_prefix("paddock_operator");
-        let reconciles = Family::<KindLabel, Counter>::default();
-        let failures = Family::<FailureLabel, Counter>::default();
-        let duration = Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 16));
-        registry.register("reconciles", "Reconciles run, by kind", reconciles.clone());
-        registry.register("reconcile_failures", "Failed reconciles, by kind and reason", failures.clone());
-        registry.register("reconcile_duration_seconds", "How long a reconcile took", duration.clone());
-        let admissions = Family::<ResultLabel, Counter>::default();
-        registry.register(
-            "webhook_admissions",
-            "Pods the injection webhook answered, by result (injected, skipped, denied, invalid)",
-            admissions.clone(),
-        );
-        Self { registry, reconciles, failures, duration, admissions }
-    }
-
-    pub fn encode(&self) -> String {
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");
-        out
-    }
-
-    /// Counts one answer of the injection webhook.
-    pub fn admitted(&self, result: &str) {
-        self.admissions.get_or_create(&ResultLabel { result: result.into() }).inc();
-    }
-
-    fn observe(&self, kind: &str, started: std::time::Instant, result: &Result<Action, Error>) {
-        self.reconciles.get_or_create(&KindLabel { kind: kind.into() }).inc();
-        self.duration.observe(started.elapsed().as_secs_f64());
-        if let Err(err) = result {
-            self.failures.get_or_create(&FailureLabel { kind: kind.into(), reason: err.reason().into() }).inc();
-        }
-    }
-}
 
 pub struct Context {
     pub client: kube::Client,
@@ -318,7 +253,7 @@ async fn accounted(
     }
     let started = std::time::Instant::now();
     let result = reconcile.await;
-    ctx.metrics.observe(kind, started, &result);
+    ctx.metrics.reconciles.observe(kind, started.elapsed(), result.as_ref().err().map(Error::reason));
     if result.is_ok() {
         ctx.failures.lock().expect("not poisoned").remove(&key);
     }

@@ -5,6 +5,7 @@ pub mod controller;
 pub mod crd;
 pub mod error;
 pub mod leader;
+pub mod metrics;
 pub mod reconcile;
 pub mod throttle;
 pub mod validate;

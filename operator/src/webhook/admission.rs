@@ -132,7 +132,7 @@ impl Webhook {
         if result == "denied" || result == "invalid" {
             tracing::info!(result, message = response.result.message, "admission refused");
         }
-        self.ctx.metrics.admitted(result);
+        self.ctx.metrics.admissions.admitted(result);
         response
     }
 }
