@@ -21,15 +21,13 @@
 //! Nothing is done unless this replica leads ([`Leadership`]): checked when a reconcile
 //! starts and again before each write.
 
-use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
@@ -46,13 +44,10 @@ use crate::error::{At, Step};
 use crate::leader::Leadership;
 use crate::metrics::Metrics;
 use crate::reconcile::cleanup::Cleanup;
-use crate::reconcile::{Identities, apply, build, cleanup, observe};
+use crate::reconcile::identity::{self, NamespaceIdentities};
+use crate::reconcile::{apply, build, cleanup, observe};
 
 pub const FINALIZER: &str = "paddock.dev/znodes";
-/// The Secret in each namespace that holds its ZooKeeper identity (key `credentials`).
-pub const CREDENTIALS_SECRET: &str = "paddock-zookeeper-credentials";
-/// The Secret's key holding `user:password`.
-pub const CREDENTIALS_KEY: &str = "credentials";
 
 /// At most one ZooKeeper-triggered reconcile per resource this often.
 pub const STATUS_INTERVAL: Duration = Duration::from_millis(500);
@@ -65,9 +60,9 @@ pub struct Context {
     pub operator: DigestIdentity,
     /// Whether this replica leads; nothing is written unless it does.
     pub leadership: Leadership,
+    /// Each namespace's identity, from its Secret, on the session.
+    pub identities: NamespaceIdentities,
     recorder: Recorder,
-    /// (session generation, namespace) whose credentials this session carries.
-    authed: Mutex<HashSet<(u64, String)>>,
     /// Consecutive failures per object, for the back-off.
     failures: Mutex<std::collections::HashMap<String, u32>>,
 }
@@ -82,72 +77,33 @@ impl Context {
     ) -> Self {
         let reporter = Reporter { controller: "paddock-operator".into(), instance: std::env::var("POD_NAME").ok() };
         let recorder = Recorder::new(client.clone(), reporter);
+        let identities = NamespaceIdentities::new(
+            client.clone(),
+            session.clone(),
+            layout.root(),
+            operator.clone(),
+            leadership.clone(),
+        );
         Self {
             client,
             session,
             layout,
             operator,
             leadership,
+            identities,
             recorder,
-            authed: Mutex::default(),
             failures: Mutex::default(),
             metrics: Metrics::new(),
         }
     }
 
-    /// The operator's ZooKeeper user, as errors name it.
-    fn operator_user(&self) -> String {
-        self.operator.acl_id().split(':').next().unwrap_or_default().to_owned()
-    }
-
     fn at(&self, step: Step, path: &str, namespace: &str) -> At {
-        At::new(step, path, namespace, &self.operator_user())
+        At::new(step, path, namespace, &identity::user(&self.operator))
     }
 
     /// Ok while this replica leads; checked before every write.
     fn leading(&self) -> Result<(), Error> {
         if self.leadership.is_leading() { Ok(()) } else { Err(Error::NotLeading) }
-    }
-
-    /// The namespace's identity from its Secret (created on first use), added to the
-    /// operator's ZooKeeper session so it can read what the namespace's sidecars create.
-    async fn identities(&self, namespace: &str) -> Result<(Identities, zk::Client), Error> {
-        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
-        let identity = match secrets
-            .get_opt(CREDENTIALS_SECRET)
-            .await
-            .map_err(Error::kube(format!("reading Secret {CREDENTIALS_SECRET}"), namespace))?
-        {
-            Some(secret) => {
-                let raw = secret.data.and_then(|d| d.get(CREDENTIALS_KEY).cloned()).map(|b| b.0).unwrap_or_default();
-                DigestIdentity::parse(&String::from_utf8_lossy(&raw))
-                    .map_err(|e| Error::BadCredentials { namespace: namespace.to_owned(), reason: e.to_string() })?
-            }
-            None => {
-                self.leading()?;
-                let identity = DigestIdentity::generate(&format!("paddock-ns-{namespace}"));
-                let secret: Secret = serde_json::from_value(json!({
-                    "apiVersion": "v1", "kind": "Secret",
-                    "metadata": {"name": CREDENTIALS_SECRET, "labels": {"app.kubernetes.io/managed-by": "paddock-operator"}},
-                    "data": {CREDENTIALS_KEY: base64_encode(identity.credentials().as_bytes())},
-                }))
-                .expect("a valid Secret");
-                match secrets.create(&PostParams::default(), &secret).await {
-                    Ok(_) => identity,
-                    // Created by a concurrent reconcile: use that one.
-                    Err(kube::Error::Api(e)) if e.code == 409 => return Box::pin(self.identities(namespace)).await,
-                    Err(e) => return Err(Error::kube(format!("creating Secret {CREDENTIALS_SECRET}"), namespace)(e)),
-                }
-            }
-        };
-        let at = self.at(Step::Authenticate, &format!("{}/{namespace}", self.layout.root()), namespace);
-        let current = self.session.client().map_err(|e| at.clone().session(e))?;
-        let key = (current.generation, namespace.to_owned());
-        if !self.authed.lock().expect("not poisoned").contains(&key) {
-            current.client.auth("digest", identity.credentials().as_bytes()).await.map_err(|e| at.zk(e))?;
-            self.authed.lock().expect("not poisoned").insert(key);
-        }
-        Ok((Identities { namespace: identity, operator: self.operator.clone() }, current.client))
     }
 
     async fn event<K: Resource<DynamicType = ()>>(&self, obj: &K, type_: EventType, reason: &str, note: String) {
@@ -160,11 +116,6 @@ impl Context {
             tracing::warn!(error = %err, reason, "could not publish an Event");
         }
     }
-}
-
-fn base64_encode(bytes: &[u8]) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 /// The Ready condition, keeping the lastTransitionTime of `previous` unless its status
@@ -267,7 +218,7 @@ async fn reconcile_lock_inner(lock: Arc<DistributedLock>, ctx: Arc<Context>) -> 
             Finalizer::Apply(lock) => apply_lock(&lock, &ctx).await,
             Finalizer::Cleanup(lock) => {
                 let (ns, name) = names(&*lock)?;
-                let (_, client) = ctx.identities(ns.as_str()).await?;
+                let (_, client) = ctx.identities.get(ns.as_str()).await?;
                 let path = ctx.layout.lock(&ns, &name);
                 ctx.leading()?;
                 cleanup::lock(&client, &path).await.map_err(|e| ctx.at(Step::Cleanup, &path, ns.as_str()).zk(e))?;
@@ -282,7 +233,7 @@ async fn reconcile_lock_inner(lock: Arc<DistributedLock>, ctx: Arc<Context>) -> 
 
 async fn apply_lock(lock: &DistributedLock, ctx: &Context) -> Result<Action, Error> {
     let (ns, name) = names(lock)?;
-    let (ids, client) = ctx.identities(ns.as_str()).await?;
+    let (ids, client) = ctx.identities.get(ns.as_str()).await?;
     let desired =
         build::lock(&ctx.layout, &ns, &name, &lock.spec, &ids).map_err(|e| Error::InvalidSpec(e.to_string()))?;
     ctx.leading()?;
@@ -314,7 +265,7 @@ async fn reconcile_queue_inner(queue: Arc<WorkQueue>, ctx: Arc<Context>) -> Resu
             Finalizer::Apply(queue) => apply_queue(&queue, &ctx).await,
             Finalizer::Cleanup(queue) => {
                 let (ns, name) = names(&*queue)?;
-                let (_, client) = ctx.identities(ns.as_str()).await?;
+                let (_, client) = ctx.identities.get(ns.as_str()).await?;
                 let paths = ctx.layout.queue(&ns, &name);
                 ctx.leading()?;
                 let outcome = cleanup::queue(&client, &paths, queue.spec.deletion_policy)
@@ -343,7 +294,7 @@ async fn reconcile_queue_inner(queue: Arc<WorkQueue>, ctx: Arc<Context>) -> Resu
 
 async fn apply_queue(queue: &WorkQueue, ctx: &Context) -> Result<Action, Error> {
     let (ns, name) = names(queue)?;
-    let (ids, client) = ctx.identities(ns.as_str()).await?;
+    let (ids, client) = ctx.identities.get(ns.as_str()).await?;
     let desired =
         build::queue(&ctx.layout, &ns, &name, &queue.spec, &ids).map_err(|e| Error::InvalidSpec(e.to_string()))?;
     ctx.leading()?;

@@ -6,13 +6,7 @@
 pub mod apply;
 pub mod build;
 pub mod cleanup;
+pub mod identity;
 pub mod observe;
 
-use paddock_recipes::identity::DigestIdentity;
-
-/// The identities a namespace's znodes are protected for.
-#[derive(Debug, Clone)]
-pub struct Identities {
-    pub namespace: DigestIdentity,
-    pub operator: DigestIdentity,
-}
+pub use self::identity::Identities;

@@ -18,7 +18,8 @@ use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview
 use serde_json::json;
 
 use super::inject::{self, Injection, SidecarTemplate};
-use crate::controller::{CREDENTIALS_SECRET, Context};
+use crate::controller::Context;
+use crate::reconcile::identity::CREDENTIALS_SECRET;
 
 /// The webhook's state: where to look up credentials, and the sidecar to add.
 pub struct Webhook {

@@ -11,7 +11,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use paddock_recipes::Name;
 
-use crate::controller::{CREDENTIALS_KEY, CREDENTIALS_SECRET};
+use crate::reconcile::identity::{CREDENTIALS_KEY, CREDENTIALS_SECRET};
 
 /// The annotation that asks for a sidecar.
 pub const INJECT_ANNOTATION: &str = "paddock.dev/inject";
