@@ -20,6 +20,15 @@ use k8s_openapi::api::core::v1::ResourceRequirements;
 
 pub use self::admission::Webhook;
 pub use self::inject::SidecarTemplate;
+use crate::metrics::AdmissionMetrics;
+
+/// What the webhook needs of the operator: the Kubernetes API (to look up a namespace's
+/// credentials Secret, and for its certificate) and its metric.
+#[derive(Clone)]
+pub struct WebhookContext {
+    pub client: kube::Client,
+    pub admissions: AdmissionMetrics,
+}
 
 /// The webhook's settings (the chart sets them; see `charts/paddock`).
 #[derive(Debug, Clone, clap::Args)]
@@ -92,7 +101,7 @@ pub fn supports_native_sidecars(info: &k8s_openapi::apimachinery::pkg::version::
 /// Returns once it listens; it stops with `shutdown`.
 pub async fn start(
     settings: WebhookSettings,
-    ctx: Arc<crate::controller::Context>,
+    ctx: WebhookContext,
     namespace: &str,
     zookeeper: &str,
     zk_root: &str,
