@@ -8,5 +8,6 @@ pub mod build;
 pub mod cleanup;
 pub mod identity;
 pub mod observe;
+pub mod status;
 
 pub use self::identity::Identities;

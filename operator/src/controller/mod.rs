@@ -3,16 +3,11 @@
 //! watch on Paddock's ZooKeeper subtree re-reconciles the resource whose znodes changed,
 //! so `kubectl get` shows holders and depth within a second of a change.
 //!
-//! Triggers: a resource's own changes count only when they are changes of its spec or
-//! lifecycle (generation, deletion, finalizers) — the operator's own status writes do not
-//! re-trigger it. ZooKeeper changes count only when they can change the status or the
-//! desired znodes (contenders, items, claims and dead letters coming and going; not
-//! delivery histories or contenders' data), and are throttled with a leading edge
-//! ([`crate::throttle`]): at most one reconcile per resource per [`STATUS_INTERVAL`], the
-//! latest state reflected within it.
+//! Triggers ([`triggers`]): a resource's spec and lifecycle changes, and the ZooKeeper
+//! changes that can change its status or its znodes, throttled.
 //!
-//! Status: written only when it changed; the Ready condition keeps its
-//! lastTransitionTime unless its status changes (Kubernetes API conventions).
+//! Status ([`crate::reconcile::status`]): written only when it changed; the Ready
+//! condition keeps its lastTransitionTime unless its status changes.
 //!
 //! Errors ([`crate::error`]): each says which step failed where, with its own reason on
 //! the condition, the Event and the failure metric. An invalid spec sets `Ready=False`
@@ -21,21 +16,22 @@
 //! Nothing is done unless this replica leads ([`Leadership`]): checked when a reconcile
 //! starts and again before each write.
 
-use std::hash::{Hash, Hasher};
+pub mod triggers;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
-use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::reflector;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use paddock_recipes::identity::DigestIdentity;
-use paddock_recipes::{Layout, Name, Session, zk};
+use paddock_recipes::{Layout, Name, Session};
 use serde_json::json;
 
 use crate::crd::{DistributedLock, DistributedLockStatus, WorkQueue, WorkQueueStatus};
@@ -45,12 +41,11 @@ use crate::leader::Leadership;
 use crate::metrics::Metrics;
 use crate::reconcile::cleanup::Cleanup;
 use crate::reconcile::identity::{self, NamespaceIdentities};
-use crate::reconcile::{apply, build, cleanup, observe};
+use crate::reconcile::{apply, build, cleanup, observe, status};
+
+pub use self::triggers::STATUS_INTERVAL;
 
 pub const FINALIZER: &str = "paddock.dev/znodes";
-
-/// At most one ZooKeeper-triggered reconcile per resource this often.
-pub const STATUS_INTERVAL: Duration = Duration::from_millis(500);
 
 pub struct Context {
     pub client: kube::Client,
@@ -115,31 +110,6 @@ impl Context {
         if let Err(err) = self.recorder.publish(&event, &obj.object_ref(&())).await {
             tracing::warn!(error = %err, reason, "could not publish an Event");
         }
-    }
-}
-
-/// The Ready condition, keeping the lastTransitionTime of `previous` unless its status
-/// changes.
-fn ready_condition(
-    previous: &[Condition],
-    ready: bool,
-    reason: &str,
-    message: String,
-    generation: Option<i64>,
-) -> Condition {
-    let status = if ready { "True" } else { "False" };
-    let last_transition_time = previous
-        .iter()
-        .find(|c| c.type_ == "Ready" && c.status == status)
-        .map(|c| c.last_transition_time.clone())
-        .unwrap_or_else(|| Time(k8s_openapi::jiff::Timestamp::now()));
-    Condition {
-        type_: "Ready".into(),
-        status: status.into(),
-        reason: reason.into(),
-        message,
-        observed_generation: generation,
-        last_transition_time,
     }
 }
 
@@ -249,7 +219,7 @@ async fn apply_lock(lock: &DistributedLock, ctx: &Context) -> Result<Action, Err
         holders,
         waiters,
         observed_generation: generation,
-        conditions: vec![ready_condition(lock.conditions(), true, "Provisioned", "znodes in place".into(), generation)],
+        conditions: vec![status::ready(lock.conditions(), generation)],
     };
     if lock.status.as_ref() != Some(&status) {
         let api: Api<DistributedLock> = Api::namespaced(ctx.client.clone(), ns.as_str());
@@ -312,13 +282,7 @@ async fn apply_queue(queue: &WorkQueue, ctx: &Context) -> Result<Action, Error> 
         delayed: stats.delayed,
         dead_lettered: stats.dead_lettered,
         observed_generation: generation,
-        conditions: vec![ready_condition(
-            queue.conditions(),
-            true,
-            "Provisioned",
-            "znodes in place".into(),
-            generation,
-        )],
+        conditions: vec![status::ready(queue.conditions(), generation)],
     };
     if queue.status.as_ref() != Some(&status) {
         let api: Api<WorkQueue> = Api::namespaced(ctx.client.clone(), ns.as_str());
@@ -364,7 +328,7 @@ where
     }
     let reason = err.reason();
     tracing::warn!(kind = %K::kind(&()), namespace, object = %obj.name_any(), reason, error = %err, "reconcile failed");
-    let condition = ready_condition(obj.conditions(), false, reason, err.to_string(), obj.meta().generation);
+    let condition = status::not_ready(obj.conditions(), reason, err.to_string(), obj.meta().generation);
     let unchanged = obj.conditions().contains(&condition);
     if !unchanged && let Err(e) = patch_status(api, ctx, obj, json!({ "conditions": [condition] })).await {
         tracing::warn!(error = %e, "could not set Ready=False");
@@ -400,85 +364,6 @@ impl StringKey for k8s_openapi::api::core::v1::ObjectReference {
     }
 }
 
-/// The resource a znode change below the root belongs to, if the change can matter to its
-/// status or its znodes: the resource's own znode, and nodes coming and going below it —
-/// contenders; items, claims and dead letters — but not data changes below it (contenders'
-/// holder info, items' envelopes) nor delivery histories (`attempts/<item>`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Trigger {
-    Lock(String, String),
-    Queue(String, String),
-}
-
-fn trigger(rest: &str, event: zk::EventType) -> Option<Trigger> {
-    let parts: Vec<&str> = rest.trim_start_matches('/').split('/').collect();
-    let comes_or_goes = matches!(event, zk::EventType::NodeCreated | zk::EventType::NodeDeleted);
-    match parts.as_slice() {
-        [ns, "locks", name] => Some(Trigger::Lock((*ns).into(), (*name).into())),
-        [ns, "locks", name, _contender] if comes_or_goes => Some(Trigger::Lock((*ns).into(), (*name).into())),
-        [ns, "queues", name] => Some(Trigger::Queue((*ns).into(), (*name).into())),
-        [ns, "queues", name, "attempts"] if comes_or_goes => Some(Trigger::Queue((*ns).into(), (*name).into())),
-        [ns, "queues", name, "items" | "claims" | "dead", ..] if comes_or_goes => {
-            Some(Trigger::Queue((*ns).into(), (*name).into()))
-        }
-        _ => None,
-    }
-}
-
-/// Znode changes below the root, as the resources they belong to, throttled.
-fn zookeeper_triggers(
-    session: Session,
-    root: String,
-) -> (impl futures::Stream<Item = ObjectRef<DistributedLock>>, impl futures::Stream<Item = ObjectRef<WorkQueue>>) {
-    let (locks_tx, locks_rx) = tokio::sync::mpsc::unbounded_channel();
-    let (queues_tx, queues_rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        loop {
-            let Ok(current) = session.wait_connected(Duration::from_secs(5)).await else { continue };
-            let mut watcher = match current.client.watch(&root, zk::AddWatchMode::PersistentRecursive).await {
-                Ok(w) => w,
-                Err(err) => {
-                    tracing::warn!(error = %err, root, "could not watch Paddock's subtree");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-            };
-            loop {
-                let event = watcher.changed().await;
-                if event.event_type == zk::EventType::Session {
-                    if event.session_state.is_terminated() {
-                        break;
-                    }
-                    continue;
-                }
-                let rest = event.path.strip_prefix(&root).unwrap_or_default();
-                match trigger(rest, event.event_type) {
-                    Some(Trigger::Lock(ns, name)) => {
-                        let _ = locks_tx.send(ObjectRef::new(&name).within(&ns));
-                    }
-                    Some(Trigger::Queue(ns, name)) => {
-                        let _ = queues_tx.send(ObjectRef::new(&name).within(&ns));
-                    }
-                    None => {}
-                }
-            }
-        }
-    });
-    (
-        tokio_stream::wrappers::UnboundedReceiverStream::new(crate::throttle::throttled(locks_rx, STATUS_INTERVAL)),
-        tokio_stream::wrappers::UnboundedReceiverStream::new(crate::throttle::throttled(queues_rx, STATUS_INTERVAL)),
-    )
-}
-
-/// What of a resource's own changes needs a reconcile: its spec (generation) and its
-/// lifecycle (deletion, finalizers) — not its status, which the operator writes itself.
-fn spec_or_lifecycle<K: Resource>(obj: &K) -> Option<u64> {
-    let meta = obj.meta();
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    (meta.generation, meta.deletion_timestamp.is_some(), &meta.finalizers).hash(&mut hasher);
-    Some(hasher.finish())
-}
-
 /// The controller of `K`: its watch filtered to spec and lifecycle changes.
 fn controller<K>(client: kube::Client) -> Controller<K>
 where
@@ -489,13 +374,13 @@ where
         .default_backoff()
         .reflect(writer)
         .applied_objects()
-        .predicate_filter(spec_or_lifecycle, Default::default());
+        .predicate_filter(triggers::spec_or_lifecycle, Default::default());
     Controller::for_stream(changes, reader)
 }
 
 /// Runs both controllers until `shutdown` resolves.
 pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Send + 'static) {
-    let (lock_triggers, queue_triggers) = zookeeper_triggers(ctx.session.clone(), ctx.layout.root().to_owned());
+    let (lock_triggers, queue_triggers) = triggers::zookeeper(ctx.session.clone(), ctx.layout.root().to_owned());
     // Every change of the ZooKeeper session re-reconciles everything: losing it turns the
     // resources Ready=False, getting it back turns them Ready again — no restart needed.
     let session_changes = || tokio_stream::wrappers::BroadcastStream::new(ctx.session.subscribe()).map(|_| ());
@@ -526,47 +411,4 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
             }
         });
     futures::join!(locks, queues);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn at(time: &str) -> Condition {
-        Condition {
-            type_: "Ready".into(),
-            status: "True".into(),
-            reason: "Provisioned".into(),
-            message: "znodes in place".into(),
-            observed_generation: Some(1),
-            last_transition_time: Time(time.parse().unwrap()),
-        }
-    }
-
-    #[test]
-    fn ready_keeps_its_transition_time_unless_its_status_changes() {
-        let before = [at("2026-01-01T00:00:00Z")];
-        let same = ready_condition(&before, true, "Provisioned", "znodes in place".into(), Some(2));
-        assert_eq!(same.last_transition_time, before[0].last_transition_time);
-        let changed = ready_condition(&before, false, "ZooKeeperUnavailable", "down".into(), Some(2));
-        assert!(changed.last_transition_time.0 > before[0].last_transition_time.0);
-    }
-
-    #[test]
-    fn only_changes_that_matter_to_status_trigger() {
-        use zk::EventType::{NodeCreated, NodeDataChanged, NodeDeleted};
-        let lock = Some(Trigger::Lock("shop".into(), "orders".into()));
-        let queue = Some(Trigger::Queue("shop".into(), "jobs".into()));
-        assert_eq!(trigger("/shop/locks/orders", NodeDataChanged), lock, "its config");
-        assert_eq!(trigger("/shop/locks/orders/_c_1-lock-0000000001", NodeCreated), lock);
-        assert_eq!(trigger("/shop/locks/orders/_c_1-lock-0000000001", NodeDataChanged), None);
-        assert_eq!(trigger("/shop/queues/jobs/items/b9-1/item-0000000001", NodeCreated), queue);
-        assert_eq!(trigger("/shop/queues/jobs/claims/b9-1.0000000001", NodeDeleted), queue);
-        assert_eq!(trigger("/shop/queues/jobs/dead/b9-1.0000000001", NodeCreated), queue);
-        assert_eq!(trigger("/shop/queues/jobs/attempts/b9-1.0000000001", NodeCreated), None, "history");
-        assert_eq!(trigger("/shop/queues/jobs/attempts/b9-1.0000000001", NodeDataChanged), None);
-        assert_eq!(trigger("/shop/queues/jobs/items/b9-1/item-0000000001", NodeDataChanged), None);
-        assert_eq!(trigger("/shop/queues/jobs/attempts", NodeDeleted), queue, "its znodes must be put back");
-        assert_eq!(trigger("/shop", NodeCreated), None);
-    }
 }
