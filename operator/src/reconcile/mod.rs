@@ -1,7 +1,9 @@
-//! The reconcile pipeline, one step a file (STYLE.md): validate (`crate::validate`, no
-//! client) -> build the desired znodes (no client) -> apply them -> observe status from
-//! ZooKeeper; and cleanup for the finalizer. The controllers that drive these steps from
-//! Kubernetes watches are not built yet.
+//! The reconcile pipeline, one step a file: validate (`crate::validate`, no client) ->
+//! build the desired znodes (no client) -> apply them -> observe status from ZooKeeper ->
+//! build the status (no client); cleanup for the finalizer; and the namespace identity
+//! step before any of them that talks to ZooKeeper. [`kind::Kind`] is each step for a
+//! DistributedLock and for a WorkQueue; the controllers (`crate::controller`) drive the
+//! steps from Kubernetes watches, through one flow for both kinds.
 
 pub mod apply;
 pub mod build;
