@@ -11,7 +11,7 @@ use paddock_recipes::queue::QueueError;
 use paddock_recipes::session::SessionError;
 use paddock_recipes::zk;
 
-use crate::controller::{CREDENTIALS_KEY, CREDENTIALS_SECRET};
+use crate::reconcile::identity::{CREDENTIALS_KEY, CREDENTIALS_SECRET};
 
 /// The step of a reconcile that talked to ZooKeeper.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

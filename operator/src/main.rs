@@ -7,6 +7,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use paddock_operator::controller::{self, Context};
 use paddock_operator::leader::{LeaderElection, Leadership, default_identity};
+use paddock_operator::webhook::WebhookContext;
 use paddock_recipes::identity::DigestIdentity;
 use paddock_recipes::{Layout, Session, SessionOptions};
 
@@ -86,9 +87,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let ctx = Arc::new(Context::new(client.clone(), session.clone(), layout, operator, leadership.clone()));
     // Every replica serves the webhook, leader or not.
     let webhook_stop = tokio_util::sync::CancellationToken::new();
+    let webhook = WebhookContext { client: client.clone(), admissions: ctx.metrics.admissions.clone() };
     paddock_operator::webhook::start(
         args.webhook,
-        ctx.clone(),
+        webhook,
         &args.namespace,
         &args.zookeeper,
         &args.zk_root,

@@ -1,5 +1,6 @@
 //! Apply a desired znode: create it with its parents, or put its data and ACL right.
-//! Idempotent; the only step besides observe and cleanup that talks to ZooKeeper.
+//! Idempotent; with observe and cleanup, the only steps that read or write znodes (the
+//! identity step only authenticates the session).
 
 use paddock_recipes::provision::{ensure_lock, ensure_queue, ensure_root};
 use paddock_recipes::{Layout, LockConfig, Name, QueueConfig, zk};

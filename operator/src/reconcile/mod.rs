@@ -1,18 +1,16 @@
-//! The reconcile pipeline, one step a file (STYLE.md): validate (`crate::validate`, no
-//! client) -> build the desired znodes (no client) -> apply them -> observe status from
-//! ZooKeeper; and cleanup for the finalizer. The controllers that drive these steps from
-//! Kubernetes watches are not built yet.
+//! The reconcile pipeline, one step a file: validate (`crate::validate`, no client) ->
+//! build the desired znodes (no client) -> apply them -> observe status from ZooKeeper ->
+//! build the status (no client); cleanup for the finalizer; and the namespace identity
+//! step before any of them that talks to ZooKeeper. [`kind::Kind`] is each step for a
+//! DistributedLock and for a WorkQueue; the controllers (`crate::controller`) drive the
+//! steps from Kubernetes watches, through one flow for both kinds.
 
 pub mod apply;
 pub mod build;
 pub mod cleanup;
+pub mod identity;
+pub mod kind;
 pub mod observe;
+pub mod status;
 
-use paddock_recipes::identity::DigestIdentity;
-
-/// The identities a namespace's znodes are protected for.
-#[derive(Debug, Clone)]
-pub struct Identities {
-    pub namespace: DigestIdentity,
-    pub operator: DigestIdentity,
-}
+pub use self::identity::Identities;

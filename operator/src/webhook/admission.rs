@@ -17,12 +17,13 @@ use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use serde_json::json;
 
+use super::WebhookContext;
 use super::inject::{self, Injection, SidecarTemplate};
-use crate::controller::{CREDENTIALS_SECRET, Context};
+use crate::reconcile::identity::CREDENTIALS_SECRET;
 
-/// The webhook's state: where to look up credentials, and the sidecar to add.
+/// The webhook's state: where to look up credentials, what to count, and the sidecar to add.
 pub struct Webhook {
-    ctx: Arc<Context>,
+    ctx: WebhookContext,
     template: SidecarTemplate,
 }
 
@@ -73,7 +74,7 @@ fn malformed(message: String) -> Response {
 }
 
 impl Webhook {
-    pub fn new(ctx: Arc<Context>, template: SidecarTemplate) -> Self {
+    pub fn new(ctx: WebhookContext, template: SidecarTemplate) -> Self {
         Self { ctx, template }
     }
 
@@ -132,7 +133,7 @@ impl Webhook {
         if result == "denied" || result == "invalid" {
             tracing::info!(result, message = response.result.message, "admission refused");
         }
-        self.ctx.metrics.admitted(result);
+        self.ctx.admissions.admitted(result);
         response
     }
 }

@@ -11,7 +11,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use paddock_recipes::Name;
 
-use crate::controller::{CREDENTIALS_KEY, CREDENTIALS_SECRET};
+use crate::reconcile::identity::{CREDENTIALS_KEY, CREDENTIALS_SECRET};
 
 /// The annotation that asks for a sidecar.
 pub const INJECT_ANNOTATION: &str = "paddock.dev/inject";
@@ -67,8 +67,8 @@ pub enum Injection {
 #[error("{0}")]
 pub struct Rejected(pub String);
 
-/// Whether the pod asks for a sidecar and has none yet.
-pub fn wants_sidecar(pod: &Pod) -> Result<bool, &'static str> {
+/// Ok when the pod asks for a sidecar and has none yet; else why it is left alone.
+pub fn wants_sidecar(pod: &Pod) -> Result<(), &'static str> {
     let annotations = pod.metadata.annotations.as_ref();
     let asked = annotations.and_then(|a| a.get(INJECT_ANNOTATION)).is_some_and(|v| v == "true");
     if !asked {
@@ -80,7 +80,7 @@ pub fn wants_sidecar(pod: &Pod) -> Result<bool, &'static str> {
     if has_sidecar || annotations.is_some_and(|a| a.contains_key(STATUS_ANNOTATION)) {
         return Err("the pod already has its Paddock sidecar");
     }
-    Ok(true)
+    Ok(())
 }
 
 /// The pod with the sidecar added, or why it is left alone, or why it cannot be.

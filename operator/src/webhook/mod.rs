@@ -20,6 +20,15 @@ use k8s_openapi::api::core::v1::ResourceRequirements;
 
 pub use self::admission::Webhook;
 pub use self::inject::SidecarTemplate;
+use crate::metrics::AdmissionMetrics;
+
+/// What the webhook needs of the operator: the Kubernetes API (to look up a namespace's
+/// credentials Secret, and for its certificate) and its metric.
+#[derive(Clone)]
+pub struct WebhookContext {
+    pub client: kube::Client,
+    pub admissions: AdmissionMetrics,
+}
 
 /// The webhook's settings (the chart sets them; see `charts/paddock`).
 #[derive(Debug, Clone, clap::Args)]
@@ -92,7 +101,7 @@ pub fn supports_native_sidecars(info: &k8s_openapi::apimachinery::pkg::version::
 /// Returns once it listens; it stops with `shutdown`.
 pub async fn start(
     settings: WebhookSettings,
-    ctx: Arc<crate::controller::Context>,
+    ctx: WebhookContext,
     namespace: &str,
     zookeeper: &str,
     zk_root: &str,
@@ -122,7 +131,35 @@ pub async fn start(
         native,
     };
 
-    let tls = match &settings.cert_dir {
+    let tls = serving_tls(&settings, &client, namespace).await?;
+    let webhook = Arc::new(Webhook::new(ctx, template));
+    let app = admission::router(webhook);
+    let handle = axum_server::Handle::new();
+    let server = axum_server::bind_rustls(listen, tls).handle(handle.clone()).serve(app.into_make_service());
+    tokio::spawn(async move {
+        if let Err(err) = server.await {
+            tracing::error!(error = %err, "the webhook server stopped");
+        }
+    });
+    let listening = handle.clone();
+    tokio::spawn(async move {
+        shutdown.cancelled().await;
+        handle.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
+    });
+    listening.listening().await.with_context(|| format!("PADDOCK_WEBHOOK_LISTEN {listen}: cannot listen"))?;
+    tracing::info!(%listen, native_sidecars = native, "sidecar-injection webhook serving");
+    Ok(())
+}
+
+/// The TLS the webhook serves with, kept current: cert-manager's files (reloaded when they
+/// change) or the self-signed certificate the replicas share (followed, its CA written
+/// into the caBundle).
+async fn serving_tls(
+    settings: &WebhookSettings,
+    client: &kube::Client,
+    namespace: &str,
+) -> anyhow::Result<RustlsConfig> {
+    Ok(match &settings.cert_dir {
         Some(dir) => {
             let cert = certs::from_dir(dir)?;
             let tls = RustlsConfig::from_config(cert.rustls()?);
@@ -143,23 +180,5 @@ pub async fn start(
             ));
             tls
         }
-    };
-
-    let webhook = Arc::new(Webhook::new(ctx, template));
-    let app = admission::router(webhook);
-    let handle = axum_server::Handle::new();
-    let server = axum_server::bind_rustls(listen, tls).handle(handle.clone()).serve(app.into_make_service());
-    tokio::spawn(async move {
-        if let Err(err) = server.await {
-            tracing::error!(error = %err, "the webhook server stopped");
-        }
-    });
-    let listening = handle.clone();
-    tokio::spawn(async move {
-        shutdown.cancelled().await;
-        handle.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
-    });
-    listening.listening().await.with_context(|| format!("PADDOCK_WEBHOOK_LISTEN {listen}: cannot listen"))?;
-    tracing::info!(%listen, native_sidecars = native, "sidecar-injection webhook serving");
-    Ok(())
+    })
 }

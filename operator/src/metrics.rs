@@ -1,0 +1,124 @@
+//! The operator's Prometheus metrics, served at `/metrics`, all prefixed
+//! `paddock_operator_`: `reconciles_total{kind}`, `reconcile_failures_total{kind,reason}`
+//! and `reconcile_duration_seconds` for the controllers, `webhook_admissions_total{result}`
+//! for the injection webhook.
+//!
+//! One registry per process ([`Metrics`]); each part gets a handle to its own metrics only
+//! ([`ReconcileMetrics`], [`AdmissionMetrics`]; cheap to clone, counting into the same
+//! registry). Label values are stable categories — a kind, an error's
+//! [`reason`](crate::error::Error::reason), an admission's result — never names of objects,
+//! so the number of series stays bounded.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// The registry and the handles of the parts that count into it.
+pub struct Metrics {
+    registry: Registry,
+    pub reconciles: ReconcileMetrics,
+    pub admissions: AdmissionMetrics,
+}
+
+/// The controllers' metrics.
+#[derive(Clone)]
+pub struct ReconcileMetrics {
+    reconciles: Family<KindLabel, Counter>,
+    failures: Family<FailureLabel, Counter>,
+    duration: Histogram,
+}
+
+/// The injection webhook's metric.
+#[derive(Clone, Default)]
+pub struct AdmissionMetrics {
+    admissions: Family<ResultLabel, Counter>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FailureLabel {
+    kind: String,
+    reason: String,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("paddock_operator");
+        let reconciles = ReconcileMetrics {
+            reconciles: Family::default(),
+            failures: Family::default(),
+            duration: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+        };
+        registry.register("reconciles", "Reconciles run, by kind", reconciles.reconciles.clone());
+        registry.register("reconcile_failures", "Failed reconciles, by kind and reason", reconciles.failures.clone());
+        registry.register("reconcile_duration_seconds", "How long a reconcile took", reconciles.duration.clone());
+        let admissions = AdmissionMetrics::default();
+        registry.register(
+            "webhook_admissions",
+            "Pods the injection webhook answered, by result (injected, skipped, denied, invalid)",
+            admissions.admissions.clone(),
+        );
+        Self { registry, reconciles, admissions }
+    }
+
+    /// The Prometheus text format of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ReconcileMetrics {
+    /// Counts one reconcile of `kind` that took `took`, and its failure's reason if it failed.
+    pub fn observe(&self, kind: &str, took: Duration, failure: Option<&str>) {
+        self.reconciles.get_or_create(&KindLabel { kind: kind.into() }).inc();
+        self.duration.observe(took.as_secs_f64());
+        if let Some(reason) = failure {
+            self.failures.get_or_create(&FailureLabel { kind: kind.into(), reason: reason.into() }).inc();
+        }
+    }
+}
+
+impl AdmissionMetrics {
+    /// Counts one answer of the injection webhook.
+    pub fn admitted(&self, result: &str) {
+        self.admissions.get_or_create(&ResultLabel { result: result.into() }).inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_handles_count_into_the_one_registry() {
+        let metrics = Metrics::new();
+        let (reconciles, admissions) = (metrics.reconciles.clone(), metrics.admissions.clone());
+        reconciles.observe("WorkQueue", Duration::from_millis(3), Some("ZooKeeperUnavailable"));
+        admissions.admitted("injected");
+        let text = metrics.encode();
+        assert!(text.contains("paddock_operator_reconciles_total{kind=\"WorkQueue\"} 1"), "{text}");
+        assert!(text.contains("reason=\"ZooKeeperUnavailable\""), "{text}");
+        assert!(text.contains("paddock_operator_webhook_admissions_total{result=\"injected\"} 1"), "{text}");
+    }
+}
