@@ -1,4 +1,4 @@
-//! Provisioning for tests and the local run, through the same recipes code the operator
+//! Provisioning for tests and the benchmarks, through the same recipes code the operator
 //! uses (`paddock_recipes::provision`), with open ACLs.
 
 use anyhow::{Context, Result};
@@ -34,14 +34,4 @@ pub async fn queue(client: &zk::Client, namespace: &str, name: &str, config: Que
         zk::Acls::anyone_all(),
     )
     .await?)
-}
-
-/// What the local run provisions in namespace `default`: a mutex `orders`, a semaphore
-/// `workers` (3 holders) and a queue `jobs`.
-pub async fn examples(connect: &str) -> Result<()> {
-    let client = admin(connect).await?;
-    lock(&client, "default", "orders", LockConfig::default()).await?;
-    lock(&client, "default", "workers", LockConfig { max_holders: 3, ..Default::default() }).await?;
-    queue(&client, "default", "jobs", QueueConfig::default()).await?;
-    Ok(())
 }
