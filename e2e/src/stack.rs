@@ -3,7 +3,7 @@
 //! written for kubectl), operator replicas with leader election, the CRDs and resources
 //! applied with kubectl, and the credentials the operator makes for each namespace.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -11,9 +11,9 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, PostParams};
 use paddock_recipes::identity::DigestIdentity;
+use paddock_testkit::{Ensemble, EnsembleOptions, Operator, OperatorOptions, find_binary, kubectl};
 
 use crate::apiserver::ApiServer;
-use crate::{Ensemble, EnsembleOptions, Operator, OperatorOptions, find_binary};
 
 /// The namespace the operators run in (their Lease lives there).
 pub const OPERATOR_NAMESPACE: &str = "paddock-system";
@@ -118,17 +118,4 @@ impl Stack {
         let holder = leases.get_opt("paddock-operator").await.ok()??.spec?.holder_identity?;
         self.operators.iter().position(|o| o.pod_name() == holder)
     }
-}
-
-/// `kubectl` against a kubeconfig, from the workspace root (so `-f crds/` works).
-pub fn kubectl(kubeconfig: &Path, args: &[&str]) -> Result<String> {
-    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-    let output = std::process::Command::new("kubectl")
-        .args(args)
-        .env("KUBECONFIG", kubeconfig)
-        .current_dir(root)
-        .output()
-        .context("running kubectl")?;
-    anyhow::ensure!(output.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }

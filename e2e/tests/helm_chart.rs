@@ -32,8 +32,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use paddock_e2e::ensemble::{four_letter_word, free_ports};
-use paddock_e2e::{eventually, init_tracing};
+use paddock_testkit::ensemble::{four_letter_word, free_ports};
+use paddock_testkit::{eventually, init_tracing};
 use zookeeper_client as zk;
 
 const RELEASE: &str = "paddock";

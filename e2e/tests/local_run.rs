@@ -5,8 +5,8 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use paddock_e2e::ensemble::free_ports;
-use paddock_e2e::{Acquire, PodClient, ProcessHandle};
+use paddock_testkit::ensemble::free_ports;
+use paddock_testkit::{Acquire, PodClient, ProcessHandle};
 
 /// Pids of every live process whose ancestry leads to `root`.
 fn descendants(root: u32) -> Vec<u32> {

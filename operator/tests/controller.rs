@@ -9,13 +9,13 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use paddock_e2e::apiserver::ApiServer;
-use paddock_e2e::process::Sidecar;
-use paddock_e2e::{
-    Acquire, Ensemble, Operator, OperatorOptions, PodClient, SidecarOptions, eventually, init_tracing, workspace_binary,
-};
 use paddock_operator::crd::{DistributedLock, WorkQueue};
 use paddock_recipes::identity::DigestIdentity;
 use paddock_recipes::zk;
+use paddock_testkit::process::Sidecar;
+use paddock_testkit::{
+    Acquire, Ensemble, Operator, OperatorOptions, PodClient, SidecarOptions, eventually, init_tracing, workspace_binary,
+};
 
 fn ready(conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]) -> Option<(String, String)> {
     conditions.iter().find(|c| c.type_ == "Ready").map(|c| (c.status.clone(), c.reason.clone()))
@@ -37,7 +37,7 @@ async fn the_operator_provisions_reports_recovers_and_cleans_up() {
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
     std::fs::write(&kubeconfig, api.kubeconfig()).unwrap();
-    let kubectl = |args: &[&str]| paddock_e2e::stack::kubectl(&kubeconfig, args).unwrap();
+    let kubectl = |args: &[&str]| paddock_testkit::kubectl(&kubeconfig, args).unwrap();
     kubectl(&["apply", "-f", "crds/"]);
     kubectl(&["apply", "-f", "examples/"]);
 

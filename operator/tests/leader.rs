@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, PostParams};
 use paddock_e2e::apiserver::ApiServer;
-use paddock_e2e::{Ensemble, Operator, OperatorOptions, eventually, init_tracing, workspace_binary};
 use paddock_operator::crd::{DeletionPolicy, DistributedLock, DistributedLockSpec};
 use paddock_recipes::identity::DigestIdentity;
+use paddock_testkit::{Ensemble, Operator, OperatorOptions, eventually, init_tracing, workspace_binary};
 
 async fn ready(locks: &Api<DistributedLock>, name: &str) -> bool {
     locks
@@ -153,7 +153,7 @@ async fn a_leader_paused_past_its_renew_deadline_stops_leading_and_writes_nothin
     let api = ApiServer::start().await.unwrap();
     let client = api.client().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    paddock_e2e::stack::kubectl(&write(&dir, "kubeconfig", &api.kubeconfig()), &["apply", "-f", "crds/"]).unwrap();
+    paddock_testkit::kubectl(&write(&dir, "kubeconfig", &api.kubeconfig()), &["apply", "-f", "crds/"]).unwrap();
     let operator_identity = DigestIdentity::generate("paddock-operator");
     let lease_duration = Duration::from_secs(6);
     let mut replicas = Vec::new();

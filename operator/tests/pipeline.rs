@@ -2,7 +2,6 @@
 //! apply provision znodes with config and ACL, observe reads holders and depth, cleanup
 //! removes a lock and keeps a queue that still holds items.
 
-use paddock_e2e::{Ensemble, init_tracing};
 use paddock_operator::crd::{DeletionPolicy, DistributedLockSpec, WorkQueueSpec};
 use paddock_operator::reconcile::cleanup::Cleanup;
 use paddock_operator::reconcile::{Identities, apply, build, cleanup, observe};
@@ -10,6 +9,7 @@ use paddock_recipes::identity::{DigestIdentity, NodeAcl};
 use paddock_recipes::lock::{self, AcquireRequest, HolderInfo, LockMode};
 use paddock_recipes::queue::{self, NewItem};
 use paddock_recipes::{Layout, LockConfig, Name, zk};
+use paddock_testkit::{Ensemble, init_tracing};
 
 async fn authed(connect: &str, identity: &DigestIdentity) -> zk::Client {
     zk::Client::connector().with_auth("digest", identity.credentials().as_bytes()).connect(connect).await.unwrap()

@@ -11,12 +11,12 @@ use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use paddock_e2e::apiserver::ApiServer;
-use paddock_e2e::{Ensemble, Operator, OperatorOptions, eventually, init_tracing, workspace_binary};
 use paddock_operator::crd::{DeletionPolicy, DistributedLock, DistributedLockSpec, WorkQueue, WorkQueueSpec};
 use paddock_recipes::identity::{DigestIdentity, NodeAcl};
 use paddock_recipes::lock::{self, AcquireRequest, HolderInfo, LockMode};
 use paddock_recipes::queue::{self, NewItem, view::QueueView};
 use paddock_recipes::{Layout, Name, Session, SessionOptions, zk};
+use paddock_testkit::{Ensemble, Operator, OperatorOptions, eventually, init_tracing, workspace_binary};
 use serde_json::json;
 
 /// A single ZooKeeper server, the stand-in with the CRDs, and one operator.
@@ -36,7 +36,7 @@ async fn setup() -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
     std::fs::write(&kubeconfig, api.kubeconfig()).unwrap();
-    paddock_e2e::stack::kubectl(&kubeconfig, &["apply", "-f", "crds/"]).unwrap();
+    paddock_testkit::kubectl(&kubeconfig, &["apply", "-f", "crds/"]).unwrap();
     let operator_identity = DigestIdentity::generate("paddock-operator");
     let options = OperatorOptions::new(
         workspace_binary("paddock-operator"),

@@ -12,12 +12,12 @@ use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::{Container, Pod, Secret};
 use kube::api::{Api, PostParams};
 use paddock_e2e::apiserver::ApiServer;
-use paddock_e2e::ensemble::free_ports;
-use paddock_e2e::{
+use paddock_recipes::identity::DigestIdentity;
+use paddock_testkit::ensemble::free_ports;
+use paddock_testkit::{
     Ensemble, EnsembleOptions, Operator, OperatorOptions, PodClient, ProcessHandle, eventually, init_tracing,
     workspace_binary,
 };
-use paddock_recipes::identity::DigestIdentity;
 use serde_json::{Value, json};
 
 const SERVICE: &str = "paddock-webhook";
@@ -119,7 +119,7 @@ async fn cluster() -> (Ensemble, ApiServer, tempfile::TempDir, std::path::PathBu
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
     std::fs::write(&kubeconfig, api.kubeconfig()).unwrap();
-    paddock_e2e::stack::kubectl(&kubeconfig, &["apply", "-f", "crds/"]).unwrap();
+    paddock_testkit::kubectl(&kubeconfig, &["apply", "-f", "crds/"]).unwrap();
     let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(api.client().unwrap());
     let namespace = serde_json::from_value(json!({"metadata": {"name": OPERATOR_NAMESPACE}})).unwrap();
     namespaces.create(&PostParams::default(), &namespace).await.unwrap();
@@ -183,7 +183,7 @@ async fn with_a_certificate_directory_the_webhook_serves_that_certificate() {
 async fn the_webhook_injects_annotated_pods_over_https_and_the_sidecar_it_describes_runs() {
     let (ensemble, api, _dir, kubeconfig) = cluster().await;
     let client = api.client().unwrap();
-    let kubectl = |args: &[&str]| paddock_e2e::stack::kubectl(&kubeconfig, args).unwrap();
+    let kubectl = |args: &[&str]| paddock_testkit::kubectl(&kubeconfig, args).unwrap();
     kubectl(&["apply", "-f", "examples/"]);
     // The configuration as the chart installs it: no caBundle yet.
     let configurations: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
@@ -321,7 +321,7 @@ async fn the_webhook_injects_annotated_pods_over_https_and_the_sidecar_it_descri
     })
     .await;
     let pod_client = PodClient::new(app_env["PADDOCK_URL"].clone());
-    let paddock_e2e::Acquire::Acquired { .. } = pod_client.acquire("orders", "app", "5s").await.unwrap() else {
+    let paddock_testkit::Acquire::Acquired { .. } = pod_client.acquire("orders", "app", "5s").await.unwrap() else {
         panic!("the injected sidecar takes the lock")
     };
     let status = pod_client.lock_status("orders", "app").await.unwrap().1;

@@ -6,10 +6,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use paddock_e2e::{Ensemble, init_tracing, provision};
 use paddock_recipes::identity::NodeAcl;
 use paddock_recipes::lock::{self, AcquireRequest, Acquisition, HolderInfo, LockMode};
 use paddock_recipes::{LockConfig, Session, SessionOptions};
+use paddock_testkit::{Ensemble, init_tracing, provision};
 
 const SESSIONS: usize = 4;
 const CONTENDERS: usize = 16;

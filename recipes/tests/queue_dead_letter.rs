@@ -5,9 +5,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use paddock_e2e::{Ensemble, init_tracing, provision};
 use paddock_recipes::queue::{self, NewItem, QueueError, view::QueueView};
 use paddock_recipes::{Layout, Name, QueueConfig, Session, SessionOptions, zk};
+use paddock_testkit::{Ensemble, init_tracing, provision};
 
 const ITEMS: usize = 600;
 const SESSIONS: usize = 2;
@@ -155,7 +155,7 @@ async fn a_consumer_that_has_not_seen_a_claim_skips_the_item_instead_of_dead_let
     // B's view has not seen A's claim yet: once the watch event is in, make the view
     // forget it again, as if the event were late.
     let claim_seen = || view_b.footprint().2 == 1;
-    paddock_e2e::eventually(Duration::from_secs(10), "B's view sees A's claim", || async { claim_seen() }).await;
+    paddock_testkit::eventually(Duration::from_secs(10), "B's view sees A's claim", || async { claim_seen() }).await;
     view_b.unmark_claimed_for_test(&held.id);
 
     let next = queue::claim_next(&client_b, &paths, &view_b, &config, "pod-b", &()).await.unwrap();

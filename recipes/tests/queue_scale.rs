@@ -6,9 +6,9 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use paddock_e2e::{Ensemble, init_tracing, provision};
 use paddock_recipes::queue::{self, NewItem, view::QueueView};
 use paddock_recipes::{Layout, Name, QueueConfig, Session, SessionOptions};
+use paddock_testkit::{Ensemble, init_tracing, provision};
 
 const ITEMS: usize = 30_000;
 const BATCH: usize = 1_000;

@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use paddock_e2e::{Ensemble, eventually, init_tracing, provision};
 use paddock_recipes::{Session, SessionOptions, zk};
+use paddock_testkit::{Ensemble, eventually, init_tracing, provision};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn close_deletes_the_sessions_ephemeral_nodes_while_clones_of_its_client_live() {

@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use paddock_e2e::{Ensemble, Mode, init_tracing};
 use paddock_recipes::zk;
+use paddock_testkit::{Ensemble, Mode, init_tracing};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_persistent_recursive_watch_fires_after_the_client_reconnects() {

@@ -5,11 +5,11 @@
 mod common;
 
 use common::SIDECAR;
-use paddock_e2e::process::Sidecar;
-use paddock_e2e::{Acquire, Ensemble, PodClient, SidecarOptions, init_tracing};
 use paddock_recipes::identity::{DigestIdentity, namespace_acl};
 use paddock_recipes::provision::{ensure_lock, ensure_queue};
 use paddock_recipes::{Layout, LockConfig, Name, QueueConfig, zk};
+use paddock_testkit::process::Sidecar;
+use paddock_testkit::{Acquire, Ensemble, PodClient, SidecarOptions, init_tracing};
 
 async fn authed(connect: &str, identity: Option<&DigestIdentity>) -> zk::Client {
     let mut connector = zk::Client::connector();

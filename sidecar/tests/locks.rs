@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::{assert_json_errors, eventually, oversized, sidecar};
-use paddock_e2e::fenced::{FencedCounter, Write};
-use paddock_e2e::{Acquire, Ensemble, PodClient, init_tracing, provision};
 use paddock_recipes::LockConfig;
+use paddock_testkit::fenced::{FencedCounter, Write};
+use paddock_testkit::{Acquire, Ensemble, PodClient, init_tracing, provision};
 use serde_json::json;
 
 const NS: &str = "team-a";
@@ -462,7 +462,7 @@ async fn bad_input_gets_a_json_4xx_and_never_a_panic() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curator_interprocess_mutex_and_the_sidecar_exclude_each_other() {
-    use paddock_e2e::curator::{CuratorMutex, compile};
+    use paddock_testkit::curator::{CuratorMutex, compile};
     let ensemble = setup(&[("shared-with-java", 1)]).await;
     let (_a, pod) = sidecar(&ensemble, "pod-a", NS, SESSION).await;
     let classes = tempfile::tempdir().unwrap();

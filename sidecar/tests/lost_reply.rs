@@ -1,5 +1,5 @@
 //! Lost replies (and one held back), deterministically: for each write path of the sidecar, the fault proxy
-//! (`paddock_e2e::fault_proxy`) lets ZooKeeper apply the request, drops its reply and the
+//! (`paddock_testkit::fault_proxy`) lets ZooKeeper apply the request, drops its reply and the
 //! connection, and the sidecar reconnects through it within its session timeout. Each test
 //! then reads ZooKeeper directly and checks that there is no orphan node, no double
 //! effect, no lost item, and that the app got an answer it can act on.
@@ -23,11 +23,11 @@ mod common;
 use std::time::Duration;
 
 use common::{SIDECAR, eventually};
-use paddock_e2e::fault_proxy::{Fired, Match, Outcome, Then, op};
-use paddock_e2e::process::Sidecar;
-use paddock_e2e::{Acquire, Ensemble, FaultProxy, PodClient, SidecarOptions, init_tracing, provision};
 use paddock_recipes::queue::item::{Attempts, decode};
 use paddock_recipes::{LockConfig, QueueConfig, zk};
+use paddock_testkit::fault_proxy::{Fired, Match, Outcome, Then, op};
+use paddock_testkit::process::Sidecar;
+use paddock_testkit::{Acquire, Ensemble, FaultProxy, PodClient, SidecarOptions, init_tracing, provision};
 use serde_json::Value;
 
 const NS: &str = "team-lost";
@@ -146,7 +146,7 @@ async fn ready(pod: &PodClient) {
 }
 
 /// The lost reply happened, after the server applied the request.
-async fn applied(lost: paddock_e2e::fault_proxy::LostReply) -> Fired {
+async fn applied(lost: paddock_testkit::fault_proxy::LostReply) -> Fired {
     let fired = lost.wait(FIRED_WITHIN).await.expect("the proxy lost the reply");
     assert!(fired.applied, "the server applied the request whose reply was lost: {fired:?}");
     fired

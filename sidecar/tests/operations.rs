@@ -6,8 +6,8 @@ mod common;
 use std::time::Duration;
 
 use common::{SIDECAR, eventually};
-use paddock_e2e::process::Sidecar;
-use paddock_e2e::{Ensemble, SidecarOptions, init_tracing};
+use paddock_testkit::process::Sidecar;
+use paddock_testkit::{Ensemble, SidecarOptions, init_tracing};
 
 /// A kubelet probes `/readyz` every few seconds; while ZooKeeper is unreachable each probe
 /// answers 503. That is expected, says nothing new, and must not fill the log with
@@ -56,9 +56,9 @@ async fn probes_during_an_outage_log_the_change_once_and_no_error() {
 async fn a_misconfigured_resource_answers_409_naming_the_fix() {
     init_tracing();
     let ensemble = Ensemble::start_single().await.unwrap();
-    let admin = paddock_e2e::provision::admin(&ensemble.connect_string()).await.unwrap();
-    let lock = paddock_e2e::provision::lock(&admin, "ops", "orders", Default::default()).await.unwrap();
-    let queue = paddock_e2e::provision::queue(&admin, "ops", "jobs", Default::default()).await.unwrap();
+    let admin = paddock_testkit::provision::admin(&ensemble.connect_string()).await.unwrap();
+    let lock = paddock_testkit::provision::lock(&admin, "ops", "orders", Default::default()).await.unwrap();
+    let queue = paddock_testkit::provision::queue(&admin, "ops", "jobs", Default::default()).await.unwrap();
     admin.set_data(&lock, br#"{"maxHolders":0}"#, None).await.unwrap();
     admin.set_data(&queue, br#"{"visibilityTimeout":"soon"}"#, None).await.unwrap();
     let (_sidecar, pod) = common::sidecar(&ensemble, "pod-a", "ops", Duration::from_secs(10)).await;
@@ -82,8 +82,8 @@ async fn a_misconfigured_resource_answers_409_naming_the_fix() {
 async fn errors_from_the_layers_are_json_and_name_the_limit() {
     init_tracing();
     let ensemble = Ensemble::start_single().await.unwrap();
-    let admin = paddock_e2e::provision::admin(&ensemble.connect_string()).await.unwrap();
-    paddock_e2e::provision::queue(&admin, "ops", "jobs", Default::default()).await.unwrap();
+    let admin = paddock_testkit::provision::admin(&ensemble.connect_string()).await.unwrap();
+    paddock_testkit::provision::queue(&admin, "ops", "jobs", Default::default()).await.unwrap();
     let (_sidecar, pod) = common::sidecar(&ensemble, "pod-a", "ops", Duration::from_secs(10)).await;
 
     // A raw 2 MB payload, on a connection of its own (the sidecar closes it after 413).

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{assert_json_errors, eventually, oversized, sidecar};
-use paddock_e2e::{Ensemble, init_tracing, provision};
 use paddock_recipes::QueueConfig;
+use paddock_testkit::{Ensemble, init_tracing, provision};
 use serde_json::Value;
 
 const NS: &str = "team-q";

@@ -7,8 +7,8 @@ mod common;
 use std::time::Duration;
 
 use common::{eventually, sidecar};
-use paddock_e2e::{Acquire, Ensemble, init_tracing, provision};
 use paddock_recipes::{LockConfig, QueueConfig};
+use paddock_testkit::{Acquire, Ensemble, init_tracing, provision};
 
 const NS: &str = "skew";
 

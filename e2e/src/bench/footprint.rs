@@ -4,10 +4,10 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use paddock_testkit::{Acquire, PodClient, Sidecar, SidecarOptions};
 
 use super::limit::parallel;
 use super::{Bench, Figure, NS, Report};
-use crate::{Acquire, PodClient, Sidecar, SidecarOptions};
 
 fn rss_kib(pid: u32) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;

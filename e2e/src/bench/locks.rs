@@ -6,10 +6,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 use paddock_recipes::lock::{self, AcquireRequest, HolderInfo, LockMode};
 use paddock_recipes::{LockConfig, zk};
+use paddock_testkit::{Acquire, PodClient, provision};
 
 use super::limit::parallel;
 use super::{Bench, Figure, NS, Report};
-use crate::{Acquire, PodClient, provision};
 
 pub async fn uncontended(bench: &Bench, report: &mut Report) -> Result<()> {
     let admin = bench.admin().await?;

@@ -12,8 +12,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Result;
+use paddock_testkit::{Ensemble, PodClient, Sidecar, SidecarOptions, provision};
 
-use crate::{Ensemble, PodClient, Sidecar, SidecarOptions, provision};
 pub use stats::{Figure, Report};
 
 /// Sizes of one run.
@@ -58,7 +58,7 @@ pub const NS: &str = "bench";
 impl Bench {
     pub async fn start(sizes: Sizes, sidecar_binary: PathBuf, with_peers: bool) -> Result<Self> {
         let heap_mb = if sizes.depths.iter().any(|d| *d > 100_000) { 2048 } else { 512 };
-        let ensemble = Ensemble::start_with(crate::EnsembleOptions { heap_mb, ..Default::default() }).await?;
+        let ensemble = Ensemble::start_with(paddock_testkit::EnsembleOptions { heap_mb, ..Default::default() }).await?;
         let options = SidecarOptions::new(&sidecar_binary, ensemble.connect_string(), "bench-0", NS);
         let sidecar = Sidecar::start(options).await?;
         let pod = PodClient::new(sidecar.url(""));
@@ -75,7 +75,7 @@ impl Bench {
         let mut total = 0;
         for i in 0..self.ensemble.len() {
             let mntr = self.ensemble.four_letter_word(i, "mntr").await?;
-            for (k, v) in crate::ensemble::parse_mntr(&mntr) {
+            for (k, v) in paddock_testkit::ensemble::parse_mntr(&mntr) {
                 if k == "zk_packets_received" {
                     total += v.parse::<u64>().unwrap_or(0);
                 }

@@ -6,10 +6,10 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use paddock_testkit::curator;
 use serde_json::Value;
 
 use super::Figure;
-use crate::curator;
 
 pub struct Peers {
     classes: tempfile::TempDir,

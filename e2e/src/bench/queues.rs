@@ -9,10 +9,10 @@ use anyhow::{Result, bail};
 use paddock_recipes::layout::QueuePaths;
 use paddock_recipes::queue::{self, NewItem, view::QueueView};
 use paddock_recipes::{Layout, Name, QueueConfig, Session, SessionOptions, zk};
+use paddock_testkit::{PodClient, provision};
 
 use super::limit::parallel;
 use super::{Bench, Figure, NS, Report};
-use crate::{PodClient, provision};
 
 fn paths(queue: &str) -> QueuePaths {
     Layout::new("/paddock").unwrap().queue(&Name::new("ns", NS).unwrap(), &Name::new("q", queue).unwrap())

@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Parser;
 use paddock_e2e::stack::{Stack, StackOptions};
-use paddock_e2e::{EnsembleOptions, ProcessHandle, find_binary};
+use paddock_testkit::{EnsembleOptions, ProcessHandle, find_binary};
 use tokio::signal::unix::{SignalKind, signal};
 
 #[derive(Debug, Parser)]
@@ -32,7 +32,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    paddock_e2e::init_tracing();
+    paddock_testkit::init_tracing();
     let args = Args::parse();
     std::fs::create_dir_all(&args.dir).with_context(|| format!("creating {}", args.dir.display()))?;
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
+use paddock_testkit::fault_proxy::{Match, op};
 use rand::seq::SliceRandom as _;
 use rand::{Rng, RngExt as _, SeedableRng as _};
 use tokio::time::Instant;
@@ -13,7 +14,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::cluster::{Cluster, LEASE_DURATION, SESSION_TIMEOUT, TEAM_B};
 use super::workloads::Workloads;
-use crate::fault_proxy::{Match, op};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
 pub enum FaultKind {
@@ -343,7 +343,8 @@ async fn cut_off_a_pod(cluster: &mut Cluster, workloads: &Arc<Workloads>, rng: &
     let client = pod.client();
     let mut injected = Injected::on_pod(pod);
     const OWNER: &str = "cut-off-witness";
-    let witness = matches!(client.acquire(WITNESS_LOCK, OWNER, "5s").await, Ok(crate::Acquire::Acquired { .. }));
+    let witness =
+        matches!(client.acquire(WITNESS_LOCK, OWNER, "5s").await, Ok(paddock_testkit::Acquire::Acquired { .. }));
     pod.proxy.blackhole();
     let cut = Instant::now();
     // Past the session timeout, and the app asks its sidecar about the lock.

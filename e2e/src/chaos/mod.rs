@@ -365,7 +365,7 @@ async fn check_operator(cluster: &Cluster, report: &mut Report) -> Result<()> {
     }
     let batch = cluster.pods.iter().find(|p| p.namespace == TEAM_B).expect("a team-b pod").client();
     match batch.acquire("after-faults", "checker", "10s").await {
-        Ok(crate::Acquire::Acquired { .. }) => report.checks.push(
+        Ok(paddock_testkit::Acquire::Acquired { .. }) => report.checks.push(
             "operator: all resources Ready after the faults; a lock applied afterwards was provisioned and taken"
                 .into(),
         ),

@@ -16,6 +16,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use paddock_testkit::client::{Acquire, PodClient};
+use paddock_testkit::fenced::{FencedCounter, Write};
 use rand::RngExt as _;
 use serde_json::json;
 use tokio::sync::watch;
@@ -23,8 +25,6 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::Broken;
-use crate::client::{Acquire, PodClient};
-use crate::fenced::{FencedCounter, Write};
 
 /// What a pod's tasks get: its API and whether it is paused.
 #[derive(Debug, Clone)]

@@ -5,9 +5,9 @@
 use std::time::Duration;
 
 #[allow(unused_imports)] // not every test file waits
-pub use paddock_e2e::eventually;
-use paddock_e2e::process::Sidecar;
-use paddock_e2e::{Ensemble, PodClient, SidecarOptions};
+pub use paddock_testkit::eventually;
+use paddock_testkit::process::Sidecar;
+use paddock_testkit::{Ensemble, PodClient, SidecarOptions};
 
 pub const SIDECAR: &str = env!("CARGO_BIN_EXE_paddock-sidecar");
 

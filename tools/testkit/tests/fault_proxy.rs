@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use paddock_e2e::fault_proxy::{Match, Outcome, op};
-use paddock_e2e::{Ensemble, FaultProxy, init_tracing};
+use paddock_testkit::fault_proxy::{Match, Outcome, op};
+use paddock_testkit::{Ensemble, FaultProxy, init_tracing};
 use zookeeper_client as zk;
 
 fn open(mode: zk::CreateMode) -> zk::CreateOptions<'static> {

@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use paddock_e2e::{Ensemble, Mode, ProcessHandle, init_tracing};
+use paddock_testkit::{Ensemble, Mode, ProcessHandle, init_tracing};
 use zookeeper_client as zk;
 
 fn open() -> zk::CreateOptions<'static> {
@@ -118,7 +118,7 @@ fn holder_stdout(holder: &mut ProcessHandle) -> std::process::ChildStdout {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partitioned_server_is_cut_off_and_rejoins_when_healed() {
     init_tracing();
-    let options = paddock_e2e::EnsembleOptions { isolated_network: true, ..Default::default() };
+    let options = paddock_testkit::EnsembleOptions { isolated_network: true, ..Default::default() };
     let mut ensemble = Ensemble::start_with(options).await.unwrap();
     assert!(!ensemble.address(0).ip().is_loopback(), "each server has an address of its own");
     let leader = ensemble.leader().await.expect("a leader");

@@ -1,5 +1,5 @@
 //! Apache Curator as a test peer (Debian's libcurator-recipes-java): a small Java program
-//! (`e2e/java/CuratorLock.java`, compiled on first use) holding an `InterProcessMutex`,
+//! (`java/CuratorLock.java`, compiled on first use) holding an `InterProcessMutex`,
 //! driven line by line so a test can interleave it with sidecars.
 
 use std::io::{BufRead, BufReader, Write};
