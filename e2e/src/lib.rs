@@ -1,7 +1,7 @@
-//! Paddock's full-stack tools, on top of the test kit (`paddock_testkit`): the Kubernetes
-//! API stand-in, the benchmarks, the fault suite and the local stack. Never shipped.
+//! Paddock's full-stack tools, on top of the test kit (`paddock_testkit`) and the
+//! Kubernetes API stand-in (`paddock_kube_standin`): the benchmarks, the fault suite and
+//! the local stack. Never shipped.
 
-pub mod apiserver;
 pub mod bench;
 pub mod chaos;
 pub mod stack;

@@ -13,7 +13,7 @@ use kube::api::{Api, PostParams};
 use paddock_recipes::identity::DigestIdentity;
 use paddock_testkit::{Ensemble, EnsembleOptions, Operator, OperatorOptions, find_binary, kubectl};
 
-use crate::apiserver::ApiServer;
+use paddock_kube_standin::ApiServer;
 
 /// The namespace the operators run in (their Lease lives there).
 pub const OPERATOR_NAMESPACE: &str = "paddock-system";

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
-use paddock_e2e::apiserver::ApiServer;
+use paddock_kube_standin::ApiServer;
 use paddock_operator::crd::{DistributedLock, WorkQueue};
 use paddock_recipes::identity::DigestIdentity;
 use paddock_recipes::zk;

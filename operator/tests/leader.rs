@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, PostParams};
-use paddock_e2e::apiserver::ApiServer;
+use paddock_kube_standin::ApiServer;
 use paddock_operator::crd::{DeletionPolicy, DistributedLock, DistributedLockSpec};
 use paddock_recipes::identity::DigestIdentity;
 use paddock_testkit::{Ensemble, Operator, OperatorOptions, eventually, init_tracing, workspace_binary};

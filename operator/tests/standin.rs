@@ -1,4 +1,4 @@
-//! The Kubernetes API stand-in (e2e/src/apiserver) through `kube::Client`, the way the
+//! The Kubernetes API stand-in (tools/kube-standin) through `kube::Client`, the way the
 //! operator will use it: CRDs from `crds/`, typed resources, status, conflicts,
 //! finalizers, watch.
 
@@ -8,7 +8,7 @@ use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
-use paddock_e2e::apiserver::ApiServer;
+use paddock_kube_standin::ApiServer;
 use paddock_operator::crd::{DeletionPolicy, DistributedLock, DistributedLockSpec, DistributedLockStatus, WorkQueue};
 use serde_json::json;
 

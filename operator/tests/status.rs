@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use paddock_e2e::apiserver::ApiServer;
+use paddock_kube_standin::ApiServer;
 use paddock_operator::crd::{DeletionPolicy, DistributedLock, DistributedLockSpec, WorkQueue, WorkQueueSpec};
 use paddock_recipes::identity::{DigestIdentity, NodeAcl};
 use paddock_recipes::lock::{self, AcquireRequest, HolderInfo, LockMode};

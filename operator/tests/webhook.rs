@@ -11,7 +11,7 @@ use std::time::Duration;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::{Container, Pod, Secret};
 use kube::api::{Api, PostParams};
-use paddock_e2e::apiserver::ApiServer;
+use paddock_kube_standin::ApiServer;
 use paddock_recipes::identity::DigestIdentity;
 use paddock_testkit::ensemble::free_ports;
 use paddock_testkit::{

@@ -1,10 +1,10 @@
-//! Runs the Kubernetes API stand-in (a test tool, see `paddock_e2e::apiserver`) on
+//! Runs the Kubernetes API stand-in (a test tool, see the library of this crate) on
 //! 127.0.0.1 and writes a kubeconfig for kubectl. Ctrl-C stops it.
 //!
 //! Usage: kube-standin KUBECONFIG_PATH
 
 use anyhow::Context;
-use paddock_e2e::apiserver::ApiServer;
+use paddock_kube_standin::ApiServer;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
