@@ -1,7 +1,5 @@
-//! Paddock's full-stack tools, on top of the test kit (`paddock_testkit`) and the
-//! Kubernetes API stand-in (`paddock_kube_standin`): the benchmarks, the fault suite and
-//! the local stack. Never shipped.
+//! Paddock's benchmarks and fault suite, on top of the test kit (`paddock_testkit`) and
+//! the local stack (`paddock_local`). Never shipped.
 
 pub mod bench;
 pub mod chaos;
-pub mod stack;

@@ -9,13 +9,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
+use paddock_local::{Stack, StackOptions};
 use paddock_testkit::client::PodClient;
 use paddock_testkit::{EnsembleOptions, FaultProxy, Sidecar, SidecarOptions, find_binary};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::workloads::{PodHandle, Role, Workloads};
-use crate::stack::{Stack, StackOptions};
 
 /// Session timeout of sidecars and operators: short, so faults play out in seconds.
 pub const SESSION_TIMEOUT: Duration = Duration::from_secs(4);

@@ -2,7 +2,7 @@
 //! operator and sidecar binaries, kubectl, workloads through the sidecars' HTTP API, a
 //! nemesis scheduled from a seed, and checkers that would catch a violation.
 //!
-//! - `cluster`: the processes (the stack of `crate::stack` plus pods of two namespaces).
+//! - `cluster`: the processes (the stack of `paddock_local` plus pods of two namespaces).
 //! - `workloads`: what the apps do and write down.
 //! - `faults`: the nemesis.
 //! - `report`: the checkers and the verdict.

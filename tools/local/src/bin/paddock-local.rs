@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use paddock_e2e::stack::{Stack, StackOptions};
+use paddock_local::{Stack, StackOptions};
 use paddock_testkit::{EnsembleOptions, ProcessHandle, find_binary};
 use tokio::signal::unix::{SignalKind, signal};
 
