@@ -21,7 +21,7 @@ use super::workloads::{PodHandle, Role, Workloads};
 pub const SESSION_TIMEOUT: Duration = Duration::from_secs(4);
 /// The operators' leader lease (their renew deadline is shorter).
 pub const LEASE_DURATION: Duration = Duration::from_secs(3);
-/// The second namespace, with its own resources (`e2e/chaos/team-b.yaml`).
+/// The second namespace, with its own resources (`tools/chaos/team-b.yaml`).
 pub const TEAM_B: &str = "team-b";
 
 /// A sidecar process standing for a pod, and its app's tasks.
@@ -100,7 +100,7 @@ impl Cluster {
             ensemble: EnsembleOptions { isolated_network: true, ..Default::default() },
             operators: 2,
             namespaces: vec![TEAM_B.to_owned()],
-            manifests: vec!["examples/".to_owned(), "e2e/chaos/team-b.yaml".to_owned()],
+            manifests: vec!["examples/".to_owned(), "tools/chaos/team-b.yaml".to_owned()],
             lease_duration: LEASE_DURATION,
             session_timeout: SESSION_TIMEOUT,
             dir: dir.path().to_owned(),

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use clap::Parser;
-use paddock_e2e::chaos::{self, Broken, ChaosOptions, FaultKind};
+use paddock_chaos::{self as chaos, Broken, ChaosOptions, FaultKind};
 
 #[derive(Debug, Parser)]
 #[command(about = "Run Paddock's workloads under faults and check what they saw")]

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use paddock_e2e::chaos::{self, Broken, ChaosOptions, FaultKind};
+use paddock_chaos::{self as chaos, Broken, ChaosOptions, FaultKind};
 
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 

@@ -8,7 +8,7 @@
 //! - `report`: the checkers and the verdict.
 //!
 //! `bash scripts/chaos.sh --duration 30m` runs a long one; CI runs a short one
-//! (`e2e/tests/chaos.rs`).
+//! (`tests/chaos.rs`).
 
 pub mod cluster;
 pub mod faults;
