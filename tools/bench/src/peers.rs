@@ -1,4 +1,4 @@
-//! Apache Curator and kazoo doing the same work (`e2e/bench-peers/`), each run as its own
+//! Apache Curator and kazoo doing the same work (`peers/`), each run as its own
 //! process against the same ensemble, printing one JSON line of figures.
 
 use std::path::PathBuf;
@@ -37,7 +37,7 @@ impl PeerFigure {
 impl Peers {
     /// Compiles the Curator peer and checks that kazoo is importable.
     pub fn prepare() -> Result<Self> {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("bench-peers");
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("peers");
         let classes = tempfile::tempdir()?;
         let status = std::process::Command::new("javac")
             .arg("-cp")

@@ -5,7 +5,7 @@
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use paddock_e2e::bench::{self, Bench, Sizes};
+use paddock_bench::{self as bench, Bench, Sizes};
 
 #[derive(Debug, Parser)]
 #[command(about = "Benchmark Paddock against ZooKeeper's limit, Curator and kazoo")]
