@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Renders charts/paddock the way `helm template` would, without helm: builds the renderer
-# (e2e/helm-render, Go text/template + sprig from Debian's packages) once and runs it.
+# (tools/helm-render, Go text/template + sprig from Debian's packages) once and runs it.
 # Arguments are the renderer's, e.g.
 #   bash scripts/helm-template.sh --name paddock --namespace paddock-system
 #   bash scripts/helm-template.sh --set zookeeper.enabled=false --set zookeeper.connectString=zk:2181
@@ -10,9 +10,9 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 out="$root/target/helm-render"
 mkdir -p "$out"
-if [ ! -x "$out/helm-render" ] || [ "$root/e2e/helm-render/main.go" -nt "$out/helm-render" ]; then
+if [ ! -x "$out/helm-render" ] || [ "$root/tools/helm-render/main.go" -nt "$out/helm-render" ]; then
   command -v go >/dev/null 2>&1 || { echo "go is missing: run scripts/install-deps.sh (as root)" >&2; exit 1; }
-  (cd "$root/e2e/helm-render" && GO111MODULE=off GOPATH=/usr/share/gocode GOFLAGS= \
+  (cd "$root/tools/helm-render" && GO111MODULE=off GOPATH=/usr/share/gocode GOFLAGS= \
     GOCACHE="$out/gocache" go build -o "$out/helm-render" .)
 fi
 chart=()

@@ -2,7 +2,7 @@
 # Installs what Paddock's local run and tests need on a fresh Debian machine (as root):
 # Debian's zookeeper package (3.8) with a JDK, and Apache Curator (libcurator-recipes-java)
 # as a peer for interop tests, kazoo (PyPI) for the benchmarks, and Go with sprig, yaml.v3
-# and gojsonschema, from which e2e/helm-render builds offline to render the Helm chart in
+# and gojsonschema, from which tools/helm-render builds offline to render the Helm chart in
 # tests (no helm binary is packaged). Idempotent.
 set -euo pipefail
 
@@ -12,7 +12,7 @@ need=()
 [ -f /usr/share/java/curator-recipes.jar ] || need+=(libcurator-recipes-java)
 command -v javac >/dev/null 2>&1 || need+=(default-jdk-headless)
 command -v java >/dev/null 2>&1 || need+=(default-jre-headless)
-# The chart renderer (e2e/helm-render): GO111MODULE=off GOPATH=/usr/share/gocode go build.
+# The chart renderer (tools/helm-render): GO111MODULE=off GOPATH=/usr/share/gocode go build.
 command -v go >/dev/null 2>&1 || need+=(golang-go)
 [ -d /usr/share/gocode/src/github.com/Masterminds/sprig ] || need+=(golang-github-masterminds-sprig-dev)
 [ -d /usr/share/gocode/src/gopkg.in/yaml.v3 ] || need+=(golang-gopkg-yaml.v3-dev)

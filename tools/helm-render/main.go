@@ -6,7 +6,7 @@
 //
 // Build offline with Debian's packages (scripts/install-deps.sh installs them):
 //
-//	cd e2e/helm-render && GO111MODULE=off GOPATH=/usr/share/gocode go build -o helm-render .
+//	cd tools/helm-render && GO111MODULE=off GOPATH=/usr/share/gocode go build -o helm-render .
 //
 // Usage, like `helm template NAME CHART`:
 //

@@ -1,5 +1,5 @@
 //! The Helm chart (charts/paddock), rendered as `helm template` renders it: no helm binary
-//! is packaged, so e2e/helm-render (Go's text/template with sprig, Helm's engine in small)
+//! is packaged, so helm-render (Go's text/template with sprig, Helm's engine in small)
 //! is built once from Debian's Go packages and run here.
 //!
 //! Every rendered document is parsed into its k8s-openapi type. Those types ignore unknown
@@ -76,14 +76,14 @@ const OPERATOR_CALLS: &[(&str, &str, &str)] = &[
 ];
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).ancestors().nth(2).expect("the workspace").to_path_buf()
 }
 
 fn chart_dir() -> PathBuf {
     repo().join("charts/paddock")
 }
 
-/// Builds e2e/helm-render once per test run (offline, Debian's Go packages in GOPATH mode).
+/// Builds tools/helm-render once per test run (offline, Debian's Go packages in GOPATH mode).
 fn renderer() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY.get_or_init(|| {
@@ -94,14 +94,18 @@ fn renderer() -> &'static Path {
             .args(["build", "-o"])
             .arg(&binary)
             .arg(".")
-            .current_dir(repo().join("e2e/helm-render"))
+            .current_dir(repo().join("tools/helm-render"))
             .env("GO111MODULE", "off")
             .env("GOPATH", "/usr/share/gocode")
             .env("GOFLAGS", "")
             .env("GOCACHE", out.join("gocache"))
             .output()
             .expect("running `go build` (is golang-go installed? scripts/install-deps.sh installs it)");
-        assert!(build.status.success(), "building e2e/helm-render failed:\n{}", String::from_utf8_lossy(&build.stderr));
+        assert!(
+            build.status.success(),
+            "building tools/helm-render failed:\n{}",
+            String::from_utf8_lossy(&build.stderr)
+        );
         binary
     })
 }
