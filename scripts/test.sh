@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite: formatting, lints, and every test against real ZooKeeper
-# ensembles that the tests start themselves. This is what CI runs (.ci/run).
+# The whole test suite: formatting, lints, unused dependencies, and every test against
+# real ZooKeeper ensembles that the tests start themselves. This is what CI runs (.ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -8,6 +8,8 @@ bash scripts/install-deps.sh
 
 echo "==> structure: file and function sizes of the product crates"
 bash scripts/check-structure.sh
+echo "==> every declared dependency is used (scripts/check-deps.sh)"
+bash scripts/check-deps.sh
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy -D warnings"
