@@ -10,5 +10,5 @@ cd "$(dirname "$0")/.."
 
 bash scripts/install-deps.sh
 echo "==> building (release)"
-cargo build --release --locked -p paddock-sidecar -p paddock-e2e --bin paddock-sidecar --bin bench
+cargo build --release --locked -p paddock-sidecar -p paddock-bench --bin paddock-sidecar --bin bench
 exec target/release/bench "$@"

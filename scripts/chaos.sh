@@ -10,5 +10,5 @@ cd "$(dirname "$0")/.."
 
 bash scripts/install-deps.sh
 echo "==> building (release)"
-cargo build --locked --release -p paddock-sidecar -p paddock-operator -p paddock-e2e --bins
+cargo build --locked --release -p paddock-sidecar -p paddock-operator -p paddock-chaos --bins
 exec target/release/chaos "$@"

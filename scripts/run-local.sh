@@ -7,5 +7,5 @@ cd "$(dirname "$0")/.."
 
 bash scripts/install-deps.sh
 echo "==> building"
-cargo build --locked -p paddock-sidecar -p paddock-operator -p paddock-e2e --bins
+cargo build --locked -p paddock-sidecar -p paddock-operator -p paddock-local --bins
 exec target/debug/paddock-local "$@"

@@ -1,6 +1,6 @@
 //! The queue recipe at depth, on a real ensemble, through the library: child lists stay
 //! far below ZooKeeper's packet limit, and every item is delivered and acked once.
-//! (`cargo run --release -p paddock-e2e --bin bench -- queue-depth` runs the million.)
+//! (`cargo run --release -p paddock-bench --bin bench -- queue-depth` runs the million.)
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
