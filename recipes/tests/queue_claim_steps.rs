@@ -4,13 +4,13 @@
 
 use std::time::Duration;
 
-use paddock_e2e::fault_proxy::{Match, Outcome, op};
-use paddock_e2e::{Ensemble, FaultProxy, init_tracing, provision};
 use paddock_recipes::layout::QueuePaths;
 use paddock_recipes::queue::claim::{Read, read_candidate, resolve_unknown, try_claim};
 use paddock_recipes::queue::item::ItemId;
 use paddock_recipes::queue::{self, Candidate, ClaimOutcome, NewItem};
 use paddock_recipes::{Layout, Name, QueueConfig, zk};
+use paddock_testkit::fault_proxy::{Match, Outcome, op};
+use paddock_testkit::{Ensemble, FaultProxy, init_tracing, provision};
 
 struct World {
     ensemble: Ensemble,

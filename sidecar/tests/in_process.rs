@@ -7,9 +7,9 @@ use std::time::Duration;
 use axum::body::{Body, to_bytes};
 use axum::http::{Request, StatusCode};
 use clap::Parser;
-use paddock_e2e::{Ensemble, eventually, init_tracing, provision};
 use paddock_recipes::{LockConfig, QueueConfig};
 use paddock_sidecar::{App, Config};
+use paddock_testkit::{Ensemble, eventually, init_tracing, provision};
 use serde_json::Value;
 use tower::ServiceExt;
 
