@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The whole test suite: formatting, lints, unused dependencies, and every test against
-# real ZooKeeper ensembles that the tests start themselves. This is what CI runs (.ci/run).
+# The whole test suite: structure limits, unused dependencies, formatting, lints, and every
+# test against real ZooKeeper ensembles that the tests start themselves. This is what CI
+# runs (.ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
