@@ -45,9 +45,10 @@ async fn version() -> Response {
     )
 }
 
-/// OpenAPI for kubectl: no schemas (the stand-in does not validate yet), but every write
-/// path declares the `fieldValidation` parameter, so kubectl leaves validation to the
-/// server instead of downloading protobuf documents to validate itself.
+/// OpenAPI for kubectl: no schemas (the stand-in validates custom resources itself,
+/// against their CRD's structural schema, see `schema.rs`), but every write path declares
+/// the `fieldValidation` parameter, so kubectl leaves validation to the server instead of
+/// downloading protobuf documents to validate itself.
 async fn openapi_v2() -> Response {
     failure(Failure::new(404, "NotFound", "the stand-in serves OpenAPI v3 only"))
 }
