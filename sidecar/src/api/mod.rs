@@ -148,6 +148,7 @@ mod tests {
             &metrics.queue_nacked,
             &metrics.queue_redelivered,
             &metrics.queue_dead_lettered,
+            &metrics.queue_claims_stale,
         ] {
             family.get_or_create(&label).inc_by(0); // a queue's series appear once it is used
         }
