@@ -430,6 +430,14 @@ async fn a_claim_answered_after_the_sidecar_was_stopped_past_its_session_is_not_
     let fired = held.wait(FIRED_WITHIN).await.expect("the claim reached ZooKeeper");
     assert!(fired.applied, "the claim was applied: {fired:?}");
     w.sidecar.process.pause().unwrap();
+    // Every thread stopped before the reply goes on, so none can read it first.
+    let pid = w.sidecar.process.pid().expect("the sidecar runs");
+    eventually(
+        Duration::from_secs(5),
+        "every thread of the sidecar is stopped",
+        || async move { all_threads_stopped(pid) },
+    )
+    .await;
     held.release();
     let claims = format!("{}/claims", queue_path("jobs"));
     eventually(Duration::from_secs(30), "the stopped sidecar's session expired, and its claim with it", || async {
@@ -454,6 +462,16 @@ async fn a_claim_answered_after_the_sidecar_was_stopped_past_its_session_is_not_
         }
         other => panic!("unexpected answer {other}: {body}"),
     }
+}
+
+/// Whether every thread of `pid` is in state T (stopped), from /proc.
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return false };
+    tasks.flatten().all(|task| {
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        // The state follows the command name, which is in parentheses.
+        stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('T'))
+    })
 }
 
 /// `max=3`: the second claim never reaches ZooKeeper (its connection drops first), so it
