@@ -183,15 +183,8 @@ impl QueueService {
                 "a claim older than half the session timeout (the sidecar was stopped or starved) is not handed out"
             );
             self.inner.ctx.metrics.queue_claims_stale.get_or_create(&queue_label(queue.as_str())).inc();
-            let (inner, paths) = (self.inner.clone(), self.paths(&queue));
-            tokio::spawn(async move {
-                if let Ok(current) = inner.ctx.session.client()
-                    && current.generation == generation
-                    && let Err(err) = queue::release_claim(&current.client, &paths, &delivery.id).await
-                {
-                    tracing::warn!(queue = %queue, item = %delivery.id, error = %err, "could not give back a stale claim");
-                }
-            });
+            let inner = self.inner.clone();
+            tokio::spawn(async move { inner.give_back(&queue, &delivery.id, generation, "a stale claim").await });
         }
         fresh
     }
@@ -393,6 +386,21 @@ impl QueueService {
     }
 }
 
+impl Inner {
+    /// Deletes this pod's claim on an item if the session that made it (`generation`) is
+    /// still the current one; with another session, the claim went with the old one.
+    async fn give_back(&self, queue: &Name, id: &ItemId, generation: u64, what: &str) {
+        let Ok(current) = self.ctx.session.client() else { return };
+        if current.generation != generation {
+            return;
+        }
+        let paths = self.ctx.layout.queue(&self.ctx.namespace, queue);
+        if let Err(err) = queue::release_claim(&current.client, &paths, id).await {
+            tracing::warn!(queue = %queue, item = %id, error = %err, "could not give back {what}");
+        }
+    }
+}
+
 /// Gives up a claim the app kept past the visibility timeout.
 async fn enforce_visibility(inner: Arc<Inner>, key: (Name, ItemId), generation: u64, timeout: Duration) {
     tokio::time::sleep(timeout).await;
@@ -409,14 +417,7 @@ async fn enforce_visibility(inner: Arc<Inner>, key: (Name, ItemId), generation: 
         return;
     }
     let (queue, id) = key;
-    if let Ok(current) = inner.ctx.session.client()
-        && current.generation == generation
-    {
-        let paths = inner.ctx.layout.queue(&inner.ctx.namespace, &queue);
-        if let Err(err) = queue::release_claim(&current.client, &paths, &id).await {
-            tracing::warn!(queue = %queue, item = %id, error = %err, "could not give up a timed-out claim");
-        }
-    }
+    inner.give_back(&queue, &id, generation, "a timed-out claim").await;
     inner.ctx.events.publish(Event::ClaimLost {
         queue: queue.to_string(),
         id: id.to_string(),
