@@ -123,9 +123,16 @@ user gives, required.
 {{- end }}
 {{- end }}
 
-{{/* "repository:tag", the tag defaulting to the chart's appVersion. */}}
+{{/*
+"[registry/]repository:tag": the tag defaulting to the chart's appVersion, the registry
+being global.imageRegistry (none by default: the names scripts/images.sh gives the images
+it builds, for `kind load image-archive`).
+*/}}
 {{- define "paddock.image" -}}
-{{- printf "%s:%s" .image.repository (default .context.Chart.AppVersion .image.tag) }}
+{{- $global := default dict .context.Values.global }}
+{{- $registry := trimSuffix "/" (default "" $global.imageRegistry) }}
+{{- $name := printf "%s:%s" .image.repository (default .context.Chart.AppVersion .image.tag) }}
+{{- if $registry }}{{ printf "%s/%s" $registry $name }}{{ else }}{{ $name }}{{ end }}
 {{- end }}
 
 {{/* The container securityContext of the operator and ZooKeeper containers: the restricted profile. */}}
