@@ -3,7 +3,9 @@
 # Debian's zookeeper package (3.8) with a JDK, and Apache Curator (libcurator-recipes-java)
 # as a peer for interop tests, kazoo (PyPI) for the benchmarks, and Go with sprig, yaml.v3
 # and gojsonschema, from which tools/helm-render builds offline to render the Helm chart in
-# tests (no helm binary is packaged). Idempotent.
+# tests (no helm binary is packaged); and what scripts/images.sh builds the container images
+# with and the image tests run them with: mmdebstrap, buildah, podman with runc, skopeo (to
+# push them), uidmap, python3-yaml. Idempotent.
 set -euo pipefail
 
 need=()
@@ -17,6 +19,13 @@ command -v go >/dev/null 2>&1 || need+=(golang-go)
 [ -d /usr/share/gocode/src/github.com/Masterminds/sprig ] || need+=(golang-github-masterminds-sprig-dev)
 [ -d /usr/share/gocode/src/gopkg.in/yaml.v3 ] || need+=(golang-gopkg-yaml.v3-dev)
 [ -d /usr/share/gocode/src/github.com/xeipuuv/gojsonschema ] || need+=(golang-github-xeipuuv-gojsonschema-dev)
+# The images (scripts/images.sh) and their tests (tools/images-test): runc, not crun, which
+# fails on these machines (cgroup hybrid mode).
+for tool in mmdebstrap buildah podman runc skopeo; do
+  command -v "$tool" >/dev/null 2>&1 || need+=("$tool")
+done
+command -v newuidmap >/dev/null 2>&1 || need+=(uidmap)
+python3 -c 'import yaml' 2>/dev/null || need+=(python3-yaml)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "==> installing ${need[*]} (apt-get)"
