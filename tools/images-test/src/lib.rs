@@ -16,6 +16,8 @@ use anyhow::{Context, Result, bail, ensure};
 use serde::Deserialize as _;
 use serde_json::Value;
 
+pub mod cluster;
+
 /// The images, as `scripts/images.sh` names their archives.
 pub const IMAGES: [&str; 3] = ["paddock-operator", "paddock-sidecar", "paddock-zookeeper"];
 /// The uid (and gid) every image runs as.
@@ -195,6 +197,12 @@ impl Podman {
         Ok(pid)
     }
 
+    /// What every container of this instance wrote to stdout and stderr (when a test fails).
+    pub fn all_logs(&self) -> String {
+        let names = self.run(&["ps", "--all", "--format", "{{.Names}}"]).unwrap_or_default();
+        names.lines().map(|name| format!("==> logs of {name}:\n{}\n", self.logs(name))).collect()
+    }
+
     /// What a container wrote to stdout and stderr (for failure messages).
     pub fn logs(&self, container: &str) -> String {
         match self.command().args(["logs", container]).output() {
@@ -243,31 +251,6 @@ pub fn host_flags() -> Vec<String> {
     ["--pull=never", "--network=host", "--ulimit=nofile=20000:20000", "--ulimit=nproc=32768:32768"]
         .map(str::to_owned)
         .to_vec()
-}
-
-/// podman flags for a container securityContext as the kubelet applies it (the pod's
-/// runAsUser/runAsGroup unless the container's say otherwise).
-pub fn security_flags(pod_security: &Value, container_security: &Value) -> Result<Vec<String>> {
-    let field = |name: &str| container_security.get(name).or_else(|| pod_security.get(name)).filter(|v| !v.is_null());
-    let mut flags = Vec::new();
-    if let Some(user) = field("runAsUser") {
-        let user = user.as_u64().context("runAsUser")?;
-        // Without runAsGroup the runtime takes the user's group from the image's /etc/passwd.
-        match field("runAsGroup").and_then(Value::as_u64) {
-            Some(group) => flags.push(format!("--user={user}:{group}")),
-            None => flags.push(format!("--user={user}")),
-        }
-    }
-    if container_security["readOnlyRootFilesystem"] == true {
-        flags.push("--read-only".to_owned());
-    }
-    if container_security["allowPrivilegeEscalation"] == false {
-        flags.push("--security-opt=no-new-privileges".to_owned());
-    }
-    for capability in container_security["capabilities"]["drop"].as_array().into_iter().flatten() {
-        flags.push(format!("--cap-drop={}", capability.as_str().context("a capability")?));
-    }
-    Ok(flags)
 }
 
 /// The real, effective, saved and filesystem uids of a process (/proc/PID/status).
@@ -358,19 +341,5 @@ mod tests {
             "registry.example.com/team/paddock-sidecar:0.1.0"
         );
         assert_eq!(normalize("localhost:5000/paddock-zookeeper"), "localhost:5000/paddock-zookeeper:latest");
-    }
-
-    #[test]
-    fn security_contexts_become_podman_flags() {
-        let pod = serde_json::json!({"runAsUser": 65532, "runAsGroup": 65532, "runAsNonRoot": true});
-        let container = serde_json::json!({"readOnlyRootFilesystem": true, "allowPrivilegeEscalation": false,
-                                            "capabilities": {"drop": ["ALL"]}});
-        assert_eq!(
-            security_flags(&pod, &container).unwrap(),
-            ["--user=65532:65532", "--read-only", "--security-opt=no-new-privileges", "--cap-drop=ALL"]
-        );
-        let own = serde_json::json!({"runAsUser": 7, "readOnlyRootFilesystem": true});
-        assert_eq!(security_flags(&pod, &own).unwrap(), ["--user=7:65532", "--read-only"]);
-        assert_eq!(security_flags(&Value::Null, &own).unwrap(), ["--user=7", "--read-only"]);
     }
 }
