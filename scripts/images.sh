@@ -36,6 +36,7 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
+[ "$(id -u)" = 0 ] || { echo "run scripts/images.sh as root (mmdebstrap and buildah run as root here)" >&2; exit 1; }
 for tool in mmdebstrap buildah python3 strip; do
   command -v "$tool" >/dev/null 2>&1 || { echo "$tool is missing: run scripts/install-deps.sh (as root)" >&2; exit 1; }
 done
@@ -130,8 +131,14 @@ for image in paddock-operator paddock-sidecar paddock-zookeeper; do
   buildah "${storage[@]}" bud -q --format docker --layers --timestamp "$epoch" \
     --build-arg VERSION="$version" --build-arg SOURCE="$source_url" \
     -f "images/${image#paddock-}/Containerfile" -t "$ref" "$out/context/$image" >/dev/null
-  rm -f "$out/$image.tar"
-  buildah "${storage[@]}" push -q "$ref" "docker-archive:$out/$image.tar:$image:$version"
+  # The archive is written again only when it holds another image (docker-archive names
+  # its config "<image id>.json").
+  id="$(buildah "${storage[@]}" images --no-trunc --format '{{.ID}}' "$ref")"
+  id="${id#sha256:}"
+  if ! tar -xOf "$out/$image.tar" manifest.json 2>/dev/null | grep -q "\"$id.json\""; then
+    rm -f "$out/$image.tar"
+    buildah "${storage[@]}" push -q "$ref" "docker-archive:$out/$image.tar:$image:$version"
+  fi
   size="$(buildah "${storage[@]}" images --format '{{.Size}}' "$ref")"
   archive="$(du -m "$out/$image.tar" | cut -f1)"
   summary+=("$(printf '%-18s %-8s %10s  target/images/%s.tar (%s MB)' "$image" "$version" "$size" "$image" "$archive")")

@@ -43,6 +43,11 @@ fn the_archives_hold_the_images_the_chart_names_with_a_non_root_user_and_labels(
         assert_eq!(labels["org.opencontainers.image.version"], version.as_str());
         assert!(labels["org.opencontainers.image.source"].as_str().unwrap().starts_with("https://"), "{labels}");
         assert!(labels["org.opencontainers.image.licenses"].as_str().unwrap().contains("Apache-2.0"), "{labels}");
+        if image != "paddock-zookeeper" {
+            // The goal for the two binaries' images (uncompressed: the archive's size).
+            let size = std::fs::metadata(archive(image)).unwrap().len();
+            assert!(size < 40_000_000, "{image} is {size} bytes, over 40 MB");
+        }
         configs.insert(image, config);
     }
     // The operator's entrypoint with the chart's args; the sidecar's entrypoint alone (the
@@ -238,6 +243,11 @@ impl<'a> Ensemble<'a> {
         ensure!(modes.iter().filter(|m| *m == "leader").count() == 1, "one quorum of three: {modes:?}");
         let stat = four_letter_word(self.client_port(0), "stat")?;
         ensure!(stat.contains("not in the whitelist"), "the chart's word whitelist is in force: {stat}");
+        // The snapshots and logs are on the data volume (the root filesystem is read-only).
+        for i in 0..Self::SERVERS {
+            let data = self.podman.scratch(&format!("zk-{i}"))?.join("data/version-2");
+            ensure!(data.is_dir(), "server {i} keeps its data in /data/version-2");
+        }
         Ok(())
     }
 
