@@ -47,8 +47,8 @@ version="$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\} *$/\1/p' charts/pad
 [ -n "$version" ] || { echo "no appVersion in charts/paddock/Chart.yaml" >&2; exit 1; }
 source_url="https://github.com/paddock-dev/paddock"
 suite=bookworm
-# Image timestamps (and the files' in the layers) from the last commit: the same sources
-# give the same image id.
+# Image timestamps (and the files' in the layers) from the last commit, not the clock, so
+# that the same sources give the same image id (cached layers keep the time they got).
 epoch="$(git log -1 --format=%ct 2>/dev/null || echo 0)"
 storage=(--root "$out/storage" --runroot "$out/storage-run" --storage-driver "${PADDOCK_STORAGE_DRIVER:-overlay}")
 mkdir -p "$out/rootfs" "$out/context"
