@@ -210,7 +210,7 @@ async fn the_webhook_injects_annotated_pods_over_https_and_the_sidecar_it_descri
     .env("PADDOCK_WEBHOOK_SERVICE", SERVICE)
     .env("PADDOCK_WEBHOOK_CONFIG", CONFIGURATION)
     .env("PADDOCK_WEBHOOK_TLS_SECRET", "paddock-webhook-tls")
-    .env("PADDOCK_SIDECAR_IMAGE", "ghcr.io/paddock-dev/paddock-sidecar:test")
+    .env("PADDOCK_SIDECAR_IMAGE", "registry.example.com/paddock/paddock-sidecar:test")
     .env("PADDOCK_SIDECAR_PORT", &sidecar_port.to_string())
     .env("PADDOCK_SIDECAR_HEALTH_PORT", &health_port.to_string());
     let operator = Operator::spawn(options).unwrap();
@@ -251,7 +251,7 @@ async fn the_webhook_injects_annotated_pods_over_https_and_the_sidecar_it_descri
     let sidecar = spec.init_containers.as_ref().expect("an init container")[0].clone();
     assert_eq!(sidecar.name, "paddock-sidecar");
     assert_eq!(sidecar.restart_policy.as_deref(), Some("Always"), "a native sidecar");
-    assert_eq!(sidecar.image.as_deref(), Some("ghcr.io/paddock-dev/paddock-sidecar:test"));
+    assert_eq!(sidecar.image.as_deref(), Some("registry.example.com/paddock/paddock-sidecar:test"));
     assert!(sidecar.startup_probe.is_some() && sidecar.liveness_probe.is_some());
     let security = sidecar.security_context.clone().unwrap();
     assert_eq!((security.run_as_non_root, security.read_only_root_filesystem), (Some(true), Some(true)));

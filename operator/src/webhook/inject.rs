@@ -240,7 +240,7 @@ pub(crate) mod tests {
 
     pub(crate) fn template(native: bool) -> SidecarTemplate {
         SidecarTemplate {
-            image: "ghcr.io/paddock-dev/paddock-sidecar:0.1.0".into(),
+            image: "paddock-sidecar:0.1.0".into(),
             pull_policy: "IfNotPresent".into(),
             zookeeper: "zk:2181".into(),
             zk_root: "/paddock".into(),

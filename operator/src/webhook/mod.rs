@@ -59,7 +59,7 @@ pub struct WebhookSettings {
     #[arg(long, env = "PADDOCK_WEBHOOK_CERT_DIR", value_name = "PADDOCK_WEBHOOK_CERT_DIR")]
     pub cert_dir: Option<PathBuf>,
     /// The sidecar image.
-    #[arg(long, env = "PADDOCK_SIDECAR_IMAGE", value_name = "PADDOCK_SIDECAR_IMAGE", default_value = concat!("ghcr.io/paddock-dev/paddock-sidecar:", env!("CARGO_PKG_VERSION")))]
+    #[arg(long, env = "PADDOCK_SIDECAR_IMAGE", value_name = "PADDOCK_SIDECAR_IMAGE", default_value = concat!("paddock-sidecar:", env!("CARGO_PKG_VERSION")))]
     pub sidecar_image: String,
     #[arg(long, env = "PADDOCK_SIDECAR_PULL_POLICY", value_name = "PADDOCK_SIDECAR_PULL_POLICY", default_value = "IfNotPresent", value_parser = ["Always", "IfNotPresent", "Never"])]
     pub sidecar_pull_policy: String,

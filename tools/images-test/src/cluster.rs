@@ -152,7 +152,7 @@ pub fn strings(value: &Value) -> Vec<String> {
     value.as_array().into_iter().flatten().filter_map(|v| v.as_str().map(str::to_owned)).collect()
 }
 
-/// The `kube-standin` binary (the Kubernetes API stand-in of the e2e crate) on
+/// The `kube-standin` binary (the Kubernetes API stand-in, tools/kube-standin) on
 /// 127.0.0.1, with the kubeconfig it wrote; killed when dropped.
 pub struct Standin {
     child: Child,
