@@ -196,9 +196,17 @@ pub fn check_queue(workloads: &Workloads, faults: &[Fault], dead: &[DeadLetter],
             let confirmed =
                 deliveries[..index].iter().find(|d| matches!(d.ack, AckOutcome::Acked(at) if at < later.at));
             if let Some(acked) = confirmed {
+                let AckOutcome::Acked(acked_at) = acked.ack else { unreachable!("matched as acked") };
                 report.violations.push(format!(
-                    "queue: item-{}: delivered again (attempt {}, id {}) after {}'s ack of attempt {} (id {}) was confirmed",
-                    later.item, later.attempt, later.id, acked.pod, acked.attempt, acked.id
+                    "queue: item-{}: delivered again to {} (attempt {}, id {}) {} ms after {}'s ack of attempt {} (id {}) was confirmed",
+                    later.item,
+                    later.pod,
+                    later.attempt,
+                    later.id,
+                    later.at.duration_since(acked_at).as_millis(),
+                    acked.pod,
+                    acked.attempt,
+                    acked.id
                 ));
                 continue;
             }
