@@ -23,8 +23,10 @@ mod common;
 use std::time::Duration;
 
 use common::{SIDECAR, eventually};
-use paddock_recipes::queue::item::{Attempts, decode};
-use paddock_recipes::{LockConfig, QueueConfig, zk};
+use paddock_recipes::queue::claim::{Read, read_candidate, try_claim};
+use paddock_recipes::queue::item::{Attempts, ItemId, decode};
+use paddock_recipes::queue::{self, ClaimOutcome};
+use paddock_recipes::{Layout, LockConfig, Name, QueueConfig, zk};
 use paddock_testkit::fault_proxy::{Fired, Match, Outcome, Then, op};
 use paddock_testkit::process::Sidecar;
 use paddock_testkit::{Acquire, Ensemble, FaultProxy, PodClient, SidecarOptions, init_tracing, provision};
@@ -104,10 +106,10 @@ async fn items(admin: &zk::Client, queue: &str) -> Vec<StoredItem> {
             Err(zk::Error::NoNode) => continue, // an empty container the server removed
             Err(e) => panic!("listing bucket {bucket}: {e}"),
         };
-        for node in nodes {
+        // Items; an enqueue's receipt (`receipt-…`) lives beside them until it is deleted.
+        for (node, seq) in nodes.iter().filter_map(|n| Some((n, n.strip_prefix("item-")?))) {
             let (data, _) = admin.get_data(&format!("{base}/{bucket}/{node}")).await.unwrap();
             let (envelope, payload) = decode(&data).expect("a Paddock item");
-            let seq = node.strip_prefix("item-").expect("item-<seq>");
             items.push(StoredItem {
                 id: format!("{bucket}.{seq}"),
                 payload: String::from_utf8_lossy(payload).into_owned(),
@@ -333,10 +335,10 @@ async fn lock_release_reply_lost_answers_released_and_frees_the_lock() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enqueue_reply_lost_answers_created_once() {
     let w = world(&[], &[("jobs", queue_config(5))]).await;
-    // The item create (create2 of `item-`), not the bucket's container create; a create
-    // refused for want of its bucket passes and the rule stays armed.
+    // The item's multi (its receipt and create), not the bucket's container create; a
+    // multi refused for want of its bucket passes and the rule stays armed.
     let lost =
-        w.proxy.lose_next_reply(Match { opcodes: &[op::CREATE2], body_contains: Some("/item-"), ..Default::default() });
+        w.proxy.lose_next_reply(Match { opcodes: &[op::MULTI], body_contains: Some("/item-"), ..Default::default() });
     let (status, body) = w.pod.enqueue("jobs", "one").await.unwrap();
     applied(lost).await;
     answered("enqueue", status, &body);
@@ -352,6 +354,46 @@ async fn enqueue_reply_lost_answers_created_once() {
     assert_drained(&w, "jobs").await;
 }
 
+/// The enqueue is applied, its reply lost, and before the sidecar is back a consumer has
+/// taken the item and acked it: a look for the item finds nothing. The sidecar must not
+/// take that for "not applied" and store the item again (a fault run saw such a second
+/// copy delivered after the first one's ack): one 201, with the id the item had, and
+/// nothing left in the queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enqueue_reply_lost_and_the_item_acked_meanwhile_is_not_stored_again() {
+    let w = world(&[], &[("jobs", queue_config(5))]).await;
+    let lost = w.proxy.lose_next_reply(Match {
+        opcodes: &[op::CREATE2, op::MULTI], // the item's create, or the multi that holds it
+        body_contains: Some("/item-"),
+        then: Then::Refuse,
+        ..Default::default()
+    });
+    let enqueue = tokio::spawn({
+        let pod = w.pod.clone();
+        async move { pod.enqueue("jobs", "one").await.unwrap() }
+    });
+    applied(lost).await;
+    // Another consumer's claim and ack, while this sidecar cannot reach ZooKeeper.
+    let stored = items(&w.admin, "jobs").await;
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    let paths = Layout::new("/paddock").unwrap().queue(&Name::new("ns", NS).unwrap(), &Name::new("q", "jobs").unwrap());
+    let id = ItemId::parse(&stored[0].id).unwrap();
+    let read = read_candidate(&w.admin, &paths, &id).await.unwrap();
+    let Read::Found(candidate) = read else { panic!("the item to claim: {read:?}") };
+    let claimed = try_claim(&w.admin, &paths, *candidate, "pod-b").await.unwrap();
+    assert!(matches!(claimed, ClaimOutcome::Claimed(_)), "{claimed:?}");
+    queue::ack(&w.admin, &paths, &id).await.unwrap();
+    w.proxy.heal();
+    let (status, body) = enqueue.await.unwrap();
+    answered("enqueue", status, &body);
+
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["id"].as_str(), Some(stored[0].id.as_str()), "the id the item had: {body}");
+    let left = items(&w.admin, "jobs").await;
+    assert!(left.is_empty(), "acked once, not stored again: {left:?}");
+    assert_drained(&w, "jobs").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batch_enqueue_reply_lost_answers_created_once_for_the_whole_batch() {
     let w = world(&[], &[("jobs", queue_config(5))]).await;
@@ -361,7 +403,8 @@ async fn batch_enqueue_reply_lost_answers_created_once_for_the_whole_batch() {
     let (status, body) = w.pod.enqueue_batch("jobs", &batch).await.unwrap();
     let fired = applied(lost).await;
     answered("batch enqueue", status, &body);
-    assert_eq!(fired.operations().len(), 3, "one multi of three creates: {:?}", fired.operations());
+    let creates = fired.operations().iter().filter(|(_, path)| path.ends_with("/item-")).count();
+    assert_eq!(creates, 3, "one multi of three item creates (and a receipt): {:?}", fired.operations());
     ready(&w.pod).await;
 
     let mut payloads: Vec<String> = items(&w.admin, "jobs").await.into_iter().map(|i| i.payload).collect();

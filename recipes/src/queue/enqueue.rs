@@ -1,13 +1,18 @@
-//! Putting items into the queue: enqueue (one create, or one multi for a batch), and the
-//! look-up that resolves a create whose reply was lost.
+//! Putting items into the queue: enqueue (one multi per call, all or none), and the
+//! look-up that resolves an enqueue whose reply was lost.
 //!
 //! Invariants:
-//! - One `Ok` is one stored item (or batch), also across lost replies: every create
-//!   carries a create id in its envelope, and after an unknown outcome the item is looked
-//!   for by it (after `sync`) before the create is sent again.
-//! - A batch is all or none: its first item tells whether the multi landed.
-
-use std::collections::HashSet;
+//! - One `Ok` is one stored item (or batch), also across lost replies. Each bucket the
+//!   call writes to gets, in the same multi and just before its items, an *ephemeral*
+//!   sequential receipt `receipt-<call id>-<seq>` of this session: after an unknown
+//!   outcome, the receipt tells whether the multi was applied even when a consumer has
+//!   already taken and acked the items (a look for the items themselves would then find
+//!   nothing and store them twice), and its sequence number gives the items' ids (the
+//!   next numbers of that bucket, as one multi is one transaction).
+//! - A receipt lives until the call's outcome is known, then is deleted before the call
+//!   returns; one whose delete fails dies with the session. Consumers list only `item-`
+//!   children, so receipts are not items to them (nor to older sidecars); a bucket's
+//!   child count (`stats`) includes the receipts of enqueues in flight.
 
 use super::item::{Envelope, ItemId, bucket_name, decode, encode, new_create_id, now_ms};
 use super::{NewItem, QueueError};
@@ -36,37 +41,77 @@ pub(super) async fn ensure_bucket(client: &zk::Client, paths: &QueuePaths, bucke
     }
 }
 
-/// An item ready to be created: its bucket, envelope and stored data.
+/// One enqueue call, ready to be sent: its items' stored data, grouped by bucket.
 struct Prepared {
-    bucket: String,
-    envelope: Envelope,
-    data: Vec<u8>,
+    /// Names this call's receipts (one per bucket).
+    call_id: String,
+    groups: Vec<Group>,
+    /// Items in the caller's order: (group, position in it).
+    order: Vec<(usize, usize)>,
 }
 
-/// Enqueues items: one create for a single item, one multi (all or none) for several.
-/// Returns their ids in order.
-///
-/// A create whose reply was lost is looked for by its create id once the connection is
-/// back: found, its id is returned; not there, the create is sent again.
-pub async fn enqueue(client: &zk::Client, paths: &QueuePaths, items: &[NewItem]) -> Result<Vec<ItemId>, QueueError> {
-    let now = now_ms();
-    let prepared: Vec<Prepared> = items
-        .iter()
-        .map(|item| {
+/// The items of one call that go to one bucket, in the caller's order.
+struct Group {
+    bucket: String,
+    data: Vec<Vec<u8>>,
+}
+
+impl Prepared {
+    fn new(items: &[NewItem]) -> Self {
+        let now = now_ms();
+        let mut groups: Vec<Group> = Vec::new();
+        let mut order = Vec::with_capacity(items.len());
+        for item in items {
             let envelope = envelope_for(item, now);
+            let bucket = bucket_name(item.priority, envelope.due_ms);
             let data = encode(&envelope, &item.payload);
-            Prepared { bucket: bucket_name(item.priority, envelope.due_ms), envelope, data }
-        })
-        .collect();
+            let group = match groups.iter().position(|g| g.bucket == bucket) {
+                Some(group) => group,
+                None => {
+                    groups.push(Group { bucket, data: Vec::new() });
+                    groups.len() - 1
+                }
+            };
+            order.push((group, groups[group].data.len()));
+            groups[group].data.push(data);
+        }
+        let call_id = new_create_id().expect("a create id");
+        Self { call_id, groups, order }
+    }
+
+    fn receipt_prefix(&self) -> String {
+        format!("receipt-{}-", self.call_id)
+    }
+
+    /// The items' ids in the caller's order, from each group's first item id.
+    fn ids(&self, created: &[Created]) -> Vec<ItemId> {
+        self.order.iter().map(|&(group, index)| created[group].first.plus(index as u64)).collect()
+    }
+}
+
+/// What the multi made in one group's bucket.
+struct Created {
+    /// The receipt's path.
+    receipt: String,
+    /// The id of the group's first item (the others follow it).
+    first: ItemId,
+}
+
+/// Enqueues items in one multi (all or none). Returns their ids in order.
+///
+/// A multi whose reply was lost is looked for by its receipts once the connection is
+/// back: found, the ids are returned; not there, it is sent again.
+pub async fn enqueue(client: &zk::Client, paths: &QueuePaths, items: &[NewItem]) -> Result<Vec<ItemId>, QueueError> {
+    let prepared = Prepared::new(items);
     let mut missing_buckets = 0;
-    loop {
+    let created = loop {
         let created = while_unknown(client, "enqueue", |attempt| {
             let prepared = &prepared;
             async move {
                 if attempt.retried
-                    && let Some(ids) = find_batch(client, paths, prepared, attempt.deadline).await?
+                    && let Some(created) = find_receipts(client, paths, prepared, attempt.deadline).await?
                 {
-                    return Ok(ids);
+                    return Ok(created);
                 }
                 create_all(client, paths, prepared).await.map_err(QueueError::from)
             }
@@ -75,75 +120,124 @@ pub async fn enqueue(client: &zk::Client, paths: &QueuePaths, items: &[NewItem])
         match created {
             Err(QueueError::ZooKeeper(zk::Error::NoNode)) if missing_buckets < 2 => {
                 missing_buckets += 1;
-                let buckets: HashSet<&String> = prepared.iter().map(|p| &p.bucket).collect();
-                for bucket in buckets {
-                    ensure_bucket(client, paths, bucket).await?;
+                for group in &prepared.groups {
+                    ensure_bucket(client, paths, &group.bucket).await?;
                 }
             }
             Err(QueueError::ZooKeeper(zk::Error::NoNode)) => {
                 return Err(QueueError::NotProvisioned(paths.base.clone()));
             }
-            result => return result,
+            Ok(created) => break created,
+            Err(err) => return Err(err),
         }
-    }
+    };
+    let receipts: Vec<String> = created.iter().map(|c| c.receipt.clone()).collect();
+    delete_receipts(client, &receipts).await;
+    Ok(prepared.ids(&created))
 }
 
-/// After an unknown outcome: the ids of the batch if it landed (all or none, so the
-/// first item tells), None if it did not.
-async fn find_batch(
+/// After an unknown outcome: what the multi made if it was applied (all or none, so the
+/// first group's receipt tells), None if it was not.
+async fn find_receipts(
     client: &zk::Client,
     paths: &QueuePaths,
-    prepared: &[Prepared],
+    prepared: &Prepared,
     deadline: tokio::time::Instant,
-) -> Result<Option<Vec<ItemId>>, QueueError> {
-    let mut ids = Vec::with_capacity(prepared.len());
-    for (index, item) in prepared.iter().enumerate() {
-        match find_created(client, paths, &item.bucket, &item.envelope, deadline).await? {
-            Some(id) => ids.push(id),
+) -> Result<Option<Vec<Created>>, QueueError> {
+    let prefix = prepared.receipt_prefix();
+    let mut found = Vec::with_capacity(prepared.groups.len());
+    for (index, group) in prepared.groups.iter().enumerate() {
+        let bucket_path = paths.bucket(&group.bucket);
+        let receipt = while_unknown_until(deadline, "looking for an enqueue's receipt", |_| async {
+            client.sync(&bucket_path).await?;
+            match client.list_children(&bucket_path).await {
+                Ok(nodes) => Ok(nodes.into_iter().find_map(|n| n.strip_prefix(&prefix).map(str::to_owned))),
+                Err(zk::Error::NoNode) => Ok(None),
+                Err(err) => Err(err),
+            }
+        })
+        .await?;
+        match receipt.and_then(|seq| Some((ItemId::parse(&format!("{}.{seq}", group.bucket)).ok()?, seq))) {
+            Some((id, seq)) => {
+                found.push(Created { receipt: format!("{bucket_path}/{prefix}{seq}"), first: id.plus(1) })
+            }
             None if index == 0 => {
                 tracing::debug!("enqueue interrupted and not applied; sending it again");
                 return Ok(None);
             }
             None => {
                 return Err(QueueError::ZooKeeper(zk::Error::UnexpectedError(format!(
-                    "item {index} of a batch is missing while the first is stored"
+                    "the receipt of bucket {} of a batch is missing while the first is there",
+                    group.bucket
                 ))));
             }
         }
     }
-    Ok(Some(ids))
+    tracing::debug!("enqueue interrupted but applied: found by its receipt");
+    Ok(Some(found))
 }
 
-/// One create, or one multi of creates.
-async fn create_all(client: &zk::Client, paths: &QueuePaths, prepared: &[Prepared]) -> Result<Vec<ItemId>, zk::Error> {
-    let options = zk::CreateMode::PersistentSequential.with_acls(paths.acl.acls());
-    let id = |bucket: &str, path: &str| ItemId {
-        bucket: bucket.to_owned(),
-        seq: path.rsplit("item-").next().unwrap_or_default().to_owned(),
-    };
-    if let [item] = prepared {
-        let prefix = format!("{}/item-", paths.bucket(&item.bucket));
-        let (_, seq) = client.create(&prefix, &item.data, &options).await?;
-        return Ok(vec![ItemId { bucket: item.bucket.clone(), seq: seq.to_string() }]);
-    }
+/// The multi: per group, its receipt, then its items.
+async fn create_all(client: &zk::Client, paths: &QueuePaths, prepared: &Prepared) -> Result<Vec<Created>, zk::Error> {
+    let items = zk::CreateMode::PersistentSequential.with_acls(paths.acl.acls());
+    let receipts = zk::CreateMode::EphemeralSequential.with_acls(paths.acl.acls());
     let mut multi = client.new_multi_writer();
-    for item in prepared {
-        multi.add_create(&format!("{}/item-", paths.bucket(&item.bucket)), &item.data, &options)?;
+    for group in &prepared.groups {
+        let bucket = paths.bucket(&group.bucket);
+        multi.add_create(&format!("{bucket}/{}", prepared.receipt_prefix()), b"", &receipts)?;
+        for data in &group.data {
+            multi.add_create(&format!("{bucket}/item-"), data, &items)?;
+        }
     }
-    let results = multi.commit().await?;
-    results
-        .into_iter()
-        .zip(prepared)
-        .map(|(result, item)| match result {
-            zk::MultiWriteResult::Create { path, .. } => Ok(id(&item.bucket, &path)),
-            other => Err(zk::Error::UnexpectedError(format!("expected a create result, got {other:?}"))),
-        })
-        .collect()
+    let mut results = multi.commit().await?.into_iter();
+    let path_of = |result: Option<zk::MultiWriteResult>| match result {
+        Some(zk::MultiWriteResult::Create { path, .. }) => Ok(path),
+        other => Err(zk::Error::UnexpectedError(format!("expected a create result, got {other:?}"))),
+    };
+    let mut created = Vec::with_capacity(prepared.groups.len());
+    for group in &prepared.groups {
+        let receipt = path_of(results.next())?;
+        let first = path_of(results.next())?;
+        for _ in 1..group.data.len() {
+            path_of(results.next())?;
+        }
+        let first = first
+            .rsplit('/')
+            .next()
+            .and_then(|node| ItemId::from_node(&group.bucket, node))
+            .ok_or_else(|| zk::Error::UnexpectedError(format!("an item created at {first}")))?;
+        created.push(Created { receipt, first });
+    }
+    Ok(created)
+}
+
+/// Deletes a call's receipts once its outcome is known, in one multi, before the call
+/// returns (so that this client's next `stats` does not count them). A receipt whose
+/// delete fails is left to die with the session; until then a bucket's child count
+/// includes it.
+async fn delete_receipts(client: &zk::Client, receipts: &[String]) {
+    let deleted = while_unknown(client, "deleting enqueue receipts", |_| async {
+        let mut multi = client.new_multi_writer();
+        for receipt in receipts {
+            multi.add_delete(receipt, None)?;
+        }
+        match multi.commit().await {
+            Ok(_) | Err(zk::MultiWriteError::OperationFailed { source: zk::Error::NoNode, .. }) => Ok(()),
+            Err(err) => Err(zk::Error::from(err)),
+        }
+    })
+    .await;
+    if let Err(err) = deleted {
+        tracing::debug!(error = %err, "enqueue receipts are left to their session");
+    }
 }
 
 /// After a create whose reply was lost: waits for the connection, brings the server up to
 /// date (`sync`), and looks for the item with `envelope`'s create id in its bucket. Some
-/// when the create was applied; None when it was not (and so may be sent again).
+/// when the create was applied and the item is still there; None when it was not, or
+/// when a consumer has taken and acked it since. So it decides nothing about sending
+/// again: the moves that use it (a delayed nack, a requeue) know from their multi's
+/// other effects whether it was applied, and only want the new id.
 pub(super) async fn find_created(
     client: &zk::Client,
     paths: &QueuePaths,
@@ -174,6 +268,7 @@ async fn look_for(
     };
     // Newest first: the lost create is among the last of its bucket. One read at a time,
     // as items may be up to a megabyte each.
+    nodes.retain(|node| node.starts_with("item-"));
     nodes.sort_unstable_by(|a, b| b.cmp(a));
     for node in nodes {
         let data = match client.get_data(&format!("{bucket_path}/{node}")).await {

@@ -66,6 +66,13 @@ impl ItemId {
         Self::parse(&format!("{bucket}.{seq}")).ok()
     }
 
+    /// The id `n` sequence numbers further in the same bucket (the items one multi made
+    /// there follow each other).
+    pub fn plus(&self, n: u64) -> Self {
+        let seq = self.seq.parse::<u64>().unwrap_or_default() + n;
+        Self { bucket: self.bucket.clone(), seq: format!("{seq:010}") }
+    }
+
     pub fn node_name(&self) -> String {
         format!("item-{}", self.seq)
     }
