@@ -9,15 +9,16 @@
 //!   already taken and acked the items (a look for the items themselves would then find
 //!   nothing and store them twice), and its sequence number gives the items' ids (the
 //!   next numbers of that bucket, as one multi is one transaction).
-//! - A receipt lives until the call's outcome is known, then is deleted before the call
-//!   returns; one whose delete fails dies with the session. Consumers list only `item-`
+//! - A receipt lives until the call's outcome is known, then its delete is sent before
+//!   the call returns (its reply awaited in the background); one whose delete fails dies
+//!   with the session. Consumers list only `item-`
 //!   children, so receipts are not items to them (nor to older sidecars); a bucket's
 //!   child count (`stats`) includes the receipts of enqueues in flight.
 
 use super::item::{Envelope, ItemId, bucket_name, decode, encode, new_create_id, now_ms};
 use super::{NewItem, QueueError};
 use crate::layout::QueuePaths;
-use crate::retry::{while_unknown, while_unknown_until};
+use crate::retry::{outcome_unknown, while_unknown, while_unknown_until};
 use crate::zk;
 
 pub(super) fn envelope_for(item: &NewItem, now: u64) -> Envelope {
@@ -131,9 +132,9 @@ pub async fn enqueue(client: &zk::Client, paths: &QueuePaths, items: &[NewItem])
             Err(err) => return Err(err),
         }
     };
-    let receipts: Vec<String> = created.iter().map(|c| c.receipt.clone()).collect();
-    delete_receipts(client, &receipts).await;
-    Ok(prepared.ids(&created))
+    let ids = prepared.ids(&created);
+    delete_receipts(client, created.into_iter().map(|c| c.receipt).collect());
+    Ok(ids)
 }
 
 /// After an unknown outcome: what the multi made if it was applied (all or none, so the
@@ -211,25 +212,28 @@ async fn create_all(client: &zk::Client, paths: &QueuePaths, prepared: &Prepared
     Ok(created)
 }
 
-/// Deletes a call's receipts once its outcome is known, in one multi, before the call
-/// returns (so that this client's next `stats` does not count them). A receipt whose
-/// delete fails is left to die with the session; until then a bucket's child count
-/// includes it.
-async fn delete_receipts(client: &zk::Client, receipts: &[String]) {
-    let deleted = while_unknown(client, "deleting enqueue receipts", |_| async {
-        let mut multi = client.new_multi_writer();
-        for receipt in receipts {
-            multi.add_delete(receipt, None)?;
+/// Deletes a call's receipts once its outcome is known. The deletes are sent before the
+/// call returns, so this session's next request (a `stats`, say) comes after them, but
+/// their replies are awaited in the background: no round trip is added to an enqueue.
+/// A receipt whose delete fails is left to die with the session; until then a bucket's
+/// child count includes it.
+fn delete_receipts(client: &zk::Client, receipts: Vec<String>) {
+    let sent: Vec<_> = receipts.iter().map(|receipt| client.delete(receipt, None)).collect();
+    let client = client.clone();
+    tokio::spawn(async move {
+        for (receipt, delete) in receipts.iter().zip(sent) {
+            let result = match delete.await {
+                Err(err) if outcome_unknown(&err) => {
+                    while_unknown(&client, "deleting an enqueue receipt", |_| client.delete(receipt, None)).await
+                }
+                result => result,
+            };
+            match result {
+                Ok(()) | Err(zk::Error::NoNode) => {}
+                Err(err) => tracing::debug!(receipt, error = %err, "an enqueue receipt is left to its session"),
+            }
         }
-        match multi.commit().await {
-            Ok(_) | Err(zk::MultiWriteError::OperationFailed { source: zk::Error::NoNode, .. }) => Ok(()),
-            Err(err) => Err(zk::Error::from(err)),
-        }
-    })
-    .await;
-    if let Err(err) = deleted {
-        tracing::debug!(error = %err, "enqueue receipts are left to their session");
-    }
+    });
 }
 
 /// After a create whose reply was lost: waits for the connection, brings the server up to
