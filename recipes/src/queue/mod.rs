@@ -3,6 +3,7 @@
 //! ```text
 //! <queue>                         config (JSON)
 //!     items/<bucket>/item-<seq>   persistent sequential; envelope + payload (immutable)
+//!     items/<bucket>/receipt-<call>-<seq>  ephemeral; an enqueue's, until it is answered
 //!     claims/<id>                 ephemeral, owned by the consuming session
 //!     attempts/<id>               persistent; delivery count and history of an item
 //!     dead/<id>                   dead-lettered item with its history
