@@ -314,7 +314,7 @@ pub fn workspace_binary(name: &str) -> Result<PathBuf> {
             return Ok(candidate);
         }
     }
-    bail!("{name} not found beside {}: build it with `cargo build --workspace`", exe.display())
+    bail!("{name} not found beside {}: build it with `cargo build -p paddock-kube-standin --bin {name}`", exe.display())
 }
 
 /// Polls `check` every 200 ms until it holds; an error naming `what` after `timeout`.
