@@ -33,9 +33,13 @@ pub(super) fn envelope_for(item: &NewItem, now: u64) -> Envelope {
     }
 }
 
-/// Creates a bucket (a container node: the server removes it once empty).
+/// Creates a bucket: a persistent node, removed by the consumers' views only once its
+/// due-time slot is [`super::view::BUCKET_KEEP`] in the past and it is empty. Not a
+/// container node: the server would remove it as soon as it is empty, and the next
+/// enqueue in the same slot would make it again with its sequence numbers starting
+/// over, giving the ids of items already consumed to new ones (see `item`).
 pub(super) async fn ensure_bucket(client: &zk::Client, paths: &QueuePaths, bucket: &str) -> Result<(), QueueError> {
-    match client.create(&paths.bucket(bucket), b"", &zk::CreateMode::Container.with_acls(paths.acl.acls())).await {
+    match client.create(&paths.bucket(bucket), b"", &zk::CreateMode::Persistent.with_acls(paths.acl.acls())).await {
         Ok(_) | Err(zk::Error::NodeExists) => Ok(()),
         Err(zk::Error::NoNode) => Err(QueueError::NotProvisioned(paths.base.clone())),
         Err(err) => Err(err.into()),

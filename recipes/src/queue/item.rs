@@ -5,11 +5,14 @@
 //! arrival. A bucket spans [`BUCKET_SPAN_MS`] of due time, so a bucket holds what is
 //! enqueued in that span — bounded by ZooKeeper's own write rate far below what would
 //! bring a child list near jute.maxbuffer — and `items/` holds one child per span that has
-//! items. Buckets are container nodes: the server removes them once empty.
+//! items.
 //!
 //! The item id `<bucket>.<seq>` names the item everywhere else (`claims/<id>`,
 //! `attempts/<id>`, `dead/<id>`) and in the HTTP API; [`ItemId::parse`] accepts nothing
-//! that could reach another znode.
+//! that could reach another znode. An id must never name a second item, but a bucket's
+//! sequence numbers start over if its znode is removed and made again; so a bucket is
+//! removed only when nothing can still write to it: empty, and its slot
+//! [`super::view::BUCKET_KEEP`] in the past (the consumers' views remove it).
 
 use std::fmt;
 

@@ -11,9 +11,13 @@
 //!
 //! The view is advisory: it may briefly list an item that is gone or miss a claim; the
 //! claim itself is the atomic step that decides (see `claim_next`).
+//!
+//! The views also remove buckets nothing will write to again: empty, and due
+//! [`BUCKET_KEEP`] ago (see `item` for why a bucket must not go sooner).
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use tokio::sync::Notify;
 
@@ -35,6 +39,27 @@ impl ConsumerObserver for () {
 
 /// How many ready items a consumer that lost a race chooses among.
 pub const PICK_WINDOW: usize = 16;
+
+/// How long a bucket is kept after its due-time slot: longer than anything may still
+/// write to it (an enqueue retried for its session timeout, sidecars whose clocks are a
+/// little apart). Then the views remove it once it is empty.
+pub const BUCKET_KEEP: Duration = Duration::from_secs(120);
+
+/// When a view removes old empty buckets.
+#[derive(Debug, Clone, Copy)]
+pub struct BucketRetention {
+    /// Kept this long after its slot ([`BUCKET_KEEP`]).
+    pub keep: Duration,
+    /// Looked for at a random time in [1, 2) of this, so that the views of one queue
+    /// seldom try the same bucket.
+    pub every: Duration,
+}
+
+impl Default for BucketRetention {
+    fn default() -> Self {
+        Self { keep: BUCKET_KEEP, every: Duration::from_secs(20) }
+    }
+}
 
 #[derive(Clone)]
 pub struct QueueView {
@@ -85,8 +110,19 @@ impl QueueView {
     /// Starts keeping a view of the queue at `paths`, following `session` across reconnects
     /// and new sessions. The task ends when the last handle to the view is dropped.
     pub fn start(session: Session, paths: QueuePaths, observer: Arc<dyn ConsumerObserver>) -> Self {
+        Self::start_with(session, paths, observer, BucketRetention::default())
+    }
+
+    /// [`QueueView::start`] with old buckets removed as `retention` says.
+    pub fn start_with(
+        session: Session,
+        paths: QueuePaths,
+        observer: Arc<dyn ConsumerObserver>,
+        retention: BucketRetention,
+    ) -> Self {
         let inner = Arc::new(Inner { paths, state: Mutex::default(), changed: Notify::new(), observer });
-        tokio::spawn(follow(session, Arc::downgrade(&inner)));
+        tokio::spawn(follow(session.clone(), Arc::downgrade(&inner)));
+        tokio::spawn(remove_old_buckets(session, Arc::downgrade(&inner), retention));
         Self { inner }
     }
 
@@ -275,6 +311,21 @@ impl Inner {
         }
     }
 
+    /// Buckets due `keep` before `now` that are not known to hold items.
+    fn old_buckets(&self, now: u64, keep: Duration) -> Vec<String> {
+        let keep = keep.as_millis() as u64;
+        let state = self.state.lock().expect("not poisoned");
+        state
+            .buckets
+            .iter()
+            .filter(|(name, bucket)| {
+                super::item::parse_bucket(name).is_some_and(|(_, due)| due + keep < now)
+                    && !matches!(bucket, Bucket::Loaded(seqs) if !seqs.is_empty())
+            })
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
     fn set_unsynced(&self) {
         self.state.lock().expect("not poisoned").synced = false;
     }
@@ -382,5 +433,40 @@ async fn follow(session: Session, inner: std::sync::Weak<Inner>) {
         if let Some(strong) = inner.upgrade() {
             strong.set_unsynced();
         }
+    }
+}
+
+/// Removes the queue's old empty buckets now and then, for as long as anyone holds the
+/// view. A bucket is removed only when a read finds it empty (a delete that fails is
+/// still a write through the quorum); one that fills meanwhile fails the delete with
+/// `NotEmpty` and stays.
+async fn remove_old_buckets(session: Session, inner: Weak<Inner>, retention: BucketRetention) {
+    loop {
+        let jitter = (uuid::Uuid::new_v4().as_u128() % retention.every.as_millis().max(1)) as u64;
+        tokio::time::sleep(retention.every + Duration::from_millis(jitter)).await;
+        let Some(strong) = inner.upgrade() else { return };
+        let old = strong.old_buckets(now_ms(), retention.keep);
+        if old.is_empty() {
+            continue;
+        }
+        let Ok(current) = session.wait_connected(Duration::from_secs(1)).await else { continue };
+        let mut removed = 0;
+        for bucket in &old {
+            let path = strong.paths.bucket(bucket);
+            let result = match current.client.check_stat(&path).await {
+                Ok(Some(stat)) if stat.num_children == 0 => current.client.delete(&path, None).await.map(|()| true),
+                Ok(_) => Ok(false),
+                Err(err) => Err(err),
+            };
+            match result {
+                Ok(true) => removed += 1,
+                Ok(false) | Err(zk::Error::NoNode | zk::Error::NotEmpty) => {}
+                Err(err) => {
+                    tracing::debug!(queue = strong.paths.base, bucket, error = %err, "old buckets: trying later");
+                    break;
+                }
+            }
+        }
+        tracing::debug!(queue = strong.paths.base, removed, "old empty buckets removed");
     }
 }

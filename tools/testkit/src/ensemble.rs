@@ -45,6 +45,9 @@ pub struct EnsembleOptions {
     /// Each server on a host of its own (a network namespace on a bridge, see `netns`),
     /// so that [`Ensemble::partition`] can cut one off. Needs root.
     pub isolated_network: bool,
+    /// How often the servers remove empty container nodes (ZooKeeper's default is a
+    /// minute); short, a test sees the reaper act at once.
+    pub container_check_interval: Option<Duration>,
 }
 
 impl Default for EnsembleOptions {
@@ -55,6 +58,7 @@ impl Default for EnsembleOptions {
             keep_dir: false,
             heap_mb: 256,
             isolated_network: false,
+            container_check_interval: None,
         }
     }
 }
@@ -72,6 +76,7 @@ pub enum Mode {
 struct Server {
     id: usize,
     heap_mb: u32,
+    container_check_interval: Option<Duration>,
     host: Ipv4Addr,
     /// The network namespace it runs in, when isolated.
     namespace: Option<String>,
@@ -111,6 +116,7 @@ impl Server {
         };
         command
             .arg(format!("-Xmx{}m", self.heap_mb))
+            .args(self.container_check_interval.map(|i| format!("-Dznode.container.checkIntervalMs={}", i.as_millis())))
             .args([
                 "-XX:+UseSerialGC",
                 "-XX:TieredStopAtLevel=1",
@@ -218,6 +224,7 @@ impl Ensemble {
             servers.push(Server {
                 id: member.id,
                 heap_mb: options.heap_mb,
+                container_check_interval: options.container_check_interval,
                 host: member.host,
                 namespace: network.as_ref().map(|n| n.namespace(index)),
                 client_port: member.client_port,
