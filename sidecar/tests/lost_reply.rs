@@ -12,11 +12,11 @@
 //! | withdrawal of a contender that timed out | 409 lock-busy (the retried delete finds it gone) |
 //! | semaphore holder's touch (setData that wakes the next in line) | 200 grant (the touch is retried; on failure the contender is withdrawn) |
 //! | release | 200 released (the retried delete finds its own delete) |
-//! | enqueue, batch enqueue | 201 with the ids (the items are found again by their create id; nothing to retry) |
+//! | enqueue, batch enqueue | 201 with the ids (the multi's receipt is found, also when the items were consumed meanwhile; nothing to retry) |
 //! | claim | 200 with the item (the claim is found to be this session's) |
-//! | ack, nack, delayed nack | 200 (the retried multi finds its own effect; a moved item by its create id) |
+//! | ack, nack, delayed nack | 200 (the retried multi finds its own effect; a moved item's id by its receipt) |
 //! | dead-letter (nack on the last attempt) | 200 dead-lettered (the retried multi finds the dead letter) |
-//! | requeue of a dead letter | 200 with the new id (the letter gone, the item found by its create id) |
+//! | requeue of a dead letter | 200 with the new id (the letter gone, the move's receipt found) |
 
 mod common;
 
@@ -103,7 +103,7 @@ async fn items(admin: &zk::Client, queue: &str) -> Vec<StoredItem> {
     for bucket in children(admin, &base).await {
         let nodes = match admin.list_children(&format!("{base}/{bucket}")).await {
             Ok(nodes) => nodes,
-            Err(zk::Error::NoNode) => continue, // an empty container the server removed
+            Err(zk::Error::NoNode) => continue, // an old empty bucket a view removed
             Err(e) => panic!("listing bucket {bucket}: {e}"),
         };
         // Items; an enqueue's receipt (`receipt-…`) lives beside them until it is deleted.
@@ -175,6 +175,17 @@ async fn consume(pod: &PodClient, queue: &str) -> String {
     let item = pod.next(queue, "10s").await.unwrap().expect("an item to consume");
     assert_eq!(pod.settle(queue, &item.id, "ack", "").await.unwrap().0, 200);
     String::from_utf8(item.payload).unwrap()
+}
+
+/// Another consumer's claim and ack of an item, while this sidecar cannot reach ZooKeeper.
+async fn taken_and_acked_elsewhere(w: &World, queue: &str, id: &str) {
+    let paths = Layout::new("/paddock").unwrap().queue(&Name::new("ns", NS).unwrap(), &Name::new("q", queue).unwrap());
+    let id = ItemId::parse(id).unwrap();
+    let read = read_candidate(&w.admin, &paths, &id).await.unwrap();
+    let Read::Found(candidate) = read else { panic!("the item to claim: {read:?}") };
+    let claimed = try_claim(&w.admin, &paths, *candidate, "pod-b").await.unwrap();
+    assert!(matches!(claimed, ClaimOutcome::Claimed(_)), "{claimed:?}");
+    queue::ack(&w.admin, &paths, &id).await.unwrap();
 }
 
 async fn assert_drained(world: &World, queue: &str) {
@@ -346,7 +357,7 @@ async fn enqueue_reply_lost_answers_created_once() {
 
     let stored = items(&w.admin, "jobs").await;
     assert_eq!(stored.iter().filter(|i| i.payload == "one").count(), 1, "the applied item is there once: {stored:?}");
-    // The sidecar resolved the unknown outcome itself (the item's create id): one item
+    // The sidecar resolved the unknown outcome itself (the multi's receipt): one item
     // for one 201, and the app has nothing to retry.
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["id"].as_str(), Some(stored[0].id.as_str()), "{body}");
@@ -373,16 +384,9 @@ async fn enqueue_reply_lost_and_the_item_acked_meanwhile_is_not_stored_again() {
         async move { pod.enqueue("jobs", "one").await.unwrap() }
     });
     applied(lost).await;
-    // Another consumer's claim and ack, while this sidecar cannot reach ZooKeeper.
     let stored = items(&w.admin, "jobs").await;
     assert_eq!(stored.len(), 1, "{stored:?}");
-    let paths = Layout::new("/paddock").unwrap().queue(&Name::new("ns", NS).unwrap(), &Name::new("q", "jobs").unwrap());
-    let id = ItemId::parse(&stored[0].id).unwrap();
-    let read = read_candidate(&w.admin, &paths, &id).await.unwrap();
-    let Read::Found(candidate) = read else { panic!("the item to claim: {read:?}") };
-    let claimed = try_claim(&w.admin, &paths, *candidate, "pod-b").await.unwrap();
-    assert!(matches!(claimed, ClaimOutcome::Claimed(_)), "{claimed:?}");
-    queue::ack(&w.admin, &paths, &id).await.unwrap();
+    taken_and_acked_elsewhere(&w, "jobs", &stored[0].id).await;
     w.proxy.heal();
     let (status, body) = enqueue.await.unwrap();
     answered("enqueue", status, &body);
@@ -615,15 +619,16 @@ async fn delayed_nack_reply_lost_answers_requeued_and_moves_the_item_once() {
     let w = world(&[], &[("jobs", queue_config(5))]).await;
     assert_eq!(w.pod.enqueue("jobs", "job").await.unwrap().0, 201);
     let item = w.pod.next("jobs", "5s").await.unwrap().expect("an item");
-    // Delayed: one multi that deletes claim, item and history and creates the moved item.
+    // Delayed: one multi that deletes claim, item and history and creates a receipt and
+    // the moved item.
     let lost =
         w.proxy.lose_next_reply(Match { opcodes: &[op::MULTI], body_contains: Some("/claims/"), ..Default::default() });
     let (status, body) = w.pod.settle("jobs", &item.id, "nack", "delay=1s").await.unwrap();
     let fired = applied(lost).await;
     answered("delayed nack", status, &body);
-    assert_eq!(fired.operations().len(), 4, "{:?}", fired.operations());
+    assert_eq!(fired.operations().len(), 5, "{:?}", fired.operations());
 
-    // The outcome and the new id are found again by the move's create id.
+    // The outcome and the new id are found again by the move's receipt.
     assert_eq!((status, body["outcome"].as_str()), (200, Some("requeued")), "{body}");
     let stored = items(&w.admin, "jobs").await;
     assert_eq!(stored.len(), 1, "moved once, not lost, not copied: {stored:?}");
@@ -635,6 +640,37 @@ async fn delayed_nack_reply_lost_answers_requeued_and_moves_the_item_once() {
     let again = w.pod.next("jobs", "10s").await.unwrap().expect("delivered after its delay");
     assert_eq!((again.id.as_str(), again.attempt, again.payload.as_slice()), (stored[0].id.as_str(), 2, &b"job"[..]));
     assert_eq!(w.pod.settle("jobs", &again.id, "ack", "").await.unwrap().0, 200);
+    assert_drained(&w, "jobs").await;
+}
+
+/// The delayed nack's move is applied, its reply lost, and before the sidecar is back a
+/// consumer has taken the moved item and acked it: a look for the item finds nothing,
+/// yet the app is told the id its item moved to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delayed_nack_reply_lost_and_the_moved_item_acked_meanwhile_answers_its_new_id() {
+    let w = world(&[], &[("jobs", queue_config(5))]).await;
+    assert_eq!(w.pod.enqueue("jobs", "job").await.unwrap().0, 201);
+    let item = w.pod.next("jobs", "5s").await.unwrap().expect("an item");
+    let lost = w.proxy.lose_next_reply(Match {
+        opcodes: &[op::MULTI],
+        body_contains: Some("/claims/"),
+        then: Then::Refuse,
+        ..Default::default()
+    });
+    let nack = tokio::spawn({
+        let (pod, id) = (w.pod.clone(), item.id.clone());
+        async move { pod.settle("jobs", &id, "nack", "delay=1s").await.unwrap() }
+    });
+    applied(lost).await;
+    let stored = items(&w.admin, "jobs").await;
+    assert_eq!(stored.len(), 1, "moved once: {stored:?}");
+    taken_and_acked_elsewhere(&w, "jobs", &stored[0].id).await;
+    w.proxy.heal();
+    let (status, body) = nack.await.unwrap();
+    answered("delayed nack", status, &body);
+
+    assert_eq!((status, body["outcome"].as_str()), (200, Some("requeued")), "{body}");
+    assert_eq!(body["newId"].as_str(), Some(stored[0].id.as_str()), "the id the item moved to: {body}");
     assert_drained(&w, "jobs").await;
 }
 
@@ -710,4 +746,39 @@ async fn requeue_of_a_dead_letter_reply_lost_answers_requeued() {
     };
     assert_eq!(status, 200, "the app learns that its requeue was done: {body}");
     assert_eq!(body["id"].as_str(), Some(again.id.as_str()), "{body}");
+}
+
+/// The requeue is applied, its reply lost, and before the sidecar is back a consumer has
+/// taken the requeued item and acked it: the dead letter is gone and so is the item, yet
+/// the app is told its requeue was done (not 404 `no-such-dead-letter`), with the id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requeue_reply_lost_and_the_item_acked_meanwhile_answers_requeued() {
+    let w = world(&[], &[("jobs", queue_config(1))]).await;
+    assert_eq!(w.pod.enqueue("jobs", "poison").await.unwrap().0, 201);
+    let item = w.pod.next("jobs", "5s").await.unwrap().expect("an item");
+    let (status, body) = w.pod.settle("jobs", &item.id, "nack", "").await.unwrap();
+    assert_eq!((status, body["outcome"].as_str()), (200, Some("dead-lettered")), "{body}");
+    let lost = w.proxy.lose_next_reply(Match {
+        opcodes: &[op::MULTI],
+        body_contains: Some("/dead/"),
+        then: Then::Refuse,
+        ..Default::default()
+    });
+    let requeue = tokio::spawn({
+        let (pod, path) = (w.pod.clone(), format!("/queue/jobs/dead/{}/requeue", item.id));
+        async move { post(&pod, &path).await }
+    });
+    applied(lost).await;
+    let stored = items(&w.admin, "jobs").await;
+    assert_eq!(stored.len(), 1, "requeued once: {stored:?}");
+    taken_and_acked_elsewhere(&w, "jobs", &stored[0].id).await;
+    w.proxy.heal();
+    let (status, body) = requeue.await.unwrap();
+    answered("requeue", status, &body);
+
+    assert_eq!(status, 200, "the requeue was done: {body}");
+    assert_eq!(body["id"].as_str(), Some(stored[0].id.as_str()), "{body}");
+    assert_drained(&w, "jobs").await;
+    let (_, _, dead) = leftovers(&w.admin, "jobs").await;
+    assert!(dead.is_empty(), "{dead:?}");
 }

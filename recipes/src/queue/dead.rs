@@ -6,11 +6,11 @@
 //!   item in a multi that also creates and deletes `claims/<id>`, which fails while
 //!   anyone holds it ([`ClaimCheck::NoneHeld`]).
 //! - A move whose reply was lost is told apart from someone else's by what is there
-//!   after the retry: the dead letter (ours), or the item moved with this move's create
-//!   id (a requeue).
+//!   after the retry: the dead letter (ours), or the requeue's receipt.
 
-use super::enqueue::{ensure_bucket, find_created};
-use super::item::{DeadLetter, Envelope, ItemId, bucket_name, decode_dead, encode, encode_dead, new_create_id, now_ms};
+use super::enqueue::ensure_bucket;
+use super::item::{DeadLetter, Envelope, ItemId, bucket_name, decode_dead, encode, encode_dead, now_ms};
+use super::receipt::{self, Receipt};
 use super::{Candidate, QueueError};
 use crate::layout::QueuePaths;
 use crate::retry::{Try, while_unknown};
@@ -37,7 +37,7 @@ pub(super) async fn move_to_dead(
     claim: ClaimCheck,
 ) -> Result<(), QueueError> {
     let letter = DeadLetter {
-        envelope: Envelope { carried: None, create_id: None, ..item.envelope.clone() },
+        envelope: Envelope { carried: None, ..item.envelope.clone() },
         attempts: item.attempts.clone(),
         dead_at_ms: now_ms(),
         reason: reason.to_owned(),
@@ -129,13 +129,13 @@ pub async fn dead_letter(client: &zk::Client, paths: &QueuePaths, id: &str) -> R
 /// Moves a dead letter back into the queue (ready now, attempts reset). Returns its new id.
 ///
 /// A reply lost after the move was applied is resolved here: the dead letter is gone and
-/// the item with this move's create id is in its bucket; if the move was not applied, it
-/// is sent again.
+/// the move's [`Receipt`] is in its bucket (also when a consumer has already taken and
+/// acked the item); if the move was not applied, it is sent again.
 pub async fn requeue_dead(client: &zk::Client, paths: &QueuePaths, dead_id: &str) -> Result<ItemId, QueueError> {
-    // Set once a move was sent and its outcome is unknown: (bucket, envelope) to look for.
-    let sent: std::sync::Mutex<Option<(String, Envelope)>> = std::sync::Mutex::new(None);
+    // Set once a move was sent and its outcome is unknown: its bucket and receipt.
+    let sent: std::sync::Mutex<Option<(String, Receipt)>> = std::sync::Mutex::new(None);
     let no_such = || QueueError::NoSuchDeadLetter(dead_id.to_owned());
-    while_unknown(client, "requeueing a dead letter", |this| {
+    let moved = while_unknown(client, "requeueing a dead letter", |this| {
         let sent = &sent;
         async move {
             let read = match client.get_data(&paths.dead_item(dead_id)).await {
@@ -146,8 +146,8 @@ pub async fn requeue_dead(client: &zk::Client, paths: &QueuePaths, dead_id: &str
             let Some((data, stat)) = read else {
                 let looked_for = sent.lock().expect("not poisoned").clone();
                 return match looked_for {
-                    Some((bucket, envelope)) => {
-                        find_created(client, paths, &bucket, &envelope, this.deadline).await?.ok_or_else(no_such)
+                    Some((bucket, receipt)) => {
+                        receipt.find(client, paths, &bucket, this.deadline).await?.ok_or_else(no_such)
                     }
                     None => Err(no_such()),
                 };
@@ -155,35 +155,34 @@ pub async fn requeue_dead(client: &zk::Client, paths: &QueuePaths, dead_id: &str
             let letter = parse_dead_letter(dead_id, &data).ok_or_else(no_such)?;
             let now = now_ms();
             let original_id = Some(letter.letter.envelope.original_id.clone().unwrap_or_else(|| dead_id.to_owned()));
-            let envelope = Envelope {
-                due_ms: now,
-                original_id,
-                carried: None,
-                create_id: new_create_id(),
-                ..letter.letter.envelope
-            };
+            let envelope = Envelope { due_ms: now, original_id, carried: None, ..letter.letter.envelope };
             let bucket = bucket_name(envelope.priority, now);
             ensure_bucket(client, paths, &bucket).await?;
+            let bucket_path = paths.bucket(&bucket);
+            let receipt = Receipt::new();
             let mut multi = client.new_multi_writer();
             multi.add_delete(&paths.dead_item(dead_id), Some(stat.version))?;
+            multi.add_create(&receipt.create_in(&bucket_path), b"", &Receipt::mode(paths.acl))?;
             multi.add_create(
-                &format!("{}/item-", paths.bucket(&bucket)),
+                &format!("{bucket_path}/item-"),
                 &encode(&envelope, &letter.payload),
                 &zk::CreateMode::PersistentSequential.with_acls(paths.acl.acls()),
             )?;
             // If the reply is lost, the next try's read tells: the letter still there (same
-            // version) was not moved; gone, the moved item is looked for.
-            *sent.lock().expect("not poisoned") = Some((bucket.clone(), envelope));
+            // version) was not moved; gone, the receipt is looked for.
+            *sent.lock().expect("not poisoned") = Some((bucket.clone(), receipt));
             let results = multi.commit().await.map_err(zk::Error::from)?;
-            let seq = results
-                .into_iter()
-                .find_map(|r| match r {
-                    zk::MultiWriteResult::Create { path, .. } => path.rsplit("item-").next().map(str::to_owned),
-                    _ => None,
-                })
-                .unwrap_or_default();
-            Ok(ItemId { bucket, seq })
+            let mut created = results.into_iter().filter_map(|r| match r {
+                zk::MultiWriteResult::Create { path, .. } => Some(path),
+                _ => None,
+            });
+            match (created.next(), created.next()) {
+                (Some(receipt), Some(item)) => Ok(Receipt::made(&bucket, receipt, &item)?),
+                other => Err(zk::Error::UnexpectedError(format!("a requeue's multi created {other:?}")).into()),
+            }
         }
     })
-    .await
+    .await?;
+    receipt::delete(client, vec![moved.receipt]);
+    Ok(moved.first)
 }

@@ -2,23 +2,19 @@
 //! look-up that resolves an enqueue whose reply was lost.
 //!
 //! Invariants:
-//! - One `Ok` is one stored item (or batch), also across lost replies. Each bucket the
-//!   call writes to gets, in the same multi and just before its items, an *ephemeral*
-//!   sequential receipt `receipt-<call id>-<seq>` of this session: after an unknown
-//!   outcome, the receipt tells whether the multi was applied even when a consumer has
-//!   already taken and acked the items (a look for the items themselves would then find
-//!   nothing and store them twice), and its sequence number gives the items' ids (the
-//!   next numbers of that bucket, as one multi is one transaction).
-//! - A receipt lives until the call's outcome is known, then its delete is sent before
-//!   the call returns (its reply awaited in the background); one whose delete fails dies
-//!   with the session. Consumers list only `item-`
-//!   children, so receipts are not items to them (nor to older sidecars); a bucket's
-//!   child count (`stats`) includes the receipts of enqueues in flight.
+//! - One `Ok` is one stored item (or batch), also across lost replies: each bucket the
+//!   call writes to gets a [`Receipt`] in the same multi, just before its items, which
+//!   tells after an unknown outcome whether the multi was applied and gives the items'
+//!   ids (see `receipt`).
+//! - Consumers list only `item-` children, so receipts are not items to them (nor to
+//!   older sidecars); a bucket's child count (`stats`) includes the receipts of enqueues
+//!   in flight.
 
-use super::item::{Envelope, ItemId, bucket_name, decode, encode, new_create_id, now_ms};
+use super::item::{Envelope, ItemId, bucket_name, encode, now_ms};
+use super::receipt::{self, Receipt, Receipted};
 use super::{NewItem, QueueError};
 use crate::layout::QueuePaths;
-use crate::retry::{outcome_unknown, while_unknown, while_unknown_until};
+use crate::retry::while_unknown;
 use crate::zk;
 
 pub(super) fn envelope_for(item: &NewItem, now: u64) -> Envelope {
@@ -29,7 +25,6 @@ pub(super) fn envelope_for(item: &NewItem, now: u64) -> Envelope {
         due_ms: now + item.delay.as_millis() as u64,
         original_id: None,
         carried: None,
-        create_id: new_create_id(),
     }
 }
 
@@ -48,8 +43,8 @@ pub(super) async fn ensure_bucket(client: &zk::Client, paths: &QueuePaths, bucke
 
 /// One enqueue call, ready to be sent: its items' stored data, grouped by bucket.
 struct Prepared {
-    /// Names this call's receipts (one per bucket).
-    call_id: String,
+    /// This call's receipt (one per bucket).
+    receipt: Receipt,
     groups: Vec<Group>,
     /// Items in the caller's order: (group, position in it).
     order: Vec<(usize, usize)>,
@@ -80,26 +75,13 @@ impl Prepared {
             order.push((group, groups[group].data.len()));
             groups[group].data.push(data);
         }
-        let call_id = new_create_id().expect("a create id");
-        Self { call_id, groups, order }
-    }
-
-    fn receipt_prefix(&self) -> String {
-        format!("receipt-{}-", self.call_id)
+        Self { receipt: Receipt::new(), groups, order }
     }
 
     /// The items' ids in the caller's order, from each group's first item id.
-    fn ids(&self, created: &[Created]) -> Vec<ItemId> {
+    fn ids(&self, created: &[Receipted]) -> Vec<ItemId> {
         self.order.iter().map(|&(group, index)| created[group].first.plus(index as u64)).collect()
     }
-}
-
-/// What the multi made in one group's bucket.
-struct Created {
-    /// The receipt's path.
-    receipt: String,
-    /// The id of the group's first item (the others follow it).
-    first: ItemId,
 }
 
 /// Enqueues items in one multi (all or none). Returns their ids in order.
@@ -137,7 +119,7 @@ pub async fn enqueue(client: &zk::Client, paths: &QueuePaths, items: &[NewItem])
         }
     };
     let ids = prepared.ids(&created);
-    delete_receipts(client, created.into_iter().map(|c| c.receipt).collect());
+    receipt::delete(client, created.into_iter().map(|c| c.receipt).collect());
     Ok(ids)
 }
 
@@ -148,24 +130,11 @@ async fn find_receipts(
     paths: &QueuePaths,
     prepared: &Prepared,
     deadline: tokio::time::Instant,
-) -> Result<Option<Vec<Created>>, QueueError> {
-    let prefix = prepared.receipt_prefix();
+) -> Result<Option<Vec<Receipted>>, QueueError> {
     let mut found = Vec::with_capacity(prepared.groups.len());
     for (index, group) in prepared.groups.iter().enumerate() {
-        let bucket_path = paths.bucket(&group.bucket);
-        let receipt = while_unknown_until(deadline, "looking for an enqueue's receipt", |_| async {
-            client.sync(&bucket_path).await?;
-            match client.list_children(&bucket_path).await {
-                Ok(nodes) => Ok(nodes.into_iter().find_map(|n| n.strip_prefix(&prefix).map(str::to_owned))),
-                Err(zk::Error::NoNode) => Ok(None),
-                Err(err) => Err(err),
-            }
-        })
-        .await?;
-        match receipt.and_then(|seq| Some((ItemId::parse(&format!("{}.{seq}", group.bucket)).ok()?, seq))) {
-            Some((id, seq)) => {
-                found.push(Created { receipt: format!("{bucket_path}/{prefix}{seq}"), first: id.plus(1) })
-            }
+        match prepared.receipt.find(client, paths, &group.bucket, deadline).await? {
+            Some(receipted) => found.push(receipted),
             None if index == 0 => {
                 tracing::debug!("enqueue interrupted and not applied; sending it again");
                 return Ok(None);
@@ -183,13 +152,13 @@ async fn find_receipts(
 }
 
 /// The multi: per group, its receipt, then its items.
-async fn create_all(client: &zk::Client, paths: &QueuePaths, prepared: &Prepared) -> Result<Vec<Created>, zk::Error> {
+async fn create_all(client: &zk::Client, paths: &QueuePaths, prepared: &Prepared) -> Result<Vec<Receipted>, zk::Error> {
     let items = zk::CreateMode::PersistentSequential.with_acls(paths.acl.acls());
-    let receipts = zk::CreateMode::EphemeralSequential.with_acls(paths.acl.acls());
+    let receipts = Receipt::mode(paths.acl);
     let mut multi = client.new_multi_writer();
     for group in &prepared.groups {
         let bucket = paths.bucket(&group.bucket);
-        multi.add_create(&format!("{bucket}/{}", prepared.receipt_prefix()), b"", &receipts)?;
+        multi.add_create(&prepared.receipt.create_in(&bucket), b"", &receipts)?;
         for data in &group.data {
             multi.add_create(&format!("{bucket}/item-"), data, &items)?;
         }
@@ -206,87 +175,7 @@ async fn create_all(client: &zk::Client, paths: &QueuePaths, prepared: &Prepared
         for _ in 1..group.data.len() {
             path_of(results.next())?;
         }
-        let first = first
-            .rsplit('/')
-            .next()
-            .and_then(|node| ItemId::from_node(&group.bucket, node))
-            .ok_or_else(|| zk::Error::UnexpectedError(format!("an item created at {first}")))?;
-        created.push(Created { receipt, first });
+        created.push(Receipt::made(&group.bucket, receipt, &first)?);
     }
     Ok(created)
-}
-
-/// Deletes a call's receipts once its outcome is known. The deletes are sent before the
-/// call returns, so this session's next request (a `stats`, say) comes after them, but
-/// their replies are awaited in the background: no round trip is added to an enqueue.
-/// A receipt whose delete fails is left to die with the session; until then a bucket's
-/// child count includes it.
-fn delete_receipts(client: &zk::Client, receipts: Vec<String>) {
-    let sent: Vec<_> = receipts.iter().map(|receipt| client.delete(receipt, None)).collect();
-    let client = client.clone();
-    tokio::spawn(async move {
-        for (receipt, delete) in receipts.iter().zip(sent) {
-            let result = match delete.await {
-                Err(err) if outcome_unknown(&err) => {
-                    while_unknown(&client, "deleting an enqueue receipt", |_| client.delete(receipt, None)).await
-                }
-                result => result,
-            };
-            match result {
-                Ok(()) | Err(zk::Error::NoNode) => {}
-                Err(err) => tracing::debug!(receipt, error = %err, "an enqueue receipt is left to its session"),
-            }
-        }
-    });
-}
-
-/// After a create whose reply was lost: waits for the connection, brings the server up to
-/// date (`sync`), and looks for the item with `envelope`'s create id in its bucket. Some
-/// when the create was applied and the item is still there; None when it was not, or
-/// when a consumer has taken and acked it since. So it decides nothing about sending
-/// again: the moves that use it (a delayed nack, a requeue) know from their multi's
-/// other effects whether it was applied, and only want the new id.
-pub(super) async fn find_created(
-    client: &zk::Client,
-    paths: &QueuePaths,
-    bucket: &str,
-    envelope: &Envelope,
-    deadline: tokio::time::Instant,
-) -> Result<Option<ItemId>, QueueError> {
-    let Some(create_id) = envelope.create_id.as_deref() else { return Ok(None) };
-    let bucket_path = paths.bucket(bucket);
-    let found = while_unknown_until(deadline, "looking for a created item", |_| {
-        look_for(client, bucket, &bucket_path, create_id)
-    })
-    .await;
-    Ok(found?)
-}
-
-async fn look_for(
-    client: &zk::Client,
-    bucket: &str,
-    bucket_path: &str,
-    create_id: &str,
-) -> Result<Option<ItemId>, zk::Error> {
-    client.sync(bucket_path).await?;
-    let mut nodes = match client.list_children(bucket_path).await {
-        Ok(nodes) => nodes,
-        Err(zk::Error::NoNode) => return Ok(None),
-        Err(err) => return Err(err),
-    };
-    // Newest first: the lost create is among the last of its bucket. One read at a time,
-    // as items may be up to a megabyte each.
-    nodes.retain(|node| node.starts_with("item-"));
-    nodes.sort_unstable_by(|a, b| b.cmp(a));
-    for node in nodes {
-        let data = match client.get_data(&format!("{bucket_path}/{node}")).await {
-            Ok((data, _)) => data,
-            Err(zk::Error::NoNode) => continue,
-            Err(err) => return Err(err),
-        };
-        if decode(&data).is_some_and(|(e, _)| e.create_id.as_deref() == Some(create_id)) {
-            return Ok(ItemId::from_node(bucket, &node));
-        }
-    }
-    Ok(None)
 }

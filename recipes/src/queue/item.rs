@@ -109,16 +109,6 @@ pub struct Envelope {
     /// stays behind with the old id).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub carried: Option<Attempts>,
-    /// A unique id of the create that stored this item (enqueue, delayed nack, requeue),
-    /// so that a create whose reply was lost can be found again: sequential names cannot
-    /// be known in advance. Older sidecars ignore it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub create_id: Option<String>,
-}
-
-/// A new create id for [`Envelope::create_id`].
-pub fn new_create_id() -> Option<String> {
-    Some(uuid::Uuid::new_v4().simple().to_string())
 }
 
 /// Stored form of an item: its envelope as one line of JSON, then the payload as is.
@@ -246,7 +236,6 @@ mod tests {
             due_ms: 3,
             original_id: None,
             carried: None,
-            create_id: None,
         };
         let payload = [0u8, b'\n', 255, 10];
         let data = encode(&env, &payload);

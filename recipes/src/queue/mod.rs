@@ -3,14 +3,15 @@
 //! ```text
 //! <queue>                         config (JSON)
 //!     items/<bucket>/item-<seq>   persistent sequential; envelope + payload (immutable)
-//!     items/<bucket>/receipt-<call>-<seq>  ephemeral; an enqueue's, until it is answered
+//!     items/<bucket>/receipt-<call>-<seq>  ephemeral; a create's, until it is answered
 //!     claims/<id>                 ephemeral, owned by the consuming session
 //!     attempts/<id>               persistent; delivery count and history of an item
 //!     dead/<id>                   dead-lettered item with its history
 //! ```
 //!
 //! Files: `enqueue` (creates), `claim` (the next item), `settle` (ack, nack, give up),
-//! `dead` (dead letters), `view` (the consumer's watch-fed view), `item` (ids, encoding).
+//! `dead` (dead letters), `receipt` (finding a create whose reply was lost), `view` (the
+//! consumer's watch-fed view), `item` (ids, encoding).
 //!
 //! Invariants:
 //! - An item is removed only by an ack (or moved, by a delayed nack or dead-lettering),
@@ -25,14 +26,15 @@
 //!   item to `dead/` in a multi that also creates and deletes `claims/<id>`, which fails
 //!   while anyone holds it.
 //! - Every write has three outcomes, and the unknown one (reply lost) is resolved here,
-//!   not by the caller: creates of items carry a create id in their envelope and are
-//!   looked for after `sync`; multis on a claimed item are retried, and a retry that
+//!   not by the caller: a multi that creates items also creates a receipt, looked for
+//!   after `sync` (`receipt`); multis on a claimed item are retried, and a retry that
 //!   finds its nodes gone tells its own earlier effect from someone else's.
 
 pub mod claim;
 mod dead;
 mod enqueue;
 pub mod item;
+mod receipt;
 mod settle;
 pub mod view;
 

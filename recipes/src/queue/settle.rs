@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use super::claim::{Read, read_candidate};
 use super::dead::{ClaimCheck, move_to_dead};
-use super::enqueue::{ensure_bucket, find_created};
-use super::item::{Envelope, ItemId, bucket_name, encode, new_create_id, now_ms};
+use super::enqueue::ensure_bucket;
+use super::item::{Envelope, ItemId, bucket_name, encode, now_ms};
+use super::receipt::{self, Receipt, Receipted};
 use super::{QueueConfig, QueueError};
 use crate::identity::NodeAcl;
 use crate::layout::QueuePaths;
@@ -33,6 +34,8 @@ enum Committed {
 
 enum Op {
     Delete(String),
+    /// A receipt's create (see `receipt`), just before the items of its bucket.
+    Receipt(String),
     Create(String, Vec<u8>),
     SetData(String, Vec<u8>),
 }
@@ -44,6 +47,7 @@ async fn commit_owned(client: &zk::Client, acl: NodeAcl, ops: &[Op]) -> Result<C
         for op in ops {
             match op {
                 Op::Delete(path) => multi.add_delete(path, None)?,
+                Op::Receipt(path) => multi.add_create(path, b"", &Receipt::mode(acl))?,
                 Op::Create(path, data) => {
                     multi.add_create(path, data, &zk::CreateMode::PersistentSequential.with_acls(acl.acls()))?
                 }
@@ -102,7 +106,7 @@ pub async fn release_claim(client: &zk::Client, paths: &QueuePaths, id: &ItemId)
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NackOutcome {
     /// Ready again (after `delay`). A delayed item moves to another bucket and so gets a
-    /// new id (None in the rare case that a lost reply hid it).
+    /// new id (None when an earlier nack of the caller's own had moved it).
     Requeued {
         id: Option<ItemId>,
     },
@@ -150,39 +154,49 @@ pub async fn nack(
     // Delayed: the item moves to the bucket of its new due time, carrying its history.
     let due = now_ms() + delay.as_millis() as u64;
     let original_id = Some(item.envelope.original_id.clone().unwrap_or_else(|| id_text.clone()));
-    let moved = Envelope {
-        due_ms: due,
-        original_id,
-        carried: Some(item.attempts),
-        create_id: new_create_id(),
-        ..item.envelope
-    };
+    let moved = Envelope { due_ms: due, original_id, carried: Some(item.attempts), ..item.envelope };
     let bucket = bucket_name(moved.priority, due);
     ensure_bucket(client, paths, &bucket).await?;
+    let bucket_path = paths.bucket(&bucket);
+    let receipt = Receipt::new();
     let ops = [
         Op::Delete(paths.claim(&id_text)),
         Op::Delete(item.path.clone()),
         Op::Delete(paths.attempts_of(&id_text)),
-        Op::Create(format!("{}/item-", paths.bucket(&bucket)), encode(&moved, &item.payload)),
+        Op::Receipt(receipt.create_in(&bucket_path)),
+        Op::Create(format!("{bucket_path}/item-"), encode(&moved, &item.payload)),
     ];
-    let results = match commit_owned(client, paths.acl, &ops).await? {
-        Committed::Applied(results) => results,
-        // Our first attempt moved it; its reply, with the new id, was lost.
+    let receipted = match commit_owned(client, paths.acl, &ops).await? {
+        Committed::Applied(results) => {
+            let mut created = results.into_iter().filter_map(|r| match r {
+                zk::MultiWriteResult::Create { path, .. } => Some(path),
+                _ => None,
+            });
+            match (created.next(), created.next()) {
+                (Some(receipt), Some(item)) => Some(Receipt::made(&bucket, receipt, &item)?),
+                _ => None,
+            }
+        }
+        // Our first attempt moved it if its receipt is there (the reply, with the new id,
+        // was lost); else the item went elsewhere.
         Committed::Gone { retried: true } => {
             let deadline = tokio::time::Instant::now() + client.session_timeout();
-            let new_id = find_created(client, paths, &bucket, &moved, deadline).await?;
-            return Ok(NackOutcome::Requeued { id: new_id });
+            match receipt.find(client, paths, &bucket, deadline).await? {
+                Some(receipted) => Some(receipted),
+                None => {
+                    settle_gone(client, paths, id, &item.path).await?;
+                    None
+                }
+            }
         }
         Committed::Gone { retried: false } => {
             settle_gone(client, paths, id, &item.path).await?;
-            Vec::new()
+            None
         }
     };
-    let new_id = results.into_iter().find_map(|r| match r {
-        zk::MultiWriteResult::Create { path, .. } => {
-            path.rsplit("item-").next().map(|seq| ItemId { bucket: bucket.clone(), seq: seq.to_owned() })
-        }
-        _ => None,
+    let new_id = receipted.map(|Receipted { receipt, first }| {
+        receipt::delete(client, vec![receipt]);
+        first
     });
     Ok(NackOutcome::Requeued { id: new_id })
 }
