@@ -11,4 +11,4 @@ cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 echo "==> building (release)"
 cargo build --release --locked -p paddock-sidecar -p paddock-bench --bin paddock-sidecar --bin bench
-exec target/release/bench "$@"
+exec "${CARGO_TARGET_DIR:-target}/release/bench" "$@"

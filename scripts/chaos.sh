@@ -11,4 +11,4 @@ cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 echo "==> building (release)"
 cargo build --locked --release -p paddock-sidecar -p paddock-operator -p paddock-chaos --bins
-exec target/release/chaos "$@"
+exec "${CARGO_TARGET_DIR:-target}/release/chaos" "$@"
