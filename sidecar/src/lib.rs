@@ -79,7 +79,7 @@ impl App {
         api::router(self.state.clone())
     }
 
-    /// Serves the API (and the probes, on `PADDOCK_HEALTH_LISTEN` if set) until `stop`
+    /// Serves the API (and the probes and metrics, on `PADDOCK_HEALTH_LISTEN` if set) until `stop`
     /// resolves; then stops accepting, ends streams and long-polls, gives in-flight
     /// requests the grace period, gives back unacked items, releases locks and closes the
     /// ZooKeeper session.
@@ -97,7 +97,7 @@ impl App {
             let health = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("PADDOCK_HEALTH_LISTEN {addr}: cannot bind"))?;
-            let probes = api::health::router().with_state(state.clone());
+            let probes = api::probe_router(state.clone());
             tokio::spawn(server::serve(health, probes, limits, shutdown.clone()));
         }
         tracing::info!(

@@ -163,3 +163,47 @@ async fn connections_that_never_finish_a_request_are_bounded_and_closed() {
     })
     .await;
 }
+
+/// The probe port listens on all addresses (the kubelet and Prometheus reach it from
+/// outside the pod), so it serves the probes and `/metrics` and nothing else: the lock and
+/// queue API stays on loopback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_probe_port_serves_metrics_and_probes_and_never_the_api() {
+    init_tracing();
+    let ensemble = Ensemble::start_single().await.unwrap();
+    let port = paddock_testkit::ensemble::free_ports(1).unwrap()[0];
+    let options = SidecarOptions::new(SIDECAR, ensemble.connect_string(), "pod-a", "ops")
+        .env("PADDOCK_HEALTH_LISTEN", &format!("127.0.0.1:{port}"));
+    let sidecar = Sidecar::start(options).await.unwrap();
+    let http = reqwest::Client::new();
+    let probe_url = |path: &str| format!("http://127.0.0.1:{port}{path}");
+
+    let metrics = http.get(probe_url("/metrics")).send().await.unwrap();
+    assert_eq!(metrics.status(), 200);
+    assert!(
+        metrics.headers()["content-type"].to_str().unwrap().starts_with("application/openmetrics-text"),
+        "{:?}",
+        metrics.headers()
+    );
+    let text = metrics.text().await.unwrap();
+    assert!(text.contains("paddock_lock_losses_total{reason=\"session-expired\"} 0"), "{text}");
+    assert_eq!(text, http.get(sidecar.url("/metrics")).send().await.unwrap().text().await.unwrap(), "the same registry");
+    for path in ["/healthz", "/readyz"] {
+        assert_eq!(http.get(probe_url(path)).send().await.unwrap().status(), 200, "{path}");
+    }
+
+    for (method, path) in [
+        (reqwest::Method::POST, "/lock/orders"),
+        (reqwest::Method::DELETE, "/lock/orders"),
+        (reqwest::Method::POST, "/queue/jobs"),
+        (reqwest::Method::GET, "/queue/jobs/next"),
+        (reqwest::Method::GET, "/events"),
+        (reqwest::Method::GET, "/openapi.json"),
+    ] {
+        let response = http.request(method.clone(), probe_url(path)).send().await.unwrap();
+        assert_eq!(response.status(), 404, "{method} {path}");
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["error"], "no-such-endpoint", "{method} {path}: {body}");
+        assert!(body["message"].as_str().unwrap().contains("PADDOCK_URL"), "{body}");
+    }
+}

@@ -12,7 +12,12 @@ use crate::state::AppState;
 pub const OPENAPI: &str = include_str!("../../api/openapi.json");
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/metrics", get(metrics)).route("/openapi.json", get(openapi))
+    scrape_router().route("/openapi.json", get(openapi))
+}
+
+/// `/metrics` alone: what the probe port serves beside the probes.
+pub fn scrape_router() -> Router<AppState> {
+    Router::new().route("/metrics", get(metrics))
 }
 
 async fn openapi() -> impl IntoResponse {

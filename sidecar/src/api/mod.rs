@@ -31,6 +31,26 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// What the probe port (`PADDOCK_HEALTH_LISTEN`) serves: the probes and `/metrics`. It
+/// listens on all addresses, for the kubelet and Prometheus, so it is read-only: never
+/// the lock or queue API, which stays on loopback for the pod's own containers.
+pub fn probe_router(state: AppState) -> Router {
+    Router::new()
+        .merge(health::router())
+        .merge(metrics::scrape_router())
+        .fallback(not_on_the_probe_port)
+        .layer(axum::middleware::map_response(crate::error::json_errors))
+        .layer(TraceLayer::new_for_http().on_failure(log_failure))
+        .with_state(state)
+}
+
+async fn not_on_the_probe_port() -> crate::error::ApiError {
+    crate::error::ApiError::not_found(
+        "no-such-endpoint",
+        "this port serves /healthz, /readyz and /metrics only; the lock and queue API is on PADDOCK_URL (loopback)",
+    )
+}
+
 /// A 503 is expected while ZooKeeper is away (the app is told to retry, and `/readyz`
 /// logs the change once): debug. Any other server error is one a person must look at.
 fn log_failure(class: ServerErrorsFailureClass, latency: std::time::Duration, _span: &tracing::Span) {
