@@ -187,7 +187,11 @@ async fn the_probe_port_serves_metrics_and_probes_and_never_the_api() {
     );
     let text = metrics.text().await.unwrap();
     assert!(text.contains("paddock_lock_losses_total{reason=\"session-expired\"} 0"), "{text}");
-    assert_eq!(text, http.get(sidecar.url("/metrics")).send().await.unwrap().text().await.unwrap(), "the same registry");
+    assert_eq!(
+        text,
+        http.get(sidecar.url("/metrics")).send().await.unwrap().text().await.unwrap(),
+        "the same registry"
+    );
     for path in ["/healthz", "/readyz"] {
         assert_eq!(http.get(probe_url(path)).send().await.unwrap().status(), 200, "{path}");
     }

@@ -139,8 +139,8 @@ impl Webhook {
 }
 
 /// The JSONPatch from the pod as the API server sent it (`raw`) to `injected`, as explicit
-/// additions: the sidecar, `PADDOCK_URL` in each container that lacks it, the status
-/// annotation. Additions only, addressed in the raw object, so fields this operator's
+/// additions: the sidecar, `PADDOCK_URL` in each container that lacks it, the status and
+/// scrape annotations. Additions only, addressed in the raw object, so fields this operator's
 /// Kubernetes types do not know stay where they are.
 fn patch(raw: &serde_json::Value, injected: &Pod, native: bool) -> json_patch::Patch {
     use json_patch::{AddOperation, PatchOperation, jsonptr::PointerBuf};
@@ -157,12 +157,23 @@ fn patch(raw: &serde_json::Value, injected: &Pod, native: bool) -> json_patch::P
     let sidecar = serde_json::to_value(sidecar).expect("a Container serializes");
 
     let mut operations = Vec::new();
+    // The annotations the injection added (status, scrape), each on its own.
+    let added: serde_json::Map<String, serde_json::Value> = injected
+        .metadata
+        .annotations
+        .iter()
+        .flatten()
+        .filter(|(key, _)| raw.pointer("/metadata/annotations").and_then(|a| a.get(key.as_str())).is_none())
+        .map(|(key, value)| (key.clone(), value.clone().into()))
+        .collect();
     match raw.pointer("/metadata/annotations") {
-        Some(serde_json::Value::Object(_)) => operations.push(add(
-            format!("/metadata/annotations/{}", inject::STATUS_ANNOTATION.replace('/', "~1")),
-            "injected".into(),
-        )),
-        _ => operations.push(add("/metadata/annotations".into(), json!({ inject::STATUS_ANNOTATION: "injected" }))),
+        Some(serde_json::Value::Object(_)) => {
+            for (key, value) in added {
+                let key = key.replace('~', "~0").replace('/', "~1");
+                operations.push(add(format!("/metadata/annotations/{key}"), value));
+            }
+        }
+        _ => operations.push(add("/metadata/annotations".into(), added.into())),
     }
     let mut add_url = |list: &str, containers: Option<&serde_json::Value>| {
         for (index, container) in containers.and_then(|c| c.as_array()).into_iter().flatten().enumerate() {
@@ -228,6 +239,17 @@ mod tests {
             assert!(sidecar.get("futureField").is_none());
             assert_eq!(patched["metadata"]["annotations"]["paddock.dev/status"], "injected");
             assert_eq!(patched["metadata"]["annotations"]["paddock.dev/inject"], "true");
+            assert_eq!(patched["metadata"]["annotations"]["prometheus.io/port"], "7421");
+            assert_eq!(patched["metadata"]["annotations"]["prometheus.io/path"], "/metrics");
         }
+        // A pod without annotations at all gets them in one object.
+        let bare = json!({"metadata": {"name": "app"}, "spec": {"containers": [{"name": "app", "image": "busybox"}]}});
+        let mut pod: Pod = serde_json::from_value(bare.clone()).unwrap();
+        pod.metadata.annotations = Some([("paddock.dev/inject".to_owned(), "true".to_owned())].into());
+        let Ok(Injection::Inject(injected)) = inject::inject(&pod, &template(true)) else { panic!() };
+        let mut patched = bare.clone();
+        json_patch::patch(&mut patched, &patch(&bare, &injected, true)).unwrap();
+        assert_eq!(patched["metadata"]["annotations"]["prometheus.io/scrape"], "true");
+        assert_eq!(patched["metadata"]["annotations"]["paddock.dev/status"], "injected");
     }
 }

@@ -21,6 +21,13 @@ pub const QUEUE_ANNOTATION: &str = "paddock.dev/queue";
 pub const STATUS_ANNOTATION: &str = "paddock.dev/status";
 /// The sidecar container's name.
 pub const SIDECAR_NAME: &str = "paddock-sidecar";
+/// The sidecar's port for probes and `/metrics` (all addresses, read-only).
+pub const HEALTH_PORT_NAME: &str = "paddock-health";
+/// `"false"` keeps the webhook from adding the `prometheus.io/*` scrape annotations.
+pub const PROMETHEUS_ANNOTATIONS: &str = "paddock.dev/prometheus-annotations";
+/// The conventional annotations by which Prometheus' `kubernetes_sd` configs find a
+/// pod's metrics (one port per pod: a pod that has any of them keeps its own).
+const SCRAPE_ANNOTATIONS: [&str; 3] = ["prometheus.io/scrape", "prometheus.io/port", "prometheus.io/path"];
 
 /// Annotations overriding the sidecar's resources, with the field each sets.
 const RESOURCE_ANNOTATIONS: [(&str, Bound, &str); 4] = [
@@ -99,7 +106,13 @@ pub fn inject(pod: &Pod, template: &SidecarTemplate) -> Result<Injection, Reject
     let sidecar = sidecar_container(template, queue.as_ref(), resources);
 
     let mut injected = pod.clone();
-    injected.metadata.annotations.get_or_insert_with(BTreeMap::new).insert(STATUS_ANNOTATION.into(), "injected".into());
+    let pod_annotations = injected.metadata.annotations.get_or_insert_with(BTreeMap::new);
+    pod_annotations.insert(STATUS_ANNOTATION.into(), "injected".into());
+    let scrape_opted_out = annotations.get(PROMETHEUS_ANNOTATIONS).is_some_and(|v| v == "false");
+    if !scrape_opted_out && !SCRAPE_ANNOTATIONS.iter().any(|a| annotations.contains_key(*a)) {
+        let values = ["true".to_owned(), template.health_port.to_string(), "/metrics".to_owned()];
+        pod_annotations.extend(SCRAPE_ANNOTATIONS.iter().map(|a| a.to_string()).zip(values));
+    }
     let spec = injected.spec.get_or_insert_with(PodSpec::default);
     let url = EnvVar {
         name: "PADDOCK_URL".into(),
@@ -199,7 +212,7 @@ fn sidecar_container(template: &SidecarTemplate, queue: Option<&Name>, resources
     let probe = |path: &str, period: i32, failures: i32| Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.into()),
-            port: IntOrString::String("paddock-health".into()),
+            port: IntOrString::String(HEALTH_PORT_NAME.into()),
             ..Default::default()
         }),
         period_seconds: Some(period),
@@ -212,7 +225,7 @@ fn sidecar_container(template: &SidecarTemplate, queue: Option<&Name>, resources
         image_pull_policy: Some(template.pull_policy.clone()),
         env: Some(env),
         ports: Some(vec![ContainerPort {
-            name: Some("paddock-health".into()),
+            name: Some(HEALTH_PORT_NAME.into()),
             container_port: template.health_port.into(),
             protocol: Some("TCP".into()),
             ..Default::default()
@@ -296,6 +309,29 @@ pub(crate) mod tests {
         assert!(spec.init_containers.is_none());
         assert_eq!(spec.containers[1].name, SIDECAR_NAME);
         assert_eq!(spec.containers[1].restart_policy, None);
+    }
+
+    #[test]
+    fn prometheus_finds_the_sidecar_by_its_named_port_and_the_scrape_annotations() {
+        let pod_ = injected(inject(&pod(&[(INJECT_ANNOTATION, "true")]), &template(true)));
+        let annotations = pod_.metadata.annotations.clone().unwrap();
+        assert_eq!(annotations["prometheus.io/scrape"], "true");
+        assert_eq!(annotations["prometheus.io/port"], "7421");
+        assert_eq!(annotations["prometheus.io/path"], "/metrics");
+        let sidecar = &pod_.spec.unwrap().init_containers.unwrap()[0];
+        let port = &sidecar.ports.as_ref().unwrap()[0];
+        assert_eq!((port.name.as_deref(), port.container_port), (Some(HEALTH_PORT_NAME), 7421));
+        let listen = sidecar.env.as_ref().unwrap().iter().find(|e| e.name == "PADDOCK_HEALTH_LISTEN").unwrap();
+        assert_eq!(listen.value.as_deref(), Some("0.0.0.0:7421"));
+
+        // A pod that says how to scrape its own metrics keeps them; one may opt out.
+        let own = pod(&[(INJECT_ANNOTATION, "true"), ("prometheus.io/port", "9090")]);
+        let annotations = injected(inject(&own, &template(true))).metadata.annotations.unwrap();
+        assert_eq!(annotations["prometheus.io/port"], "9090");
+        assert!(!annotations.contains_key("prometheus.io/scrape") && !annotations.contains_key("prometheus.io/path"));
+        let opted_out = pod(&[(INJECT_ANNOTATION, "true"), (PROMETHEUS_ANNOTATIONS, "false")]);
+        let annotations = injected(inject(&opted_out, &template(true))).metadata.annotations.unwrap();
+        assert!(SCRAPE_ANNOTATIONS.iter().all(|a| !annotations.contains_key(*a)), "{annotations:?}");
     }
 
     #[test]
