@@ -60,6 +60,7 @@ impl App {
             events: EventBus::new(),
             metrics: Arc::new(Metrics::new()),
         };
+        ctx.metrics.follow_session(&session);
         let shutdown = CancellationToken::new();
         let state = AppState {
             session,

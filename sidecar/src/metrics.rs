@@ -1,4 +1,10 @@
 //! Prometheus metrics, served at `/metrics`. The names here are the ones the README lists.
+//!
+//! Counters and histograms count as things happen; the gauges of what is there now (locks
+//! held and for how long, what a queue's view holds, the session) are set from the
+//! services' own state when Prometheus scrapes (see `api::metrics`), without a read of
+//! ZooKeeper. Labels are lock and queue names only (never owners or item ids), so the
+//! number of series is bounded by the resources the pod uses.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -6,6 +12,14 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+/// A gauge of seconds.
+pub type Seconds = Gauge<f64, std::sync::atomic::AtomicU64>;
+
+/// Histogram buckets of lock hold times: 10 ms to about 1.5 hours.
+fn hold_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.01, 2.0, 20))
+}
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
@@ -15,6 +29,17 @@ pub struct ReasonLabel {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct QueueLabel {
     pub queue: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LockLabel {
+    pub lock: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SessionEventLabel {
+    /// `established`, `suspended`, `reconnected` or `expired`.
+    pub event: String,
 }
 
 /// A config key this version does not know, in a lock's or a queue's config.
@@ -34,6 +59,10 @@ pub struct Metrics {
     pub lock_wait_seconds: Histogram,
     pub locks_held: Gauge,
     pub lock_wakeups: Counter,
+    /// Per lock: how long the longest current hold of this pod has lasted.
+    pub lock_held_seconds: Family<LockLabel, Seconds>,
+    /// Per lock: how long holds lasted, observed at release or loss.
+    pub lock_hold_seconds: Family<LockLabel, Histogram, fn() -> Histogram>,
     pub queue_enqueued: Family<QueueLabel, Counter>,
     pub queue_delivered: Family<QueueLabel, Counter>,
     pub queue_acked: Family<QueueLabel, Counter>,
@@ -43,6 +72,11 @@ pub struct Metrics {
     pub queue_claims_stale: Family<QueueLabel, Counter>,
     pub queue_wait_seconds: Histogram,
     pub queue_zk_reads: Counter,
+    pub queue_ready_items: Family<QueueLabel, Gauge>,
+    pub queue_in_flight_items: Family<QueueLabel, Gauge>,
+    pub queue_oldest_ready_age_seconds: Family<QueueLabel, Seconds>,
+    pub zookeeper_connected: Gauge,
+    pub zookeeper_session_events: Family<SessionEventLabel, Counter>,
     pub config_unknown_fields: Family<UnknownFieldLabel, Counter>,
 }
 
@@ -57,6 +91,8 @@ impl Metrics {
             lock_wait_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 20)),
             locks_held: Gauge::default(),
             lock_wakeups: Counter::default(),
+            lock_held_seconds: Family::default(),
+            lock_hold_seconds: Family::new_with_constructor(hold_buckets),
             queue_enqueued: Family::default(),
             queue_delivered: Family::default(),
             queue_acked: Family::default(),
@@ -66,6 +102,11 @@ impl Metrics {
             queue_claims_stale: Family::default(),
             queue_wait_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 20)),
             queue_zk_reads: Counter::default(),
+            queue_ready_items: Family::default(),
+            queue_in_flight_items: Family::default(),
+            queue_oldest_ready_age_seconds: Family::default(),
+            zookeeper_connected: Gauge::default(),
+            zookeeper_session_events: Family::default(),
             config_unknown_fields: Family::default(),
             registry: Registry::default(),
         };
@@ -76,6 +117,16 @@ impl Metrics {
         registry.register("lock_wait_seconds", "Time from acquire request to outcome", m.lock_wait_seconds.clone());
         registry.register("locks_held", "Locks held by this pod now", m.locks_held.clone());
         registry.register("lock_wakeups", "Watch wake-ups of waiting acquires", m.lock_wakeups.clone());
+        registry.register(
+            "lock_held_seconds",
+            "How long the longest current hold of each lock by this pod has lasted",
+            m.lock_held_seconds.clone(),
+        );
+        registry.register(
+            "lock_hold_seconds",
+            "How long holds lasted, at release or loss",
+            m.lock_hold_seconds.clone(),
+        );
         registry.register("queue_enqueued", "Items enqueued", m.queue_enqueued.clone());
         registry.register("queue_delivered", "Items handed to the app", m.queue_delivered.clone());
         registry.register("queue_acked", "Items acked", m.queue_acked.clone());
@@ -90,6 +141,31 @@ impl Metrics {
         registry.register("queue_wait_seconds", "Time from enqueue to delivery", m.queue_wait_seconds.clone());
         registry.register("queue_zookeeper_reads", "ZooKeeper reads made by queue consumers", m.queue_zk_reads.clone());
         registry.register(
+            "queue_ready_items",
+            "Ready items (due, not claimed) in the buckets this pod's consumers have reached",
+            m.queue_ready_items.clone(),
+        );
+        registry.register(
+            "queue_in_flight_items",
+            "Items claimed by any consumer of the queue",
+            m.queue_in_flight_items.clone(),
+        );
+        registry.register(
+            "queue_oldest_ready_age_seconds",
+            "How long the earliest ready item has been due (0 when none is ready)",
+            m.queue_oldest_ready_age_seconds.clone(),
+        );
+        registry.register(
+            "zookeeper_connected",
+            "1 while the ZooKeeper session is connected, else 0",
+            m.zookeeper_connected.clone(),
+        );
+        registry.register(
+            "zookeeper_session_events",
+            "Changes of the ZooKeeper session: established, suspended, reconnected, expired",
+            m.zookeeper_session_events.clone(),
+        );
+        registry.register(
             "config_unknown_fields",
             "Keys of lock and queue configs this sidecar does not know and ignored (a newer operator's), per config read",
             m.config_unknown_fields.clone(),
@@ -97,6 +173,9 @@ impl Metrics {
         // Every loss reason shows from the start, at zero, so dashboards and alerts see it.
         for reason in ["session-expired", "connection-lost", "ttl-elapsed", "node-deleted"] {
             m.lock_losses.get_or_create(&ReasonLabel { reason: reason.to_owned() }).inc_by(0);
+        }
+        for event in ["established", "suspended", "reconnected", "expired"] {
+            m.zookeeper_session_events.get_or_create(&SessionEventLabel { event: event.to_owned() }).inc_by(0);
         }
         Self { registry, ..m }
     }
@@ -131,4 +210,31 @@ impl Metrics {
 
 pub fn queue_label(queue: &str) -> QueueLabel {
     QueueLabel { queue: queue.to_owned() }
+}
+
+pub fn lock_label(lock: &str) -> LockLabel {
+    LockLabel { lock: lock.to_owned() }
+}
+
+impl Metrics {
+    /// Counts the session's changes, for as long as the session lives.
+    pub fn follow_session(self: &std::sync::Arc<Self>, session: &paddock_recipes::Session) {
+        use paddock_recipes::session::SessionEvent;
+        let mut events = session.subscribe();
+        let metrics = std::sync::Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let event = match events.recv().await {
+                    Ok(SessionEvent::Established { .. }) => "established",
+                    Ok(SessionEvent::Suspended { .. }) => "suspended",
+                    Ok(SessionEvent::Reconnected { .. }) => "reconnected",
+                    Ok(SessionEvent::Expired { .. }) => "expired",
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                };
+                let Some(metrics) = metrics.upgrade() else { return };
+                metrics.zookeeper_session_events.get_or_create(&SessionEventLabel { event: event.to_owned() }).inc();
+            }
+        });
+    }
 }

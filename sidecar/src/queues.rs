@@ -157,6 +157,20 @@ impl QueueService {
             .clone()
     }
 
+    /// Sets the per-queue gauges from the views of the queues this pod consumes.
+    pub fn report_gauges(&self) {
+        let now = paddock_recipes::queue::item::now_ms();
+        let metrics = &self.inner.ctx.metrics;
+        for (queue, view) in self.inner.views.lock().expect("not poisoned").iter() {
+            let figures = view.figures(now);
+            let label = queue_label(queue.as_str());
+            metrics.queue_ready_items.get_or_create(&label).set(figures.ready as i64);
+            metrics.queue_in_flight_items.get_or_create(&label).set(figures.in_flight as i64);
+            let age_ms = figures.oldest_ready_due_ms.map_or(0, |due| now.saturating_sub(due));
+            metrics.queue_oldest_ready_age_seconds.get_or_create(&label).set(age_ms as f64 / 1000.0);
+        }
+    }
+
     /// Hands out up to `max` items, waiting up to `wait` for the first one.
     pub async fn next(&self, queue: &Name, wait: Duration, max: usize) -> Result<Vec<Handed>, QueueServiceError> {
         let claimed = self.claim_up_to(queue, wait, max).await?;

@@ -94,6 +94,19 @@ enum Bucket {
     Loaded(BTreeSet<String>),
 }
 
+/// What a view knows of its queue now, for gauges: no ZooKeeper read. Exact for the
+/// buckets consumers have reached; a due bucket not loaded yet counts as holding ready
+/// items of its due time (after a reconnect, until a consumer reaches it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ViewFigures {
+    /// Ready items (due, not claimed) in the buckets loaded.
+    pub ready: u64,
+    /// Items claimed by any consumer.
+    pub in_flight: u64,
+    /// Due time (ms since the epoch, to the bucket's 100 ms) of the earliest ready item.
+    pub oldest_ready_due_ms: Option<u64>,
+}
+
 /// What `next` found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Next {
@@ -168,6 +181,33 @@ impl QueueView {
         let id = window.swap_remove(index);
         state.reserved.insert(id.clone());
         Next::Item(id)
+    }
+
+    /// The queue's figures as the view holds them at `now` (ms).
+    pub fn figures(&self, now: u64) -> ViewFigures {
+        let state = self.inner.state.lock().expect("not poisoned");
+        let mut figures = ViewFigures { in_flight: state.claimed.len() as u64, ..ViewFigures::default() };
+        for (name, bucket) in &state.buckets {
+            let Some((_, due)) = super::item::parse_bucket(name) else { continue };
+            if due > now {
+                continue;
+            }
+            let ready = match bucket {
+                Bucket::Unloaded => true,
+                Bucket::Loaded(seqs) => {
+                    let unclaimed = seqs
+                        .iter()
+                        .filter(|seq| !state.claimed.contains(&ItemId { bucket: name.clone(), seq: (*seq).clone() }))
+                        .count() as u64;
+                    figures.ready += unclaimed;
+                    unclaimed > 0
+                }
+            };
+            if ready {
+                figures.oldest_ready_due_ms = Some(figures.oldest_ready_due_ms.map_or(due, |d| d.min(due)));
+            }
+        }
+        figures
     }
 
     /// Ends a reservation made by `next`.

@@ -24,6 +24,10 @@ async fn openapi() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
 }
 
+/// The gauges of what is there now are set from the services' state first.
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    state.locks.report_gauges();
+    state.queues.report_gauges();
+    state.metrics.zookeeper_connected.set(i64::from(state.session.is_connected()));
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], state.metrics.encode())
 }

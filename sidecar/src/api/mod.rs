@@ -172,10 +172,22 @@ mod tests {
         ] {
             family.get_or_create(&label).inc_by(0); // a queue's series appear once it is used
         }
+        for family in [&metrics.queue_ready_items, &metrics.queue_in_flight_items] {
+            family.get_or_create(&label).set(0);
+        }
+        metrics.queue_oldest_ready_age_seconds.get_or_create(&label).set(0.0);
+        let lock = crate::metrics::lock_label("example");
+        metrics.lock_held_seconds.get_or_create(&lock).set(0.0);
+        metrics.lock_hold_seconds.get_or_create(&lock).observe(0.0);
+        metrics.unknown_config_fields("queue", "/example", &["future".to_owned()]);
         let exported = metrics.encode();
         let named: Vec<&str> = readme
             .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .filter(|w| w.starts_with("paddock_lock") || w.starts_with("paddock_queue"))
+            .filter(|w| {
+                ["paddock_lock", "paddock_queue", "paddock_zookeeper", "paddock_config"]
+                    .iter()
+                    .any(|p| w.starts_with(p))
+            })
             .collect();
         assert!(named.len() >= 10, "the README lists the metrics");
         for metric in named {

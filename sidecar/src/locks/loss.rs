@@ -12,12 +12,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use paddock_recipes::lock;
-use paddock_recipes::{SessionEvent, zk};
+use paddock_recipes::{Name, SessionEvent, zk};
 use tokio::time::Instant;
 
 use super::{Entry, HeldLock, Inner, Key, LostLock};
 use crate::events::{Event, LossReason, now};
-use crate::metrics::ReasonLabel;
+use crate::metrics::{ReasonLabel, lock_label};
 
 impl Inner {
     /// Turns a held entry into a lost one (if it still holds `token`) and tells everyone.
@@ -27,12 +27,21 @@ impl Inner {
             return false;
         }
         let at = now();
-        table.insert(key.clone(), Entry::Lost(LostLock { token, reason, at: at.clone(), orphan }));
+        let lost = table.insert(key.clone(), Entry::Lost(LostLock { token, reason, at: at.clone(), orphan }));
         drop(table);
+        if let Some(Entry::Held(held)) = &lost {
+            self.observe_hold(&key.0, held);
+        }
         self.ctx.metrics.locks_held.dec();
         self.count_loss(reason);
         self.ctx.events.publish(Event::LockLost { name: key.0.to_string(), owner: key.1.clone(), token, reason, at });
         true
+    }
+
+    /// A hold ended (released or lost): its length into the lock's histogram.
+    pub(super) fn observe_hold(&self, lock: &Name, held: &HeldLock) {
+        let seconds = held.since.elapsed().as_secs_f64();
+        self.ctx.metrics.lock_hold_seconds.get_or_create(&lock_label(lock.as_str())).observe(seconds);
     }
 
     pub(super) fn count_loss(&self, reason: LossReason) {

@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use crate::config_cache::{CacheError, ConfigCache};
 use crate::context::ServiceContext;
 use crate::events::{Event, LossReason, now};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, lock_label};
 
 mod loss;
 
@@ -42,6 +42,8 @@ struct HeldLock {
     held: lock::Held,
     generation: u64,
     acquired_at: String,
+    /// When it was granted, for the hold-time metrics.
+    since: Instant,
     ttl: Option<Duration>,
     expires_at: Option<Instant>,
 }
@@ -252,7 +254,14 @@ impl LockService {
                 waiting.key = None;
                 let ttl = ttl.or(config.default_ttl);
                 let expires_at = ttl.map(|t| Instant::now() + t);
-                let entry = HeldLock { held, generation: current.generation, acquired_at: now(), ttl, expires_at };
+                let entry = HeldLock {
+                    held,
+                    generation: current.generation,
+                    acquired_at: now(),
+                    since: Instant::now(),
+                    ttl,
+                    expires_at,
+                };
                 Ok(AcquireOutcome::Acquired(self.record_grant(key, entry, lock_path, current)))
             }
         }
@@ -302,6 +311,7 @@ impl LockService {
                 match lock::release(&client, &held.held).await {
                     Ok(deleted) => {
                         inner.ctx.metrics.locks_held.dec();
+                        inner.observe_hold(&name, &held);
                         if !deleted {
                             inner.count_loss(LossReason::NodeDeleted);
                             return Err(LockServiceError::Lost { name, owner, token, reason: LossReason::NodeDeleted });
@@ -399,6 +409,23 @@ impl LockService {
             None => {}
         }
         Ok(status)
+    }
+
+    /// Sets the per-lock gauge of the longest current hold (locks not held have none).
+    pub fn report_gauges(&self) {
+        let mut longest: HashMap<String, f64> = HashMap::new();
+        for entry in self.inner.table.lock().expect("not poisoned").iter() {
+            if let ((name, _), Entry::Held(held)) = entry {
+                let seconds = held.since.elapsed().as_secs_f64();
+                let value = longest.entry(name.to_string()).or_default();
+                *value = value.max(seconds);
+            }
+        }
+        let gauges = &self.inner.ctx.metrics.lock_held_seconds;
+        gauges.clear();
+        for (name, seconds) in longest {
+            gauges.get_or_create(&lock_label(&name)).set(seconds);
+        }
     }
 
     /// Releases every held lock (SIGTERM).
