@@ -3,17 +3,24 @@
 //! and `reconcile_duration_seconds` for the controllers, `webhook_admissions_total{result}`
 //! for the injection webhook.
 //!
+//! The figures of each resource's status are gauges too, labelled by the resource's
+//! `namespace` and `name` (one series per resource and figure):
+//! `queue_depth`, `queue_in_flight`, `queue_delayed`, `queue_dead_letters`,
+//! `lock_holders`, `lock_waiters`; set at each successful reconcile, removed with the
+//! resource.
+//!
 //! One registry per process ([`Metrics`]); each part gets a handle to its own metrics only
-//! ([`ReconcileMetrics`], [`AdmissionMetrics`]; cheap to clone, counting into the same
-//! registry). Label values are stable categories — a kind, an error's
-//! [`reason`](crate::error::Error::reason), an admission's result — never names of objects,
-//! so the number of series stays bounded.
+//! ([`ReconcileMetrics`], [`AdmissionMetrics`], [`StatusMetrics`]; cheap to clone, counting
+//! into the same registry). The counters' label values are stable categories — a kind, an
+//! error's [`reason`](crate::error::Error::reason), an admission's result — never names
+//! of objects, so the number of series stays bounded.
 
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -22,6 +29,25 @@ pub struct Metrics {
     registry: Registry,
     pub reconciles: ReconcileMetrics,
     pub admissions: AdmissionMetrics,
+    pub status: StatusMetrics,
+}
+
+/// The figures of the resources' statuses.
+#[derive(Clone, Default)]
+pub struct StatusMetrics {
+    pub queue_depth: Family<ObjectLabel, Gauge>,
+    pub queue_in_flight: Family<ObjectLabel, Gauge>,
+    pub queue_delayed: Family<ObjectLabel, Gauge>,
+    pub queue_dead_letters: Family<ObjectLabel, Gauge>,
+    pub lock_holders: Family<ObjectLabel, Gauge>,
+    pub lock_waiters: Family<ObjectLabel, Gauge>,
+}
+
+/// A resource: its namespace and name.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ObjectLabel {
+    pub namespace: String,
+    pub name: String,
 }
 
 /// The controllers' metrics.
@@ -71,7 +97,18 @@ impl Metrics {
             "Pods the injection webhook answered, by result (injected, skipped, denied, invalid)",
             admissions.admissions.clone(),
         );
-        Self { registry, reconciles, admissions }
+        let status = StatusMetrics::default();
+        for (name, help, family) in [
+            ("queue_depth", "Items in the WorkQueue (ready, delayed, in flight)", &status.queue_depth),
+            ("queue_in_flight", "Items of the WorkQueue claimed by a consumer", &status.queue_in_flight),
+            ("queue_delayed", "Items of the WorkQueue not due yet", &status.queue_delayed),
+            ("queue_dead_letters", "Dead letters of the WorkQueue", &status.queue_dead_letters),
+            ("lock_holders", "Holders of the DistributedLock", &status.lock_holders),
+            ("lock_waiters", "Contenders waiting for the DistributedLock", &status.lock_waiters),
+        ] {
+            registry.register(name, format!("{help}, as its status says"), family.clone());
+        }
+        Self { registry, reconciles, admissions, status }
     }
 
     /// The Prometheus text format of every metric.
@@ -95,6 +132,29 @@ impl ReconcileMetrics {
         self.duration.observe(took.as_secs_f64());
         if let Some(reason) = failure {
             self.failures.get_or_create(&FailureLabel { kind: kind.into(), reason: reason.into() }).inc();
+        }
+    }
+}
+
+impl StatusMetrics {
+    /// Sets a resource's figures (name, value) in the families they belong to.
+    pub fn set(&self, label: &ObjectLabel, figures: &[(&Family<ObjectLabel, Gauge>, u64)]) {
+        for (family, value) in figures {
+            family.get_or_create(label).set(i64::try_from(*value).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Removes a deleted resource's series from every family.
+    pub fn forget(&self, label: &ObjectLabel) {
+        for family in [
+            &self.queue_depth,
+            &self.queue_in_flight,
+            &self.queue_delayed,
+            &self.queue_dead_letters,
+            &self.lock_holders,
+            &self.lock_waiters,
+        ] {
+            family.remove(label);
         }
     }
 }

@@ -25,7 +25,7 @@ struct Setup {
     _api: ApiServer,
     client: kube::Client,
     operator_identity: DigestIdentity,
-    _operator: Operator,
+    operator: Operator,
     _dir: tempfile::TempDir,
 }
 
@@ -46,10 +46,17 @@ async fn setup() -> Setup {
     );
     let operator = Operator::spawn(options).unwrap();
     let client = api.client().unwrap();
-    Setup { ensemble, _api: api, client, operator_identity, _operator: operator, _dir: dir }
+    Setup { ensemble, _api: api, client, operator_identity, operator, _dir: dir }
 }
 
 impl Setup {
+    /// A sample of the operator's `/metrics` (None when the series is not there, or the
+    /// operator does not serve yet).
+    async fn metric(&self, series: &str) -> Option<f64> {
+        let text = reqwest::get(self.operator.metrics_url()).await.ok()?.text().await.ok()?;
+        text.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+    }
+
     async fn namespace_credentials(&self) -> String {
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), "default");
         let secret = secrets.get("paddock-zookeeper-credentials").await.unwrap();
@@ -306,4 +313,63 @@ async fn a_znode_the_operator_may_not_read_is_reported_with_the_fix() {
     assert!(note.contains(path) && note.contains("deleteall"), "the Event says what to do: {note}");
     // The lock that is fine stays Ready: one bad znode does not spoil the others.
     assert_eq!(lock_ready(&locks, "orders").await.unwrap().status, "True");
+}
+
+/// The figures of each resource's status are gauges of the operator, labelled by the
+/// resource, and go with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_figures_are_gauges_per_resource() {
+    let setup = setup().await;
+    let queues: Api<WorkQueue> = Api::namespaced(setup.client.clone(), "default");
+    let spec = WorkQueueSpec {
+        max_attempts: 5,
+        visibility_timeout: "5m".into(),
+        max_payload_bytes: None,
+        deletion_policy: DeletionPolicy::Delete,
+    };
+    queues.create(&PostParams::default(), &WorkQueue::new("jobs", spec)).await.unwrap();
+    let locks: Api<DistributedLock> = Api::namespaced(setup.client.clone(), "default");
+    locks.create(&PostParams::default(), &lock("orders")).await.unwrap();
+    let depth = r#"paddock_operator_queue_depth{namespace="default",name="jobs"}"#;
+    eventually(Duration::from_secs(60), "the queue's depth is a gauge", || async {
+        setup.metric(depth).await == Some(0.0)
+    })
+    .await;
+
+    let credentials = setup.namespace_credentials().await;
+    let client = setup.zk_as(&credentials).await;
+    let layout = Layout::new("/paddock").unwrap().with_node_acl(NodeAcl::for_session(true));
+    let paths = layout.queue(&Name::new("namespace", "default").unwrap(), &Name::new("queue", "jobs").unwrap());
+    let items: Vec<NewItem> =
+        (0..3).map(|n| NewItem { payload: vec![n], content_type: None, priority: 0, delay: Duration::ZERO }).collect();
+    queue::enqueue(&client, &paths, &items).await.unwrap();
+    eventually(Duration::from_secs(30), "the depth follows the queue", || async {
+        setup.metric(depth).await == Some(3.0)
+    })
+    .await;
+    let lock_path = layout.lock(&Name::new("namespace", "default").unwrap(), &Name::new("lock", "orders").unwrap());
+    let holder = HolderInfo { pod: "pod-a".into(), owner: "worker".into() };
+    let request = AcquireRequest {
+        lock_path: &lock_path,
+        mode: LockMode::Exclusive,
+        holder: &holder,
+        wait: Duration::from_secs(5),
+        acl: layout.node_acl(),
+    };
+    let config = paddock_recipes::LockConfig::default();
+    let held = lock::acquire(&client, &config, &request, &()).await.unwrap();
+    assert!(matches!(held, lock::Acquisition::Acquired(_)), "{held:?}");
+    let holders = r#"paddock_operator_lock_holders{namespace="default",name="orders"}"#;
+    eventually(Duration::from_secs(30), "the lock's holders are a gauge", || async {
+        setup.metric(holders).await == Some(1.0)
+    })
+    .await;
+    assert_eq!(setup.metric(r#"paddock_operator_lock_waiters{namespace="default",name="orders"}"#).await, Some(0.0));
+
+    queues.delete("jobs", &Default::default()).await.unwrap();
+    eventually(Duration::from_secs(30), "a deleted queue's series go", || async {
+        setup.metric(depth).await.is_none()
+    })
+    .await;
+    assert!(setup.metric(holders).await.is_some(), "the lock's stay");
 }

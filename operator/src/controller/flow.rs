@@ -19,6 +19,7 @@ use serde_json::json;
 
 use super::{Context, FINALIZER, backoff};
 use crate::error::{Error, Step};
+use crate::metrics::ObjectLabel;
 use crate::reconcile::kind::{Kind, Target};
 use crate::reconcile::status;
 
@@ -69,6 +70,7 @@ async fn apply<K: Kind>(obj: &K, ctx: &Context) -> Result<Action, Error> {
     let at = ctx.at(Step::Observe, &desired.path, ns.as_str());
     let ready = status::ready(obj.conditions(), obj.meta().generation);
     let status = obj.observe(target, desired, ready, at).await?;
+    K::report(&status, &ctx.metrics.status, &object_label(&ns, &name));
     if obj.status() != Some(&status) {
         let api: Api<K> = Api::namespaced(ctx.client.clone(), ns.as_str());
         patch_status(&api, ctx, obj, serde_json::to_value(status).expect("status serializes")).await?;
@@ -83,6 +85,7 @@ async fn cleanup<K: Kind>(obj: &K, ctx: &Context) -> Result<Action, Error> {
     ctx.leading()?;
     let target = Target { client: &client, layout: &ctx.layout, ns: &ns, name: &name };
     let notice = obj.cleanup(target, at).await?;
+    ctx.metrics.status.forget(&object_label(&ns, &name));
     ctx.event(obj, notice.type_, notice.reason, notice.note).await;
     Ok(Action::await_change())
 }
@@ -147,4 +150,8 @@ async fn patch_status<K: Kind>(api: &Api<K>, ctx: &Context, obj: &K, status: ser
         .await
         .map_err(Error::kube(format!("writing the status of {} {name}", K::kind(&())), &namespace))?;
     Ok(())
+}
+
+fn object_label(ns: &Name, name: &Name) -> ObjectLabel {
+    ObjectLabel { namespace: ns.to_string(), name: name.to_string() }
 }

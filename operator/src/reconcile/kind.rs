@@ -24,6 +24,7 @@ use super::cleanup::Cleanup;
 use super::{Identities, apply, build, cleanup, observe};
 use crate::crd::{DistributedLock, DistributedLockStatus, WorkQueue, WorkQueueStatus};
 use crate::error::{At, Error};
+use crate::metrics::{ObjectLabel, StatusMetrics};
 use crate::validate::Invalid;
 
 /// Where a resource's znodes are, and the session to reach them with.
@@ -76,6 +77,8 @@ pub trait Kind:
     ) -> impl Future<Output = Result<Self::Status, Error>> + Send;
     /// Cleanup (the finalizer): remove the znodes, or keep them and say why.
     fn cleanup(&self, target: Target<'_>, at: At) -> impl Future<Output = Result<Notice, Error>> + Send;
+    /// The status's figures as gauges.
+    fn report(status: &Self::Status, metrics: &StatusMetrics, label: &ObjectLabel);
 }
 
 impl Kind for DistributedLock {
@@ -123,6 +126,13 @@ impl Kind for DistributedLock {
         let path = Self::path(target.layout, target.ns, target.name);
         cleanup::lock(target.client, &path).await.map_err(|e| at.zk(e))?;
         Ok(Notice { type_: EventType::Normal, reason: "Deleted", note: "the lock's znodes were removed".into() })
+    }
+
+    fn report(status: &Self::Status, metrics: &StatusMetrics, label: &ObjectLabel) {
+        metrics.set(
+            label,
+            &[(&metrics.lock_holders, status.holders.len() as u64), (&metrics.lock_waiters, status.waiters.into())],
+        );
     }
 }
 
@@ -187,5 +197,17 @@ impl Kind for WorkQueue {
                 ),
             },
         })
+    }
+
+    fn report(status: &Self::Status, metrics: &StatusMetrics, label: &ObjectLabel) {
+        metrics.set(
+            label,
+            &[
+                (&metrics.queue_depth, status.depth),
+                (&metrics.queue_in_flight, status.in_flight),
+                (&metrics.queue_delayed, status.delayed),
+                (&metrics.queue_dead_letters, status.dead_lettered),
+            ],
+        );
     }
 }
