@@ -5,7 +5,9 @@
 # and gojsonschema, from which tools/helm-render builds offline to render the Helm chart in
 # tests (no helm binary is packaged); and what scripts/images.sh builds the container images
 # with and the image tests run them with: mmdebstrap, buildah, podman with runc, skopeo (to
-# push them), uidmap, python3-yaml. Idempotent.
+# push them), uidmap, python3-yaml; and Prometheus 2.42 with promtool, which the
+# monitoring tests scrape a sidecar with and check the chart's alerting rules with.
+# Idempotent.
 set -euo pipefail
 
 need=()
@@ -26,6 +28,7 @@ for tool in mmdebstrap buildah podman runc skopeo; do
 done
 command -v newuidmap >/dev/null 2>&1 || need+=(uidmap)
 python3 -c 'import yaml' 2>/dev/null || need+=(python3-yaml)
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "==> installing ${need[*]} (apt-get)"
@@ -35,8 +38,10 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 # kazoo (PyPI) is the Python peer of the benchmarks, whose quick run is part of the tests.
 python3 -c 'import kazoo' 2>/dev/null || { echo "==> installing kazoo (pip)"; python3 -m pip install -q kazoo; }
-# The package enables a system-wide server on 2181; Paddock runs its own ensembles.
-if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet zookeeper 2>/dev/null; then
-  systemctl stop zookeeper || true
-fi
+# The packages enable system-wide servers (2181, 9090); the tests run their own.
+for service in zookeeper prometheus; do
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$service" 2>/dev/null; then
+    systemctl stop "$service" || true
+  fi
+done
 echo "==> $(dpkg-query -W -f 'zookeeper ${Version}' zookeeper 2>/dev/null || echo zookeeper) and $(java -version 2>&1 | head -1) ready"

@@ -170,6 +170,43 @@ impl AdmissionMetrics {
 mod tests {
     use super::*;
 
+    /// The chart's alerts and dashboard name only series the operator exports (the
+    /// sidecar's are checked in its crate).
+    #[test]
+    fn the_charts_alerts_and_dashboard_name_only_metrics_that_exist() {
+        let metrics = Metrics::new();
+        metrics.reconciles.observe("WorkQueue", Duration::from_millis(1), Some("ZooKeeperUnavailable"));
+        metrics.admissions.admitted("injected");
+        let label = ObjectLabel { namespace: "ns".into(), name: "example".into() };
+        let s = &metrics.status;
+        let all = [
+            &s.queue_depth,
+            &s.queue_in_flight,
+            &s.queue_delayed,
+            &s.queue_dead_letters,
+            &s.lock_holders,
+            &s.lock_waiters,
+        ];
+        s.set(&label, &all.map(|family| (family, 1)));
+        let exported = metrics.encode();
+        let chart = concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/paddock");
+        let mut checked = 0;
+        for file in ["templates/monitoring.yaml", "dashboards/paddock.json"] {
+            let text = std::fs::read_to_string(format!("{chart}/{file}")).unwrap();
+            for name in text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if name.starts_with("paddock_operator_") {
+                    let found = exported
+                        .lines()
+                        .filter(|l| !l.starts_with('#'))
+                        .any(|l| l.split(['{', ' ']).next() == Some(name));
+                    assert!(found, "{file} names {name}, which the operator does not export:\n{exported}");
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked >= 5, "the chart's expressions were read ({checked} names)");
+    }
+
     #[test]
     fn the_handles_count_into_the_one_registry() {
         let metrics = Metrics::new();

@@ -110,66 +110,8 @@ impl Metrics {
             config_unknown_fields: Family::default(),
             registry: Registry::default(),
         };
-        registry.register("lock_acquires", "Locks acquired", m.lock_acquires.clone());
-        registry.register("lock_timeouts", "Acquires that timed out (409)", m.lock_timeouts.clone());
-        registry.register("lock_releases", "Locks released", m.lock_releases.clone());
-        registry.register("lock_losses", "Locks lost, by reason", m.lock_losses.clone());
-        registry.register("lock_wait_seconds", "Time from acquire request to outcome", m.lock_wait_seconds.clone());
-        registry.register("locks_held", "Locks held by this pod now", m.locks_held.clone());
-        registry.register("lock_wakeups", "Watch wake-ups of waiting acquires", m.lock_wakeups.clone());
-        registry.register(
-            "lock_held_seconds",
-            "How long the longest current hold of each lock by this pod has lasted",
-            m.lock_held_seconds.clone(),
-        );
-        registry.register(
-            "lock_hold_seconds",
-            "How long holds lasted, at release or loss",
-            m.lock_hold_seconds.clone(),
-        );
-        registry.register("queue_enqueued", "Items enqueued", m.queue_enqueued.clone());
-        registry.register("queue_delivered", "Items handed to the app", m.queue_delivered.clone());
-        registry.register("queue_acked", "Items acked", m.queue_acked.clone());
-        registry.register("queue_nacked", "Items nacked", m.queue_nacked.clone());
-        registry.register("queue_redelivered", "Deliveries with attempt > 1", m.queue_redelivered.clone());
-        registry.register("queue_dead_lettered", "Items moved to dead-letter", m.queue_dead_lettered.clone());
-        registry.register(
-            "queue_claims_stale",
-            "Claims not handed out because the sidecar was stopped or starved for half a session after making them",
-            m.queue_claims_stale.clone(),
-        );
-        registry.register("queue_wait_seconds", "Time from enqueue to delivery", m.queue_wait_seconds.clone());
-        registry.register("queue_zookeeper_reads", "ZooKeeper reads made by queue consumers", m.queue_zk_reads.clone());
-        registry.register(
-            "queue_ready_items",
-            "Ready items (due, not claimed) in the buckets this pod's consumers have reached",
-            m.queue_ready_items.clone(),
-        );
-        registry.register(
-            "queue_in_flight_items",
-            "Items claimed by any consumer of the queue",
-            m.queue_in_flight_items.clone(),
-        );
-        registry.register(
-            "queue_oldest_ready_age_seconds",
-            "How long the earliest ready item has been due (0 when none is ready)",
-            m.queue_oldest_ready_age_seconds.clone(),
-        );
-        registry.register(
-            "zookeeper_connected",
-            "1 while the ZooKeeper session is connected, else 0",
-            m.zookeeper_connected.clone(),
-        );
-        registry.register(
-            "zookeeper_session_events",
-            "Changes of the ZooKeeper session: established, suspended, reconnected, expired",
-            m.zookeeper_session_events.clone(),
-        );
-        registry.register(
-            "config_unknown_fields",
-            "Keys of lock and queue configs this sidecar does not know and ignored (a newer operator's), per config read",
-            m.config_unknown_fields.clone(),
-        );
+        m.register_locks(&mut registry);
+        m.register_queues_and_session(&mut registry);
         // Every loss reason shows from the start, at zero, so dashboards and alerts see it.
         for reason in ["session-expired", "connection-lost", "ttl-elapsed", "node-deleted"] {
             m.lock_losses.get_or_create(&ReasonLabel { reason: reason.to_owned() }).inc_by(0);
@@ -178,6 +120,76 @@ impl Metrics {
             m.zookeeper_session_events.get_or_create(&SessionEventLabel { event: event.to_owned() }).inc_by(0);
         }
         Self { registry, ..m }
+    }
+
+    fn register_locks(&self, registry: &mut Registry) {
+        registry.register("lock_acquires", "Locks acquired", self.lock_acquires.clone());
+        registry.register("lock_timeouts", "Acquires that timed out (409)", self.lock_timeouts.clone());
+        registry.register("lock_releases", "Locks released", self.lock_releases.clone());
+        registry.register("lock_losses", "Locks lost, by reason", self.lock_losses.clone());
+        registry.register("lock_wait_seconds", "Time from acquire request to outcome", self.lock_wait_seconds.clone());
+        registry.register("locks_held", "Locks held by this pod now", self.locks_held.clone());
+        registry.register("lock_wakeups", "Watch wake-ups of waiting acquires", self.lock_wakeups.clone());
+        registry.register(
+            "lock_held_seconds",
+            "How long the longest current hold of each lock by this pod has lasted",
+            self.lock_held_seconds.clone(),
+        );
+        registry.register(
+            "lock_hold_seconds",
+            "How long holds lasted, at release or loss",
+            self.lock_hold_seconds.clone(),
+        );
+    }
+
+    fn register_queues_and_session(&self, registry: &mut Registry) {
+        registry.register("queue_enqueued", "Items enqueued", self.queue_enqueued.clone());
+        registry.register("queue_delivered", "Items handed to the app", self.queue_delivered.clone());
+        registry.register("queue_acked", "Items acked", self.queue_acked.clone());
+        registry.register("queue_nacked", "Items nacked", self.queue_nacked.clone());
+        registry.register("queue_redelivered", "Deliveries with attempt > 1", self.queue_redelivered.clone());
+        registry.register("queue_dead_lettered", "Items moved to dead-letter", self.queue_dead_lettered.clone());
+        registry.register(
+            "queue_claims_stale",
+            "Claims not handed out because the sidecar was stopped or starved for half a session after making them",
+            self.queue_claims_stale.clone(),
+        );
+        registry.register("queue_wait_seconds", "Time from enqueue to delivery", self.queue_wait_seconds.clone());
+        registry.register(
+            "queue_zookeeper_reads",
+            "ZooKeeper reads made by queue consumers",
+            self.queue_zk_reads.clone(),
+        );
+        registry.register(
+            "queue_ready_items",
+            "Ready items (due, not claimed) in the buckets this pod's consumers have reached",
+            self.queue_ready_items.clone(),
+        );
+        registry.register(
+            "queue_in_flight_items",
+            "Items claimed by any consumer of the queue",
+            self.queue_in_flight_items.clone(),
+        );
+        registry.register(
+            "queue_oldest_ready_age_seconds",
+            "How long the earliest ready item has been due (0 when none is ready)",
+            self.queue_oldest_ready_age_seconds.clone(),
+        );
+        registry.register(
+            "zookeeper_connected",
+            "1 while the ZooKeeper session is connected, else 0",
+            self.zookeeper_connected.clone(),
+        );
+        registry.register(
+            "zookeeper_session_events",
+            "Changes of the ZooKeeper session: established, suspended, reconnected, expired",
+            self.zookeeper_session_events.clone(),
+        );
+        registry.register(
+            "config_unknown_fields",
+            "Keys of lock and queue configs this sidecar does not know and ignored (a newer operator's), per config read",
+            self.config_unknown_fields.clone(),
+        );
     }
 
     pub fn encode(&self) -> String {

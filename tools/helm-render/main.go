@@ -14,7 +14,8 @@
 //	            [--kube-version v1.30.0] [--api-versions group/version]... [--include-crds]
 //	            [--notes] CHART
 //
-// Deliberate differences from helm: no subcharts, no .Files, no hooks, and a document
+// Deliberate differences from helm: no subcharts, .Files has only Get (of files outside
+// templates/, no .helmignore), no hooks, and a document
 // that holds only comments is left out. On any error (schema, `required`, `fail`, a
 // template that does not parse, output that is not YAML) it prints the error on stderr
 // and exits 1.
@@ -162,7 +163,12 @@ func run(args []string) error {
 			return fmt.Errorf("chart requires kubeVersion: %s which is incompatible with Kubernetes %s", constraint, kv.Version)
 		}
 	}
+	files, err := readFiles(chartDir)
+	if err != nil {
+		return err
+	}
 	top := map[string]interface{}{
+		"Files":  files,
 		"Values": values,
 		"Chart":  chartMeta,
 		"Release": map[string]interface{}{
@@ -185,6 +191,32 @@ func run(args []string) error {
 	}
 	_, err = os.Stdout.WriteString(out)
 	return err
+}
+
+// Files is .Files: the chart's files outside templates/, by path relative to the chart.
+type Files map[string][]byte
+
+// Get is .Files.Get: a file's contents, or "" when there is no such file (as in helm).
+func (f Files) Get(name string) string { return string(f[name]) }
+
+func readFiles(chartDir string) (Files, error) {
+	files := Files{}
+	err := filepath.WalkDir(chartDir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(chartDir, path)
+		if d.IsDir() {
+			if rel == "templates" {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		data, err := os.ReadFile(path)
+		files[filepath.ToSlash(rel)] = data
+		return err
+	})
+	return files, err
 }
 
 // readYAMLMap reads a YAML mapping with numbers as float64, as helm reads values (it goes

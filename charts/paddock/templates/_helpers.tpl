@@ -146,3 +146,12 @@ capabilities:
 seccompProfile:
   type: RuntimeDefault
 {{- end }}
+
+{{/* Labels of the monitoring objects: the release's and monitoring.labels. */}}
+{{- define "paddock.monitoring.labels" -}}
+{{ include "paddock.labels" . }}
+app.kubernetes.io/component: monitoring
+{{- with .Values.monitoring.labels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}

@@ -157,23 +157,26 @@ fn patch(raw: &serde_json::Value, injected: &Pod, native: bool) -> json_patch::P
     let sidecar = serde_json::to_value(sidecar).expect("a Container serializes");
 
     let mut operations = Vec::new();
-    // The annotations the injection added (status, scrape), each on its own.
-    let added: serde_json::Map<String, serde_json::Value> = injected
-        .metadata
-        .annotations
-        .iter()
-        .flatten()
-        .filter(|(key, _)| raw.pointer("/metadata/annotations").and_then(|a| a.get(key.as_str())).is_none())
-        .map(|(key, value)| (key.clone(), value.clone().into()))
-        .collect();
-    match raw.pointer("/metadata/annotations") {
-        Some(serde_json::Value::Object(_)) => {
-            for (key, value) in added {
-                let key = key.replace('~', "~0").replace('/', "~1");
-                operations.push(add(format!("/metadata/annotations/{key}"), value));
+    // The labels and annotations the injection added (sidecar label; status, scrape),
+    // each on its own.
+    for (field, map) in [("labels", &injected.metadata.labels), ("annotations", &injected.metadata.annotations)] {
+        let pointer = format!("/metadata/{field}");
+        let added: serde_json::Map<String, serde_json::Value> = map
+            .iter()
+            .flatten()
+            .filter(|(key, _)| raw.pointer(&pointer).and_then(|a| a.get(key.as_str())).is_none())
+            .map(|(key, value)| (key.clone(), value.clone().into()))
+            .collect();
+        match raw.pointer(&pointer) {
+            Some(serde_json::Value::Object(_)) => {
+                for (key, value) in added {
+                    let key = key.replace('~', "~0").replace('/', "~1");
+                    operations.push(add(format!("{pointer}/{key}"), value));
+                }
             }
+            _ if added.is_empty() => {}
+            _ => operations.push(add(pointer, added.into())),
         }
-        _ => operations.push(add("/metadata/annotations".into(), added.into())),
     }
     let mut add_url = |list: &str, containers: Option<&serde_json::Value>| {
         for (index, container) in containers.and_then(|c| c.as_array()).into_iter().flatten().enumerate() {
@@ -240,6 +243,7 @@ mod tests {
             assert_eq!(patched["metadata"]["annotations"]["paddock.dev/status"], "injected");
             assert_eq!(patched["metadata"]["annotations"]["paddock.dev/inject"], "true");
             assert_eq!(patched["metadata"]["annotations"]["prometheus.io/port"], "7421");
+            assert_eq!(patched["metadata"]["labels"]["paddock.dev/sidecar"], "injected");
             assert_eq!(patched["metadata"]["annotations"]["prometheus.io/path"], "/metrics");
         }
         // A pod without annotations at all gets them in one object.

@@ -19,6 +19,8 @@ pub const INJECT_ANNOTATION: &str = "paddock.dev/inject";
 pub const QUEUE_ANNOTATION: &str = "paddock.dev/queue";
 /// Set on pods the webhook injected; a pod carrying it is left alone.
 pub const STATUS_ANNOTATION: &str = "paddock.dev/status";
+/// The label of injected pods (`injected`), by which the chart's PodMonitor finds them.
+pub const SIDECAR_LABEL: &str = "paddock.dev/sidecar";
 /// The sidecar container's name.
 pub const SIDECAR_NAME: &str = "paddock-sidecar";
 /// The sidecar's port for probes and `/metrics` (all addresses, read-only).
@@ -106,6 +108,7 @@ pub fn inject(pod: &Pod, template: &SidecarTemplate) -> Result<Injection, Reject
     let sidecar = sidecar_container(template, queue.as_ref(), resources);
 
     let mut injected = pod.clone();
+    injected.metadata.labels.get_or_insert_with(BTreeMap::new).insert(SIDECAR_LABEL.into(), "injected".into());
     let pod_annotations = injected.metadata.annotations.get_or_insert_with(BTreeMap::new);
     pod_annotations.insert(STATUS_ANNOTATION.into(), "injected".into());
     let scrape_opted_out = annotations.get(PROMETHEUS_ANNOTATIONS).is_some_and(|v| v == "false");
@@ -315,6 +318,7 @@ pub(crate) mod tests {
     fn prometheus_finds_the_sidecar_by_its_named_port_and_the_scrape_annotations() {
         let pod_ = injected(inject(&pod(&[(INJECT_ANNOTATION, "true")]), &template(true)));
         let annotations = pod_.metadata.annotations.clone().unwrap();
+        assert_eq!(pod_.metadata.labels.as_ref().unwrap()[SIDECAR_LABEL], "injected", "for the PodMonitor");
         assert_eq!(annotations["prometheus.io/scrape"], "true");
         assert_eq!(annotations["prometheus.io/port"], "7421");
         assert_eq!(annotations["prometheus.io/path"], "/metrics");

@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use super::claim::{Read, read_candidate};
+use super::claim::{Candidate, Read, read_candidate};
 use super::dead::{ClaimCheck, move_to_dead};
 use super::enqueue::ensure_bucket;
 use super::item::{Envelope, ItemId, bucket_name, encode, now_ms};
@@ -151,7 +151,21 @@ pub async fn nack(
         }
         return Ok(NackOutcome::Requeued { id: Some(id.clone()) });
     }
-    // Delayed: the item moves to the bucket of its new due time, carrying its history.
+    let new_id = move_delayed(client, paths, id, *item, delay).await?;
+    Ok(NackOutcome::Requeued { id: new_id })
+}
+
+/// A delayed nack: the item moves to the bucket of its new due time, carrying its
+/// history, in one multi with a receipt. Its new id (None when an earlier nack of the
+/// caller's own had moved it).
+async fn move_delayed(
+    client: &zk::Client,
+    paths: &QueuePaths,
+    id: &ItemId,
+    item: Candidate,
+    delay: Duration,
+) -> Result<Option<ItemId>, QueueError> {
+    let id_text = id.to_string();
     let due = now_ms() + delay.as_millis() as u64;
     let original_id = Some(item.envelope.original_id.clone().unwrap_or_else(|| id_text.clone()));
     let moved = Envelope { due_ms: due, original_id, carried: Some(item.attempts), ..item.envelope };
@@ -194,9 +208,8 @@ pub async fn nack(
             None
         }
     };
-    let new_id = receipted.map(|Receipted { receipt, first }| {
+    Ok(receipted.map(|Receipted { receipt, first }| {
         receipt::delete(client, vec![receipt]);
         first
-    });
-    Ok(NackOutcome::Requeued { id: new_id })
+    }))
 }

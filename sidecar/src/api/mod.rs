@@ -151,14 +151,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_readme_names_every_endpoint_and_metric_that_exists() {
-        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
-        for (_, path) in documented() {
-            let shown = path.replace("{name}", "").replace("{id}", "");
-            let stem = shown.split("//").next().unwrap().trim_end_matches('/');
-            assert!(readme.contains(stem), "README does not mention {path}");
-        }
+    /// Every family, with a sample (labelled families show nothing until they have one).
+    fn metrics_with_every_series() -> Metrics {
         let metrics = Metrics::new();
         let label = crate::metrics::queue_label("example");
         for family in [
@@ -170,7 +164,7 @@ mod tests {
             &metrics.queue_dead_lettered,
             &metrics.queue_claims_stale,
         ] {
-            family.get_or_create(&label).inc_by(0); // a queue's series appear once it is used
+            family.get_or_create(&label).inc_by(0);
         }
         for family in [&metrics.queue_ready_items, &metrics.queue_in_flight_items] {
             family.get_or_create(&label).set(0);
@@ -180,7 +174,47 @@ mod tests {
         metrics.lock_held_seconds.get_or_create(&lock).set(0.0);
         metrics.lock_hold_seconds.get_or_create(&lock).observe(0.0);
         metrics.unknown_config_fields("queue", "/example", &["future".to_owned()]);
-        let exported = metrics.encode();
+        metrics
+    }
+
+    /// Whether `/metrics` has the series `name` (a histogram's `_bucket`, `_sum` and
+    /// `_count` included).
+    fn exports(exported: &str, name: &str) -> bool {
+        exported.lines().filter(|l| !l.starts_with('#')).any(|l| l.split(['{', ' ']).next() == Some(name))
+    }
+
+    /// The chart's alerts and dashboard name only series the sidecar exports (the
+    /// operator's own, `paddock_operator_*`, are checked in its crate): a misspelt or
+    /// removed metric fails here, not in someone's Grafana.
+    #[test]
+    fn the_charts_alerts_and_dashboard_name_only_metrics_that_exist() {
+        let chart = concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/paddock");
+        let exported = metrics_with_every_series().encode();
+        let mut checked = 0;
+        for file in ["templates/monitoring.yaml", "dashboards/paddock.json"] {
+            let text = std::fs::read_to_string(format!("{chart}/{file}")).unwrap();
+            for name in text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if name.starts_with("paddock_") && !name.starts_with("paddock_operator_") {
+                    assert!(
+                        exports(&exported, name),
+                        "{file} names {name}, which /metrics does not export:\n{exported}"
+                    );
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked >= 10, "the chart's expressions were read ({checked} names)");
+    }
+
+    #[test]
+    fn the_readme_names_every_endpoint_and_metric_that_exists() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+        for (_, path) in documented() {
+            let shown = path.replace("{name}", "").replace("{id}", "");
+            let stem = shown.split("//").next().unwrap().trim_end_matches('/');
+            assert!(readme.contains(stem), "README does not mention {path}");
+        }
+        let exported = metrics_with_every_series().encode();
         let named: Vec<&str> = readme
             .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
             .filter(|w| {
