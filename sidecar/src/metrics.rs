@@ -74,6 +74,8 @@ pub struct Metrics {
     pub queue_zk_reads: Counter,
     pub queue_ready_items: Family<QueueLabel, Gauge>,
     pub queue_in_flight_items: Family<QueueLabel, Gauge>,
+    pub queue_delayed_items: Family<QueueLabel, Gauge>,
+    pub queue_dead_letters: Family<QueueLabel, Gauge>,
     pub queue_oldest_ready_age_seconds: Family<QueueLabel, Seconds>,
     pub zookeeper_connected: Gauge,
     pub zookeeper_session_events: Family<SessionEventLabel, Counter>,
@@ -104,6 +106,8 @@ impl Metrics {
             queue_zk_reads: Counter::default(),
             queue_ready_items: Family::default(),
             queue_in_flight_items: Family::default(),
+            queue_delayed_items: Family::default(),
+            queue_dead_letters: Family::default(),
             queue_oldest_ready_age_seconds: Family::default(),
             zookeeper_connected: Gauge::default(),
             zookeeper_session_events: Family::default(),
@@ -170,6 +174,8 @@ impl Metrics {
             "Items claimed by any consumer of the queue",
             self.queue_in_flight_items.clone(),
         );
+        registry.register("queue_delayed_items", "Items of the queue not due yet", self.queue_delayed_items.clone());
+        registry.register("queue_dead_letters", "Dead letters of the queue", self.queue_dead_letters.clone());
         registry.register(
             "queue_oldest_ready_age_seconds",
             "How long the earliest ready item has been due (0 when none is ready)",

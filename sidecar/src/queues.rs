@@ -166,6 +166,8 @@ impl QueueService {
             let label = queue_label(queue.as_str());
             metrics.queue_ready_items.get_or_create(&label).set(figures.ready as i64);
             metrics.queue_in_flight_items.get_or_create(&label).set(figures.in_flight as i64);
+            metrics.queue_delayed_items.get_or_create(&label).set(figures.delayed as i64);
+            metrics.queue_dead_letters.get_or_create(&label).set(figures.dead as i64);
             let age_ms = figures.oldest_ready_due_ms.map_or(0, |due| now.saturating_sub(due));
             metrics.queue_oldest_ready_age_seconds.get_or_create(&label).set(age_ms as f64 / 1000.0);
         }

@@ -15,7 +15,7 @@
 //! The views also remove buckets nothing will write to again: empty, and due
 //! [`BUCKET_KEEP`] ago (see `item` for why a bucket must not go sooner).
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -84,6 +84,12 @@ struct State {
     synced: bool,
     /// Set when the queue's znode does not exist.
     missing: bool,
+    /// Item counts of buckets not loaded whose count is known: read at the last resync for
+    /// the delayed ones, followed by watch events since (and from zero for buckets made
+    /// since). For the gauges only.
+    counted: HashMap<String, u64>,
+    /// Dead letters: counted at the last resync, followed by watch events since.
+    dead: u64,
 }
 
 #[derive(Debug, Default)]
@@ -95,12 +101,17 @@ enum Bucket {
 }
 
 /// What a view knows of its queue now, for gauges: no ZooKeeper read. Exact for the
-/// buckets consumers have reached; a due bucket not loaded yet counts as holding ready
-/// items of its due time (after a reconnect, until a consumer reaches it).
+/// buckets consumers have reached and those made since the last resync; after a
+/// reconnect, a due bucket not reached yet counts as holding ready items of its due time,
+/// and counts may be off by the changes in flight during the resync.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ViewFigures {
-    /// Ready items (due, not claimed) in the buckets loaded.
+    /// Ready items (due, not claimed).
     pub ready: u64,
+    /// Items not due yet.
+    pub delayed: u64,
+    /// Dead letters.
+    pub dead: u64,
     /// Items claimed by any consumer.
     pub in_flight: u64,
     /// Due time (ms since the epoch, to the bucket's 100 ms) of the earliest ready item.
@@ -186,14 +197,20 @@ impl QueueView {
     /// The queue's figures as the view holds them at `now` (ms).
     pub fn figures(&self, now: u64) -> ViewFigures {
         let state = self.inner.state.lock().expect("not poisoned");
-        let mut figures = ViewFigures { in_flight: state.claimed.len() as u64, ..ViewFigures::default() };
+        let mut figures =
+            ViewFigures { in_flight: state.claimed.len() as u64, dead: state.dead, ..ViewFigures::default() };
         for (name, bucket) in &state.buckets {
             let Some((_, due)) = super::item::parse_bucket(name) else { continue };
+            let counted = state.counted.get(name).copied();
             if due > now {
+                figures.delayed += counted.unwrap_or_default();
                 continue;
             }
             let ready = match bucket {
-                Bucket::Unloaded => true,
+                Bucket::Unloaded => {
+                    figures.ready += counted.unwrap_or_default();
+                    counted != Some(0)
+                }
                 Bucket::Loaded(seqs) => {
                     let unclaimed = seqs
                         .iter()
@@ -222,6 +239,7 @@ impl QueueView {
         if matches!(entry, Bucket::Unloaded) {
             *entry = Bucket::Loaded(BTreeSet::new());
         }
+        state.counted.remove(bucket);
     }
 
     /// Merges a listing of a bucket begun after `loading` (None: the bucket is gone).
@@ -296,6 +314,8 @@ enum Change {
     ItemDeleted(ItemId),
     Claimed(ItemId),
     Unclaimed(ItemId),
+    DeadLettered,
+    DeadLetterGone,
 }
 
 impl Inner {
@@ -313,6 +333,8 @@ impl Inner {
             }
             (["claims", id], zk::EventType::NodeCreated) => ItemId::parse(id).ok().map(Change::Claimed),
             (["claims", id], zk::EventType::NodeDeleted) => ItemId::parse(id).ok().map(Change::Unclaimed),
+            (["dead", _], zk::EventType::NodeCreated) => Some(Change::DeadLettered),
+            (["dead", _], zk::EventType::NodeDeleted) => Some(Change::DeadLetterGone),
             _ => None,
         }
     }
@@ -321,22 +343,42 @@ impl Inner {
         let mut state = self.state.lock().expect("not poisoned");
         let wakes = match change {
             Change::BucketCreated(bucket) => {
+                if !state.buckets.contains_key(&bucket) {
+                    state.counted.insert(bucket.clone(), 0);
+                }
                 state.buckets.entry(bucket).or_default();
                 true
             }
             Change::BucketDeleted(bucket) => {
+                state.counted.remove(&bucket);
                 state.buckets.remove(&bucket);
                 false
             }
-            Change::ItemCreated(id) => match state.buckets.entry(id.bucket).or_default() {
-                Bucket::Loaded(seqs) => seqs.insert(id.seq),
-                Bucket::Unloaded => true,
-            },
+            Change::ItemCreated(id) => {
+                if let Some(count) = state.counted.get_mut(&id.bucket) {
+                    *count += 1;
+                }
+                match state.buckets.entry(id.bucket).or_default() {
+                    Bucket::Loaded(seqs) => seqs.insert(id.seq),
+                    Bucket::Unloaded => true,
+                }
+            }
             Change::ItemDeleted(id) => {
                 state.claimed.remove(&id);
+                if let Some(count) = state.counted.get_mut(&id.bucket) {
+                    *count = count.saturating_sub(1);
+                }
                 if let Some(Bucket::Loaded(seqs)) = state.buckets.get_mut(&id.bucket) {
                     seqs.remove(&id.seq);
                 }
+                false
+            }
+            Change::DeadLettered => {
+                state.dead += 1;
+                false
+            }
+            Change::DeadLetterGone => {
+                state.dead = state.dead.saturating_sub(1);
                 false
             }
             Change::Claimed(id) => {
@@ -384,15 +426,28 @@ impl Inner {
                 Err(zk::Error::NoNode) => HashSet::new(),
                 Err(e) => return Err(e),
             };
-            Ok(Some((buckets, claimed)))
+            // For the gauges: the dead letters, and the items of delayed buckets (which no
+            // consumer loads before they are due).
+            let dead = client.check_stat(&self.paths.dead()).await?.map_or(0, |s| s.num_children as u64);
+            let now = now_ms();
+            let mut counted = HashMap::new();
+            for bucket in &buckets {
+                if super::item::parse_bucket(bucket).is_some_and(|(_, due)| due > now)
+                    && let Some(stat) = client.check_stat(&self.paths.bucket(bucket)).await?
+                {
+                    counted.insert(bucket.clone(), stat.num_children as u64);
+                }
+            }
+            self.observer.reads(1 + counted.len() as u64);
+            Ok(Some((buckets, claimed, counted, dead)))
         }
         .await;
         self.observer.reads(2);
         let mut state = self.state.lock().expect("not poisoned");
         match listed? {
-            Some((buckets, claimed)) => {
+            Some((buckets, claimed, counted, dead)) => {
                 let buckets = buckets.into_iter().map(|b| (b, Bucket::Unloaded)).collect();
-                *state = State { buckets, claimed, synced: true, ..State::default() };
+                *state = State { buckets, claimed, counted, dead, synced: true, ..State::default() };
             }
             None => *state = State { synced: true, missing: true, ..State::default() },
         }

@@ -166,7 +166,12 @@ mod tests {
         ] {
             family.get_or_create(&label).inc_by(0);
         }
-        for family in [&metrics.queue_ready_items, &metrics.queue_in_flight_items] {
+        for family in [
+            &metrics.queue_ready_items,
+            &metrics.queue_in_flight_items,
+            &metrics.queue_delayed_items,
+            &metrics.queue_dead_letters,
+        ] {
             family.get_or_create(&label).set(0);
         }
         metrics.queue_oldest_ready_age_seconds.get_or_create(&label).set(0.0);
