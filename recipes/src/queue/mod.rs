@@ -133,19 +133,21 @@ pub async fn read_config(client: &zk::Client, paths: &QueuePaths) -> Result<Queu
     Ok(QueueConfig::from_znode(&paths.base, &data)?)
 }
 
-/// Counts from ZooKeeper: one stat per bucket, plus claims and dead letters.
+/// Counts from ZooKeeper: the number of nodes under `items/` (one read, however many
+/// buckets; less the buckets themselves), one stat per delayed bucket, plus claims and
+/// dead letters. Receipts of enqueues in flight count as items for that moment.
 pub async fn stats(client: &zk::Client, paths: &QueuePaths) -> Result<QueueStats, QueueError> {
     let buckets = client.list_children(&paths.items()).await.map_err(|e| QueueError::or_not_provisioned(e, paths))?;
+    let under =
+        client.count_descendants_number(&paths.items()).await.map_err(|e| QueueError::or_not_provisioned(e, paths))?;
     let now = now_ms();
-    let mut stats = QueueStats::default();
+    let mut stats = QueueStats { depth: (under as u64).saturating_sub(buckets.len() as u64), ..QueueStats::default() };
     for bucket in buckets {
         let Some((_, due)) = item::parse_bucket(&bucket) else { continue };
-        if let Some(stat) = client.check_stat(&paths.bucket(&bucket)).await? {
-            let n = stat.num_children as u64;
-            stats.depth += n;
-            if due > now {
-                stats.delayed += n;
-            }
+        if due > now
+            && let Some(stat) = client.check_stat(&paths.bucket(&bucket)).await?
+        {
+            stats.delayed += stat.num_children as u64;
         }
     }
     stats.in_flight = client.check_stat(&paths.claims()).await?.map_or(0, |s| s.num_children as u64);
