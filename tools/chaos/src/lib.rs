@@ -127,8 +127,10 @@ pub async fn run(options: ChaosOptions) -> Result<Report> {
     check_isolation(&cluster, &mut report, "after the faults").await?;
     check_operator(&cluster, &mut report).await?;
     if !report.violations.is_empty() || !report.lost.is_empty() {
-        let Cluster { dir, stack, pods } = cluster;
+        let Cluster { dir, mut stack, pods } = cluster;
         drop(pods);
+        // The servers' logs too: whether ZooKeeper itself lost a committed write is told there.
+        stack.ensemble.keep_logs();
         drop(stack);
         println!("logs kept in {}", dir.keep().display());
     }

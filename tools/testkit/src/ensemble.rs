@@ -243,6 +243,12 @@ impl Ensemble {
     }
 
     /// The connect string for clients: every server, comma separated.
+    /// Keeps the data directories and logs when the ensemble is dropped, as a failed test
+    /// does: for a run that found something (the fault suite's violations).
+    pub fn keep_logs(&mut self) {
+        self.keep_dir = true;
+    }
+
     pub fn connect_string(&self) -> String {
         self.servers.iter().map(|s| s.client_addr().to_string()).collect::<Vec<_>>().join(",")
     }
