@@ -6,11 +6,13 @@
 //! - `workloads`: what the apps do and write down.
 //! - `faults`: the nemesis.
 //! - `report`: the checkers and the verdict.
+//! - `durability`: ZooKeeper's own durability under the same faults, by a plain client.
 //!
 //! `bash scripts/chaos.sh --duration 30m` runs a long one; CI runs a short one
 //! (`tests/chaos.rs`).
 
 pub mod cluster;
+pub mod durability;
 pub mod faults;
 pub mod report;
 pub mod workloads;
@@ -24,6 +26,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use self::cluster::{Cluster, TEAM_B};
+use self::durability::{DurabilityLedger, Sabotage};
 pub use self::faults::FaultKind;
 use self::report::DeadLetter;
 pub use self::report::Report;
@@ -45,6 +48,9 @@ pub enum Broken {
     /// Consumers fail every tenth item (they nack it): after the queue's `maxAttempts`
     /// deliveries it goes to the dead letters, which the ledger must count, not call lost.
     FailSomeItems,
+    /// Some of the durability ledger's confirmed ZooKeeper writes are undone behind its
+    /// back, as by a server that lost committed transactions.
+    ZookeeperLosesWrites,
 }
 
 #[derive(Debug, Clone)]
@@ -88,6 +94,14 @@ pub async fn run(options: ChaosOptions) -> Result<Report> {
 
     let started = Instant::now();
     let stop = CancellationToken::new();
+    let durability = Arc::new(DurabilityLedger::default());
+    let durability_writer = {
+        let (ledger, stop) = (durability.clone(), stop.clone());
+        let connect_string = cluster.stack.ensemble.connect_string();
+        let sabotage =
+            if options.broken == Some(Broken::ZookeeperLosesWrites) { Sabotage::UndoSome } else { Sabotage::None };
+        tokio::spawn(async move { ledger.write(connect_string, sabotage, stop).await })
+    };
     let timer = {
         let (stop, duration) = (stop.clone(), options.duration);
         tokio::spawn(async move {
@@ -96,9 +110,12 @@ pub async fn run(options: ChaosOptions) -> Result<Report> {
         })
     };
     let faults =
-        faults::nemesis(&mut cluster, &workloads, &options.faults, options.seed, options.outage, started, stop).await;
+        faults::nemesis(&mut cluster, &workloads, &options.faults, options.seed, options.outage, started, stop.clone())
+            .await;
     timer.abort();
+    stop.cancel();
     let faults = faults.context("injecting a fault")?;
+    durability_writer.await.context("the durability ledger's writer")?;
 
     workloads.stop_producing.cancel();
     // Enqueues still in flight finish (or fail) before the queue is judged empty.
@@ -124,9 +141,10 @@ pub async fn run(options: ChaosOptions) -> Result<Report> {
     report::check_gauges(&workloads, &mut report);
     report::check_queue(&workloads, &faults, &dead, &mut report);
     report::summarize(&workloads, &faults, started, &mut report);
+    report.durability = durability.check(&cluster.stack.ensemble.connect_string(), started).await?;
     check_isolation(&cluster, &mut report, "after the faults").await?;
     check_operator(&cluster, &mut report).await?;
-    if !report.violations.is_empty() || !report.lost.is_empty() {
+    if !report.clean() {
         let Cluster { dir, mut stack, pods } = cluster;
         drop(pods);
         // The servers' logs too: whether ZooKeeper itself lost a committed write is told there.

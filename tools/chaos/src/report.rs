@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::durability::Durability;
 use super::faults::{Fault, FaultKind};
 use super::workloads::{AckOutcome, Delivery, ItemRef, Workloads};
 
@@ -30,11 +31,18 @@ pub struct Report {
     /// (seconds into the run), longest first.
     pub longest_unavailability: Vec<(String, Duration, f64)>,
     pub checks: Vec<String>,
+    /// ZooKeeper's own durability under the same faults.
+    pub durability: Durability,
 }
 
 impl Report {
     pub fn duplicate_count(&self) -> u64 {
         self.duplicates.values().sum()
+    }
+
+    /// No violation, no item lost, and no write that ZooKeeper confirmed lost either.
+    pub fn clean(&self) -> bool {
+        self.violations.is_empty() && self.lost.is_empty() && self.durability.writes_lost() == 0
     }
 }
 
@@ -314,6 +322,28 @@ impl fmt::Display for Report {
         for violation in &self.violations {
             writeln!(f, "  - {violation}")?;
         }
+        let d = &self.durability;
+        writeln!(
+            f,
+            "ZooKeeper durability (a plain client's writes): {} creates and {} deletes confirmed, {} of unknown outcome; confirmed writes lost: {}",
+            d.creates_confirmed,
+            d.deletes_confirmed,
+            d.unknown,
+            d.writes_lost()
+        )?;
+        for (what, writes) in [("create", &d.lost_creates), ("delete", &d.undone_deletes)] {
+            for run in runs(writes).iter().take(10) {
+                let ((first, at), (last, _)) = (run[0], run[run.len() - 1]);
+                writeln!(
+                    f,
+                    "  - {} confirmed {what}s undone: nodes {first} to {last}, confirmed from {at:.1} s",
+                    run.len()
+                )?;
+            }
+        }
+        if d.undone_on_purpose > 0 {
+            writeln!(f, "  (broken variant: {} writes undone on purpose)", d.undone_on_purpose)?;
+        }
         writeln!(f, "items lost: {}", self.lost.len())?;
         if !self.lost.is_empty() {
             let shown: Vec<String> = self.lost.iter().take(10).map(|i| format!("item-{i}")).collect();
@@ -342,4 +372,9 @@ impl fmt::Display for Report {
         }
         Ok(())
     }
+}
+
+/// Writes numbered close together (a gap of at most 5), as one rollback loses them.
+fn runs(writes: &[(u64, f64)]) -> Vec<&[(u64, f64)]> {
+    writes.chunk_by(|a, b| b.0 - a.0 <= 5).collect()
 }

@@ -27,6 +27,8 @@ async fn a_short_run_under_every_fault_has_no_violation_and_loses_nothing() {
     println!("{report}");
     assert!(report.violations.is_empty(), "violations (seed {}):\n{report}", report.seed);
     assert!(report.lost.is_empty(), "items lost (seed {}):\n{report}", report.seed);
+    assert_eq!(report.durability.writes_lost(), 0, "ZooKeeper lost confirmed writes (seed {}):\n{report}", report.seed);
+    assert!(report.durability.creates_confirmed > 0, "the durability ledger wrote:\n{report}");
     assert_eq!(report.fault_counts.len(), FaultKind::ALL.len(), "every kind of fault was injected:\n{report}");
     let count = |what: &str| report.operations.iter().find(|(w, _)| w.contains(what)).map(|(_, n)| *n).unwrap();
     assert!(count("increments") > 0 && count("deliveries") > 0 && count("semaphore") > 0 && count("write holds") > 0);
@@ -89,4 +91,23 @@ async fn items_that_always_fail_are_dead_lettered_and_counted_not_lost() {
         report.dead_lettered
     );
     assert!(report.violations.is_empty(), "violations:\n{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirmed_zookeeper_writes_undone_behind_the_ledger_are_reported() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let options = ChaosOptions {
+        seed: seed(),
+        duration: Duration::from_secs(15),
+        faults: vec![FaultKind::KillZkLeader],
+        broken: Some(Broken::ZookeeperLosesWrites),
+        ..Default::default()
+    };
+    let report = chaos::run(options).await.unwrap();
+    println!("{report}");
+    let durability = &report.durability;
+    assert!(durability.undone_on_purpose > 0, "the saboteur undid something:\n{report}");
+    assert!(!durability.lost_creates.is_empty(), "deleted confirmed creates went unnoticed:\n{report}");
+    assert!(!durability.undone_deletes.is_empty(), "recreated confirmed deletes went unnoticed:\n{report}");
+    assert!(!report.clean(), "a run whose ZooKeeper lost writes is not clean:\n{report}");
 }
