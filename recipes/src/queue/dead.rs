@@ -172,14 +172,7 @@ pub async fn requeue_dead(client: &zk::Client, paths: &QueuePaths, dead_id: &str
             // version) was not moved; gone, the receipt is looked for.
             *sent.lock().expect("not poisoned") = Some((bucket.clone(), receipt));
             let results = multi.commit().await.map_err(zk::Error::from)?;
-            let mut created = results.into_iter().filter_map(|r| match r {
-                zk::MultiWriteResult::Create { path, .. } => Some(path),
-                _ => None,
-            });
-            match (created.next(), created.next()) {
-                (Some(receipt), Some(item)) => Ok(Receipt::made(&bucket, receipt, &item)?),
-                other => Err(zk::Error::UnexpectedError(format!("a requeue's multi created {other:?}")).into()),
-            }
+            Ok(Receipt::made_by(&bucket, results)?)
         }
     })
     .await?;

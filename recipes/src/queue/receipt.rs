@@ -57,6 +57,19 @@ impl Receipt {
         Ok(Receipted { receipt, first })
     }
 
+    /// From the results of an applied multi that made one receipt in `bucket` and then
+    /// the item(s) after it: the receipt and the first item.
+    pub fn made_by(bucket: &str, results: Vec<zk::MultiWriteResult>) -> Result<Receipted, zk::Error> {
+        let mut created = results.into_iter().filter_map(|result| match result {
+            zk::MultiWriteResult::Create { path, .. } => Some(path),
+            _ => None,
+        });
+        match (created.next(), created.next()) {
+            (Some(receipt), Some(item)) => Self::made(bucket, receipt, &item),
+            other => Err(zk::Error::UnexpectedError(format!("a multi with a receipt created {other:?}"))),
+        }
+    }
+
     /// After an unknown outcome: brings the server up to date (`sync`) and looks for this
     /// call's receipt in `bucket`, retrying lost connections until `deadline`. Some when
     /// the multi that made it was applied.

@@ -181,16 +181,7 @@ async fn move_delayed(
         Op::Create(format!("{bucket_path}/item-"), encode(&moved, &item.payload)),
     ];
     let receipted = match commit_owned(client, paths.acl, &ops).await? {
-        Committed::Applied(results) => {
-            let mut created = results.into_iter().filter_map(|r| match r {
-                zk::MultiWriteResult::Create { path, .. } => Some(path),
-                _ => None,
-            });
-            match (created.next(), created.next()) {
-                (Some(receipt), Some(item)) => Some(Receipt::made(&bucket, receipt, &item)?),
-                _ => None,
-            }
-        }
+        Committed::Applied(results) => Some(Receipt::made_by(&bucket, results)?),
         // Our first attempt moved it if its receipt is there (the reply, with the new id,
         // was lost); else the item went elsewhere.
         Committed::Gone { retried: true } => {
