@@ -83,6 +83,18 @@ fn lock(name: &str) -> DistributedLock {
     )
 }
 
+fn queue(name: &str) -> WorkQueue {
+    WorkQueue::new(
+        name,
+        WorkQueueSpec {
+            max_attempts: 5,
+            visibility_timeout: "5m".into(),
+            max_payload_bytes: None,
+            deletion_policy: DeletionPolicy::Delete,
+        },
+    )
+}
+
 async fn lock_ready(locks: &Api<DistributedLock>, name: &str) -> Option<Condition> {
     locks.get_opt(name).await.unwrap().and_then(|l| l.status).and_then(|s| ready(&s.conditions))
 }
@@ -95,13 +107,7 @@ async fn lock_ready(locks: &Api<DistributedLock>, name: &str) -> Option<Conditio
 async fn a_busy_queue_status_follows_its_depth_within_two_seconds() {
     let setup = setup().await;
     let queues: Api<WorkQueue> = Api::namespaced(setup.client.clone(), "default");
-    let spec = WorkQueueSpec {
-        max_attempts: 5,
-        visibility_timeout: "5m".into(),
-        max_payload_bytes: None,
-        deletion_policy: DeletionPolicy::Delete,
-    };
-    queues.create(&PostParams::default(), &WorkQueue::new("busy", spec)).await.unwrap();
+    queues.create(&PostParams::default(), &queue("busy")).await.unwrap();
     let status = || async { queues.get("busy").await.unwrap().status };
     eventually(Duration::from_secs(60), "the queue is Ready", || async {
         status().await.and_then(|s| ready(&s.conditions)).is_some_and(|c| c.status == "True")
@@ -321,13 +327,7 @@ async fn a_znode_the_operator_may_not_read_is_reported_with_the_fix() {
 async fn status_figures_are_gauges_per_resource() {
     let setup = setup().await;
     let queues: Api<WorkQueue> = Api::namespaced(setup.client.clone(), "default");
-    let spec = WorkQueueSpec {
-        max_attempts: 5,
-        visibility_timeout: "5m".into(),
-        max_payload_bytes: None,
-        deletion_policy: DeletionPolicy::Delete,
-    };
-    queues.create(&PostParams::default(), &WorkQueue::new("jobs", spec)).await.unwrap();
+    queues.create(&PostParams::default(), &queue("jobs")).await.unwrap();
     let locks: Api<DistributedLock> = Api::namespaced(setup.client.clone(), "default");
     locks.create(&PostParams::default(), &lock("orders")).await.unwrap();
     let depth = r#"paddock_operator_queue_depth{namespace="default",name="jobs"}"#;
