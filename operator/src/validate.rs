@@ -46,7 +46,12 @@ pub fn queue(spec: &WorkQueueSpec) -> Result<QueueConfig, Invalid> {
     {
         return Err(Invalid { field: "spec.maxPayloadBytes", reason: format!("{limit} is not between 1 and 1000000") });
     }
-    Ok(QueueConfig { max_attempts: spec.max_attempts, visibility_timeout, max_payload_bytes: spec.max_payload_bytes })
+    Ok(QueueConfig {
+        max_attempts: spec.max_attempts,
+        visibility_timeout,
+        max_payload_bytes: spec.max_payload_bytes,
+        ..QueueConfig::default()
+    })
 }
 
 #[cfg(test)]

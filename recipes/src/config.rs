@@ -38,8 +38,10 @@ impl Default for LockConfig {
     }
 }
 
-/// A queue's config: data of `<root>/<ns>/queues/<name>`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A queue's config: data of `<root>/<ns>/queues/<name>`. The keys after the first three
+/// are written only when a resource sets them (a 0.1.0 sidecar rejects keys it does not
+/// know), and each one's absence means the older behaviour.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct QueueConfig {
     /// Deliveries before an item is dead-lettered.
@@ -50,11 +52,81 @@ pub struct QueueConfig {
     /// Payload limit; none means the largest payload that fits a znode.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_payload_bytes: Option<u32>,
+    /// The longest visibility one extend may ask for; none means
+    /// [`DEFAULT_MAX_VISIBILITY`].
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub max_visibility: Option<Duration>,
+    /// How long an idempotency key is remembered; none means
+    /// [`DEFAULT_DEDUPLICATION_WINDOW`].
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub deduplication_window: Option<Duration>,
+    /// The back-off before an item nacked without a delay, or given back by the
+    /// visibility timeout, is ready again; none means at once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryPolicy>,
+}
+
+/// Visibility an extend may ask for when the queue does not say (SQS's limit).
+pub const DEFAULT_MAX_VISIBILITY: Duration = Duration::from_secs(12 * 3600);
+/// How long idempotency keys are remembered when the queue does not say.
+pub const DEFAULT_DEDUPLICATION_WINDOW: Duration = Duration::from_secs(5 * 60);
+
+/// Exponential back-off of redeliveries: `initial_delay × multiplier^(attempt−1)`, at most
+/// `max_delay`, where `attempt` counts the deliveries so far.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RetryPolicy {
+    #[serde(with = "humantime_serde")]
+    pub initial_delay: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_delay: Duration,
+    #[serde(default = "RetryPolicy::default_multiplier")]
+    pub multiplier: f64,
+}
+
+impl RetryPolicy {
+    fn default_multiplier() -> f64 {
+        2.0
+    }
+
+    /// The delay before the delivery after `attempt` deliveries (1 for the first).
+    pub fn delay_after(&self, attempt: u32) -> Duration {
+        let exponent = attempt.saturating_sub(1).min(64) as i32;
+        let scaled = self.initial_delay.as_secs_f64() * self.multiplier.powi(exponent);
+        if scaled.is_finite() && scaled < self.max_delay.as_secs_f64() {
+            Duration::from_secs_f64(scaled.max(0.0))
+        } else {
+            self.max_delay
+        }
+    }
 }
 
 impl Default for QueueConfig {
     fn default() -> Self {
-        Self { max_attempts: 5, visibility_timeout: Duration::from_secs(300), max_payload_bytes: None }
+        Self {
+            max_attempts: 5,
+            visibility_timeout: Duration::from_secs(300),
+            max_payload_bytes: None,
+            max_visibility: None,
+            deduplication_window: None,
+            retry: None,
+        }
+    }
+}
+
+impl QueueConfig {
+    pub fn max_visibility(&self) -> Duration {
+        self.max_visibility.unwrap_or(DEFAULT_MAX_VISIBILITY)
+    }
+
+    pub fn deduplication_window(&self) -> Duration {
+        self.deduplication_window.unwrap_or(DEFAULT_DEDUPLICATION_WINDOW)
+    }
+
+    /// How long an item waits before its next delivery when it comes back without a delay
+    /// of its own, after `attempt` deliveries.
+    pub fn retry_delay(&self, attempt: u32) -> Duration {
+        self.retry.as_ref().map_or(Duration::ZERO, |retry| retry.delay_after(attempt))
     }
 }
 
@@ -98,6 +170,20 @@ impl QueueConfig {
         }
         if config.visibility_timeout.is_zero() {
             return Err(invalid("visibilityTimeout must be positive"));
+        }
+        if config.max_visibility.is_some_and(|max| max.is_zero()) {
+            return Err(invalid("maxVisibility must be positive"));
+        }
+        if config.deduplication_window.is_some_and(|window| window.is_zero()) {
+            return Err(invalid("deduplicationWindow must be positive"));
+        }
+        if let Some(retry) = &config.retry {
+            if !(retry.multiplier.is_finite() && retry.multiplier >= 1.0) {
+                return Err(invalid("retry.multiplier must be a number of at least 1"));
+            }
+            if retry.max_delay < retry.initial_delay {
+                return Err(invalid("retry.maxDelay must not be shorter than retry.initialDelay"));
+            }
         }
         Ok(Parsed { config, unknown_fields })
     }
@@ -160,10 +246,41 @@ mod tests {
         assert_eq!(lock.unknown_fields, ["lockDelay"]);
         let queue = QueueConfig::parse_znode(
             "/p/q",
-            br#"{"maxAttempts":2,"maxVisibility":"12h","retry":{"backoff":"exponential"},"visibilityTimeout":"30s"}"#,
+            br#"{"maxAttempts":2,"orderingKeys":true,"priorityAging":{"step":"1m"},"visibilityTimeout":"30s"}"#,
         )
         .unwrap();
         assert_eq!((queue.config.max_attempts, queue.config.visibility_timeout), (2, Duration::from_secs(30)));
-        assert_eq!(queue.unknown_fields, ["maxVisibility", "retry"]);
+        assert_eq!(queue.unknown_fields, ["orderingKeys", "priorityAging"]);
+    }
+
+    /// Keys a resource does not set are not written, so a 0.1.0 sidecar (which rejects
+    /// unknown keys) reads the configs of queues that use no newer feature.
+    #[test]
+    fn a_queue_without_new_features_writes_only_the_keys_of_0_1_0() {
+        let written = String::from_utf8(to_znode(&QueueConfig::default())).unwrap();
+        assert_eq!(written, r#"{"maxAttempts":5,"visibilityTimeout":"5m"}"#);
+    }
+
+    #[test]
+    fn new_queue_keys_are_read_and_checked() {
+        let c = QueueConfig::from_znode(
+            "/p",
+            br#"{"maxVisibility":"1h","deduplicationWindow":"30s","retry":{"initialDelay":"500ms","maxDelay":"4s","multiplier":2}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.max_visibility(), Duration::from_secs(3600));
+        assert_eq!(c.deduplication_window(), Duration::from_secs(30));
+        let delays: Vec<_> = (1..=5).map(|attempt| c.retry_delay(attempt)).collect();
+        assert_eq!(delays, [500, 1000, 2000, 4000, 4000].map(Duration::from_millis));
+        assert_eq!(QueueConfig::from_znode("/p", &to_znode(&c)).unwrap(), c);
+        assert_eq!(QueueConfig::default().retry_delay(3), Duration::ZERO);
+        assert_eq!(QueueConfig::default().max_visibility(), DEFAULT_MAX_VISIBILITY);
+        for bad in [
+            r#"{"maxVisibility":"0s"}"#,
+            r#"{"retry":{"initialDelay":"1s","maxDelay":"1s","multiplier":0.5}}"#,
+            r#"{"retry":{"initialDelay":"2s","maxDelay":"1s"}}"#,
+        ] {
+            assert!(QueueConfig::from_znode("/p", bad.as_bytes()).is_err(), "{bad} is rejected");
+        }
     }
 }

@@ -9,7 +9,7 @@ pub mod names;
 pub mod retry;
 pub mod session;
 
-pub use config::{LockConfig, QueueConfig};
+pub use config::{LockConfig, QueueConfig, RetryPolicy};
 pub use layout::Layout;
 pub use names::Name;
 pub use session::{Session, SessionEvent, SessionOptions};

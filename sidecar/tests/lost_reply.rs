@@ -72,7 +72,7 @@ async fn world_with_session(locks: &[(&str, u32)], queues: &[(&str, QueueConfig)
 }
 
 fn queue_config(max_attempts: u32) -> QueueConfig {
-    QueueConfig { max_attempts, visibility_timeout: Duration::from_secs(300), max_payload_bytes: None }
+    QueueConfig { max_attempts, visibility_timeout: Duration::from_secs(300), ..QueueConfig::default() }
 }
 
 fn lock_path(name: &str) -> String {

@@ -26,7 +26,7 @@ async fn setup(queues: &[(&str, QueueConfig)]) -> Ensemble {
 }
 
 fn config(max_attempts: u32, visibility: Duration) -> QueueConfig {
-    QueueConfig { max_attempts, visibility_timeout: visibility, max_payload_bytes: None }
+    QueueConfig { max_attempts, visibility_timeout: visibility, ..QueueConfig::default() }
 }
 
 /// What happened to each item, by its number.

@@ -31,7 +31,7 @@ async fn a_sidecar_serves_configs_with_keys_it_does_not_know() {
     // The operator is upgraded and rewrites both configs with keys of the next version.
     admin.set_data(&lock_path, br#"{"maxHolders":1,"lockDelay":"5s"}"#, None).await.unwrap();
     admin
-        .set_data(&queue_path, br#"{"maxAttempts":2,"visibilityTimeout":"30s","maxVisibility":"12h"}"#, None)
+        .set_data(&queue_path, br#"{"maxAttempts":2,"visibilityTimeout":"30s","orderingKeys":true}"#, None)
         .await
         .unwrap();
 
@@ -54,7 +54,7 @@ async fn a_sidecar_serves_configs_with_keys_it_does_not_know() {
     let text = pod.http().get(pod.url("/metrics")).send().await.unwrap().text().await.unwrap();
     for series in [
         r#"paddock_config_unknown_fields_total{kind="lock",field="lockDelay"}"#,
-        r#"paddock_config_unknown_fields_total{kind="queue",field="maxVisibility"}"#,
+        r#"paddock_config_unknown_fields_total{kind="queue",field="orderingKeys"}"#,
     ] {
         assert!(text.lines().any(|l| l.starts_with(series)), "{series} missing from /metrics:\n{text}");
     }
