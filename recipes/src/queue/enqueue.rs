@@ -10,7 +10,7 @@
 //!   older sidecars); a bucket's child count (`stats`) includes the receipts of enqueues
 //!   in flight.
 
-use super::item::{Envelope, ItemId, bucket_name, encode, now_ms};
+use super::item::{Envelope, ItemId, bucket_name, due_after, encode, now_ms};
 use super::receipt::{self, Receipt, Receipted};
 use super::{NewItem, QueueError};
 use crate::layout::QueuePaths;
@@ -22,7 +22,7 @@ pub(super) fn envelope_for(item: &NewItem, now: u64) -> Envelope {
         enqueued_at_ms: now,
         content_type: item.content_type.clone(),
         priority: item.priority,
-        due_ms: now + item.delay.as_millis() as u64,
+        due_ms: due_after(now, item.delay),
         original_id: None,
         carried: None,
     }

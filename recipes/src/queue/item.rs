@@ -31,6 +31,16 @@ pub fn bucket_name(priority: u8, due_ms: u64) -> String {
     format!("b{}-{:012}", MAX_PRIORITY - priority.min(MAX_PRIORITY), due_ms / BUCKET_SPAN_MS)
 }
 
+/// When an item delayed by `delay` from `now_ms` is due: at least that late, and at the
+/// start of a bucket's slot, because consumers take a bucket as due when its slot starts.
+/// No delay is due now.
+pub fn due_after(now_ms: u64, delay: std::time::Duration) -> u64 {
+    if delay.is_zero() {
+        return now_ms;
+    }
+    (now_ms + delay.as_millis() as u64).div_ceil(BUCKET_SPAN_MS) * BUCKET_SPAN_MS
+}
+
 /// Parses a bucket name into (priority, earliest due ms of the bucket).
 pub fn parse_bucket(name: &str) -> Option<(u8, u64)> {
     let rest = name.strip_prefix('b')?;
@@ -196,6 +206,16 @@ pub fn now_ms() -> u64 {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_delayed_item_is_due_at_a_slot_start_no_sooner_than_its_delay() {
+        use std::time::Duration;
+        assert_eq!(due_after(1_234, Duration::ZERO), 1_234);
+        assert_eq!(due_after(1_234, Duration::from_millis(500)), 1_800);
+        assert_eq!(due_after(1_200, Duration::from_millis(500)), 1_700);
+        let due = due_after(1_234, Duration::from_millis(1));
+        assert_eq!(parse_bucket(&bucket_name(0, due)).map(|(_, start)| start), Some(due));
+    }
     use super::*;
 
     #[test]
