@@ -70,6 +70,9 @@ pub struct Metrics {
     pub queue_redelivered: Family<QueueLabel, Counter>,
     pub queue_dead_lettered: Family<QueueLabel, Counter>,
     pub queue_claims_stale: Family<QueueLabel, Counter>,
+    pub queue_extended: Family<QueueLabel, Counter>,
+    pub queue_purged: Family<QueueLabel, Counter>,
+    pub queue_visibility_timeouts: Family<QueueLabel, Counter>,
     pub queue_wait_seconds: Histogram,
     pub queue_zk_reads: Counter,
     pub queue_ready_items: Family<QueueLabel, Gauge>,
@@ -102,6 +105,9 @@ impl Metrics {
             queue_redelivered: Family::default(),
             queue_dead_lettered: Family::default(),
             queue_claims_stale: Family::default(),
+            queue_extended: Family::default(),
+            queue_purged: Family::default(),
+            queue_visibility_timeouts: Family::default(),
             queue_wait_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 20)),
             queue_zk_reads: Counter::default(),
             queue_ready_items: Family::default(),
@@ -157,6 +163,13 @@ impl Metrics {
             "queue_claims_stale",
             "Claims not handed out because the sidecar was stopped or starved for half a session after making them",
             self.queue_claims_stale.clone(),
+        );
+        registry.register("queue_extended", "Claims extended by the app", self.queue_extended.clone());
+        registry.register("queue_purged", "Items removed by a purge of the queue", self.queue_purged.clone());
+        registry.register(
+            "queue_visibility_timeouts",
+            "Claims given back because the app neither acked nor extended them in time",
+            self.queue_visibility_timeouts.clone(),
         );
         registry.register("queue_wait_seconds", "Time from enqueue to delivery", self.queue_wait_seconds.clone());
         registry.register(

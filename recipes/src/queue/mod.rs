@@ -10,7 +10,7 @@
 //! ```
 //!
 //! Files: `enqueue` (creates), `claim` (the next item), `settle` (ack, nack, give up),
-//! `dead` (dead letters), `receipt` (finding a create whose reply was lost), `view` (the
+//! `dead` (dead letters), `inspect` (peek and purge), `receipt` (finding a create whose reply was lost), `view` (the
 //! consumer's watch-fed view), `item` (ids, encoding).
 //!
 //! Invariants:
@@ -33,6 +33,7 @@
 pub mod claim;
 mod dead;
 mod enqueue;
+mod inspect;
 pub mod item;
 mod receipt;
 mod settle;
@@ -45,6 +46,7 @@ use serde::Serialize;
 pub use self::claim::{Candidate, ClaimOutcome, claim_next};
 pub use self::dead::{StoredDeadLetter, dead_letter, dead_letters, requeue_dead};
 pub use self::enqueue::enqueue;
+pub use self::inspect::{Peeked, Purged, peek, purge, purge_dead};
 use self::item::{Envelope, ItemId, now_ms};
 pub use self::settle::{NackOutcome, ack, nack, release_claim};
 use crate::config::{ConfigError, QueueConfig};

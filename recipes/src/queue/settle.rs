@@ -13,7 +13,7 @@ use std::time::Duration;
 use super::claim::{Candidate, Read, read_candidate};
 use super::dead::{ClaimCheck, move_to_dead};
 use super::enqueue::ensure_bucket;
-use super::item::{Envelope, ItemId, bucket_name, encode, now_ms};
+use super::item::{Envelope, ItemId, bucket_name, due_after, encode, now_ms};
 use super::receipt::{self, Receipt, Receipted};
 use super::{QueueConfig, QueueError};
 use crate::identity::NodeAcl;
@@ -113,14 +113,15 @@ pub enum NackOutcome {
     DeadLettered,
 }
 
-/// Nacks a claimed item: back to the queue after `delay`, or to dead letters when it has
-/// had `max_attempts` deliveries.
+/// Nacks a claimed item: back to the queue after `delay` (none: the queue's retry
+/// back-off for the deliveries it has had, at once without one), or to dead letters when
+/// it has had `max_attempts` deliveries.
 pub async fn nack(
     client: &zk::Client,
     paths: &QueuePaths,
     config: &QueueConfig,
     id: &ItemId,
-    delay: Duration,
+    delay: Option<Duration>,
     reason: Option<&str>,
 ) -> Result<NackOutcome, QueueError> {
     let id_text = id.to_string();
@@ -142,6 +143,7 @@ pub async fn nack(
         move_to_dead(client, paths, &item, &reason, ClaimCheck::Ours).await?;
         return Ok(NackOutcome::DeadLettered);
     }
+    let delay = delay.unwrap_or_else(|| config.retry_delay(item.attempts.attempt));
     if delay.is_zero() {
         // Same place in the queue; the history notes the nack.
         let history = serde_json::to_vec(&item.attempts).expect("attempts serialize");
@@ -166,7 +168,7 @@ async fn move_delayed(
     delay: Duration,
 ) -> Result<Option<ItemId>, QueueError> {
     let id_text = id.to_string();
-    let due = now_ms() + delay.as_millis() as u64;
+    let due = due_after(now_ms(), delay);
     let original_id = Some(item.envelope.original_id.clone().unwrap_or_else(|| id_text.clone()));
     let moved = Envelope { due_ms: due, original_id, carried: Some(item.attempts), ..item.envelope };
     let bucket = bucket_name(moved.priority, due);

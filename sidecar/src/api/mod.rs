@@ -4,6 +4,7 @@ mod events;
 pub mod health;
 mod locks;
 mod metrics;
+mod queue_admin;
 mod queues;
 
 use axum::Router;
@@ -25,6 +26,7 @@ pub fn router(state: AppState) -> Router {
         .merge(events::router())
         .merge(metrics::router())
         .merge(queues::router())
+        .merge(queue_admin::router())
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::map_response(crate::error::json_errors))
         .layer(TraceLayer::new_for_http().on_failure(log_failure))

@@ -1,5 +1,6 @@
-//! The queue API: enqueue (single and batch), `GET /queue/next`, ack, nack, stats and
-//! dead letters.
+//! The queue API of the apps that produce and consume: enqueue (single and batch),
+//! `GET /queue/next`, ack, nack, extend and stats. What the people who run a queue use
+//! (dead letters, peek, purge) is in `queue_admin`.
 
 use std::time::Duration;
 
@@ -13,7 +14,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use paddock_recipes::Name;
 use paddock_recipes::queue::item::{ItemId, MAX_PRIORITY};
-use paddock_recipes::queue::{NackOutcome, NewItem, QueueError, StoredDeadLetter};
+use paddock_recipes::queue::{NackOutcome, NewItem, QueueError};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -32,11 +33,9 @@ pub fn router() -> Router<AppState> {
         .route("/queue/next", get(next))
         .route("/queue/{name}", post(enqueue).get(stats))
         .route("/queue/{name}/batch", post(enqueue_batch))
-        .route("/queue/{name}/dead", get(dead_letters))
-        .route("/queue/{name}/dead/{id}", get(dead_letter))
-        .route("/queue/{name}/dead/{id}/requeue", post(requeue))
         .route("/queue/{name}/{id}/ack", post(ack))
         .route("/queue/{name}/{id}/nack", post(nack))
+        .route("/queue/{name}/{id}/extend", post(extend))
 }
 
 #[derive(Debug, Deserialize)]
@@ -81,17 +80,15 @@ struct NackQuery {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct DeadQuery {
-    limit: Option<usize>,
-    /// `false` leaves the payloads out (a listing of large items).
-    payload: Option<bool>,
+struct ExtendQuery {
+    visibility: Option<String>,
 }
 
-fn queue_name(name: &str) -> ApiResult<Name> {
+pub(super) fn queue_name(name: &str) -> ApiResult<Name> {
     Ok(Name::new("queue", name)?)
 }
 
-fn item_id(id: &str) -> ApiResult<ItemId> {
+pub(super) fn item_id(id: &str) -> ApiResult<ItemId> {
     ItemId::parse(id).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid-item-id", e.to_string()))
 }
 
@@ -264,7 +261,8 @@ async fn nack(
 ) -> ApiResult<Response> {
     let queue = queue_name(&name)?;
     let id = item_id(&id)?;
-    let delay = delay("delay", query.delay.as_deref())?;
+    // Without a delay the queue's retry back-off applies (none: ready again at once).
+    let delay = query.delay.as_deref().map(|d| delay("delay", Some(d))).transpose()?;
     let outcome = state
         .queues
         .nack(&queue, &id, delay, query.reason.as_deref())
@@ -282,77 +280,36 @@ async fn nack(
     Ok(axum::Json(body).into_response())
 }
 
+/// `POST /queue/{name}/{id}/extend?visibility=D`: the app is still working on the item;
+/// it stays this pod's until now + D (at most the queue's `maxVisibility`).
+async fn extend(
+    State(state): State<AppState>,
+    Path((name, id)): Path<(String, String)>,
+    Query(query): Query<ExtendQuery>,
+) -> ApiResult<Response> {
+    let queue = queue_name(&name)?;
+    let id = item_id(&id)?;
+    let Some(visibility) = query.visibility.as_deref() else {
+        return Err(ApiError::bad_request(
+            "extend needs ?visibility=DURATION (e.g. 30s): how long from now the item stays this pod's",
+        ));
+    };
+    let visibility = parse_duration("visibility", visibility)?;
+    if visibility.is_zero() {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid-duration", "visibility must be positive"));
+    }
+    let until = state.queues.extend(&queue, &id, visibility).await.map_err(|e| queue_error(&state, &queue, e))?;
+    let until = humantime::format_rfc3339_millis(until).to_string();
+    Ok(axum::Json(json!({ "queue": queue.as_str(), "id": id.to_string(), "visibleUntil": until })).into_response())
+}
+
 async fn stats(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<Response> {
     let queue = queue_name(&name)?;
     let (stats, config) = state.queues.stats(&queue).await.map_err(|e| queue_error(&state, &queue, e))?;
     Ok(axum::Json(json!({ "queue": queue.as_str(), "stats": stats, "config": config })).into_response())
 }
 
-async fn dead_letters(
-    State(state): State<AppState>,
-    Path(name): Path<String>,
-    Query(query): Query<DeadQuery>,
-) -> ApiResult<Response> {
-    let queue = queue_name(&name)?;
-    let limit = query.limit.unwrap_or(100).min(1000);
-    let letters = state.queues.dead_letters(&queue, limit).await.map_err(|e| queue_error(&state, &queue, e))?;
-    let with_payload = query.payload.unwrap_or(true);
-    let items: Vec<Value> = letters.iter().map(|letter| dead_letter_json(letter, with_payload)).collect();
-    Ok(axum::Json(json!({ "queue": queue.as_str(), "items": items })).into_response())
-}
-
-async fn dead_letter(State(state): State<AppState>, Path((name, id)): Path<(String, String)>) -> ApiResult<Response> {
-    let queue = queue_name(&name)?;
-    let dead_id = item_id(&id)?.to_string();
-    let letter = state.queues.dead_letter(&queue, &dead_id).await.map_err(|e| queue_error(&state, &queue, e))?;
-    let mut body = dead_letter_json(&letter, true);
-    body["queue"] = json!(queue.as_str());
-    Ok(axum::Json(body).into_response())
-}
-
-/// What an operator of the queue needs to see in a dead letter: why it died, every
-/// delivery (pod, time, outcome), and the item itself (payload as base64, and as text
-/// when it is UTF-8).
-fn dead_letter_json(stored: &StoredDeadLetter, with_payload: bool) -> Value {
-    let letter = &stored.letter;
-    let at = |ms: u64| {
-        humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)).to_string()
-    };
-    let deliveries: Vec<Value> = letter
-        .attempts
-        .deliveries
-        .iter()
-        .map(|d| json!({ "attempt": d.attempt, "pod": d.pod, "at": at(d.at_ms), "outcome": d.outcome }))
-        .collect();
-    let mut body = json!({
-        "id": stored.id,
-        "reason": letter.reason,
-        "deadAt": at(letter.dead_at_ms),
-        "enqueuedAt": at(letter.envelope.enqueued_at_ms),
-        "originalId": letter.envelope.original_id,
-        "priority": letter.envelope.priority,
-        "contentType": letter.envelope.content_type,
-        "attempts": letter.attempts.attempt,
-        "deliveries": deliveries,
-        "payloadBytes": stored.payload.len(),
-    });
-    if with_payload {
-        body["payloadBase64"] = json!(BASE64.encode(&stored.payload));
-        if let Ok(text) = std::str::from_utf8(&stored.payload) {
-            body["payload"] = json!(text);
-        }
-    }
-    body
-}
-
-async fn requeue(State(state): State<AppState>, Path((name, id)): Path<(String, String)>) -> ApiResult<Response> {
-    let queue = queue_name(&name)?;
-    let dead_id = item_id(&id)?.to_string();
-    let new_id = state.queues.requeue_dead(&queue, &dead_id).await.map_err(|e| queue_error(&state, &queue, e))?;
-    Ok(axum::Json(json!({ "queue": queue.as_str(), "deadId": dead_id, "id": new_id.to_string() })).into_response())
-}
-
-fn queue_error(state: &AppState, queue: &Name, err: QueueServiceError) -> ApiError {
+pub(super) fn queue_error(state: &AppState, queue: &Name, err: QueueServiceError) -> ApiError {
     let ns = state.queues.namespace();
     match err {
         QueueServiceError::Queue(QueueError::NotProvisioned(path)) => {
@@ -395,6 +352,17 @@ fn queue_error(state: &AppState, queue: &Name, err: QueueServiceError) -> ApiErr
                  do not assume your processing counted"
             ),
         ),
+        QueueServiceError::VisibilityTooLong { asked, limit, .. } => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "visibility-too-long",
+            format!(
+                "a visibility of {} is over queue {queue}'s maxVisibility of {}; extend again later instead, \
+                 or raise spec.maxVisibility of the WorkQueue",
+                humantime::format_duration(asked),
+                humantime::format_duration(limit)
+            ),
+        )
+        .with_details(json!({ "limit": humantime::format_duration(limit).to_string() })),
         QueueServiceError::ShuttingDown => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "shutting-down",

@@ -7,7 +7,8 @@
 //!   not passed. Ack and nack of anything else are refused (409), so an app learns that
 //!   its item was (or may be) redelivered elsewhere.
 //! - The visibility timeout is enforced here, by the sidecar that holds the claim: it
-//!   deletes its own claim, so the item is ready for others without any central reaper.
+//!   deletes its own claim, so the item is ready for others without any central reaper
+//!   (`visibility`, which also extends it).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -26,6 +27,11 @@ use crate::context::ServiceContext;
 use crate::events::{Event, now};
 use crate::metrics::{Metrics, queue_label};
 
+mod inspect;
+mod visibility;
+
+use self::visibility::{Held, enforce_visibility};
+
 #[derive(Debug, thiserror::Error)]
 pub enum QueueServiceError {
     #[error(transparent)]
@@ -38,6 +44,8 @@ pub enum QueueServiceError {
     NotHeld { queue: Name, id: String },
     #[error("the sidecar is shutting down")]
     ShuttingDown,
+    #[error("a visibility of {asked:?} is over queue {queue}'s maxVisibility of {limit:?}")]
+    VisibilityTooLong { queue: Name, asked: Duration, limit: Duration },
     #[error("ZooKeeper: {0}")]
     ZooKeeper(#[from] zk::Error),
 }
@@ -58,8 +66,8 @@ struct Inner {
     ctx: ServiceContext,
     views: Mutex<HashMap<Name, QueueView>>,
     configs: ConfigCache<QueueConfig>,
-    /// Deliveries this pod holds, with the session generation that claimed them.
-    held: Mutex<HashMap<(Name, ItemId), u64>>,
+    /// Deliveries this pod holds.
+    held: Mutex<HashMap<(Name, ItemId), Held>>,
     shutdown: CancellationToken,
 }
 
@@ -191,7 +199,7 @@ impl QueueService {
         });
         for Handed { queue, delivery } in stale {
             let key = (queue.clone(), delivery.id.clone());
-            let Some(generation) = self.inner.held.lock().expect("not poisoned").remove(&key) else { continue };
+            let Some(held) = self.inner.held.lock().expect("not poisoned").remove(&key) else { continue };
             tracing::warn!(
                 queue = %queue,
                 item = %delivery.id,
@@ -200,7 +208,7 @@ impl QueueService {
             );
             self.inner.ctx.metrics.queue_claims_stale.get_or_create(&queue_label(queue.as_str())).inc();
             let inner = self.inner.clone();
-            tokio::spawn(async move { inner.give_back(&queue, &delivery.id, generation, "a stale claim").await });
+            tokio::spawn(async move { inner.give_back(&queue, &delivery.id, held.generation, "a stale claim").await });
         }
         fresh
     }
@@ -294,7 +302,12 @@ impl QueueService {
             return Ok(None);
         };
         let key = (queue.clone(), delivery.id.clone());
-        self.inner.held.lock().expect("not poisoned").insert(key.clone(), current.generation);
+        let held = Held {
+            generation: current.generation,
+            visible_until: Instant::now() + config.visibility_timeout,
+            attempt: delivery.attempt,
+        };
+        self.inner.held.lock().expect("not poisoned").insert(key.clone(), held);
         let label = queue_label(queue.as_str());
         self.inner.ctx.metrics.queue_delivered.get_or_create(&label).inc();
         if delivery.attempt > 1 {
@@ -302,38 +315,42 @@ impl QueueService {
         }
         let waited = now_ms().saturating_sub(delivery.envelope.due_ms.max(delivery.envelope.enqueued_at_ms));
         self.inner.ctx.metrics.queue_wait_seconds.observe(waited as f64 / 1000.0);
-        tokio::spawn(enforce_visibility(self.inner.clone(), key, current.generation, config.visibility_timeout));
+        tokio::spawn(enforce_visibility(self.inner.clone(), key, current.generation));
         Ok(Some(Handed { queue: queue.clone(), delivery }))
     }
 
     /// Takes a delivery out of `held` if this pod holds it in the current session.
-    fn take_held(&self, queue: &Name, id: &ItemId) -> Result<(zk::Client, u64), QueueServiceError> {
+    fn take_held(&self, queue: &Name, id: &ItemId) -> Result<(zk::Client, Held), QueueServiceError> {
         let key = (queue.clone(), id.clone());
         let current = self.inner.ctx.session.client()?;
         let mut held = self.inner.held.lock().expect("not poisoned");
         match held.get(&key) {
-            Some(generation) if *generation == current.generation => {
-                let generation = *generation;
+            Some(h) if h.generation == current.generation => {
+                let h = *h;
                 held.remove(&key);
-                Ok((current.client, generation))
+                Ok((current.client, h))
             }
             _ => Err(QueueServiceError::NotHeld { queue: queue.clone(), id: id.to_string() }),
         }
     }
 
-    fn put_back(&self, queue: &Name, id: &ItemId, generation: u64) {
-        self.inner.held.lock().expect("not poisoned").insert((queue.clone(), id.clone()), generation);
+    /// Puts back a delivery whose ack or nack failed. Its visibility timer may have ended
+    /// meanwhile (it found the delivery taken), so a new one watches it.
+    fn put_back(&self, queue: &Name, id: &ItemId, held: Held) {
+        let key = (queue.clone(), id.clone());
+        self.inner.held.lock().expect("not poisoned").insert(key.clone(), held);
+        tokio::spawn(enforce_visibility(self.inner.clone(), key, held.generation));
     }
 
     pub async fn ack(&self, queue: &Name, id: &ItemId) -> Result<(), QueueServiceError> {
-        let (client, generation) = self.take_held(queue, id)?;
+        let (client, held) = self.take_held(queue, id)?;
         match queue::ack(&client, &self.paths(queue), id).await {
             Ok(()) => {
                 self.inner.ctx.metrics.queue_acked.get_or_create(&queue_label(queue.as_str())).inc();
                 Ok(())
             }
             Err(err) => {
-                self.put_back(queue, id, generation);
+                self.put_back(queue, id, held);
                 Err(err.into())
             }
         }
@@ -343,11 +360,11 @@ impl QueueService {
         &self,
         queue: &Name,
         id: &ItemId,
-        delay: Duration,
+        delay: Option<Duration>,
         reason: Option<&str>,
     ) -> Result<NackOutcome, QueueServiceError> {
         let config = self.config(queue).await?;
-        let (client, generation) = self.take_held(queue, id)?;
+        let (client, held) = self.take_held(queue, id)?;
         match queue::nack(&client, &self.paths(queue), &config, id, delay, reason).await {
             Ok(outcome) => {
                 let label = queue_label(queue.as_str());
@@ -358,7 +375,7 @@ impl QueueService {
                 Ok(outcome)
             }
             Err(err) => {
-                self.put_back(queue, id, generation);
+                self.put_back(queue, id, held);
                 Err(err.into())
             }
         }
@@ -417,31 +434,6 @@ impl Inner {
     }
 }
 
-/// Gives up a claim the app kept past the visibility timeout.
-async fn enforce_visibility(inner: Arc<Inner>, key: (Name, ItemId), generation: u64, timeout: Duration) {
-    tokio::time::sleep(timeout).await;
-    let still_held = {
-        let mut held = inner.held.lock().expect("not poisoned");
-        if held.get(&key) == Some(&generation) {
-            held.remove(&key);
-            true
-        } else {
-            false
-        }
-    };
-    if !still_held {
-        return;
-    }
-    let (queue, id) = key;
-    inner.give_back(&queue, &id, generation, "a timed-out claim").await;
-    inner.ctx.events.publish(Event::ClaimLost {
-        queue: queue.to_string(),
-        id: id.to_string(),
-        reason: "visibility-timeout",
-        at: now(),
-    });
-}
-
 /// When the session ends, every claim it held is gone: tell the app.
 async fn follow_session(inner: Arc<Inner>) {
     let mut events = inner.ctx.session.subscribe();
@@ -450,8 +442,9 @@ async fn follow_session(inner: Arc<Inner>) {
             Ok(SessionEvent::Expired { generation, .. }) => {
                 let lost: Vec<(Name, ItemId)> = {
                     let mut held = inner.held.lock().expect("not poisoned");
-                    let lost = held.iter().filter(|(_, g)| **g <= generation).map(|(k, _)| k.clone()).collect();
-                    held.retain(|_, g| *g > generation);
+                    let lost =
+                        held.iter().filter(|(_, h)| h.generation <= generation).map(|(k, _)| k.clone()).collect();
+                    held.retain(|_, h| h.generation > generation);
                     lost
                 };
                 for (queue, id) in lost {
