@@ -110,6 +110,11 @@ impl QueuePaths {
         format!("{}/dead", self.base)
     }
 
+    /// Idempotency records (see `queue::dedup`).
+    pub fn keys(&self) -> String {
+        format!("{}/keys", self.base)
+    }
+
     pub fn dead_item(&self, item_id: &str) -> String {
         format!("{}/dead/{item_id}", self.base)
     }

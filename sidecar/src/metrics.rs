@@ -71,6 +71,7 @@ pub struct Metrics {
     pub queue_dead_lettered: Family<QueueLabel, Counter>,
     pub queue_claims_stale: Family<QueueLabel, Counter>,
     pub queue_extended: Family<QueueLabel, Counter>,
+    pub queue_duplicates: Family<QueueLabel, Counter>,
     pub queue_purged: Family<QueueLabel, Counter>,
     pub queue_visibility_timeouts: Family<QueueLabel, Counter>,
     pub queue_wait_seconds: Histogram,
@@ -106,6 +107,7 @@ impl Metrics {
             queue_dead_lettered: Family::default(),
             queue_claims_stale: Family::default(),
             queue_extended: Family::default(),
+            queue_duplicates: Family::default(),
             queue_purged: Family::default(),
             queue_visibility_timeouts: Family::default(),
             queue_wait_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 20)),
@@ -165,6 +167,11 @@ impl Metrics {
             self.queue_claims_stale.clone(),
         );
         registry.register("queue_extended", "Claims extended by the app", self.queue_extended.clone());
+        registry.register(
+            "queue_duplicates",
+            "Enqueues not stored because their idempotency key was seen within the deduplication window",
+            self.queue_duplicates.clone(),
+        );
         registry.register("queue_purged", "Items removed by a purge of the queue", self.queue_purged.clone());
         registry.register(
             "queue_visibility_timeouts",

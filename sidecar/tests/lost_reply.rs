@@ -782,3 +782,45 @@ async fn requeue_reply_lost_and_the_item_acked_meanwhile_answers_requeued() {
     let (_, _, dead) = leftovers(&w.admin, "jobs").await;
     assert!(dead.is_empty(), "{dead:?}");
 }
+
+/// Issue 15: a producer with an idempotency key whose enqueue was applied but answered
+/// with a failure (its reply lost, then ZooKeeper out of reach past the session, so the
+/// sidecar could not find out) sends it again, as it must: the item is stored once, and
+/// the second send is answered 200, a duplicate, with the id the item has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotent_enqueue_applied_but_answered_unavailable_is_stored_once_when_sent_again() {
+    let w = world_with_session(&[], &[("jobs", queue_config(5))], Duration::from_secs(4)).await;
+    let lost = w.proxy.lose_next_reply(Match {
+        opcodes: &[op::MULTI],
+        body_contains: Some("/item-"),
+        then: Then::Refuse,
+        ..Default::default()
+    });
+    let send = |pod: PodClient| async move {
+        let response = pod
+            .http()
+            .post(pod.url("/queue/jobs"))
+            .header("Idempotency-Key", "job-42")
+            .body("forty-two")
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.json::<Value>().await.unwrap())
+    };
+    let first = tokio::spawn(send(w.pod.clone()));
+    applied(lost).await;
+    tokio::time::sleep(Duration::from_secs(6)).await; // past the session timeout
+    w.proxy.heal();
+    let (status, body) = first.await.unwrap();
+    answered("idempotent enqueue, reply lost past the session", status, &body);
+    assert_eq!(status, 503, "the outcome was unknown to the sidecar too: {body}");
+    ready(&w.pod).await;
+
+    let (status, body) = send(w.pod.clone()).await;
+    let stored = items(&w.admin, "jobs").await;
+    assert_eq!(stored.len(), 1, "stored once: {stored:?}");
+    assert_eq!((status, body["duplicate"].as_bool()), (200, Some(true)), "{body}");
+    assert_eq!(body["id"].as_str(), Some(stored[0].id.as_str()), "the duplicate names the stored item: {body}");
+    assert_eq!(consume(&w.pod, "jobs").await, "forty-two");
+    assert_drained(&w, "jobs").await;
+}

@@ -25,6 +25,17 @@ async fn setup(queues: &[(&str, QueueConfig)]) -> Ensemble {
     ensemble
 }
 
+/// The payloads of what waits in a queue (peek), in delivery order.
+async fn waiting(pod: &paddock_testkit::PodClient, queue: &str) -> Vec<String> {
+    use base64::Engine as _;
+    let url = pod.url(&format!("/queue/{queue}/items?limit=1000&payload=true"));
+    let listed: Value = pod.http().get(url).send().await.unwrap().json().await.unwrap();
+    let items = listed["items"].as_array().unwrap();
+    let decode =
+        |item: &Value| base64::engine::general_purpose::STANDARD.decode(item["payloadBase64"].as_str().unwrap());
+    items.iter().map(|item| String::from_utf8(decode(item).unwrap()).unwrap()).collect()
+}
+
 fn visibility(timeout: Duration) -> QueueConfig {
     QueueConfig { visibility_timeout: timeout, max_visibility: Some(Duration::from_secs(60)), ..QueueConfig::default() }
 }
@@ -183,14 +194,7 @@ async fn peek_lists_without_claiming_and_purge_leaves_items_in_flight_to_their_c
         }
     };
     let listed = peek("?limit=1000&payload=true").await;
-    let payloads: Vec<String> = listed
-        .iter()
-        .map(|i| {
-            use base64::Engine as _;
-            let bytes = base64::engine::general_purpose::STANDARD.decode(i["payloadBase64"].as_str().unwrap()).unwrap();
-            String::from_utf8(bytes).unwrap()
-        })
-        .collect();
+    let payloads = waiting(&pod_b, "work").await;
     let mut expected = vec!["urgent".to_owned()];
     expected.extend((0..20).map(|n| format!("item-{n}")));
     expected.push("later".to_owned());
@@ -262,4 +266,87 @@ async fn peek_lists_without_claiming_and_purge_leaves_items_in_flight_to_their_c
         ),
     ])
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_stores_one_item_per_window_across_sidecars_and_batches() {
+    let window = Duration::from_secs(3);
+    let ensemble =
+        setup(&[("dedup", QueueConfig { deduplication_window: Some(window), ..QueueConfig::default() })]).await;
+    let (_a, pod_a) = sidecar(&ensemble, "pod-a", NS, SESSION).await;
+    let (_b, pod_b) = sidecar(&ensemble, "pod-b", NS, SESSION).await;
+    let keyed = |pod: &paddock_testkit::PodClient, key: &str, payload: &str| {
+        pod.http().post(pod.url("/queue/dedup")).header("Idempotency-Key", key).body(payload.to_owned()).send()
+    };
+    let batch = |pod: &paddock_testkit::PodClient, items: Value| {
+        pod.http().post(pod.url("/queue/dedup/batch")).json(&serde_json::json!({ "items": items })).send()
+    };
+
+    let first = keyed(&pod_a, "order-1", "one").await.unwrap();
+    let created_at = Instant::now();
+    assert_eq!(first.status(), 201);
+    let first: Value = first.json().await.unwrap();
+    assert_eq!(first["duplicate"], false, "{first}");
+    for pod in [&pod_b, &pod_a] {
+        let again = keyed(pod, "order-1", "one").await.unwrap();
+        assert_eq!(again.status(), 200, "a duplicate is not created");
+        let again: Value = again.json().await.unwrap();
+        assert_eq!((&again["id"], &again["duplicate"]), (&first["id"], &Value::Bool(true)), "{again}");
+    }
+
+    // A batch: some keys seen, one twice in the batch, one item without a key.
+    let response = batch(
+        &pod_b,
+        serde_json::json!([
+            { "payload": "one again", "idempotencyKey": "order-1" },
+            { "payload": "two", "idempotencyKey": "order-2" },
+            { "payload": "plain" },
+            { "payload": "two again", "idempotencyKey": "order-2" },
+        ]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 201);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["duplicates"], serde_json::json!([true, false, false, true]), "{body}");
+    assert_eq!((&body["ids"][0], &body["ids"][3]), (&first["id"], &body["ids"][1]), "{body}");
+    assert_eq!(waiting(&pod_a, "dedup").await, ["one", "two", "plain"]);
+
+    // All or nothing for the rest: a refused batch records no key.
+    let huge = "x".repeat(1_000_001);
+    let refused =
+        batch(&pod_a, serde_json::json!([{ "payload": "three", "idempotencyKey": "order-3" }, { "payload": huge }]))
+            .await
+            .unwrap();
+    assert_eq!(refused.status(), 413);
+    let three = keyed(&pod_a, "order-3", "three").await.unwrap();
+    assert_eq!(three.status(), 201, "the refused batch stored nothing, its key included");
+
+    // Bad keys: a JSON 400, nothing stored.
+    let long = "k".repeat(129);
+    assert_json_errors(vec![
+        ("key too long", keyed(&pod_a, &long, "x").await.unwrap(), 400, "invalid-idempotency-key"),
+        ("empty key", keyed(&pod_a, "", "x").await.unwrap(), 400, "invalid-idempotency-key"),
+        (
+            "batch key too long",
+            batch(&pod_a, serde_json::json!([{ "payload": "x", "idempotencyKey": long }])).await.unwrap(),
+            400,
+            "invalid-idempotency-key",
+        ),
+    ])
+    .await;
+    assert_eq!(waiting(&pod_a, "dedup").await, ["one", "two", "plain", "three"]);
+    let duplicates = pod_a.metric("paddock_queue_duplicates_total").await.unwrap()
+        + pod_b.metric("paddock_queue_duplicates_total").await.unwrap();
+    assert_eq!(duplicates, 4.0);
+
+    // After the window the key is free again (whether or not the server's TTL reaper has
+    // removed its record yet).
+    tokio::time::sleep((created_at + window + Duration::from_millis(200)).saturating_duration_since(Instant::now()))
+        .await;
+    let later = keyed(&pod_b, "order-1", "one, next week").await.unwrap();
+    assert_eq!(later.status(), 201, "a key past its window enqueues a new item");
+    let later: Value = later.json().await.unwrap();
+    assert_ne!(later["id"], first["id"], "{later}");
+    assert_eq!(waiting(&pod_a, "dedup").await.len(), 5);
 }

@@ -34,7 +34,12 @@ pub(super) fn envelope_for(item: &NewItem, now: u64) -> Envelope {
 /// enqueue in the same slot would make it again with its sequence numbers starting
 /// over, giving the ids of items already consumed to new ones (see `item`).
 pub(super) async fn ensure_bucket(client: &zk::Client, paths: &QueuePaths, bucket: &str) -> Result<(), QueueError> {
-    match client.create(&paths.bucket(bucket), b"", &zk::CreateMode::Persistent.with_acls(paths.acl.acls())).await {
+    ensure_child(client, paths, &paths.bucket(bucket)).await
+}
+
+/// Creates a persistent node of the queue unless it exists.
+async fn ensure_child(client: &zk::Client, paths: &QueuePaths, path: &str) -> Result<(), QueueError> {
+    match client.create(path, b"", &zk::CreateMode::Persistent.with_acls(paths.acl.acls())).await {
         Ok(_) | Err(zk::Error::NodeExists) => Ok(()),
         Err(zk::Error::NoNode) => Err(QueueError::NotProvisioned(paths.base.clone())),
         Err(err) => Err(err.into()),
@@ -42,22 +47,38 @@ pub(super) async fn ensure_bucket(client: &zk::Client, paths: &QueuePaths, bucke
 }
 
 /// One enqueue call, ready to be sent: its items' stored data, grouped by bucket.
-struct Prepared {
+pub(super) struct Prepared {
     /// This call's receipt (one per bucket).
-    receipt: Receipt,
-    groups: Vec<Group>,
+    pub receipt: Receipt,
+    pub groups: Vec<Group>,
     /// Items in the caller's order: (group, position in it).
-    order: Vec<(usize, usize)>,
+    pub order: Vec<(usize, usize)>,
+    /// Other writes of the same multi, after the items (idempotency records).
+    pub also: Vec<Also>,
+}
+
+/// A write sent in an enqueue's multi beside its items.
+pub(super) enum Also {
+    /// A persistent node that expires `ttl` after it was last written.
+    CreateWithTtl {
+        path: String,
+        data: Vec<u8>,
+        ttl: std::time::Duration,
+    },
+    Delete {
+        path: String,
+        version: i32,
+    },
 }
 
 /// The items of one call that go to one bucket, in the caller's order.
-struct Group {
-    bucket: String,
+pub(super) struct Group {
+    pub bucket: String,
     data: Vec<Vec<u8>>,
 }
 
 impl Prepared {
-    fn new(items: &[NewItem]) -> Self {
+    pub fn new(items: &[NewItem]) -> Self {
         let now = now_ms();
         let mut groups: Vec<Group> = Vec::new();
         let mut order = Vec::with_capacity(items.len());
@@ -75,11 +96,11 @@ impl Prepared {
             order.push((group, groups[group].data.len()));
             groups[group].data.push(data);
         }
-        Self { receipt: Receipt::new(), groups, order }
+        Self { receipt: Receipt::new(), groups, order, also: Vec::new() }
     }
 
     /// The items' ids in the caller's order, from each group's first item id.
-    fn ids(&self, created: &[Receipted]) -> Vec<ItemId> {
+    pub fn ids(&self, created: &[Receipted]) -> Vec<ItemId> {
         self.order.iter().map(|&(group, index)| created[group].first.plus(index as u64)).collect()
     }
 }
@@ -90,18 +111,28 @@ impl Prepared {
 /// back: found, the ids are returned; not there, it is sent again.
 pub async fn enqueue(client: &zk::Client, paths: &QueuePaths, items: &[NewItem]) -> Result<Vec<ItemId>, QueueError> {
     let prepared = Prepared::new(items);
+    let created = send(client, paths, &prepared).await?;
+    let ids = prepared.ids(&created);
+    receipt::delete(client, created.into_iter().map(|c| c.receipt).collect());
+    Ok(ids)
+}
+
+/// Sends a prepared call's multi until its outcome is known (making missing buckets);
+/// what it made, per group. The caller deletes the receipts.
+pub(super) async fn send(
+    client: &zk::Client,
+    paths: &QueuePaths,
+    prepared: &Prepared,
+) -> Result<Vec<Receipted>, QueueError> {
     let mut missing_buckets = 0;
-    let created = loop {
-        let created = while_unknown(client, "enqueue", |attempt| {
-            let prepared = &prepared;
-            async move {
-                if attempt.retried
-                    && let Some(created) = find_receipts(client, paths, prepared, attempt.deadline).await?
-                {
-                    return Ok(created);
-                }
-                create_all(client, paths, prepared).await.map_err(QueueError::from)
+    loop {
+        let created = while_unknown(client, "enqueue", |attempt| async move {
+            if attempt.retried
+                && let Some(created) = find_receipts(client, paths, prepared, attempt.deadline).await?
+            {
+                return Ok(created);
             }
+            create_all(client, paths, prepared).await.map_err(QueueError::from)
         })
         .await;
         match created {
@@ -110,17 +141,18 @@ pub async fn enqueue(client: &zk::Client, paths: &QueuePaths, items: &[NewItem])
                 for group in &prepared.groups {
                     ensure_bucket(client, paths, &group.bucket).await?;
                 }
+                // `keys/` is provisioned with a queue since the version that has keys; a
+                // queue provisioned before gets it from its first deduplicated enqueue.
+                if !prepared.also.is_empty() {
+                    ensure_child(client, paths, &paths.keys()).await?;
+                }
             }
             Err(QueueError::ZooKeeper(zk::Error::NoNode)) => {
                 return Err(QueueError::NotProvisioned(paths.base.clone()));
             }
-            Ok(created) => break created,
-            Err(err) => return Err(err),
+            result => return result,
         }
-    };
-    let ids = prepared.ids(&created);
-    receipt::delete(client, created.into_iter().map(|c| c.receipt).collect());
-    Ok(ids)
+    }
 }
 
 /// After an unknown outcome: what the multi made if it was applied (all or none, so the
@@ -151,7 +183,7 @@ async fn find_receipts(
     Ok(Some(found))
 }
 
-/// The multi: per group, its receipt, then its items.
+/// The multi: per group, its receipt, then its items; then the other writes.
 async fn create_all(client: &zk::Client, paths: &QueuePaths, prepared: &Prepared) -> Result<Vec<Receipted>, zk::Error> {
     let items = zk::CreateMode::PersistentSequential.with_acls(paths.acl.acls());
     let receipts = Receipt::mode(paths.acl);
@@ -161,6 +193,14 @@ async fn create_all(client: &zk::Client, paths: &QueuePaths, prepared: &Prepared
         multi.add_create(&prepared.receipt.create_in(&bucket), b"", &receipts)?;
         for data in &group.data {
             multi.add_create(&format!("{bucket}/item-"), data, &items)?;
+        }
+    }
+    for also in &prepared.also {
+        match also {
+            Also::CreateWithTtl { path, data, ttl } => {
+                multi.add_create(path, data, &zk::CreateMode::Persistent.with_acls(paths.acl.acls()).with_ttl(*ttl))?
+            }
+            Also::Delete { path, version } => multi.add_delete(path, Some(*version))?,
         }
     }
     let mut results = multi.commit().await?.into_iter();

@@ -7,10 +7,11 @@
 //!     claims/<id>                 ephemeral, owned by the consuming session
 //!     attempts/<id>               persistent; delivery count and history of an item
 //!     dead/<id>                   dead-lettered item with its history
+//!     keys/<key>                  persistent, TTL; an idempotency key's item (see `dedup`)
 //! ```
 //!
 //! Files: `enqueue` (creates), `claim` (the next item), `settle` (ack, nack, give up),
-//! `dead` (dead letters), `inspect` (peek and purge), `receipt` (finding a create whose reply was lost), `view` (the
+//! `dead` (dead letters), `dedup` (idempotency keys), `inspect` (peek and purge), `receipt` (finding a create whose reply was lost), `view` (the
 //! consumer's watch-fed view), `item` (ids, encoding).
 //!
 //! Invariants:
@@ -32,6 +33,7 @@
 
 pub mod claim;
 mod dead;
+mod dedup;
 mod enqueue;
 mod inspect;
 pub mod item;
@@ -45,6 +47,7 @@ use serde::Serialize;
 
 pub use self::claim::{Candidate, ClaimOutcome, claim_next};
 pub use self::dead::{StoredDeadLetter, dead_letter, dead_letters, requeue_dead};
+pub use self::dedup::{Enqueued, MAX_KEY_BYTES, enqueue_deduplicated};
 pub use self::enqueue::enqueue;
 pub use self::inspect::{Peeked, Purged, peek, purge, purge_dead};
 use self::item::{Envelope, ItemId, now_ms};

@@ -38,6 +38,16 @@ impl Receipt {
         Self { prefix: format!("receipt-{}-", uuid::Uuid::new_v4().simple()) }
     }
 
+    /// The receipts of a call whose name was written down (an idempotency record).
+    pub fn named(prefix: &str) -> Self {
+        Self { prefix: prefix.to_owned() }
+    }
+
+    /// The name shared by the call's receipts, less each one's sequence number.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     /// The receipt's create, to add to a multi just before the bucket's items.
     pub fn create_in(&self, bucket_path: &str) -> String {
         format!("{bucket_path}/{}", self.prefix)

@@ -14,7 +14,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use paddock_recipes::Name;
 use paddock_recipes::queue::item::{ItemId, MAX_PRIORITY};
-use paddock_recipes::queue::{NackOutcome, NewItem, QueueError};
+use paddock_recipes::queue::{Enqueued, MAX_KEY_BYTES, NackOutcome, NewItem, QueueError};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -61,6 +61,7 @@ struct BatchItem {
     content_type: Option<String>,
     priority: Option<u8>,
     delay: Option<String>,
+    idempotency_key: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -115,6 +116,28 @@ fn delay(field: &str, d: Option<&str>) -> ApiResult<Duration> {
     Ok(d)
 }
 
+/// An idempotency key as given (header `Idempotency-Key`, or a batch item's field).
+fn idempotency_key(field: &str, key: Option<&str>) -> ApiResult<Option<String>> {
+    match key {
+        None => Ok(None),
+        Some(key) if !key.is_empty() && key.len() <= MAX_KEY_BYTES => Ok(Some(key.to_owned())),
+        Some(key) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-idempotency-key",
+            format!(
+                "{field} must be 1 to {MAX_KEY_BYTES} bytes, got {}; use a stable id of the job (a UUID, a hash)",
+                key.len()
+            ),
+        )),
+    }
+}
+
+/// What an enqueue answers: 201 when it stored anything, 200 when every item was a
+/// duplicate of one enqueued within the deduplication window.
+fn enqueue_status(enqueued: &[Enqueued]) -> StatusCode {
+    if enqueued.iter().all(|e| e.duplicate) { StatusCode::OK } else { StatusCode::CREATED }
+}
+
 async fn enqueue(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -130,9 +153,29 @@ async fn enqueue(
         priority: priority(query.priority)?,
         delay: delay("delay", query.delay.as_deref())?,
     };
-    let ids = state.queues.enqueue(&queue, vec![item]).await.map_err(|e| queue_error(&state, &queue, e))?;
-    let id = ids.first().map(ToString::to_string).unwrap_or_default();
-    Ok((StatusCode::CREATED, axum::Json(json!({ "queue": queue.as_str(), "id": id }))).into_response())
+    let key = match headers.get("idempotency-key") {
+        None => None,
+        Some(value) => {
+            let text = value.to_str().map_err(|_| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid-idempotency-key",
+                    "the Idempotency-Key header must be visible ASCII",
+                )
+            })?;
+            idempotency_key("the Idempotency-Key header", Some(text))?
+        }
+    };
+    let keyed = key.is_some();
+    let enqueued =
+        state.queues.enqueue(&queue, vec![item], vec![key]).await.map_err(|e| queue_error(&state, &queue, e))?;
+    let status = enqueue_status(&enqueued);
+    let first = enqueued.into_iter().next().expect("one item, one answer");
+    let mut body = json!({ "queue": queue.as_str(), "id": first.id.map(|id| id.to_string()) });
+    if keyed {
+        body["duplicate"] = json!(first.duplicate);
+    }
+    Ok((status, axum::Json(body)).into_response())
 }
 
 async fn enqueue_batch(
@@ -148,7 +191,9 @@ async fn enqueue_batch(
         )));
     }
     let mut items = Vec::with_capacity(body.items.len());
+    let mut keys = Vec::with_capacity(body.items.len());
     for (i, item) in body.items.into_iter().enumerate() {
+        keys.push(idempotency_key(&format!("items[{i}].idempotencyKey"), item.idempotency_key.as_deref())?);
         let payload = match (item.payload, item.payload_base64) {
             (Some(text), None) => text.into_bytes(),
             (None, Some(b64)) => BASE64
@@ -167,9 +212,14 @@ async fn enqueue_batch(
             delay: delay(&format!("items[{i}].delay"), item.delay.as_deref())?,
         });
     }
-    let ids = state.queues.enqueue(&queue, items).await.map_err(|e| queue_error(&state, &queue, e))?;
-    let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
-    Ok((StatusCode::CREATED, axum::Json(json!({ "queue": queue.as_str(), "ids": ids }))).into_response())
+    let keyed = keys.iter().any(Option::is_some);
+    let enqueued = state.queues.enqueue(&queue, items, keys).await.map_err(|e| queue_error(&state, &queue, e))?;
+    let ids: Vec<Option<String>> = enqueued.iter().map(|e| e.id.as_ref().map(ToString::to_string)).collect();
+    let mut body = json!({ "queue": queue.as_str(), "ids": ids });
+    if keyed {
+        body["duplicates"] = json!(enqueued.iter().map(|e| e.duplicate).collect::<Vec<_>>());
+    }
+    Ok((enqueue_status(&enqueued), axum::Json(body)).into_response())
 }
 
 /// `GET /queue/next`: one item as the raw payload with `Paddock-*` headers, or with

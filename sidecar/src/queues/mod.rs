@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use paddock_recipes::queue::item::{ItemId, MAX_PAYLOAD_BYTES, now_ms};
 use paddock_recipes::queue::view::{ConsumerObserver, Next, QueueView};
-use paddock_recipes::queue::{self, Delivery, NackOutcome, NewItem, QueueError, QueueStats};
+use paddock_recipes::queue::{self, Delivery, Enqueued, NackOutcome, NewItem, QueueError, QueueStats};
 use paddock_recipes::session::SessionError;
 use paddock_recipes::{Name, QueueConfig, SessionEvent, zk};
 use tokio::time::Instant;
@@ -137,16 +137,31 @@ impl QueueService {
         self.inner.ctx.layout.queue(&self.inner.ctx.namespace, queue)
     }
 
-    pub async fn enqueue(&self, queue: &Name, items: Vec<NewItem>) -> Result<Vec<ItemId>, QueueServiceError> {
+    /// Enqueues items, each with its idempotency key or none (see `queue::dedup`).
+    pub async fn enqueue(
+        &self,
+        queue: &Name,
+        items: Vec<NewItem>,
+        keys: Vec<Option<String>>,
+    ) -> Result<Vec<Enqueued>, QueueServiceError> {
         let config = self.config(queue).await?;
         let limit = Self::payload_limit(&config);
         if let Some(item) = items.iter().find(|i| i.payload.len() > limit) {
             return Err(QueueServiceError::PayloadTooLarge { queue: queue.clone(), size: item.payload.len(), limit });
         }
         let client = self.inner.ctx.session.client()?.client;
-        let ids = queue::enqueue(&client, &self.paths(queue), &items).await?;
-        self.inner.ctx.metrics.queue_enqueued.get_or_create(&queue_label(queue.as_str())).inc_by(ids.len() as u64);
-        Ok(ids)
+        let paths = self.paths(queue);
+        let enqueued = if keys.iter().all(Option::is_none) {
+            let ids = queue::enqueue(&client, &paths, &items).await?;
+            ids.into_iter().map(|id| Enqueued { id: Some(id), duplicate: false }).collect()
+        } else {
+            queue::enqueue_deduplicated(&client, &paths, &items, &keys, config.deduplication_window()).await?
+        };
+        let label = queue_label(queue.as_str());
+        let duplicates = enqueued.iter().filter(|e| e.duplicate).count() as u64;
+        self.inner.ctx.metrics.queue_enqueued.get_or_create(&label).inc_by(enqueued.len() as u64 - duplicates);
+        self.inner.ctx.metrics.queue_duplicates.get_or_create(&label).inc_by(duplicates);
+        Ok(enqueued)
     }
 
     fn view(&self, queue: &Name) -> QueueView {
