@@ -108,7 +108,7 @@ impl Cluster {
         .await?;
         let pods: [(&str, &str, Vec<Role>); 5] = [
             ("web-0", "default", vec![Role::Counter, Role::Counter, Role::Producer]),
-            ("web-1", "default", vec![Role::Counter, Role::Producer, Role::Consumer]),
+            ("web-1", "default", vec![Role::Counter, Role::KeyedProducer, Role::Consumer]),
             ("web-2", "default", vec![Role::Counter, Role::Consumer, Role::Consumer]),
             ("batch-0", TEAM_B, vec![Role::Semaphore, Role::Semaphore, Role::Reader, Role::Writer]),
             ("batch-1", TEAM_B, vec![Role::Semaphore, Role::Semaphore, Role::Reader, Role::Reader, Role::Writer]),

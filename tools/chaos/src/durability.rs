@@ -111,7 +111,7 @@ impl DurabilityLedger {
                         self.state.lock().unwrap().created.insert(number, Instant::now());
                         live.push_back(number);
                         if sabotage == Sabotage::UndoSome
-                            && number % 50 == 0
+                            && number.is_multiple_of(50)
                             && client.delete(&node(number), None).await.is_ok()
                         {
                             self.state.lock().unwrap().undone_on_purpose += 1;
@@ -153,7 +153,11 @@ impl DurabilityLedger {
                 Err(err) => tracing::warn!(%err, number, "durability ledger: delete failed"),
             }
         }
-        if applied && sabotage == Sabotage::UndoSome && number % 70 == 0 && create(client, number).await.is_ok() {
+        if applied
+            && sabotage == Sabotage::UndoSome
+            && number.is_multiple_of(70)
+            && create(client, number).await.is_ok()
+        {
             self.state.lock().unwrap().undone_on_purpose += 1;
         }
         true

@@ -48,6 +48,9 @@ pub enum Broken {
     /// Consumers fail every tenth item (they nack it): after the queue's `maxAttempts`
     /// deliveries it goes to the dead letters, which the ledger must count, not call lost.
     FailSomeItems,
+    /// Keyed producers send no idempotency key (they still send every 20th item again
+    /// after its confirmation, as if the answer had been lost): items stored twice.
+    DropIdempotencyKeys,
     /// Some of the durability ledger's confirmed ZooKeeper writes are undone behind its
     /// back, as by a server that lost committed transactions.
     ZookeeperLosesWrites,

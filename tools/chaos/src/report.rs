@@ -167,12 +167,18 @@ pub fn check_queue(workloads: &Workloads, faults: &[Fault], dead: &[DeadLetter],
             known.push(letter.copy);
         }
     }
+    let mut keyed_twice = 0;
     for (number, mut tries) in copies {
         tries.sort();
         for pair in tries.windows(2) {
             let [first, second] = [pair[0], pair[1]];
             let answered = |copy: u32| ledger.tries.get(&(number, copy)).copied();
-            if answered(first) == Some(true) {
+            if ledger.keyed.contains(&number) {
+                keyed_twice += 1;
+                report.violations.push(format!(
+                    "queue: item-{number}: two copies, of enqueue tries {first} and {second}, although both carried its idempotency key"
+                ));
+            } else if answered(first) == Some(true) {
                 report.violations.push(format!(
                     "queue: item-{number}: two copies, of enqueue try {first} (answered 201) and of try {second}: the producer only tries again after an unknown outcome"
                 ));
@@ -186,6 +192,12 @@ pub fn check_queue(workloads: &Workloads, faults: &[Fault], dead: &[DeadLetter],
                     .or_default() += 1;
             }
         }
+    }
+    if !ledger.keyed.is_empty() && keyed_twice == 0 {
+        report.checks.push(format!(
+            "idempotency keys: {} items sent with a key (every 20th sent again after its 201), none stored twice",
+            ledger.keyed.len()
+        ));
     }
     // Enqueues answered without a 201 whose copy was in the queue all the same.
     let unknown_but_applied = by_copy
@@ -276,6 +288,7 @@ pub fn summarize(workloads: &Workloads, faults: &[Fault], started: Instant, repo
         ("items enqueued (confirmed)".into(), load(&c.enqueued)),
         ("enqueue tries with unknown outcome".into(), load(&c.enqueue_uncertain)),
         ("enqueues tried again after an unknown outcome".into(), load(&c.enqueue_retries)),
+        ("keyed enqueues answered as duplicates of an earlier try".into(), load(&c.enqueue_deduplicated)),
         ("deliveries".into(), load(&c.delivered)),
         ("acks confirmed".into(), load(&c.acked)),
         ("nacks confirmed (items failed on purpose)".into(), load(&c.nacked)),

@@ -4,7 +4,9 @@
 //! - counter: increment a counter kept in a token-checking store under the `orders` lock;
 //! - queue: producers enqueue numbered items to `jobs` (retrying an enqueue whose outcome
 //!   is unknown, as an app would: the payload says which try it was, so two copies of one
-//!   item are told apart), consumers process then ack;
+//!   item are told apart), consumers process then ack; keyed producers send each item
+//!   with an idempotency key and retry on every failure until it is confirmed, and must
+//!   never leave two copies;
 //! - semaphore: hold a slot of `pool` (3 holders), counting who is inside;
 //! - read/write: readers share `config`, writers hold it alone.
 //!
@@ -46,6 +48,8 @@ impl PodHandle {
 pub enum Role {
     Counter,
     Producer,
+    /// A producer whose items carry an idempotency key, retried until confirmed.
+    KeyedProducer,
     Consumer,
     Semaphore,
     Reader,
@@ -88,6 +92,8 @@ pub struct QueueLedger {
     pub enqueued: BTreeMap<u64, bool>,
     /// Each enqueue try (item number, try) -> whether it was confirmed.
     pub tries: HashMap<(u64, u32), bool>,
+    /// Items sent with an idempotency key: a second copy of one is a violation.
+    pub keyed: std::collections::HashSet<u64>,
     pub deliveries: Vec<Delivery>,
     pub processed: HashMap<u64, u32>,
 }
@@ -239,6 +245,8 @@ pub struct Counts {
     pub enqueued: AtomicU64,
     pub enqueue_uncertain: AtomicU64,
     pub enqueue_retries: AtomicU64,
+    /// Keyed enqueues answered 200, a duplicate of a try whose answer was lost.
+    pub enqueue_deduplicated: AtomicU64,
     pub poison_enqueued: AtomicU64,
     pub nacked: AtomicU64,
     pub delivered: AtomicU64,
@@ -303,7 +311,8 @@ impl Workloads {
         let owner = format!("{}-w{worker}", pod.name);
         match role {
             Role::Counter => self.counter(&mut pod, &owner).await,
-            Role::Producer => self.producer(&mut pod).await,
+            Role::Producer => self.producer(&mut pod, false).await,
+            Role::KeyedProducer => self.producer(&mut pod, true).await,
             Role::Consumer => self.consumer(&mut pod).await,
             Role::Semaphore => self.holder(&mut pod, &owner, SEMAPHORE_LOCK, "exclusive", true).await,
             Role::Reader => self.holder(&mut pod, &owner, RW_LOCK, "shared", false).await,
@@ -345,38 +354,59 @@ impl Workloads {
         release(pod, COUNTER_LOCK, owner).await;
     }
 
-    async fn producer(&self, pod: &mut PodHandle) {
+    /// Enqueues numbered items. Any answer but a confirmation (a 503, no answer at all)
+    /// leaves the outcome unknown: the item may be in the queue. A plain producer tries
+    /// again a few times, as an app would; a keyed one sends the item's idempotency key
+    /// and tries until it is confirmed (201, or 200 for a duplicate of an earlier try).
+    async fn producer(&self, pod: &mut PodHandle, keyed: bool) {
         self.producers.fetch_add(1, Ordering::SeqCst);
         let _running = Running(&self.producers);
         while !self.stop_producing.is_cancelled() {
             pod.checkpoint().await;
             let number = self.next_item.fetch_add(1, Ordering::Relaxed);
-            // Any answer but 201 (a 503, no answer at all) leaves the outcome unknown: the
-            // item may be in the queue. Try again, a few times, as an app would.
-            for copy in 1..=ENQUEUE_TRIES {
+            if keyed {
+                self.ledger.lock().unwrap().keyed.insert(number);
+            }
+            let mut copy = 0;
+            // Every 20th keyed item is sent once more after its confirmation, as if that
+            // answer had been lost: the second send must be a duplicate.
+            let mut resend = keyed && number.is_multiple_of(20);
+            let mut counted = false;
+            loop {
+                copy += 1;
                 if copy > 1 {
                     self.counts.enqueue_retries.fetch_add(1, Ordering::Relaxed);
                     tokio::time::sleep(Duration::from_millis(300)).await;
                     pod.checkpoint().await;
                 }
                 let item = ItemRef { number, copy };
-                let answer = pod.client.enqueue(QUEUE, item.payload()).await;
-                let confirmed = matches!(answer, Ok((201, _)));
+                let key = (keyed && self.broken != Some(Broken::DropIdempotencyKeys)).then(|| format!("item-{number}"));
+                let answer = pod.client.enqueue_keyed(QUEUE, item.payload(), key.as_deref()).await;
+                let deduplicated = matches!(&answer, Ok((200, body)) if body["duplicate"] == true);
+                let confirmed = matches!(answer, Ok((201, _))) || deduplicated;
                 {
                     let mut ledger = self.ledger.lock().unwrap();
-                    ledger.tries.insert((number, copy), confirmed);
+                    ledger.tries.insert((number, copy), confirmed && !deduplicated);
                     *ledger.enqueued.entry(number).or_default() |= confirmed;
                 }
                 if confirmed {
-                    self.counts.enqueued.fetch_add(1, Ordering::Relaxed);
-                    if item.poison() && self.broken == Some(Broken::FailSomeItems) {
-                        self.counts.poison_enqueued.fetch_add(1, Ordering::Relaxed);
+                    if !std::mem::replace(&mut counted, true) {
+                        self.counts.enqueued.fetch_add(1, Ordering::Relaxed);
+                        if item.poison() && self.broken == Some(Broken::FailSomeItems) {
+                            self.counts.poison_enqueued.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    if deduplicated {
+                        self.counts.enqueue_deduplicated.fetch_add(1, Ordering::Relaxed);
                     }
                     self.availability.success("enqueue");
+                    if std::mem::take(&mut resend) {
+                        continue;
+                    }
                     break;
                 }
                 self.counts.enqueue_uncertain.fetch_add(1, Ordering::Relaxed);
-                if self.stop_producing.is_cancelled() {
+                if self.stop_producing.is_cancelled() || (!keyed && copy >= ENQUEUE_TRIES) {
                     break;
                 }
             }

@@ -32,6 +32,7 @@ async fn a_short_run_under_every_fault_has_no_violation_and_loses_nothing() {
     assert_eq!(report.fault_counts.len(), FaultKind::ALL.len(), "every kind of fault was injected:\n{report}");
     let count = |what: &str| report.operations.iter().find(|(w, _)| w.contains(what)).map(|(_, n)| *n).unwrap();
     assert!(count("increments") > 0 && count("deliveries") > 0 && count("semaphore") > 0 && count("write holds") > 0);
+    assert!(count("keyed enqueues answered as duplicates") > 0, "every 20th keyed item was sent again:\n{report}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -110,4 +111,22 @@ async fn confirmed_zookeeper_writes_undone_behind_the_ledger_are_reported() {
     assert!(!durability.lost_creates.is_empty(), "deleted confirmed creates went unnoticed:\n{report}");
     assert!(!durability.undone_deletes.is_empty(), "recreated confirmed deletes went unnoticed:\n{report}");
     assert!(!report.clean(), "a run whose ZooKeeper lost writes is not clean:\n{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyed_producers_that_drop_their_keys_store_items_twice_and_the_ledger_says_so() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let options = ChaosOptions {
+        seed: seed(),
+        duration: Duration::from_secs(15),
+        faults: vec![FaultKind::PauseZkFollower],
+        broken: Some(Broken::DropIdempotencyKeys),
+        ..Default::default()
+    };
+    let report = chaos::run(options).await.unwrap();
+    println!("{report}");
+    assert!(
+        report.violations.iter().any(|v| v.contains("although both carried its idempotency key")),
+        "items stored twice went unnoticed:\n{report}"
+    );
 }

@@ -83,7 +83,21 @@ impl PodClient {
 
     /// `POST /queue/{name}` with `payload`; the new id.
     pub async fn enqueue(&self, queue: &str, payload: impl Into<reqwest::Body>) -> Result<(u16, Value)> {
-        let response = self.http.post(self.url(&format!("/queue/{queue}"))).body(payload).send().await?;
+        self.enqueue_keyed(queue, payload, None).await
+    }
+
+    /// `POST /queue/{name}` with an `Idempotency-Key` when one is given.
+    pub async fn enqueue_keyed(
+        &self,
+        queue: &str,
+        payload: impl Into<reqwest::Body>,
+        key: Option<&str>,
+    ) -> Result<(u16, Value)> {
+        let mut request = self.http.post(self.url(&format!("/queue/{queue}"))).body(payload);
+        if let Some(key) = key {
+            request = request.header("Idempotency-Key", key);
+        }
+        let response = request.send().await?;
         Ok((response.status().as_u16(), response.json().await?))
     }
 
