@@ -115,13 +115,53 @@ pub struct WorkQueueSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1000000))]
     pub max_payload_bytes: Option<u32>,
+    /// The longest visibility one extend may ask for, e.g. "1h"; none: 12h.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1s')").message("maxVisibility must be at least 1s"))]
+    pub max_visibility: Option<String>,
+    /// How long an Idempotency-Key is remembered, e.g. "10m"; none: 5m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    #[x_kube(
+        validation = Rule::new("duration(self) >= duration('1s')").message("deduplicationWindow must be at least 1s")
+    )]
+    pub deduplication_window: Option<String>,
+    /// Back-off before an item nacked without a delay, or given back by the visibility
+    /// timeout, is ready again; none: at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryPolicy>,
     /// Retain (default) keeps a queue that still holds items when the resource is deleted.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
 }
 
+/// Redeliveries wait initialDelay × multiplier^(attempt−1), at most maxDelay.
+#[derive(KubeSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[x_kube(
+    validation = Rule::new("duration(self.maxDelay) >= duration(self.initialDelay)")
+        .message("retry.maxDelay must not be shorter than retry.initialDelay")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct RetryPolicy {
+    /// The wait after the first delivery, e.g. "1s".
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    pub initial_delay: String,
+    /// The longest wait, e.g. "5m"; at least initialDelay.
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    pub max_delay: String,
+    /// Each further delivery's wait is the previous one's times this; at least 1.
+    #[serde(default = "two")]
+    #[schemars(range(min = 1))]
+    pub multiplier: f64,
+}
+
 fn five() -> u32 {
     5
+}
+
+fn two() -> f64 {
+    2.0
 }
 
 fn five_minutes() -> String {

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use paddock_recipes::{LockConfig, QueueConfig};
+use paddock_recipes::{LockConfig, QueueConfig, RetryPolicy};
 
 use crate::crd::{DistributedLockSpec, WorkQueueSpec};
 
@@ -46,16 +46,50 @@ pub fn queue(spec: &WorkQueueSpec) -> Result<QueueConfig, Invalid> {
     {
         return Err(Invalid { field: "spec.maxPayloadBytes", reason: format!("{limit} is not between 1 and 1000000") });
     }
+    let max_visibility = spec
+        .max_visibility
+        .as_deref()
+        .map(|d| duration("spec.maxVisibility", d, Duration::from_secs(1)))
+        .transpose()?;
+    let deduplication_window = spec
+        .deduplication_window
+        .as_deref()
+        .map(|d| duration("spec.deduplicationWindow", d, Duration::from_secs(1)))
+        .transpose()?;
+    let retry = spec.retry.as_ref().map(retry).transpose()?;
+    // Each key only when set: a 0.1.0 sidecar rejects keys it does not know.
     Ok(QueueConfig {
         max_attempts: spec.max_attempts,
         visibility_timeout,
         max_payload_bytes: spec.max_payload_bytes,
-        ..QueueConfig::default()
+        max_visibility,
+        deduplication_window,
+        retry,
     })
+}
+
+fn retry(spec: &crate::crd::RetryPolicy) -> Result<RetryPolicy, Invalid> {
+    let initial_delay = duration("spec.retry.initialDelay", &spec.initial_delay, Duration::ZERO)?;
+    let max_delay = duration("spec.retry.maxDelay", &spec.max_delay, Duration::ZERO)?;
+    if max_delay < initial_delay {
+        return Err(Invalid {
+            field: "spec.retry.maxDelay",
+            reason: format!("{} is shorter than initialDelay {}", spec.max_delay, spec.initial_delay),
+        });
+    }
+    if !(spec.multiplier.is_finite() && spec.multiplier >= 1.0) {
+        return Err(Invalid {
+            field: "spec.retry.multiplier",
+            reason: format!("must be a number of at least 1, not {}", spec.multiplier),
+        });
+    }
+    Ok(RetryPolicy { initial_delay, max_delay, multiplier: spec.multiplier })
 }
 
 #[cfg(test)]
 mod tests {
+    use paddock_recipes::config::to_znode;
+
     use super::*;
     use crate::crd::DeletionPolicy;
 
@@ -68,8 +102,15 @@ mod tests {
             max_attempts: 5,
             visibility_timeout: "5m".into(),
             max_payload_bytes: None,
+            max_visibility: None,
+            deduplication_window: None,
+            retry: None,
             deletion_policy: DeletionPolicy::Retain,
         }
+    }
+
+    fn retry_spec(initial_delay: &str, max_delay: &str, multiplier: f64) -> Option<crate::crd::RetryPolicy> {
+        Some(crate::crd::RetryPolicy { initial_delay: initial_delay.into(), max_delay: max_delay.into(), multiplier })
     }
 
     #[test]
@@ -97,6 +138,56 @@ mod tests {
         assert_eq!(config.max_payload_bytes, Some(4096));
     }
 
+    /// A 0.1.0 sidecar rejects keys it does not know: a resource that sets none of the newer
+    /// fields must write exactly the keys 0.1.0 reads.
+    #[test]
+    fn a_queue_without_the_newer_fields_writes_only_0_1_0_keys() {
+        let written = String::from_utf8(to_znode(&queue(&queue_spec()).unwrap())).unwrap();
+        assert_eq!(written, r#"{"maxAttempts":5,"visibilityTimeout":"5m"}"#);
+        let spec = WorkQueueSpec { max_attempts: 3, visibility_timeout: "30s".into(), ..queue_spec() };
+        let written = String::from_utf8(to_znode(&queue(&spec).unwrap())).unwrap();
+        assert_eq!(written, r#"{"maxAttempts":3,"visibilityTimeout":"30s"}"#);
+    }
+
+    #[test]
+    fn the_newer_queue_fields_reach_the_znode_when_set() {
+        let spec = WorkQueueSpec { max_visibility: Some("1h".into()), ..queue_spec() };
+        let config = queue(&spec).unwrap();
+        assert_eq!(config, QueueConfig { max_visibility: Some(Duration::from_secs(3600)), ..QueueConfig::default() });
+        assert_eq!(QueueConfig::from_znode("/q", &to_znode(&config)).unwrap(), config);
+
+        let spec = WorkQueueSpec { deduplication_window: Some("90s".into()), ..queue_spec() };
+        let config = queue(&spec).unwrap();
+        assert_eq!(config.deduplication_window, Some(Duration::from_secs(90)));
+        assert_eq!((config.max_visibility, config.retry.as_ref()), (None, None));
+        assert_eq!(QueueConfig::from_znode("/q", &to_znode(&config)).unwrap(), config);
+
+        let spec = WorkQueueSpec { retry: retry_spec("500ms", "1m", 3.0), ..queue_spec() };
+        let config = queue(&spec).unwrap();
+        let expected = RetryPolicy {
+            initial_delay: Duration::from_millis(500),
+            max_delay: Duration::from_secs(60),
+            multiplier: 3.0,
+        };
+        assert_eq!(config.retry, Some(expected));
+        assert_eq!((config.max_visibility, config.deduplication_window), (None, None));
+        assert_eq!(QueueConfig::from_znode("/q", &to_znode(&config)).unwrap(), config);
+        let written = String::from_utf8(to_znode(&config)).unwrap();
+        assert!(written.contains(r#""retry":{"initialDelay":"500ms","maxDelay":"1m","multiplier":3.0}"#), "{written}");
+
+        // Equal delays are a fixed back-off.
+        assert!(queue(&WorkQueueSpec { retry: retry_spec("2s", "2s", 1.0), ..queue_spec() }).is_ok());
+    }
+
+    /// A multiplier the resource leaves out is the CRD's default, and the znode's.
+    #[test]
+    fn a_retry_without_a_multiplier_doubles() {
+        let spec: WorkQueueSpec = serde_json::from_str(r#"{"retry":{"initialDelay":"1s","maxDelay":"10s"}}"#).unwrap();
+        assert_eq!(spec.retry.as_ref().map(|r| r.multiplier), Some(2.0));
+        let unset: RetryPolicy = serde_json::from_str(r#"{"initialDelay":"1s","maxDelay":"10s"}"#).unwrap();
+        assert_eq!(queue(&spec).unwrap().retry, Some(unset));
+    }
+
     #[test]
     fn bad_queue_specs_name_the_field() {
         for (spec, field) in [
@@ -104,6 +195,15 @@ mod tests {
             (WorkQueueSpec { visibility_timeout: "500ms".into(), ..queue_spec() }, "spec.visibilityTimeout"),
             (WorkQueueSpec { visibility_timeout: "later".into(), ..queue_spec() }, "spec.visibilityTimeout"),
             (WorkQueueSpec { max_payload_bytes: Some(2_000_000), ..queue_spec() }, "spec.maxPayloadBytes"),
+            (WorkQueueSpec { max_visibility: Some("500ms".into()), ..queue_spec() }, "spec.maxVisibility"),
+            (WorkQueueSpec { max_visibility: Some("forever".into()), ..queue_spec() }, "spec.maxVisibility"),
+            (WorkQueueSpec { deduplication_window: Some("0s".into()), ..queue_spec() }, "spec.deduplicationWindow"),
+            (WorkQueueSpec { deduplication_window: Some("5".into()), ..queue_spec() }, "spec.deduplicationWindow"),
+            (WorkQueueSpec { retry: retry_spec("soon", "1m", 2.0), ..queue_spec() }, "spec.retry.initialDelay"),
+            (WorkQueueSpec { retry: retry_spec("1s", "later", 2.0), ..queue_spec() }, "spec.retry.maxDelay"),
+            (WorkQueueSpec { retry: retry_spec("10s", "5s", 2.0), ..queue_spec() }, "spec.retry.maxDelay"),
+            (WorkQueueSpec { retry: retry_spec("1s", "5s", 0.5), ..queue_spec() }, "spec.retry.multiplier"),
+            (WorkQueueSpec { retry: retry_spec("1s", "5s", f64::NAN), ..queue_spec() }, "spec.retry.multiplier"),
         ] {
             assert_eq!(queue(&spec).unwrap_err().field, field);
         }

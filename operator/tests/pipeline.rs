@@ -49,6 +49,9 @@ async fn provision_observe_and_clean_up_a_lock_and_a_queue() {
         max_attempts: 5,
         visibility_timeout: "5m".into(),
         max_payload_bytes: None,
+        max_visibility: None,
+        deduplication_window: None,
+        retry: None,
         deletion_policy: DeletionPolicy::Retain,
     };
     let desired = build::queue(&layout, &ns, &queue_name, &queue_spec, &ids).unwrap();

@@ -90,6 +90,9 @@ fn queue(name: &str) -> WorkQueue {
             max_attempts: 5,
             visibility_timeout: "5m".into(),
             max_payload_bytes: None,
+            max_visibility: None,
+            deduplication_window: None,
+            retry: None,
             deletion_policy: DeletionPolicy::Delete,
         },
     )

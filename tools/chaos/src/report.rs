@@ -176,7 +176,7 @@ pub fn check_queue(workloads: &Workloads, faults: &[Fault], dead: &[DeadLetter],
             if ledger.keyed.contains(&number) {
                 keyed_twice += 1;
                 report.violations.push(format!(
-                    "queue: item-{number}: two copies, of enqueue tries {first} and {second}, although both carried its idempotency key"
+                    "queue: item-{number}: two copies of an item sent with an idempotency key (enqueue tries {first} and {second}): a key must store one"
                 ));
             } else if answered(first) == Some(true) {
                 report.violations.push(format!(

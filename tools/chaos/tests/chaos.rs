@@ -126,7 +126,7 @@ async fn keyed_producers_that_drop_their_keys_store_items_twice_and_the_ledger_s
     let report = chaos::run(options).await.unwrap();
     println!("{report}");
     assert!(
-        report.violations.iter().any(|v| v.contains("although both carried its idempotency key")),
+        report.violations.iter().any(|v| v.contains("sent with an idempotency key")),
         "items stored twice went unnoticed:\n{report}"
     );
 }
