@@ -165,6 +165,10 @@ mod tests {
             &metrics.queue_redelivered,
             &metrics.queue_dead_lettered,
             &metrics.queue_claims_stale,
+            &metrics.queue_extended,
+            &metrics.queue_visibility_timeouts,
+            &metrics.queue_duplicates,
+            &metrics.queue_purged,
         ] {
             family.get_or_create(&label).inc_by(0);
         }
