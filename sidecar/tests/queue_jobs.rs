@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::{assert_json_errors, sidecar};
 use paddock_recipes::{QueueConfig, RetryPolicy};
-use paddock_testkit::{Ensemble, init_tracing, provision};
+use paddock_testkit::{Ensemble, provision};
 use serde_json::Value;
 use tokio::time::Instant;
 
@@ -16,13 +16,7 @@ const NS: &str = "team-j";
 const SESSION: Duration = Duration::from_secs(10);
 
 async fn setup(queues: &[(&str, QueueConfig)]) -> Ensemble {
-    init_tracing();
-    let ensemble = Ensemble::start().await.expect("ensemble starts");
-    let admin = provision::admin(&ensemble.connect_string()).await.unwrap();
-    for (name, config) in queues {
-        provision::queue(&admin, NS, name, config.clone()).await.unwrap();
-    }
-    ensemble
+    common::ensemble_with_queues(NS, queues).await
 }
 
 /// The payloads of what waits in a queue (peek), in delivery order.

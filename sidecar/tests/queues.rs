@@ -9,20 +9,14 @@ use std::time::Duration;
 
 use common::{assert_json_errors, eventually, oversized, sidecar};
 use paddock_recipes::QueueConfig;
-use paddock_testkit::{Ensemble, init_tracing, provision};
+use paddock_testkit::{Ensemble, provision};
 use serde_json::Value;
 
 const NS: &str = "team-q";
 const SESSION: Duration = Duration::from_secs(10);
 
 async fn setup(queues: &[(&str, QueueConfig)]) -> Ensemble {
-    init_tracing();
-    let ensemble = Ensemble::start().await.expect("ensemble starts");
-    let admin = provision::admin(&ensemble.connect_string()).await.unwrap();
-    for (name, config) in queues {
-        provision::queue(&admin, NS, name, config.clone()).await.unwrap();
-    }
-    ensemble
+    common::ensemble_with_queues(NS, queues).await
 }
 
 fn config(max_attempts: u32, visibility: Duration) -> QueueConfig {

@@ -4,12 +4,24 @@
 
 use std::time::Duration;
 
+use paddock_recipes::QueueConfig;
 #[allow(unused_imports)] // not every test file waits
 pub use paddock_testkit::eventually;
 use paddock_testkit::process::Sidecar;
-use paddock_testkit::{Ensemble, PodClient, SidecarOptions};
+use paddock_testkit::{Ensemble, PodClient, SidecarOptions, init_tracing, provision};
 
 pub const SIDECAR: &str = env!("CARGO_BIN_EXE_paddock-sidecar");
+
+/// A real 3-node ensemble with `queues` provisioned in `namespace`.
+pub async fn ensemble_with_queues(namespace: &str, queues: &[(&str, QueueConfig)]) -> Ensemble {
+    init_tracing();
+    let ensemble = Ensemble::start().await.expect("ensemble starts");
+    let admin = provision::admin(&ensemble.connect_string()).await.unwrap();
+    for (name, config) in queues {
+        provision::queue(&admin, namespace, name, config.clone()).await.unwrap();
+    }
+    ensemble
+}
 
 /// A sidecar for `pod` in `namespace` with the given session timeout.
 pub async fn sidecar(
