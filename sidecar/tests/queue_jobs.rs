@@ -107,6 +107,18 @@ async fn an_item_extended_in_time_is_delivered_once_and_one_no_longer_extended_i
     ])
     .await;
     assert_eq!(pod_a.settle("long", &held.id, "ack", "").await.unwrap().0, 200, "the refused extends changed nothing");
+
+    // An extend may shorten the time too: the item goes back at the sooner deadline.
+    pod_a.enqueue("long", "job-4").await.unwrap();
+    let item = pod_a.next("long", "5s").await.unwrap().expect("an item");
+    assert_eq!(pod_a.settle("long", &item.id, "extend", "visibility=60s").await.unwrap().0, 200);
+    tokio::time::sleep(Duration::from_millis(2500)).await; // past the first deadline: its timer now waits for 60 s
+    assert_eq!(pod_a.settle("long", &item.id, "extend", "visibility=1s").await.unwrap().0, 200);
+    let shortened = Instant::now();
+    let again = pod_b.next("long", "30s").await.unwrap().expect("given back at the sooner deadline");
+    assert_eq!((again.id.as_str(), again.attempt), (item.id.as_str(), 2));
+    assert!(shortened.elapsed() < Duration::from_secs(20), "not at the 60 s deadline: {:?}", shortened.elapsed());
+    assert_eq!(pod_b.settle("long", &again.id, "ack", "").await.unwrap().0, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -61,9 +61,13 @@ impl QueueService {
             return Err(QueueError::ClaimLost(id.to_string()).into());
         }
         let until = Instant::now() + visibility;
-        match self.inner.held.lock().expect("not poisoned").get_mut(&key) {
-            Some(held) if ours(held) => held.visible_until = until,
+        let sooner = match self.inner.held.lock().expect("not poisoned").get_mut(&key) {
+            Some(held) if ours(held) => until < std::mem::replace(&mut held.visible_until, until),
             _ => return Err(not_held()),
+        };
+        if sooner {
+            // The running timer sleeps until the later deadline: one more wakes at this one.
+            tokio::spawn(enforce_visibility(self.inner.clone(), key, current.generation));
         }
         self.inner.ctx.metrics.queue_extended.get_or_create(&queue_label(queue.as_str())).inc();
         Ok(SystemTime::now() + visibility)
