@@ -156,6 +156,21 @@ pub struct RetryPolicy {
     pub multiplier: f64,
 }
 
+/// What a spec that sets nothing but its name gets: the serde defaults of each field.
+impl Default for WorkQueueSpec {
+    fn default() -> Self {
+        Self {
+            max_attempts: five(),
+            visibility_timeout: five_minutes(),
+            max_payload_bytes: None,
+            max_visibility: None,
+            deduplication_window: None,
+            retry: None,
+            deletion_policy: DeletionPolicy::default(),
+        }
+    }
+}
+
 fn five() -> u32 {
     5
 }

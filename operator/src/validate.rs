@@ -98,15 +98,7 @@ mod tests {
     }
 
     fn queue_spec() -> WorkQueueSpec {
-        WorkQueueSpec {
-            max_attempts: 5,
-            visibility_timeout: "5m".into(),
-            max_payload_bytes: None,
-            max_visibility: None,
-            deduplication_window: None,
-            retry: None,
-            deletion_policy: DeletionPolicy::Retain,
-        }
+        WorkQueueSpec { deletion_policy: DeletionPolicy::Retain, ..WorkQueueSpec::default() }
     }
 
     fn retry_spec(initial_delay: &str, max_delay: &str, multiplier: f64) -> Option<crate::crd::RetryPolicy> {

@@ -45,15 +45,7 @@ async fn provision_observe_and_clean_up_a_lock_and_a_queue() {
     let (root_acl, _) = operator.get_acl("/paddock").await.unwrap();
     assert_eq!(root_acl.len(), 1, "the root is the operator's alone: {root_acl:?}");
     assert_eq!(root_acl[0].id(), ids.operator.acl_id());
-    let queue_spec = WorkQueueSpec {
-        max_attempts: 5,
-        visibility_timeout: "5m".into(),
-        max_payload_bytes: None,
-        max_visibility: None,
-        deduplication_window: None,
-        retry: None,
-        deletion_policy: DeletionPolicy::Retain,
-    };
+    let queue_spec = WorkQueueSpec { deletion_policy: DeletionPolicy::Retain, ..WorkQueueSpec::default() };
     let desired = build::queue(&layout, &ns, &queue_name, &queue_spec, &ids).unwrap();
     apply::queue(&operator, &layout, &ns, &queue_name, &desired).await.unwrap();
 

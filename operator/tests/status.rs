@@ -84,18 +84,7 @@ fn lock(name: &str) -> DistributedLock {
 }
 
 fn queue(name: &str) -> WorkQueue {
-    WorkQueue::new(
-        name,
-        WorkQueueSpec {
-            max_attempts: 5,
-            visibility_timeout: "5m".into(),
-            max_payload_bytes: None,
-            max_visibility: None,
-            deduplication_window: None,
-            retry: None,
-            deletion_policy: DeletionPolicy::Delete,
-        },
-    )
+    WorkQueue::new(name, WorkQueueSpec { deletion_policy: DeletionPolicy::Delete, ..WorkQueueSpec::default() })
 }
 
 async fn lock_ready(locks: &Api<DistributedLock>, name: &str) -> Option<Condition> {
