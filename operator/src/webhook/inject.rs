@@ -11,6 +11,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use paddock_recipes::Name;
 
+use super::cli;
 use crate::reconcile::identity::{CREDENTIALS_KEY, CREDENTIALS_SECRET};
 
 /// The annotation that asks for a sidecar.
@@ -105,6 +106,7 @@ pub fn inject(pod: &Pod, template: &SidecarTemplate) -> Result<Injection, Reject
         None => None,
     };
     let resources = resources(template, &annotations)?;
+    let wants_cli = cli::wanted(&annotations)?;
     let sidecar = sidecar_container(template, queue.as_ref(), resources);
 
     let mut injected = pod.clone();
@@ -117,6 +119,8 @@ pub fn inject(pod: &Pod, template: &SidecarTemplate) -> Result<Injection, Reject
         pod_annotations.extend(SCRAPE_ANNOTATIONS.iter().map(|a| a.to_string()).zip(values));
     }
     let spec = injected.spec.get_or_insert_with(PodSpec::default);
+    // Before the sidecar is added: only the app's containers get the command.
+    let installer = if wants_cli { Some(cli::equip(spec, template, restricted())?) } else { None };
     let url = EnvVar {
         name: "PADDOCK_URL".into(),
         value: Some(format!("http://127.0.0.1:{}", template.port)),
@@ -135,6 +139,10 @@ pub fn inject(pod: &Pod, template: &SidecarTemplate) -> Result<Injection, Reject
         init.insert(0, Container { restart_policy: Some("Always".into()), ..sidecar });
     } else {
         spec.containers.push(sidecar);
+    }
+    if let Some(installer) = installer {
+        // First of all: it exits before the sidecar and the app's init containers start.
+        spec.init_containers.get_or_insert_with(Vec::new).insert(0, installer);
     }
     Ok(Injection::Inject(Box::new(injected)))
 }
@@ -238,14 +246,20 @@ fn sidecar_container(template: &SidecarTemplate, queue: Option<&Name>, resources
         startup_probe: Some(probe("/healthz", 1, 30)),
         liveness_probe: Some(probe("/healthz", 10, 3)),
         resources: Some(resources),
-        security_context: Some(SecurityContext {
-            run_as_non_root: Some(true),
-            run_as_user: Some(65532),
-            read_only_root_filesystem: Some(true),
-            allow_privilege_escalation: Some(false),
-            capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Default::default() }),
-            ..Default::default()
-        }),
+        security_context: Some(restricted()),
+        ..Default::default()
+    }
+}
+
+/// The securityContext of what the webhook adds: the image's non-root user, a read-only
+/// root filesystem, no capabilities, no privilege escalation.
+pub(super) fn restricted() -> SecurityContext {
+    SecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(65532),
+        read_only_root_filesystem: Some(true),
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Default::default() }),
         ..Default::default()
     }
 }

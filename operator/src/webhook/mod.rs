@@ -3,12 +3,16 @@
 //! it (the Service balances over them), leader or not.
 //!
 //! - `inject`: what injection does to a pod (pure).
+//! - `cli`: what `paddock.dev/cli: "true"` adds to it: the `paddock` command (pure).
 //! - `admission`: AdmissionReview in, AdmissionReview out.
+//! - `patch`: the injected pod as a JSONPatch on the pod the API server sent.
 //! - `certs`: the serving certificate and the caBundle.
 
 pub mod admission;
 pub mod certs;
+pub mod cli;
 pub mod inject;
+mod patch;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
