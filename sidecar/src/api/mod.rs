@@ -6,6 +6,7 @@ mod locks;
 mod metrics;
 mod queue_admin;
 mod queues;
+mod status;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -27,6 +28,7 @@ pub fn router(state: AppState) -> Router {
         .merge(metrics::router())
         .merge(queues::router())
         .merge(queue_admin::router())
+        .merge(status::router())
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::map_response(crate::error::json_errors))
         .layer(TraceLayer::new_for_http().on_failure(log_failure))

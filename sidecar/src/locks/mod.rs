@@ -24,6 +24,7 @@ use crate::context::ServiceContext;
 use crate::events::{Event, LossReason, now};
 use crate::metrics::{Metrics, lock_label};
 
+mod listing;
 mod loss;
 
 use self::loss::{enforce_lease, ensure_holder_watch, follow_session};

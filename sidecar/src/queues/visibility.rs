@@ -124,3 +124,33 @@ impl Inner {
         self.give_back(queue, id, held.generation, "a timed-out claim").await;
     }
 }
+
+/// An item this pod holds, as `GET /status` lists it.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InFlight {
+    pub queue: String,
+    pub id: String,
+    pub attempt: u32,
+    /// Until the visibility timeout gives it back, unless extended.
+    pub visible_for_ms: u64,
+}
+
+impl QueueService {
+    /// The items this pod's app holds now, oldest deadline first.
+    pub fn in_flight(&self) -> Vec<InFlight> {
+        let now = Instant::now();
+        let held = self.inner.held.lock().expect("not poisoned");
+        let mut items: Vec<InFlight> = held
+            .iter()
+            .map(|((queue, id), held)| InFlight {
+                queue: queue.to_string(),
+                id: id.to_string(),
+                attempt: held.attempt,
+                visible_for_ms: held.visible_until.saturating_duration_since(now).as_millis() as u64,
+            })
+            .collect();
+        items.sort_by_key(|item| item.visible_for_ms);
+        items
+    }
+}
