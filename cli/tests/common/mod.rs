@@ -8,6 +8,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use paddock_recipes::{LockConfig, QueueConfig};
+#[allow(unused_imports)] // not every test file waits
 pub use paddock_testkit::eventually;
 use paddock_testkit::process::Sidecar;
 use paddock_testkit::{Ensemble, PodClient, SidecarOptions, init_tracing, provision, workspace_binary};
