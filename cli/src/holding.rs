@@ -101,8 +101,8 @@ async fn beat(sidecar: Sidecar, hold: Hold, beats: mpsc::Sender<Beat>) {
             None => still_held(&sidecar, &hold, every).await,
         };
         let beat = match found {
-            Ok(true) => Beat::Held(sent),
-            Ok(false) => Beat::Gone(format!("the sidecar no longer has it held by {}", hold.owner)),
+            Ok(None) => Beat::Held(sent),
+            Ok(Some(reason)) => Beat::Gone(reason),
             Err(CliError::Api { status, message, .. }) if status == 404 || status == 409 => Beat::Gone(message),
             Err(_) => Beat::Silent,
         };
@@ -112,14 +112,25 @@ async fn beat(sidecar: Sidecar, hold: Hold, beats: mpsc::Sender<Beat>) {
     }
 }
 
-async fn renewed(sidecar: &Sidecar, hold: &Hold, ttl: Duration, timeout: Duration) -> Result<bool, CliError> {
+/// `None` while held; else why not.
+async fn renewed(sidecar: &Sidecar, hold: &Hold, ttl: Duration, timeout: Duration) -> Result<Option<String>, CliError> {
     let grant = sidecar.renew(&hold.name, &hold.owner, ttl, timeout).await?;
-    Ok(grant["token"] == hold.token)
+    Ok((grant["token"] != hold.token).then(|| format!("the sidecar renewed another hold ({grant})")))
 }
 
-async fn still_held(sidecar: &Sidecar, hold: &Hold, timeout: Duration) -> Result<bool, CliError> {
+/// `None` while held; else why not.
+async fn still_held(sidecar: &Sidecar, hold: &Hold, timeout: Duration) -> Result<Option<String>, CliError> {
     let status = sidecar.lock_status(&hold.name, Some(&hold.owner), timeout).await?;
-    Ok(status["state"] == "held" && status["token"] == hold.token)
+    Ok(match status["state"].as_str() {
+        Some("held") if status["token"] == hold.token => None,
+        Some("lost") => {
+            Some(format!("the sidecar reports it lost: {}", status["lostReason"].as_str().unwrap_or("unknown")))
+        }
+        _ => Some(format!(
+            "the sidecar no longer holds it for {} (a restarted sidecar has a new ZooKeeper session, without the old one's locks)",
+            hold.owner
+        )),
+    })
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);

@@ -137,3 +137,15 @@ async fn a_sidecar_that_is_not_there_is_named_with_what_to_check() {
     }
     assert!(!marker.exists(), "no command runs without its lock");
 }
+
+#[tokio::test]
+async fn help_has_examples_and_shells_get_completions() {
+    let help = tokio::process::Command::new(PADDOCK).arg("--help").output().await.unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("paddock lock nightly-report --wait 30s --ttl 60s -- ./report.sh"), "{help}");
+    assert!(help.contains("76 the lock was lost"), "exit codes are listed: {help}");
+    let bash = tokio::process::Command::new(PADDOCK).args(["completion", "bash"]).output().await.unwrap();
+    let bash = String::from_utf8_lossy(&bash.stdout);
+    assert!(bash.contains("complete -F _paddock"), "a bash completion: {}", &bash[..bash.len().min(200)]);
+    assert!(bash.contains("--idempotency-key"), "it knows the flags");
+}

@@ -146,3 +146,26 @@ async fn signals_reach_the_command_and_a_wait_given_up_leaves_no_holder_behind()
     assert_eq!(status["holders"], serde_json::json!([]), "released after the command ended: {status}");
     assert_eq!(status["waiters"], 0, "the abandoned wait left nothing behind: {status}");
 }
+
+#[tokio::test]
+async fn a_sidecar_restarted_under_a_running_command_stops_it_without_waiting_out_the_session() {
+    let session = Duration::from_secs(20);
+    let ensemble = ensemble(QueueConfig::default()).await;
+    let (mut pod, _) = sidecar(&ensemble, "pod-a", session).await;
+    let dir = tempfile::tempdir().unwrap();
+    let command = group_that_records_sigterm(dir.path());
+
+    let mut holder = paddock(&pod, &["lock", "orders", "--", &command]).spawn().unwrap();
+    first_line(&mut holder).await;
+    let restarted = Instant::now();
+    pod.restart().await.unwrap();
+    assert_eq!(exit_code(&mut holder, session).await, 76);
+    assert!(
+        restarted.elapsed() < session / 2,
+        "learned from the new sidecar, not from silence: {:?}",
+        restarted.elapsed()
+    );
+    let err = stderr(&mut holder).await;
+    assert!(err.contains("no longer holds it"), "{err}");
+    assert!(both_got_sigterm(dir.path()).await);
+}
