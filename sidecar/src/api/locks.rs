@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use paddock_recipes::Name;
-use paddock_recipes::lock::{LockError, LockMode};
+use paddock_recipes::lock::{LockError, LockMode, LockSnapshot};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -17,15 +17,17 @@ use crate::error::{ApiError, ApiResult, parse_duration};
 use crate::locks::{AcquireOutcome, LockServiceError};
 use crate::state::AppState;
 
-/// Longest blocking acquire one request may ask for.
+/// Longest blocking acquire one request may ask for, but for `"wait": "forever"`.
 const MAX_WAIT: Duration = Duration::from_secs(600);
+/// `"wait": "forever"`: until granted or the request is given up (an election's candidate).
+const FOREVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 /// Shortest and longest lease.
 const MIN_TTL: Duration = Duration::from_millis(100);
 const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/lock", post(acquire))
+        .route("/lock", post(acquire).delete(super::lock_sets::release))
         .route("/lock/{name}", get(status).delete(release))
         .route("/lock/{name}/renew", post(renew))
 }
@@ -33,7 +35,9 @@ pub fn router() -> Router<AppState> {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct AcquireBody {
-    name: String,
+    name: Option<String>,
+    /// Several locks, all or none.
+    names: Option<Vec<String>>,
     wait: Option<String>,
     owner: Option<String>,
     ttl: Option<String>,
@@ -54,44 +58,63 @@ struct RenewQuery {
 }
 
 async fn acquire(State(state): State<AppState>, Json(body): Json<AcquireBody>) -> ApiResult<Response> {
-    let name = Name::new("lock", &body.name)?;
     let owner = owner_or_pod(&state, body.owner)?;
     let wait = match body.wait.as_deref() {
         None => Duration::ZERO,
+        Some("forever") => FOREVER,
         Some(w) => bounded("wait", parse_duration("wait", w)?, Duration::ZERO, MAX_WAIT)?,
     };
     let ttl = body.ttl.as_deref().map(|t| bounded("ttl", parse_duration("ttl", t)?, MIN_TTL, MAX_TTL)).transpose()?;
     let mode = body.mode.unwrap_or(LockMode::Exclusive);
+    let name = match (body.name, body.names) {
+        (Some(name), None) => Name::new("lock", &name)?,
+        (None, Some(names)) => return super::lock_sets::acquire(&state, names, owner, mode, wait, ttl).await,
+        _ => {
+            return Err(ApiError::bad_request(
+                "give \"name\" (one lock) or \"names\" (several, acquired all or none), not both",
+            ));
+        }
+    };
     let outcome = state.locks.acquire(name.clone(), owner.clone(), mode, wait, ttl).await;
     match outcome.map_err(|e| lock_error(&state, &name, e))? {
         AcquireOutcome::Acquired(grant) => Ok((StatusCode::OK, axum::Json(grant)).into_response()),
-        AcquireOutcome::Busy(snapshot) => {
-            let holders: Vec<String> = snapshot
-                .holders
-                .iter()
-                .map(|h| match (&h.holder, &h.foreign) {
-                    (Some(holder), _) => format!("{}/{}", holder.pod, holder.owner),
-                    (None, Some(data)) => format!("a non-Paddock client ({data})"),
-                    (None, None) => h.node.clone(),
-                })
-                .collect();
-            let message = format!(
-                "lock {name} in namespace {} not acquired within {}: held by {}; {} waiting. \
-                 Retry, or pass a longer \"wait\"",
-                state.locks.namespace(),
-                humantime::format_duration(wait),
-                if holders.is_empty() { "nobody (it was just released)".to_owned() } else { holders.join(", ") },
-                snapshot.waiters,
-            );
-            Err(ApiError::conflict("lock-busy", message).with_details(json!({
-                "name": name.as_str(),
-                "owner": owner,
-                "holders": snapshot.holders,
-                "waiters": snapshot.waiters,
-                "maxHolders": snapshot.max_holders,
-            })))
-        }
+        AcquireOutcome::Busy(snapshot) => Err(busy(&state, &name, &owner, wait, &snapshot, "")),
     }
+}
+
+/// 409 `lock-busy`, naming the holders; `set` says what became of the rest of a set.
+pub(super) fn busy(
+    state: &AppState,
+    name: &Name,
+    owner: &str,
+    wait: Duration,
+    snapshot: &LockSnapshot,
+    set: &str,
+) -> ApiError {
+    let holders: Vec<String> = snapshot
+        .holders
+        .iter()
+        .map(|h| match (&h.holder, &h.foreign) {
+            (Some(holder), _) => format!("{}/{}", holder.pod, holder.owner),
+            (None, Some(data)) => format!("a non-Paddock client ({data})"),
+            (None, None) => h.node.clone(),
+        })
+        .collect();
+    let message = format!(
+        "lock {name} in namespace {} not acquired within {}: held by {}; {} waiting{set}. \
+         Retry, or pass a longer \"wait\"",
+        state.locks.namespace(),
+        humantime::format_duration(wait),
+        if holders.is_empty() { "nobody (it was just released)".to_owned() } else { holders.join(", ") },
+        snapshot.waiters,
+    );
+    ApiError::conflict("lock-busy", message).with_details(json!({
+        "name": name.as_str(),
+        "owner": owner,
+        "holders": snapshot.holders,
+        "waiters": snapshot.waiters,
+        "maxHolders": snapshot.max_holders,
+    }))
 }
 
 async fn status(
@@ -129,7 +152,7 @@ async fn renew(
 }
 
 /// The owner named in the request, or this pod.
-fn owner_or_pod(state: &AppState, owner: Option<String>) -> ApiResult<String> {
+pub(super) fn owner_or_pod(state: &AppState, owner: Option<String>) -> ApiResult<String> {
     match owner {
         None => Ok(state.locks.pod().to_owned()),
         Some(o) if !o.is_empty() && o.len() <= 253 && o.chars().all(|c| c.is_ascii_graphic()) => Ok(o),
@@ -155,7 +178,7 @@ fn bounded(field: &str, value: Duration, min: Duration, max: Duration) -> ApiRes
     Ok(value)
 }
 
-fn lock_error(state: &AppState, name: &Name, err: LockServiceError) -> ApiError {
+pub(super) fn lock_error(state: &AppState, name: &Name, err: LockServiceError) -> ApiError {
     let ns = state.locks.namespace();
     match err {
         LockServiceError::Lock(LockError::NotProvisioned(path)) => {

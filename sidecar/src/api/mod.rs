@@ -2,6 +2,7 @@
 
 mod events;
 pub mod health;
+mod lock_sets;
 mod locks;
 mod metrics;
 mod queue_admin;

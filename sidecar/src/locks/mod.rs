@@ -26,8 +26,10 @@ use crate::metrics::{Metrics, lock_label};
 
 mod listing;
 mod loss;
+mod sets;
 
 use self::loss::{enforce_lease, ensure_holder_watch, follow_session};
+pub use self::sets::SetOutcome;
 
 type Key = (Name, String);
 
