@@ -32,9 +32,11 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 mod contender;
+mod observe;
 
 pub use self::contender::watch_contender;
 use self::contender::{Decision, WithdrawOnDrop, create_contender, decide, sorted_contenders, touch};
+pub use self::observe::{HolderCache, Observed, ObservedHolder, observe};
 use crate::config::{ConfigError, LockConfig};
 use crate::retry::while_unknown;
 use crate::zk;

@@ -30,6 +30,7 @@ pub fn router() -> Router<AppState> {
         .route("/lock", post(acquire).delete(super::lock_sets::release))
         .route("/lock/{name}", get(status).delete(release))
         .route("/lock/{name}/renew", post(renew))
+        .route("/lock/{name}/holders", get(super::lock_observe::holders))
 }
 
 #[derive(Debug, Deserialize)]

@@ -2,6 +2,7 @@
 
 mod events;
 pub mod health;
+mod lock_observe;
 mod lock_sets;
 mod locks;
 mod metrics;

@@ -26,9 +26,11 @@ use crate::metrics::{Metrics, lock_label};
 
 mod listing;
 mod loss;
+mod observe;
 mod sets;
 
 use self::loss::{enforce_lease, ensure_holder_watch, follow_session};
+pub use self::observe::View;
 pub use self::sets::SetOutcome;
 
 type Key = (Name, String);
@@ -154,6 +156,7 @@ struct Inner {
     configs: ConfigCache<LockConfig>,
     /// Lock paths this process watches, with the session generation of the watch.
     watched_locks: Mutex<HashMap<String, u64>>,
+    observers: observe::Observers,
 }
 
 struct MetricWake<'a>(&'a Metrics);
@@ -172,6 +175,7 @@ impl LockService {
             connection_epoch: AtomicU64::new(0),
             configs: ConfigCache::default(),
             watched_locks: Mutex::default(),
+            observers: observe::Observers::default(),
         });
         tokio::spawn(follow_session(inner.clone()));
         Self { inner }
@@ -186,7 +190,7 @@ impl LockService {
     }
 
     /// The lock's config, cached until its znode changes.
-    async fn config(&self, current: &Current, lock_path: &str) -> Result<LockConfig, LockServiceError> {
+    pub(crate) async fn config(&self, current: &Current, lock_path: &str) -> Result<LockConfig, LockServiceError> {
         let metrics = &self.inner.ctx.metrics;
         let parse = |path: &str, data: &[u8]| {
             LockConfig::parse_znode(path, data).map(|parsed| {
