@@ -59,8 +59,10 @@ pub struct LockArgs {
     /// The DistributedLock's name (in this pod's namespace).
     pub name: String,
     /// How long to wait for the lock; busy after it, CMD does not run and paddock exits 75.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
-    pub wait: Duration,
+    /// `forever` waits until granted: a leader loop (each replica runs CMD when it leads;
+    /// when CMD ends the lock is released and the next in line leads).
+    #[arg(long, value_parser = parse_wait, default_value = "0s")]
+    pub wait: Wait,
     /// Hold it as a lease of this length, renewed while CMD runs (a pod that stops
     /// renewing loses it after this, even if its sidecar lives on).
     #[arg(long, value_parser = humantime::parse_duration)]
@@ -158,6 +160,20 @@ pub struct StatusArgs {
     pub names: Vec<String>,
     #[arg(short, long, value_enum, default_value_t = Output::Table)]
     pub output: Output,
+}
+
+/// How long `paddock lock` waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    For(Duration),
+    Forever,
+}
+
+fn parse_wait(value: &str) -> Result<Wait, String> {
+    match value {
+        "forever" => Ok(Wait::Forever),
+        _ => humantime::parse_duration(value).map(Wait::For).map_err(|e| format!("{e} (or \"forever\")")),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

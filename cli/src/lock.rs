@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use reqwest::Method;
 use serde_json::{Value, json};
+use tokio::time::Instant;
 
-use crate::args::LockArgs;
+use crate::args::{LockArgs, Wait};
 use crate::child::{self, Child, Signals};
 use crate::error::{CliError, EXIT_BUSY, EXIT_LOST};
 use crate::holding::{self, Hold};
@@ -78,22 +79,34 @@ pub async fn session_timeout(sidecar: &Sidecar) -> Result<Duration, CliError> {
 
 /// The grant, or `None` when the lock stayed busy for `--wait` (said on stderr).
 async fn acquire(sidecar: &Sidecar, args: &LockArgs, owner: &str) -> Result<Option<Value>, CliError> {
-    let deadline = tokio::time::Instant::now() + args.wait;
+    let deadline = match args.wait {
+        Wait::For(wait) => Some(Instant::now() + wait),
+        Wait::Forever => None,
+    };
     loop {
-        let wait = deadline.saturating_duration_since(tokio::time::Instant::now()).min(MAX_WAIT_PER_REQUEST);
+        let (wait, timeout) = match deadline {
+            Some(deadline) => {
+                let wait = deadline.saturating_duration_since(Instant::now()).min(MAX_WAIT_PER_REQUEST);
+                (json!(format!("{}ms", wait.as_millis())), Some(wait + Duration::from_secs(30)))
+            }
+            None => (json!("forever"), None),
+        };
         let mut body = json!({
             "name": args.name,
             "owner": owner,
-            "wait": format!("{}ms", wait.as_millis()),
+            "wait": wait,
             "mode": if args.shared { "shared" } else { "exclusive" },
         });
         if let Some(ttl) = args.ttl {
             body["ttl"] = json!(format!("{}ms", ttl.as_millis()));
         }
-        let request = sidecar.request(Method::POST, "/lock").json(&body).timeout(wait + Duration::from_secs(30));
+        let mut request = sidecar.request(Method::POST, "/lock").json(&body);
+        if let Some(timeout) = timeout {
+            request = request.timeout(timeout);
+        }
         match sidecar.json(request).await {
             Ok(grant) => return Ok(Some(grant)),
-            Err(e) if e.code() == Some("lock-busy") && tokio::time::Instant::now() < deadline => {
+            Err(e) if e.code() == Some("lock-busy") && deadline.is_none_or(|d| Instant::now() < d) => {
                 eprintln!("paddock: still waiting for lock {}: {e}", args.name);
             }
             Err(e) if e.code() == Some("lock-busy") => {

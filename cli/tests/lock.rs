@@ -169,3 +169,21 @@ async fn a_sidecar_restarted_under_a_running_command_stops_it_without_waiting_ou
     assert!(err.contains("no longer holds it"), "{err}");
     assert!(both_got_sigterm(dir.path()).await);
 }
+
+#[tokio::test]
+async fn waiting_forever_makes_a_leader_loop_that_runs_each_candidate_in_turn() {
+    let ensemble = ensemble(QueueConfig::default()).await;
+    let (pod_a, _) = sidecar(&ensemble, "pod-a", Duration::from_secs(10)).await;
+    let (pod_b, _) = sidecar(&ensemble, "pod-b", Duration::from_secs(10)).await;
+    let lead = ["lock", "orders", "--wait", "forever", "--", "sh", "-c", "echo $PADDOCK_LOCK_TOKEN; sleep 2"];
+    let mut first = paddock(&pod_a, &lead).spawn().unwrap();
+    let first_token: i64 = first_line(&mut first).await.parse().unwrap();
+    let mut second = paddock(&pod_b, &lead).spawn().unwrap();
+    let second_token: i64 = first_line(&mut second).await.parse().unwrap();
+    assert_eq!(exit_code(&mut first, Duration::from_secs(1)).await, 0, "the second leads once the first is done");
+    assert!(second_token > first_token, "{second_token} after {first_token}");
+    assert_eq!(exit_code(&mut second, Duration::from_secs(10)).await, 0);
+    let (code, _, stderr) = run(&pod_a, &["lock", "orders", "--wait", "soon", "--", "true"]).await;
+    assert_eq!(code, 2, "a bad --wait is a usage error: {stderr}");
+    assert!(stderr.contains("forever"), "{stderr}");
+}
