@@ -3,7 +3,7 @@
 # from any container registry, and nothing but the Debian mirror is needed (once).
 #
 #   target/images/paddock-operator.tar    the operator's release binary
-#   target/images/paddock-sidecar.tar     the sidecar the webhook injects
+#   target/images/paddock-sidecar.tar     the sidecar the webhook injects, and the paddock command
 #   target/images/paddock-zookeeper.tar   Debian's ZooKeeper 3.8, a headless JRE, the chart's scripts
 #
 # Each is a docker-archive holding one image, named as the chart's defaults name it
@@ -37,7 +37,7 @@ while [ $# -gt 0 ]; do
   shift
 done
 [ "$(id -u)" = 0 ] || { echo "run scripts/images.sh as root (mmdebstrap and buildah run as root here)" >&2; exit 1; }
-for tool in mmdebstrap buildah python3 strip; do
+for tool in mmdebstrap buildah python3 strip readelf; do
   command -v "$tool" >/dev/null 2>&1 || { echo "$tool is missing: run scripts/install-deps.sh (as root)" >&2; exit 1; }
 done
 
@@ -53,8 +53,17 @@ epoch="$(git log -1 --format=%ct 2>/dev/null || echo 0)"
 storage=(--root "$out/storage" --runroot "$out/storage-run" --storage-driver "${PADDOCK_STORAGE_DRIVER:-overlay}")
 mkdir -p "$out/rootfs" "$out/context"
 
-echo "==> release binaries (cargo build --release -p paddock-operator -p paddock-sidecar)"
+echo "==> release binaries (cargo build --release -p paddock-operator -p paddock-sidecar; paddock-cli static)"
 cargo build --release --locked -q -p paddock-operator -p paddock-sidecar --bins
+# The paddock command is copied into app containers of any image (musl, distroless, an
+# older glibc) by the webhook's paddock-cli init container, so it is linked statically
+# (glibc's static-pie; the flag goes to the final link only, so its dependencies build as
+# usual).
+cargo rustc --release --locked -q -p paddock-cli --bin paddock -- -C target-feature=+crt-static
+if readelf -lW "$bins/paddock" | grep -q 'program interpreter'; then
+  echo "$bins/paddock is dynamically linked: it would not run in every app container" >&2
+  exit 1
+fi
 
 # The chart's start script and probe, as it renders them with its default values.
 echo "==> the chart's ZooKeeper scripts (scripts/helm-template.sh)"
@@ -121,7 +130,7 @@ context() {
   done
 }
 context paddock-operator "${tarballs[base]}" paddock-operator
-context paddock-sidecar "${tarballs[base]}" paddock-sidecar
+context paddock-sidecar "${tarballs[base]}" paddock-sidecar paddock
 context paddock-zookeeper "${tarballs[zookeeper]}"
 
 summary=()
