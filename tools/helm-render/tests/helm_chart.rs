@@ -869,6 +869,59 @@ fn the_example_app_pod_asks_for_the_sidecar() {
     assert!(app.image.as_deref().unwrap().contains("curl"), "the README curls from it");
 }
 
+/// examples/cronjob-under-lock.yaml: a valid CronJob and ConfigMap (typed, no unknown
+/// field) beside the DistributedLock the CronJob's command takes; its pod asks for the
+/// sidecar and the paddock command, and as the webhook injects it the container runs
+/// `paddock` found first in its PATH, and the script from the ConfigMap, executable.
+#[test]
+fn the_example_cronjob_runs_its_report_under_its_lock_by_the_paddock_command() {
+    use k8s_openapi::api::batch::v1::CronJob;
+    use k8s_openapi::api::core::v1::Pod;
+    use paddock_operator::webhook::cli::{CLI_ANNOTATION, CLI_DIR, CLI_NAME};
+    use paddock_operator::webhook::inject::{INJECT_ANNOTATION, Injection, SidecarTemplate, inject};
+
+    let path = repo().join("examples/cronjob-under-lock.yaml");
+    let docs: Vec<Value> = serde_yaml::Deserializer::from_str(&std::fs::read_to_string(&path).unwrap())
+        .map(|doc| Value::deserialize(doc).unwrap())
+        .collect();
+    let find = |kind: &str| docs.iter().find(|d| d["kind"] == kind).unwrap_or_else(|| panic!("a {kind}"));
+    let lock = find("DistributedLock")["metadata"]["name"].as_str().unwrap();
+    let cronjob: CronJob = typed(find("CronJob"), "the example CronJob");
+    let config: ConfigMap = typed(find("ConfigMap"), "the example ConfigMap");
+    let template = cronjob.spec.job_template.spec.unwrap().template;
+    let annotations = template.metadata.clone().unwrap().annotations.unwrap();
+    assert_eq!((annotations[INJECT_ANNOTATION].as_str(), annotations[CLI_ANNOTATION].as_str()), ("true", "true"));
+    let spec = template.spec.clone().unwrap();
+    let report = &spec.containers[0];
+    let command = report.command.clone().unwrap();
+    let expected = ["paddock", "lock", lock, "--wait", "30s", "--ttl", "60s", "--", "/app/report.sh"];
+    assert_eq!(command, expected, "the README's command, on the example's lock");
+    let script = command.last().unwrap().strip_prefix("/app/").unwrap();
+    assert!(config.data.unwrap().contains_key(script), "the ConfigMap holds {script}");
+    let volume = spec.volumes.as_ref().unwrap().iter().find(|v| v.name == "app").unwrap();
+    let mode = volume.config_map.as_ref().unwrap().default_mode.unwrap();
+    assert_eq!(mode & 0o111, 0o111, "the script is executable (defaultMode {mode:o})");
+    assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
+
+    let sidecar = SidecarTemplate {
+        image: "paddock-sidecar:0.1.0".into(),
+        pull_policy: "IfNotPresent".into(),
+        zookeeper: "zk:2181".into(),
+        zk_root: "/paddock".into(),
+        resources: ResourceRequirements::default(),
+        port: 7420,
+        health_port: 7421,
+        native: true,
+    };
+    let pod = Pod { metadata: template.metadata.unwrap(), spec: Some(spec), ..Default::default() };
+    let Ok(Injection::Inject(injected)) = inject(&pod, &sidecar) else { panic!("the webhook injects the pod") };
+    let spec = injected.spec.unwrap();
+    assert_eq!(spec.init_containers.unwrap()[0].name, CLI_NAME, "the command is installed first");
+    let env = spec.containers[0].env.clone().unwrap();
+    let path = env.iter().find(|e| e.name == "PATH").and_then(|e| e.value.clone()).unwrap();
+    assert!(path.starts_with(&format!("{CLI_DIR}:")), "{path}");
+}
+
 /// The round trip that stands in for deny-unknown-fields does catch what it is for.
 #[test]
 fn a_misspelt_or_mistyped_field_fails_the_typed_parse() {

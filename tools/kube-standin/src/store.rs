@@ -122,6 +122,8 @@ impl Store {
             ("", "v1", "configmaps", "ConfigMap", true),
             ("", "v1", "events", "Event", true),
             ("", "v1", "pods", "Pod", true),
+            // Stored only (nothing runs them): examples/ holds one.
+            ("batch", "v1", "cronjobs", "CronJob", true),
             ("events.k8s.io", "v1", "events", "Event", true),
             ("coordination.k8s.io", "v1", "leases", "Lease", true),
             (
@@ -144,6 +146,7 @@ impl Store {
                         "namespaces" => vec!["ns".to_owned()],
                         "configmaps" => vec!["cm".to_owned()],
                         "pods" => vec!["po".to_owned()],
+                        "cronjobs" => vec!["cj".to_owned()],
                         _ => Vec::new(),
                     },
                     categories: Vec::new(),
