@@ -4,7 +4,11 @@
 //! probes pass; the paddock-operator container reconciles `examples/` through the
 //! Kubernetes API stand-in against that ensemble; a paddock-sidecar container started
 //! with exactly the environment the webhook's patch gives it serves a lock and a queue to
-//! a client on the host. Every container runs as 65532 on a read-only root filesystem.
+//! a client on the host; for the example CronJob's pod (`paddock.dev/cli`) the patch's
+//! init container installs the `paddock` command from the sidecar image, and the app
+//! container finds it through the PATH the patch gives it and runs the report under its
+//! lock. Every container runs as 65532 on a read-only root filesystem (the app's as the
+//! example says).
 //!
 //! Only what cannot work outside a cluster is changed, each named where it is done: DNS
 //! names and fixed ports become 127.0.0.1 and free ports (the containers share the host's
@@ -13,12 +17,14 @@
 //! by a plain `cargo test`; `scripts/test.sh` builds the images and runs them.
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use base64::Engine as _;
 use paddock_images_test::cluster::{HostVolume, Standin, admission_review, resolve_env, run_args, strings};
 use paddock_images_test::*;
+use serde::Deserialize as _;
 use serde_json::{Value, json};
 
 /// The archives: one image each, named and tagged as the chart's defaults name them, with
@@ -155,6 +161,7 @@ fn run_the_stack(podman: &Podman) -> Result<()> {
     let pod = inject_the_app_pod(&docs, &api, &operator)?;
     let paddock_url = start_the_sidecar(podman, &api, &pod, &operator, &ensemble.connect_string())?;
     take_a_lock_and_move_an_item_through_a_queue(&paddock_url)?;
+    the_example_cronjob_s_report_runs_under_its_lock_by_the_paddock_command(podman, &docs, &api, &operator)?;
     // Every container: uid 65532, its root filesystem mounted read-only.
     for name in ["zk-0", "zk-1", "zk-2", "operator", "sidecar"] {
         let pid = podman.pid(name)?;
@@ -337,10 +344,18 @@ fn examples_are_reconciled(api: &Standin) -> Result<()> {
     })
 }
 
-/// The README's app pod, through the webhook as the API server would send it (over HTTPS,
-/// trusting the CA the operator wrote into the chart's MutatingWebhookConfiguration), with
-/// the patch applied and the pod stored.
+/// The README's app pod through the webhook, and stored.
 fn inject_the_app_pod(docs: &[Value], api: &Standin, operator: &OperatorPorts) -> Result<Value> {
+    let mut app: Value = serde_yaml::from_str(&std::fs::read_to_string(repo().join("examples/pods/app.yaml"))?)?;
+    app["metadata"]["namespace"] = "demo".into();
+    let pod = through_the_webhook(docs, api, operator, app)?;
+    api.kubectl(&["apply", "-f", "-"], Some(&pod.to_string()))?;
+    Ok(pod)
+}
+
+/// `pod` through the webhook as the API server would send it (over HTTPS, trusting the CA
+/// the operator wrote into the chart's MutatingWebhookConfiguration), with the patch applied.
+fn through_the_webhook(docs: &[Value], api: &Standin, operator: &OperatorPorts, pod: Value) -> Result<Value> {
     let configuration = object(docs, "MutatingWebhookConfiguration", None);
     let name = configuration["metadata"]["name"].as_str().context("name")?;
     let ca = || -> Option<Vec<u8>> {
@@ -358,16 +373,13 @@ fn inject_the_app_pod(docs: &[Value], api: &Standin, operator: &OperatorPorts) -
         .add_root_certificate(reqwest::Certificate::from_pem(&ca().context("the CA")?)?)
         .resolve(&host, ([127, 0, 0, 1], operator.webhook).into())
         .build()?;
-    let mut app: Value = serde_yaml::from_str(&std::fs::read_to_string(repo().join("examples/pods/app.yaml"))?)?;
-    app["metadata"]["namespace"] = "demo".into();
     let url = format!("https://{host}:{}{}", operator.webhook, service["path"].as_str().context("path")?);
-    let review: Value = https.post(&url).json(&admission_review(&app)).send()?.error_for_status()?.json()?;
+    let review: Value = https.post(&url).json(&admission_review(&pod)).send()?.error_for_status()?.json()?;
     let response = &review["response"];
     ensure!(response["allowed"] == true, "the webhook admits the pod: {response}");
     let patch = base64::engine::general_purpose::STANDARD.decode(response["patch"].as_str().context("a patch")?)?;
-    let mut pod = app;
+    let mut pod = pod;
     json_patch::patch(&mut pod, &serde_json::from_slice::<json_patch::Patch>(&patch)?)?;
-    api.kubectl(&["apply", "-f", "-"], Some(&pod.to_string()))?;
     Ok(pod)
 }
 
@@ -406,6 +418,94 @@ fn start_the_sidecar(
     let url = url.and_then(|e| e["value"].as_str()).context("PADDOCK_URL in the app")?;
     ensure!(url == format!("http://127.0.0.1:{}", operator.sidecar), "{url}");
     Ok(url.to_owned())
+}
+
+/// examples/cronjob-under-lock.yaml: its CronJob's pod (annotated `paddock.dev/cli`)
+/// through the webhook. The `paddock-cli` init container of the patch runs from the
+/// sidecar image exactly as the patch says, into a host directory standing for its
+/// emptyDir; then the app container as the patch leaves it (volume mounts, PATH) finds
+/// `paddock` by name through its PATH and runs the example's own command: the report,
+/// under the lock `nightly-report`, through the sidecar. Changed: the app's image (no
+/// image is pulled here: the ZooKeeper image stands in for busybox; it has bash but no
+/// /bin/sh, so the script's `#!/bin/sh` becomes `#!/bin/bash`), and the sidecar is the app
+/// pod's, on the same port of the shared host network, in the same namespace.
+fn the_example_cronjob_s_report_runs_under_its_lock_by_the_paddock_command(
+    podman: &Podman,
+    docs: &[Value],
+    api: &Standin,
+    operator: &OperatorPorts,
+) -> Result<()> {
+    let example = repo().join("examples/cronjob-under-lock.yaml");
+    let objects: Vec<Value> = serde_yaml::Deserializer::from_str(&std::fs::read_to_string(&example)?)
+        .map(Value::deserialize)
+        .collect::<Result<_, _>>()?;
+    let find =
+        |kind: &str| objects.iter().find(|o| o["kind"] == kind).with_context(|| format!("a {kind} in the example"));
+    let template = &find("CronJob")?["spec"]["jobTemplate"]["spec"]["template"];
+    let name = "nightly-report-29400120-x7k2p";
+    let pod = json!({"apiVersion": "v1", "kind": "Pod", "spec": template["spec"],
+                     "metadata": {"name": name, "namespace": "demo", "annotations": template["metadata"]["annotations"]}});
+    let pod = through_the_webhook(docs, api, operator, pod)?;
+    let spec = &pod["spec"];
+
+    // The installer, first of the init containers: a host directory for its emptyDir,
+    // writable by anyone as the kubelet makes one.
+    let installer = &spec["initContainers"][0];
+    ensure!(installer["name"] == "paddock-cli", "the installer runs first: {}", spec["initContainers"]);
+    ensure!(installer["image"] == operator.sidecar_image.as_str(), "from the sidecar's image: {installer}");
+    let bin = podman.scratch("paddock-cli")?;
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o777))?;
+    let env = resolve_env(installer, name, "demo", |_, _| unreachable!("no Secret"))?;
+    let args = run_args("paddock-cli", spec, installer, &env, &[HostVolume { name: "paddock-cli", dir: &bin }], &[])?;
+    // Its own user; the group is the pod's (runAsGroup), as the kubelet gives it.
+    let user = args.iter().any(|a| a.starts_with(&format!("--user={NON_ROOT}")));
+    ensure!(user && args.contains(&"--read-only".to_owned()), "{args:?}");
+    let printed = run_to_completion(podman, "paddock-cli", &args)?;
+    let mount = installer["volumeMounts"][0]["mountPath"].as_str().context("the installer's mount")?;
+    ensure!(printed == format!("{mount}/paddock"), "the installer prints where it installed: {printed}");
+    let installed = std::fs::metadata(bin.join("paddock"))?;
+    ensure!(installed.permissions().mode() & 0o7777 == 0o755 && installed.uid() == NON_ROOT, "{installed:?}");
+
+    // The app container: the ConfigMap's script where its volume puts it.
+    let report = spec["containers"].as_array().into_iter().flatten().find(|c| c["name"] == "report");
+    let mut report = report.context("the example's container")?.clone();
+    let [.., (_, zookeeper)] = chart_images(docs);
+    report["image"] = zookeeper.into();
+    let scripts = podman.scratch("nightly-report")?;
+    for (file, content) in find("ConfigMap")?["data"].as_object().context("the ConfigMap's data")? {
+        let content = content.as_str().context("a script")?;
+        let content =
+            content.strip_prefix("#!/bin/sh\n").map_or(content.to_owned(), |rest| format!("#!/bin/bash\n{rest}"));
+        std::fs::write(scripts.join(file), content)?;
+        std::fs::set_permissions(scripts.join(file), std::fs::Permissions::from_mode(0o555))?;
+    }
+    let volumes = [HostVolume { name: "paddock-cli", dir: &bin }, HostVolume { name: "app", dir: &scripts }];
+    let env = resolve_env(&report, name, "demo", |_, _| unreachable!("no Secret"))?;
+    ensure!(env["PATH"].starts_with("/paddock/bin:"), "the patch puts the command first in PATH: {env:?}");
+    let run = |container: &str, command: Value| {
+        let mut app = report.clone();
+        if !command.is_null() {
+            app["command"] = command;
+        }
+        run_to_completion(podman, container, &run_args(container, spec, &app, &env, &volumes, &[])?)
+    };
+    let version = run("report-version", json!(["paddock", "--version"]))?;
+    ensure!(version == format!("paddock {}", app_version()), "paddock --version by name: {version}");
+    let found = run("report-which", json!(["/bin/bash", "-c", "command -v paddock"]))?;
+    ensure!(found == "/paddock/bin/paddock", "bash finds it first in PATH: {found}");
+    let printed = run("report", Value::Null)?;
+    ensure!(printed.contains("under nightly-report, fencing token ") && printed.contains("report done"), "{printed}");
+    Ok(())
+}
+
+/// Starts a container with `args` (`run -d ...`), waits for it to exit 0, and returns
+/// what it printed, trimmed.
+fn run_to_completion(podman: &Podman, name: &str, args: &[String]) -> Result<String> {
+    podman.run(args)?;
+    let code = podman.run(&["wait", name])?;
+    let printed = podman.logs(name);
+    ensure!(code == "0", "{name} exited {code}:\n{printed}");
+    Ok(printed.trim().to_owned())
 }
 
 /// What the README's app does through the sidecar, from the host.
