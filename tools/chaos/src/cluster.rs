@@ -100,16 +100,20 @@ impl Cluster {
             ensemble: EnsembleOptions { isolated_network: true, ..Default::default() },
             operators: 2,
             namespaces: vec![TEAM_B.to_owned()],
-            manifests: vec!["examples/".to_owned(), "tools/chaos/team-b.yaml".to_owned()],
+            manifests: vec![
+                "examples/".to_owned(),
+                "tools/chaos/team-b.yaml".to_owned(),
+                "tools/chaos/election.yaml".to_owned(),
+            ],
             lease_duration: LEASE_DURATION,
             session_timeout: SESSION_TIMEOUT,
             dir: dir.path().to_owned(),
         })
         .await?;
         let pods: [(&str, &str, Vec<Role>); 5] = [
-            ("web-0", "default", vec![Role::Counter, Role::Counter, Role::Producer]),
-            ("web-1", "default", vec![Role::Counter, Role::KeyedProducer, Role::Consumer]),
-            ("web-2", "default", vec![Role::Counter, Role::Consumer, Role::Consumer]),
+            ("web-0", "default", vec![Role::Counter, Role::Counter, Role::Producer, Role::Candidate]),
+            ("web-1", "default", vec![Role::Counter, Role::KeyedProducer, Role::Consumer, Role::Candidate]),
+            ("web-2", "default", vec![Role::Counter, Role::Consumer, Role::Consumer, Role::Candidate]),
             ("batch-0", TEAM_B, vec![Role::Semaphore, Role::Semaphore, Role::Reader, Role::Writer]),
             ("batch-1", TEAM_B, vec![Role::Semaphore, Role::Semaphore, Role::Reader, Role::Reader, Role::Writer]),
         ];

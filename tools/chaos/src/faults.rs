@@ -202,9 +202,11 @@ async fn inject(
             Ok(Injected::on("every ZooKeeper server".to_owned()))
         }
         FaultKind::PauseSidecar => {
-            // The pod whose counter client is between its read and its write, if one is:
-            // the pause fencing tokens exist for. Else any pod of `default`.
-            let busy = wait_for_one(&workloads.mid_section).await;
+            // By turns, the pod whose counter client is between its read and its write and
+            // the pod whose leader is mid-term, if one is: the pauses fencing tokens exist
+            // for. Else any pod of `default`.
+            let turn = workloads.pauses.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let busy = wait_for_one(if turn % 2 == 0 { &workloads.mid_section } else { &workloads.leading }).await;
             let index = pick_pod(cluster, busy, rng, |p| p.namespace == "default");
             let pod = &mut cluster.pods[index];
             pod.pause()?;

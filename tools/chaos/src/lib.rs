@@ -13,6 +13,7 @@
 
 pub mod cluster;
 pub mod durability;
+pub mod election;
 pub mod faults;
 pub mod report;
 pub mod workloads;
@@ -54,6 +55,9 @@ pub enum Broken {
     /// Some of the durability ledger's confirmed ZooKeeper writes are undone behind its
     /// back, as by a server that lost committed transactions.
     ZookeeperLosesWrites,
+    /// The election's log accepts a leader's write whatever its token: a deposed leader
+    /// that was paused mid-term writes after its successor.
+    ElectionWithoutFencing,
 }
 
 #[derive(Debug, Clone)]
@@ -142,6 +146,7 @@ pub async fn run(options: ChaosOptions) -> Result<Report> {
 
     report::check_counter(&workloads, &mut report);
     report::check_gauges(&workloads, &mut report);
+    report::check_election(&workloads, &mut report);
     report::check_queue(&workloads, &faults, &dead, &mut report);
     report::summarize(&workloads, &faults, started, &mut report);
     report.durability = durability.check(&cluster.stack.ensemble.connect_string(), started).await?;

@@ -83,6 +83,13 @@ pub fn check_gauges(workloads: &Workloads, report: &mut Report) {
         .push(format!("semaphore pool: at most {} holders seen at once (limit 3)", workloads.semaphore.max_seen()));
 }
 
+/// At most one leader at a time, as the election's log saw the leaders' writes.
+pub fn check_election(workloads: &Workloads, report: &mut Report) {
+    report.violations.extend(workloads.leaders.violations());
+    let (writes, terms, _) = workloads.leaders.counts();
+    report.checks.push(format!("election: {terms} terms, {writes} leader writes accepted, tokens never went down"));
+}
+
 /// A dead letter as `GET /queue/{name}/dead` shows it.
 #[derive(Debug, Clone)]
 pub struct DeadLetter {
@@ -297,6 +304,10 @@ pub fn summarize(workloads: &Workloads, faults: &[Fault], started: Instant, repo
         ("read holds".into(), load(&c.reads)),
         ("write holds".into(), load(&c.writes)),
     ];
+    let (leader_writes, terms, stale_leader_writes) = workloads.leaders.counts();
+    operations.push(("leader terms".into(), terms));
+    operations.push(("leader writes accepted".into(), leader_writes));
+    operations.push(("deposed leaders' writes rejected by the log".into(), stale_leader_writes));
     operations.append(&mut report.operations);
     report.operations = operations;
     let mut checked: BTreeMap<(String, &str), usize> = BTreeMap::new();

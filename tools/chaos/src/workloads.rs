@@ -8,7 +8,8 @@
 //!   with an idempotency key and retry on every failure until it is confirmed, and must
 //!   never leave two copies;
 //! - semaphore: hold a slot of `pool` (3 holders), counting who is inside;
-//! - read/write: readers share `config`, writers hold it alone.
+//! - read/write: readers share `config`, writers hold it alone;
+//! - election: candidates for `leader` write terms to a token-checking log (`election`).
 //!
 //! A pod's tasks wait at `checkpoint` while the pod is paused (its app is stopped with its
 //! sidecar) and are aborted when it is killed.
@@ -38,7 +39,7 @@ pub struct PodHandle {
 
 impl PodHandle {
     /// Waits while the pod is paused (its app does nothing, like its sidecar).
-    async fn checkpoint(&mut self) {
+    pub(crate) async fn checkpoint(&mut self) {
         let _ = self.paused.wait_for(|paused| !*paused).await;
     }
 }
@@ -54,6 +55,8 @@ pub enum Role {
     Semaphore,
     Reader,
     Writer,
+    /// A candidate for the `leader` lock (`election`).
+    Candidate,
 }
 
 /// How one delivery's ack ended.
@@ -175,7 +178,7 @@ pub struct BusyGuard<'a> {
 }
 
 impl Busy {
-    fn enter(&self, pod: &str) -> BusyGuard<'_> {
+    pub(crate) fn enter(&self, pod: &str) -> BusyGuard<'_> {
         *self.pods.lock().unwrap().entry(pod.to_owned()).or_default() += 1;
         BusyGuard { busy: self, pod: pod.to_owned() }
     }
@@ -216,7 +219,7 @@ impl Availability {
         Self { state: Mutex::default(), started: Instant::now() }
     }
 
-    fn success(&self, workload: &'static str) {
+    pub(crate) fn success(&self, workload: &'static str) {
         let now = Instant::now();
         let mut state = self.state.lock().unwrap();
         let (last, longest, ended) = state.entry(workload).or_insert((self.started, Duration::ZERO, self.started));
@@ -262,6 +265,8 @@ pub struct Workloads {
     pub store: FencedCounter,
     pub ledger: Mutex<QueueLedger>,
     pub semaphore: Gauge,
+    /// What elected leaders wrote, with their tokens.
+    pub leaders: super::election::LeaderLog,
     pub rw: Gauge,
     pub counts: Counts,
     pub availability: Availability,
@@ -270,6 +275,10 @@ pub struct Workloads {
     pub mid_section: Busy,
     /// Pods whose consumer is processing an item: the nemesis kills one of these.
     pub processing: Busy,
+    /// Pods whose candidate leads and is mid-term: the nemesis pauses one of these by turns
+    /// with a `mid_section` one (`pauses` counts the turns).
+    pub leading: Busy,
+    pub pauses: AtomicU64,
     /// Producer tasks running: the drain waits until none is (an enqueue in flight at the
     /// end would otherwise land after the queue looked empty).
     pub producers: AtomicU64,
@@ -295,11 +304,14 @@ impl Workloads {
             store,
             ledger: Mutex::default(),
             semaphore: Gauge::default(),
+            leaders: super::election::LeaderLog::new(broken),
             rw: Gauge::default(),
             counts: Counts::default(),
             availability: Availability::new(),
             mid_section: Busy::default(),
             processing: Busy::default(),
+            leading: Busy::default(),
+            pauses: AtomicU64::new(0),
             producers: AtomicU64::new(0),
             next_item: AtomicU64::new(0),
             stop_producing: CancellationToken::new(),
@@ -317,6 +329,7 @@ impl Workloads {
             Role::Semaphore => self.holder(&mut pod, &owner, SEMAPHORE_LOCK, "exclusive", true).await,
             Role::Reader => self.holder(&mut pod, &owner, RW_LOCK, "shared", false).await,
             Role::Writer => self.holder(&mut pod, &owner, RW_LOCK, "exclusive", false).await,
+            Role::Candidate => self.candidate(&mut pod, &owner).await,
         }
     }
 
@@ -536,7 +549,7 @@ impl Workloads {
 
 /// Releases a lock, asking again while the answer leaves the outcome unknown (a 503 or
 /// none; releases are idempotent): 200 released, 404 not held, 409 lost are all final.
-async fn release(pod: &mut PodHandle, lock: &str, owner: &str) {
+pub(crate) async fn release(pod: &mut PodHandle, lock: &str, owner: &str) {
     for _ in 0..40 {
         pod.checkpoint().await;
         match pod.client.release(lock, owner).await {
@@ -547,7 +560,7 @@ async fn release(pod: &mut PodHandle, lock: &str, owner: &str) {
 }
 
 /// A random duration between `low` and `high` milliseconds.
-fn jitter(low: u64, high: u64) -> Duration {
+pub(crate) fn jitter(low: u64, high: u64) -> Duration {
     Duration::from_millis(rand::rng().random_range(low..high))
 }
 

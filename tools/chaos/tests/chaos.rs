@@ -33,6 +33,7 @@ async fn a_short_run_under_every_fault_has_no_violation_and_loses_nothing() {
     let count = |what: &str| report.operations.iter().find(|(w, _)| w.contains(what)).map(|(_, n)| *n).unwrap();
     assert!(count("increments") > 0 && count("deliveries") > 0 && count("semaphore") > 0 && count("write holds") > 0);
     assert!(count("keyed enqueues answered as duplicates") > 0, "every 20th keyed item was sent again:\n{report}");
+    assert!(count("leader writes accepted") > 0, "leaders were elected and wrote:\n{report}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -128,5 +129,23 @@ async fn keyed_producers_that_drop_their_keys_store_items_twice_and_the_ledger_s
     assert!(
         report.violations.iter().any(|v| v.contains("sent with an idempotency key")),
         "items stored twice went unnoticed:\n{report}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposed_leader_writing_to_an_unfenced_log_is_two_leaders_and_the_checker_says_so() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let options = ChaosOptions {
+        seed: seed(),
+        duration: Duration::from_secs(25),
+        faults: vec![FaultKind::PauseSidecar],
+        broken: Some(Broken::ElectionWithoutFencing),
+        ..Default::default()
+    };
+    let report = chaos::run(options).await.unwrap();
+    println!("{report}");
+    assert!(
+        report.violations.iter().any(|v| v.starts_with("election:")),
+        "a paused leader's write after its successor's went unnoticed:\n{report}"
     );
 }
