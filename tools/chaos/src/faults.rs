@@ -206,7 +206,8 @@ async fn inject(
             // the pod whose leader is mid-term, if one is: the pauses fencing tokens exist
             // for. Else any pod of `default`.
             let turn = workloads.pauses.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let busy = wait_for_one(if turn.is_multiple_of(2) { &workloads.mid_section } else { &workloads.leading }).await;
+            let busy =
+                wait_for_one(if turn.is_multiple_of(2) { &workloads.mid_section } else { &workloads.leading }).await;
             let index = pick_pod(cluster, busy, rng, |p| p.namespace == "default");
             let pod = &mut cluster.pods[index];
             pod.pause()?;
