@@ -40,6 +40,11 @@ pub(super) fn record_name(sequence: i64) -> String {
     format!("{RECORD_PREFIX}{sequence:010}{RECORD_SUFFIX}")
 }
 
+/// Whether a child of a lock's znode is a held record (not a contender).
+pub fn is_held_record(name: &str) -> bool {
+    parse_record(name).is_some()
+}
+
 /// The sequence of the contender a child name records as a holder, if it is a record.
 pub(super) fn parse_record(name: &str) -> Option<i64> {
     name.strip_prefix(RECORD_PREFIX)?.strip_suffix(RECORD_SUFFIX)?.parse().ok()

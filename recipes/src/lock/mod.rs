@@ -37,6 +37,7 @@ mod delay;
 pub use self::contender::watch_contender;
 use self::contender::{Decision, WithdrawOnDrop, create_contender, decide, sorted_contenders, touch};
 use self::delay::LockDelay;
+pub use self::delay::is_held_record;
 use crate::config::{ConfigError, LockConfig};
 use crate::retry::while_unknown;
 use crate::zk;
