@@ -59,6 +59,8 @@ pub struct Metrics {
     pub lock_wait_seconds: Histogram,
     pub locks_held: Gauge,
     pub lock_wakeups: Counter,
+    /// Acquires due a lock that a lock-delay held back (once each).
+    pub lock_delays: Counter,
     /// Per lock: how long the longest current hold of this pod has lasted.
     pub lock_held_seconds: Family<LockLabel, Seconds>,
     /// Per lock: how long holds lasted, observed at release or loss.
@@ -97,6 +99,7 @@ impl Metrics {
             lock_wait_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 20)),
             locks_held: Gauge::default(),
             lock_wakeups: Counter::default(),
+            lock_delays: Counter::default(),
             lock_held_seconds: Family::default(),
             lock_hold_seconds: Family::new_with_constructor(hold_buckets),
             queue_enqueued: Family::default(),
@@ -142,6 +145,11 @@ impl Metrics {
         registry.register("lock_wait_seconds", "Time from acquire request to outcome", self.lock_wait_seconds.clone());
         registry.register("locks_held", "Locks held by this pod now", self.locks_held.clone());
         registry.register("lock_wakeups", "Watch wake-ups of waiting acquires", self.lock_wakeups.clone());
+        registry.register(
+            "lock_delays",
+            "Acquires due a lock that its lock-delay held back, after a holder vanished without releasing",
+            self.lock_delays.clone(),
+        );
         registry.register(
             "lock_held_seconds",
             "How long the longest current hold of each lock by this pod has lasted",
