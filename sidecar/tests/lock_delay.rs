@@ -210,3 +210,52 @@ async fn a_lock_without_a_delay_keeps_only_its_contenders() {
     assert_eq!(pod_b.metric("paddock_lock_delays_total").await.unwrap(), 0.0);
     assert_eq!(children(&w.admin, "plain").await.len(), 1, "pod-b's contender, no record");
 }
+
+/// Curator's InterProcessMutex on the same lock is not confused by held records: a Paddock
+/// holder (with its record) excludes it, its release lets it in, and a stale record does
+/// not block it (Curator knows nothing of lock-delay, so it does not wait either).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curator_neither_mistakes_nor_waits_for_held_records() {
+    use paddock_testkit::curator::{CuratorMutex, compile};
+    let w = world().await;
+    let (_a, pod) = sidecar(&w.ensemble, "pod-a", NS, SESSION).await;
+    let classes = tempfile::tempdir().unwrap();
+    compile(classes.path()).unwrap();
+    let curator = tokio::task::spawn_blocking({
+        let (classes, connect) = (classes.path().to_owned(), w.ensemble.connect_string());
+        move || CuratorMutex::start(&classes, &connect, &lock_path("delayed")).unwrap()
+    })
+    .await
+    .unwrap();
+    let curator_acquires = |mut curator: CuratorMutex, millis: u64| {
+        tokio::task::spawn_blocking(move || {
+            let got = curator.acquire(millis).unwrap();
+            (curator, got)
+        })
+    };
+
+    grant(&pod, "delayed", "app", "0s").await;
+    let (curator, got) = curator_acquires(curator, 300).await.unwrap();
+    assert!(!got, "Curator must not get a lock the sidecar holds");
+    assert_eq!(pod.release("delayed", "app").await.unwrap().0, 200);
+    let (mut curator, got) = curator_acquires(curator, 5000).await.unwrap();
+    assert!(got, "Curator acquires after the sidecar released");
+    curator = tokio::task::spawn_blocking(move || {
+        curator.release().unwrap();
+        curator
+    })
+    .await
+    .unwrap();
+
+    // A lease that elapses leaves a stale record behind.
+    let body = serde_json::json!({ "name": "delayed", "owner": "app", "wait": "0s", "ttl": "300ms" });
+    assert!(matches!(pod.acquire_with(body).await.unwrap(), Acquire::Acquired { .. }));
+    eventually(Duration::from_secs(10), "the lease elapsed", || async {
+        pod.lock_status("delayed", "app").await.unwrap().1["state"] == "lost"
+    })
+    .await;
+    let left = children(&w.admin, "delayed").await;
+    assert_eq!(records(&left).len(), 1, "a stale record: {left:?}");
+    let (_curator, got) = curator_acquires(curator, 5000).await.unwrap();
+    assert!(got, "a stale record is no contender for Curator: {left:?}");
+}
