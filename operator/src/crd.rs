@@ -49,6 +49,12 @@ pub struct DistributedLockSpec {
     #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
     #[x_kube(validation = Rule::new("duration(self) >= duration('100ms')").message("ttl must be at least 100ms"))]
     pub ttl: Option<String>,
+    /// After a holder vanished without releasing (session expired, lease elapsed, node
+    /// deleted), nobody is granted the lock for this long, e.g. "5s"; at most 60s; none: 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    #[x_kube(validation = Rule::new("duration(self) <= duration('60s')").message("lockDelay must be at most 60s"))]
+    pub lock_delay: Option<String>,
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
 }

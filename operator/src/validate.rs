@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use paddock_recipes::config::MAX_LOCK_DELAY;
 use paddock_recipes::{LockConfig, QueueConfig, RetryPolicy};
 
 use crate::crd::{DistributedLockSpec, WorkQueueSpec};
@@ -33,7 +34,16 @@ pub fn lock(spec: &DistributedLockSpec) -> Result<LockConfig, Invalid> {
         return Err(Invalid { field: "spec.maxHolders", reason: "must be at least 1".into() });
     }
     let default_ttl = spec.ttl.as_deref().map(|t| duration("spec.ttl", t, Duration::from_millis(100))).transpose()?;
-    Ok(LockConfig { max_holders: spec.max_holders, default_ttl })
+    let lock_delay = spec.lock_delay.as_deref().map(|d| duration("spec.lockDelay", d, Duration::ZERO)).transpose()?;
+    if let Some(delay) = lock_delay
+        && delay > MAX_LOCK_DELAY
+    {
+        let value = spec.lock_delay.as_deref().unwrap_or_default();
+        return Err(Invalid { field: "spec.lockDelay", reason: format!("{value} is above the maximum 60s") });
+    }
+    // Only when set and not zero: a 0.1.0 sidecar rejects keys it does not know.
+    let lock_delay = lock_delay.filter(|d| !d.is_zero());
+    Ok(LockConfig { max_holders: spec.max_holders, default_ttl, lock_delay })
 }
 
 pub fn queue(spec: &WorkQueueSpec) -> Result<QueueConfig, Invalid> {
@@ -94,7 +104,7 @@ mod tests {
     use crate::crd::DeletionPolicy;
 
     fn lock_spec() -> DistributedLockSpec {
-        DistributedLockSpec { max_holders: 1, ttl: None, deletion_policy: DeletionPolicy::Retain }
+        DistributedLockSpec { max_holders: 1, ttl: None, lock_delay: None, deletion_policy: DeletionPolicy::Retain }
     }
 
     fn queue_spec() -> WorkQueueSpec {
@@ -108,8 +118,27 @@ mod tests {
     #[test]
     fn a_lock_spec_becomes_its_znode_config() {
         let config = lock(&DistributedLockSpec { max_holders: 3, ttl: Some("30s".into()), ..lock_spec() }).unwrap();
-        assert_eq!(config, LockConfig { max_holders: 3, default_ttl: Some(Duration::from_secs(30)) });
+        let expected = LockConfig { max_holders: 3, default_ttl: Some(Duration::from_secs(30)), lock_delay: None };
+        assert_eq!(config, expected);
         assert_eq!(lock(&lock_spec()).unwrap(), LockConfig::default());
+    }
+
+    /// `lockDelay` reaches the znode when set and not zero; a lock without it writes only
+    /// the keys a 0.1.0 sidecar reads.
+    #[test]
+    fn lock_delay_is_written_only_when_set() {
+        let written = |spec: &DistributedLockSpec| String::from_utf8(to_znode(&lock(spec).unwrap())).unwrap();
+        assert_eq!(written(&lock_spec()), r#"{"maxHolders":1}"#);
+        assert_eq!(
+            written(&DistributedLockSpec { lock_delay: Some("0s".into()), ..lock_spec() }),
+            r#"{"maxHolders":1}"#
+        );
+        let spec = DistributedLockSpec { lock_delay: Some("3s".into()), ..lock_spec() };
+        assert_eq!(written(&spec), r#"{"maxHolders":1,"lockDelay":"3s"}"#);
+        assert_eq!(lock(&spec).unwrap().lock_delay, Some(Duration::from_secs(3)));
+        let spec = DistributedLockSpec { lock_delay: Some("60s".into()), ..lock_spec() };
+        assert_eq!(lock(&spec).unwrap().lock_delay, Some(MAX_LOCK_DELAY));
+        assert_eq!(LockConfig::from_znode("/l", written(&spec).as_bytes()).unwrap(), lock(&spec).unwrap());
     }
 
     #[test]
@@ -120,6 +149,15 @@ mod tests {
         assert_eq!(err.field, "spec.ttl");
         let err = lock(&DistributedLockSpec { ttl: Some("5ms".into()), ..lock_spec() }).unwrap_err();
         assert!(err.reason.contains("minimum"), "{err}");
+        let err = lock(&DistributedLockSpec { lock_delay: Some("61s".into()), ..lock_spec() }).unwrap_err();
+        assert_eq!(
+            (err.field, err.to_string().as_str()),
+            ("spec.lockDelay", "spec.lockDelay: 61s is above the maximum 60s")
+        );
+        let err = lock(&DistributedLockSpec { lock_delay: Some("2m".into()), ..lock_spec() }).unwrap_err();
+        assert_eq!(err.field, "spec.lockDelay");
+        let err = lock(&DistributedLockSpec { lock_delay: Some("a while".into()), ..lock_spec() }).unwrap_err();
+        assert!(err.to_string().starts_with("spec.lockDelay: \"a while\" is not a duration"), "{err}");
     }
 
     #[test]

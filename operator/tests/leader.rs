@@ -24,7 +24,7 @@ async fn ready(locks: &Api<DistributedLock>, name: &str) -> bool {
 fn lock(name: &str) -> DistributedLock {
     DistributedLock::new(
         name,
-        DistributedLockSpec { max_holders: 1, ttl: None, deletion_policy: DeletionPolicy::Retain },
+        DistributedLockSpec { max_holders: 1, ttl: None, lock_delay: None, deletion_policy: DeletionPolicy::Retain },
     )
 }
 

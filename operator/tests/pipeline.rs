@@ -31,7 +31,8 @@ async fn provision_observe_and_clean_up_a_lock_and_a_queue() {
     let (lock_name, queue_name) = (Name::new("lock", "orders").unwrap(), Name::new("queue", "jobs").unwrap());
 
     // build + apply, twice (idempotent; the second changes the config).
-    let mut spec = DistributedLockSpec { max_holders: 1, ttl: None, deletion_policy: DeletionPolicy::Retain };
+    let mut spec =
+        DistributedLockSpec { max_holders: 1, ttl: None, lock_delay: None, deletion_policy: DeletionPolicy::Retain };
     for max_holders in [1, 2] {
         spec.max_holders = max_holders;
         let desired = build::lock(&layout, &ns, &lock_name, &spec, &ids).unwrap();
@@ -97,7 +98,8 @@ fn an_invalid_spec_builds_nothing() {
         namespace: DigestIdentity::generate("paddock-ns-shop"),
         operator: DigestIdentity::generate("paddock-operator"),
     };
-    let spec = DistributedLockSpec { max_holders: 0, ttl: None, deletion_policy: DeletionPolicy::Retain };
+    let spec =
+        DistributedLockSpec { max_holders: 0, ttl: None, lock_delay: None, deletion_policy: DeletionPolicy::Retain };
     let layout = Layout::new("/paddock").unwrap();
     let err =
         build::lock(&layout, &Name::new("n", "shop").unwrap(), &Name::new("l", "x").unwrap(), &spec, &ids).unwrap_err();

@@ -26,7 +26,7 @@ async fn with_crds() -> (ApiServer, kube::Client) {
 fn lock(name: &str) -> DistributedLock {
     DistributedLock::new(
         name,
-        DistributedLockSpec { max_holders: 1, ttl: None, deletion_policy: DeletionPolicy::Retain },
+        DistributedLockSpec { max_holders: 1, ttl: None, lock_delay: None, deletion_policy: DeletionPolicy::Retain },
     )
 }
 

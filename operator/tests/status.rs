@@ -79,7 +79,7 @@ fn ready(conditions: &[Condition]) -> Option<Condition> {
 fn lock(name: &str) -> DistributedLock {
     DistributedLock::new(
         name,
-        DistributedLockSpec { max_holders: 1, ttl: None, deletion_policy: DeletionPolicy::Retain },
+        DistributedLockSpec { max_holders: 1, ttl: None, lock_delay: None, deletion_policy: DeletionPolicy::Retain },
     )
 }
 

@@ -20,7 +20,8 @@ pub struct ConfigError {
     pub reason: String,
 }
 
-/// A lock's config: data of `<root>/<ns>/locks/<name>`.
+/// A lock's config: data of `<root>/<ns>/locks/<name>`. `lockDelay` is written only when
+/// set and non-zero (a 0.1.0 sidecar rejects keys it does not know); absent means none.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct LockConfig {
@@ -30,11 +31,30 @@ pub struct LockConfig {
     /// until the holder's session ends.
     #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
     pub default_ttl: Option<Duration>,
+    /// How long nobody is granted the lock after a holder vanished without releasing it
+    /// (its session expired, its lease elapsed, its node was deleted), counted from when
+    /// the acquirer learned of it; none (or zero) means no delay.
+    #[serde(with = "humantime_serde", skip_serializing_if = "no_delay")]
+    pub lock_delay: Option<Duration>,
 }
+
+fn no_delay(delay: &Option<Duration>) -> bool {
+    delay.is_none_or(|d| d.is_zero())
+}
+
+/// The longest lock-delay a lock may have.
+pub const MAX_LOCK_DELAY: Duration = Duration::from_secs(60);
 
 impl Default for LockConfig {
     fn default() -> Self {
-        Self { max_holders: 1, default_ttl: None }
+        Self { max_holders: 1, default_ttl: None, lock_delay: None }
+    }
+}
+
+impl LockConfig {
+    /// The lock-delay, zero when there is none.
+    pub fn lock_delay(&self) -> Duration {
+        self.lock_delay.unwrap_or(Duration::ZERO)
     }
 }
 
@@ -152,6 +172,13 @@ impl LockConfig {
                 reason: "maxHolders must be at least 1".into(),
             });
         }
+        if config.lock_delay.is_some_and(|d| d > MAX_LOCK_DELAY) {
+            return Err(ConfigError {
+                kind: "lock",
+                path: path.to_owned(),
+                reason: format!("lockDelay must be at most {}s", MAX_LOCK_DELAY.as_secs()),
+            });
+        }
         Ok(Parsed { config, unknown_fields })
     }
 }
@@ -226,7 +253,7 @@ mod tests {
         let c = QueueConfig::from_znode("/p", br#"{"maxAttempts":3,"visibilityTimeout":"30s"}"#).unwrap();
         assert_eq!(c.visibility_timeout, Duration::from_secs(30));
         assert_eq!(QueueConfig::from_znode("/p", &to_znode(&c)).unwrap(), c);
-        let l = LockConfig { max_holders: 3, default_ttl: Some(Duration::from_millis(1500)) };
+        let l = LockConfig { max_holders: 3, default_ttl: Some(Duration::from_millis(1500)), lock_delay: None };
         assert_eq!(LockConfig::from_znode("/p", &to_znode(&l)).unwrap(), l);
     }
 
@@ -241,9 +268,9 @@ mod tests {
     /// named so it can be counted.
     #[test]
     fn keys_of_a_newer_operator_are_ignored_and_named() {
-        let lock = LockConfig::parse_znode("/p/l", br#"{"maxHolders":1,"lockDelay":"5s"}"#).unwrap();
+        let lock = LockConfig::parse_znode("/p/l", br#"{"maxHolders":1,"fairness":"strict"}"#).unwrap();
         assert_eq!(lock.config, LockConfig::default());
-        assert_eq!(lock.unknown_fields, ["lockDelay"]);
+        assert_eq!(lock.unknown_fields, ["fairness"]);
         let queue = QueueConfig::parse_znode(
             "/p/q",
             br#"{"maxAttempts":2,"orderingKeys":true,"priorityAging":{"step":"1m"},"visibilityTimeout":"30s"}"#,
@@ -259,6 +286,27 @@ mod tests {
     fn a_queue_without_new_features_writes_only_the_keys_of_0_1_0() {
         let written = String::from_utf8(to_znode(&QueueConfig::default())).unwrap();
         assert_eq!(written, r#"{"maxAttempts":5,"visibilityTimeout":"5m"}"#);
+    }
+
+    /// `lockDelay` is read when present; a config without it (as 0.1.0 and every lock
+    /// without the field write) means no delay, and it is written only when set.
+    #[test]
+    fn lock_delay_is_read_and_written_only_when_set() {
+        let old = LockConfig::parse_znode("/p/l", br#"{"maxHolders":1,"defaultTtl":"30s"}"#).unwrap();
+        assert!(old.unknown_fields.is_empty());
+        assert_eq!((old.config.lock_delay, old.config.lock_delay()), (None, Duration::ZERO));
+        let new = LockConfig::parse_znode("/p/l", br#"{"maxHolders":1,"lockDelay":"3s"}"#).unwrap();
+        assert!(new.unknown_fields.is_empty(), "{:?}", new.unknown_fields);
+        assert_eq!(new.config.lock_delay(), Duration::from_secs(3));
+        assert_eq!(LockConfig::from_znode("/p", &to_znode(&new.config)).unwrap(), new.config);
+
+        assert_eq!(String::from_utf8(to_znode(&LockConfig::default())).unwrap(), r#"{"maxHolders":1}"#);
+        let zero = LockConfig { lock_delay: Some(Duration::ZERO), ..LockConfig::default() };
+        assert_eq!(String::from_utf8(to_znode(&zero)).unwrap(), r#"{"maxHolders":1}"#, "zero is not written");
+        let set = LockConfig { lock_delay: Some(Duration::from_millis(2500)), ..LockConfig::default() };
+        assert_eq!(String::from_utf8(to_znode(&set)).unwrap(), r#"{"maxHolders":1,"lockDelay":"2s 500ms"}"#);
+        assert!(LockConfig::from_znode("/p", br#"{"lockDelay":"61s"}"#).is_err(), "at most 60s");
+        assert!(LockConfig::from_znode("/p", br#"{"lockDelay":"soon"}"#).is_err());
     }
 
     #[test]

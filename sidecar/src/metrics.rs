@@ -60,6 +60,8 @@ pub struct Metrics {
     pub locks_held: Gauge,
     pub lock_wakeups: Counter,
     pub lock_observer_reads: Counter,
+    /// Acquires due a lock that a lock-delay held back (once each).
+    pub lock_delays: Counter,
     /// Per lock: how long the longest current hold of this pod has lasted.
     pub lock_held_seconds: Family<LockLabel, Seconds>,
     /// Per lock: how long holds lasted, observed at release or loss.
@@ -99,6 +101,7 @@ impl Metrics {
             locks_held: Gauge::default(),
             lock_wakeups: Counter::default(),
             lock_observer_reads: Counter::default(),
+            lock_delays: Counter::default(),
             lock_held_seconds: Family::default(),
             lock_hold_seconds: Family::new_with_constructor(hold_buckets),
             queue_enqueued: Family::default(),
@@ -148,6 +151,11 @@ impl Metrics {
             "lock_observer_reads",
             "ZooKeeper reads made to keep observed locks' holders up to date (none while nothing changes)",
             self.lock_observer_reads.clone(),
+        );
+        registry.register(
+            "lock_delays",
+            "Acquires due a lock that its lock-delay held back, after a holder vanished without releasing",
+            self.lock_delays.clone(),
         );
         registry.register(
             "lock_held_seconds",

@@ -12,6 +12,7 @@
 //! | withdrawal of a contender that timed out | 409 lock-busy (the retried delete finds it gone) |
 //! | semaphore holder's touch (setData that wakes the next in line) | 200 grant (the touch is retried; on failure the contender is withdrawn) |
 //! | release | 200 released (the retried delete finds its own delete) |
+//! | release of a lock with a lock-delay (a multi: contender and held record) | 200 released, the next granted at once (the retried multi finds its own delete) |
 //! | enqueue, batch enqueue | 201 with the ids (the multi's receipt is found, also when the items were consumed meanwhile; nothing to retry) |
 //! | claim | 200 with the item (the claim is found to be this session's) |
 //! | ack, nack, delayed nack | 200 (the retried multi finds its own effect; a moved item's id by its receipt) |
@@ -341,6 +342,36 @@ async fn lock_release_reply_lost_answers_released_and_frees_the_lock() {
         panic!("the lock is free for the next owner")
     };
     assert!(next > token);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_delay_release_reply_lost_answers_released_and_the_next_is_granted_at_once() {
+    let w = world(&[], &[]).await;
+    let config = LockConfig { lock_delay: Some(Duration::from_secs(5)), ..LockConfig::default() };
+    provision::lock(&w.admin, NS, "delayed", config).await.unwrap();
+    let Acquire::Acquired { token, .. } = w.pod.acquire("delayed", "worker-1", "5s").await.unwrap() else {
+        panic!("granted")
+    };
+    assert_eq!(children(&w.admin, &lock_path("delayed")).await.len(), 2, "contender and held record");
+    // The release is one multi: the contender's delete and its held record's.
+    let lost = w.proxy.lose_next_reply(Match {
+        opcodes: &[op::MULTI],
+        body_contains: Some("/locks/delayed/_c_"),
+        ..Default::default()
+    });
+    let (status, body) = w.pod.release("delayed", "worker-1").await.unwrap();
+    applied(lost).await;
+    answered("release with a lock-delay", status, &body);
+
+    assert_eq!((status, body["token"].as_i64()), (200, Some(token)), "released, not lost: {body}");
+    assert!(children(&w.admin, &lock_path("delayed")).await.is_empty(), "no contender, no record left");
+    assert_eq!(w.pod.metric("paddock_lock_losses_total").await.unwrap(), 0.0, "our own delete is no loss");
+    let asked = std::time::Instant::now();
+    let Acquire::Acquired { token: next, .. } = w.pod.acquire("delayed", "worker-2", "0s").await.unwrap() else {
+        panic!("a clean release: the next owner is granted at once, no lock-delay")
+    };
+    assert!(next > token && asked.elapsed() < Duration::from_secs(1));
+    assert_eq!(w.pod.metric("paddock_lock_delays_total").await.unwrap(), 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -29,7 +29,7 @@ async fn a_sidecar_serves_configs_with_keys_it_does_not_know() {
     assert_eq!(pod.enqueue("jobs", "before").await.unwrap().0, 201);
 
     // The operator is upgraded and rewrites both configs with keys of the next version.
-    admin.set_data(&lock_path, br#"{"maxHolders":1,"lockDelay":"5s"}"#, None).await.unwrap();
+    admin.set_data(&lock_path, br#"{"maxHolders":1,"lockDelay":"5s","fairness":"strict"}"#, None).await.unwrap();
     admin
         .set_data(&queue_path, br#"{"maxAttempts":2,"visibilityTimeout":"30s","orderingKeys":true}"#, None)
         .await
@@ -53,9 +53,10 @@ async fn a_sidecar_serves_configs_with_keys_it_does_not_know() {
     // The keys it ignored are counted, per kind and key.
     let text = pod.http().get(pod.url("/metrics")).send().await.unwrap().text().await.unwrap();
     for series in [
-        r#"paddock_config_unknown_fields_total{kind="lock",field="lockDelay"}"#,
+        r#"paddock_config_unknown_fields_total{kind="lock",field="fairness"}"#,
         r#"paddock_config_unknown_fields_total{kind="queue",field="orderingKeys"}"#,
     ] {
         assert!(text.lines().any(|l| l.starts_with(series)), "{series} missing from /metrics:\n{text}");
     }
+    assert!(!text.contains(r#"field="lockDelay""#), "lockDelay is a key this sidecar knows:\n{text}");
 }

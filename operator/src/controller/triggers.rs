@@ -52,7 +52,10 @@ pub fn trigger(rest: &str, event: zk::EventType) -> Option<Trigger> {
     let comes_or_goes = matches!(event, zk::EventType::NodeCreated | zk::EventType::NodeDeleted);
     match parts.as_slice() {
         [ns, "locks", name] => Some(Trigger::Lock((*ns).into(), (*name).into())),
-        [ns, "locks", name, _contender] if comes_or_goes => Some(Trigger::Lock((*ns).into(), (*name).into())),
+        // Contenders; not lock-delay's held records, which come and go with holders.
+        [ns, "locks", name, child] if comes_or_goes && !paddock_recipes::lock::is_held_record(child) => {
+            Some(Trigger::Lock((*ns).into(), (*name).into()))
+        }
         [ns, "queues", name] => Some(Trigger::Queue((*ns).into(), (*name).into())),
         [ns, "queues", name, "attempts"] if comes_or_goes => Some(Trigger::Queue((*ns).into(), (*name).into())),
         [ns, "queues", name, "items" | "claims" | "dead", ..] if comes_or_goes => {
@@ -128,6 +131,7 @@ mod tests {
         assert_eq!(trigger("/shop/locks/orders", NodeDataChanged), lock, "its config");
         assert_eq!(trigger("/shop/locks/orders/_c_1-lock-0000000001", NodeCreated), lock);
         assert_eq!(trigger("/shop/locks/orders/_c_1-lock-0000000001", NodeDataChanged), None);
+        assert_eq!(trigger("/shop/locks/orders/paddock-held-0000000001-record", NodeCreated), None);
         assert_eq!(trigger("/shop/queues/jobs/items/b9-1/item-0000000001", NodeCreated), queue);
         assert_eq!(trigger("/shop/queues/jobs/claims/b9-1.0000000001", NodeDeleted), queue);
         assert_eq!(trigger("/shop/queues/jobs/dead/b9-1.0000000001", NodeCreated), queue);

@@ -69,7 +69,12 @@ mod tests {
             namespace: DigestIdentity::parse("paddock-ns-shop:pw1").unwrap(),
             operator: DigestIdentity::parse("paddock-operator:pw2").unwrap(),
         };
-        let spec = DistributedLockSpec { max_holders: 2, ttl: None, deletion_policy: DeletionPolicy::Retain };
+        let spec = DistributedLockSpec {
+            max_holders: 2,
+            ttl: None,
+            lock_delay: None,
+            deletion_policy: DeletionPolicy::Retain,
+        };
         let layout = Layout::new("/paddock").unwrap();
         let (ns, name) = (Name::new("namespace", "shop").unwrap(), Name::new("lock", "orders").unwrap());
         let desired = lock(&layout, &ns, &name, &spec, &ids).unwrap();

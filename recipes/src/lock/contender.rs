@@ -167,30 +167,38 @@ pub(super) fn decide(contenders: &[Contender], index: usize, max_holders: u32) -
     }
 }
 
-/// Deletes the contender unless disarmed — also when the acquire future is dropped.
+/// Deletes the contender unless disarmed — also when the acquire future is dropped — and
+/// first its held record, if one was made before the grant was handed out (a contender
+/// never granted leaves nothing that delays the next).
 pub(super) struct WithdrawOnDrop {
     pub(super) client: zk::Client,
     pub(super) node_path: Option<String>,
+    pub(super) record: Option<String>,
 }
 
 impl WithdrawOnDrop {
     pub(super) fn disarm(&mut self) {
         self.node_path = None;
+        self.record = None;
     }
 
     pub(super) async fn withdraw(&mut self) {
-        if let Some(path) = self.node_path.take() {
-            delete_contender(&self.client, &path).await;
-        }
+        withdraw(&self.client, self.record.take(), self.node_path.take()).await;
     }
 }
 
 impl Drop for WithdrawOnDrop {
     fn drop(&mut self) {
-        if let Some(path) = self.node_path.take() {
-            let client = self.client.clone();
-            tokio::spawn(async move { delete_contender(&client, &path).await });
+        if self.node_path.is_some() || self.record.is_some() {
+            let (client, record, node_path) = (self.client.clone(), self.record.take(), self.node_path.take());
+            tokio::spawn(async move { withdraw(&client, record, node_path).await });
         }
+    }
+}
+
+async fn withdraw(client: &zk::Client, record: Option<String>, node_path: Option<String>) {
+    for path in record.iter().chain(node_path.iter()) {
+        delete_contender(client, path).await;
     }
 }
 

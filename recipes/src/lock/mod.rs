@@ -32,10 +32,13 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 mod contender;
+mod delay;
 mod observe;
 
 pub use self::contender::watch_contender;
 use self::contender::{Decision, WithdrawOnDrop, create_contender, decide, sorted_contenders, touch};
+use self::delay::LockDelay;
+pub use self::delay::is_held_record;
 pub use self::observe::{HolderCache, Observed, ObservedHolder, observe};
 use crate::config::{ConfigError, LockConfig};
 use crate::retry::while_unknown;
@@ -101,6 +104,8 @@ pub struct Held {
     pub node_path: String,
     pub token: i64,
     pub mode: LockMode,
+    /// The held record a release deletes with the contender (locks with a lock-delay).
+    pub record: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -149,9 +154,12 @@ pub struct AcquireRequest<'a> {
     pub acl: crate::identity::NodeAcl,
 }
 
-/// Counts watch wake-ups, so tests and metrics can show that a release wakes one waiter.
+/// Counts watch wake-ups, so tests and metrics can show that a release wakes one waiter,
+/// and grants held back by a lock-delay.
 pub trait WakeObserver: Send + Sync {
     fn woken(&self);
+    /// An acquire that is due the lock waits for a lock-delay (once per acquire).
+    fn delayed(&self) {}
 }
 
 impl WakeObserver for () {
@@ -164,10 +172,22 @@ pub async fn read_config(client: &zk::Client, lock_path: &str) -> Result<LockCon
     Ok(LockConfig::from_znode(lock_path, &data)?)
 }
 
+/// Our contender, while an acquire runs.
+struct Ours<'a> {
+    request: &'a AcquireRequest<'a>,
+    config: &'a LockConfig,
+    node_path: String,
+    token: i64,
+    data: Vec<u8>,
+    guard: WithdrawOnDrop,
+}
+
 /// Acquires the lock at `request.lock_path`, waiting up to `request.wait`.
 ///
 /// If the returned future is dropped midway (the caller went away), the contender is
-/// deleted in the background so it cannot block the lock.
+/// deleted in the background so it cannot block the lock. With a lock-delay, a grant
+/// waits until `lockDelay` after this acquire first saw a holder's stale record
+/// ([`delay`]); a wait that ends first answers busy, as any.
 pub async fn acquire(
     client: &zk::Client,
     config: &LockConfig,
@@ -180,82 +200,159 @@ pub async fn acquire(
     let deadline = Instant::now() + request.wait;
     let data = serde_json::to_vec(request.holder).expect("holder info serializes");
     let (node_path, token) = create_contender(client, request, &data).await?;
-    let mut guard = WithdrawOnDrop { client: client.clone(), node_path: Some(node_path.clone()) };
+    let guard = WithdrawOnDrop { client: client.clone(), node_path: Some(node_path.clone()), record: None };
     let node_name = node_path.rsplit('/').next().expect("node path has a name").to_owned();
+    let mut ours = Ours { request, config, node_path, token, data, guard };
+    let mut delay = LockDelay::new(config.lock_delay());
+    let mut delayed = false;
 
     loop {
         let children = match client.list_children(request.lock_path).await {
             Ok(children) => children,
             Err(zk::Error::NoNode) => {
-                guard.disarm();
+                ours.guard.disarm();
                 return Err(LockError::NotProvisioned(request.lock_path.to_owned()));
             }
             Err(err) => return Err(err.into()),
         };
         let contenders = sorted_contenders(&children);
         let Some(index) = contenders.iter().position(|c| c.name == node_name) else {
-            guard.disarm();
-            return Err(LockError::ContenderLost(node_path));
+            ours.guard.disarm();
+            return Err(LockError::ContenderLost(ours.node_path));
         };
-        match decide(&contenders, index, config.max_holders) {
-            Decision::Holds => {
-                if config.max_holders > 1 {
-                    // Wake our successor: it may now be next in line and must watch the
-                    // holders. Until this is done the contender is not handed out: an
-                    // error withdraws it, so no holder is left that nobody knows of.
-                    if let Err(err) = touch(client, &node_path, &data).await {
-                        guard.withdraw().await;
-                        return Err(err.into());
+        delay.observe(&children, &contenders, Instant::now());
+        let targets = match decide(&contenders, index, config.max_holders) {
+            Decision::Holds => match delay.pending(Instant::now()) {
+                None => return hold(client, ours, contenders[index].sequence, &delay).await,
+                Some(until) => {
+                    if !std::mem::replace(&mut delayed, true) {
+                        observer.delayed();
                     }
+                    Err(until)
                 }
-                guard.disarm();
-                return Ok(Acquisition::Acquired(Held {
-                    lock_path: request.lock_path.to_owned(),
-                    node_path,
-                    token,
-                    mode: request.mode,
-                }));
-            }
-            Decision::Wait(targets) => {
-                if Instant::now() >= deadline {
-                    guard.withdraw().await;
-                    let snapshot = snapshot(client, request.lock_path, config.max_holders).await?;
-                    return Ok(Acquisition::TimedOut(snapshot));
-                }
-                let mut watchers = Vec::with_capacity(targets.len());
-                let mut gone = false;
-                for target in targets {
-                    let path = format!("{}/{}", request.lock_path, contenders[target].name);
-                    let Some(watcher) = watch_contender(client, &path).await? else {
-                        gone = true;
-                        break;
-                    };
-                    watchers.push(Box::pin(watcher.changed()));
-                }
-                if gone {
-                    continue;
-                }
-                let any_change = futures::future::select_all(watchers);
-                if tokio::time::timeout_at(deadline, any_change).await.is_ok() {
-                    observer.woken();
-                }
+            },
+            Decision::Wait(targets) => Ok(targets),
+        };
+        if Instant::now() >= deadline {
+            ours.guard.withdraw().await;
+            let snapshot = snapshot(client, request.lock_path, config.max_holders).await?;
+            return Ok(Acquisition::TimedOut(snapshot));
+        }
+        match targets {
+            // Due the lock once the delay is over: nothing to watch meanwhile (only a
+            // contender ahead of us leaving could change it, and that only for the better).
+            Err(until) => tokio::time::sleep_until(until.min(deadline)).await,
+            Ok(targets) => {
+                let paths = targets.iter().map(|&t| format!("{}/{}", request.lock_path, contenders[t].name));
+                wait_for_any(client, paths, deadline, observer).await?;
             }
         }
     }
 }
 
-/// Releases a held lock. Connection loss is retried for as long as the session may
-/// live; a node found gone after a lost reply was deleted by our own earlier attempt.
-/// Otherwise already gone (session expired, lease reaper, someone else) gives `Ok(false)`.
+/// Waits until one of the contenders at `paths` changes or goes, or the deadline; at once
+/// when one is already gone.
+async fn wait_for_any(
+    client: &zk::Client,
+    paths: impl Iterator<Item = String>,
+    deadline: Instant,
+    observer: &dyn WakeObserver,
+) -> Result<(), LockError> {
+    let mut watchers = Vec::new();
+    for path in paths {
+        let Some(watcher) = watch_contender(client, &path).await? else { return Ok(()) };
+        watchers.push(Box::pin(watcher.changed()));
+    }
+    let any_change = futures::future::select_all(watchers);
+    if tokio::time::timeout_at(deadline, any_change).await.is_ok() {
+        observer.woken();
+    }
+    Ok(())
+}
+
+/// Our contender holds (and any lock-delay is over): its held record when the lock has a
+/// lock-delay, the successor's wake-up of a semaphore, then the grant. Until all of that
+/// is done the contender is not handed out: an error withdraws it, so no holder is left
+/// that nobody knows of.
+async fn hold(
+    client: &zk::Client,
+    mut ours: Ours<'_>,
+    sequence: i64,
+    delay: &LockDelay,
+) -> Result<Acquisition, LockError> {
+    let lock_path = ours.request.lock_path;
+    let record = if ours.config.lock_delay().is_zero() {
+        None
+    } else {
+        let path = format!("{lock_path}/{}", delay::record_name(sequence));
+        let created = delay::create_record(client, &path, &ours.data, &ours.request.acl).await;
+        ours.guard.record = Some(path.clone());
+        if let Err(err) = created {
+            ours.guard.withdraw().await;
+            return Err(LockError::or_not_provisioned(err, lock_path));
+        }
+        Some(path)
+    };
+    if ours.config.max_holders > 1 {
+        // Wake our successor: it may now be next in line and must watch the holders.
+        if let Err(err) = touch(client, &ours.node_path, &ours.data).await {
+            ours.guard.withdraw().await;
+            return Err(err.into());
+        }
+    }
+    // The stale records this acquire waited out: nobody needs to wait for them again.
+    for name in delay.noticed() {
+        delay::delete_record(client, &format!("{lock_path}/{name}")).await;
+    }
+    ours.guard.disarm();
+    Ok(Acquisition::Acquired(Held {
+        lock_path: lock_path.to_owned(),
+        node_path: ours.node_path,
+        token: ours.token,
+        mode: ours.request.mode,
+        record,
+    }))
+}
+
+/// Releases a held lock: its contender and, with a lock-delay, its held record in one
+/// multi, so the next holder is granted at once. Connection loss is retried for as long
+/// as the session may live; a node found gone after a lost reply was deleted by our own
+/// earlier attempt. Otherwise already gone (session expired, lease reaper, someone else)
+/// gives `Ok(false)`.
 pub async fn release(client: &zk::Client, held: &Held) -> Result<bool, zk::Error> {
     while_unknown(client, "release", |this| async move {
-        match client.delete(&held.node_path, None).await {
-            Ok(()) => Ok(true),
-            Err(zk::Error::NoNode) => Ok(this.retried),
-            Err(err) => Err(err),
+        let Some(record) = &held.record else { return delete_node(client, &held.node_path, this.retried).await };
+        let mut multi = client.new_multi_writer();
+        multi.add_delete(&held.node_path, None)?;
+        multi.add_delete(record, None)?;
+        match multi.commit().await {
+            Ok(_) => Ok(true),
+            // Both went in one multi: ours, if a try before was applied.
+            Err(zk::MultiWriteError::OperationFailed { index: 0, source: zk::Error::NoNode }) => Ok(this.retried),
+            // The record alone is gone (deleted by hand): the release still is one.
+            Err(zk::MultiWriteError::OperationFailed { index: 1, source: zk::Error::NoNode }) => {
+                delete_node(client, &held.node_path, this.retried).await
+            }
+            Err(err) => Err(err.into()),
         }
     })
     .await
+}
+
+/// Deletes a held contender without releasing it: its held record stays, so the lock's
+/// next grant waits the lock-delay (a lease that elapsed: its holder may still be
+/// writing). Retried as [`release`] is; `Ok(false)` when it was already gone.
+pub async fn abandon(client: &zk::Client, held: &Held) -> Result<bool, zk::Error> {
+    while_unknown(client, "abandoning a hold", |this| delete_node(client, &held.node_path, this.retried)).await
+}
+
+/// Deletes a node: true when deleted now, or gone after a try that may have deleted it.
+async fn delete_node(client: &zk::Client, path: &str, retried: bool) -> Result<bool, zk::Error> {
+    match client.delete(path, None).await {
+        Ok(()) => Ok(true),
+        Err(zk::Error::NoNode) => Ok(retried),
+        Err(err) => Err(err),
+    }
 }
 
 /// Holders (with who they are) and the number of waiters.

@@ -138,12 +138,13 @@ pub(super) async fn enforce_lease(inner: Arc<Inner>, key: Key, token: i64) {
             Some(Entry::Held(h)) if h.held.token == token => h.held.clone(),
             _ => return,
         };
-        // Lost first, so the app sees `lost` before anyone else can hold the lock.
+        // Lost first, so the app sees `lost` before anyone else can hold the lock. Not a
+        // release: the app may still be writing, so the lock's lock-delay applies.
         if !inner.mark_lost(&key, token, LossReason::TtlElapsed, None) {
             return;
         }
         if let Ok(current) = inner.ctx.session.client()
-            && let Err(err) = lock::release(&current.client, &held).await
+            && let Err(err) = lock::abandon(&current.client, &held).await
         {
             tracing::warn!(node = held.node_path, error = %err, "could not delete expired lease's node");
         }

@@ -165,6 +165,10 @@ impl lock::WakeObserver for MetricWake<'_> {
     fn woken(&self) {
         self.0.lock_wakeups.inc();
     }
+
+    fn delayed(&self) {
+        self.0.lock_delays.inc();
+    }
 }
 
 impl LockService {
