@@ -377,7 +377,8 @@ async fn bad_input_gets_a_json_4xx_and_never_a_panic() {
             422,
             "invalid-json",
         ),
-        ("missing name", post(br#"{"wait":"5s"}"#.to_vec(), "application/json").await.unwrap(), 422, "invalid-json"),
+        // Neither "name" nor "names" (several locks): which one to give is said.
+        ("missing name", post(br#"{"wait":"5s"}"#.to_vec(), "application/json").await.unwrap(), 400, "bad-request"),
         (
             "bad name",
             post(br#"{"name":"../locks/x"}"#.to_vec(), "application/json").await.unwrap(),
