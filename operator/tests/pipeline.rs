@@ -68,6 +68,11 @@ async fn provision_observe_and_clean_up_a_lock_and_a_queue() {
     let paths = app_layout.queue(&ns, &queue_name);
     let item = NewItem { payload: b"x".to_vec(), content_type: None, priority: 0, delay: std::time::Duration::ZERO };
     queue::enqueue(&app, &paths, &[item.clone(), item]).await.unwrap();
+    // The enqueue's receipt is deleted after it returns (its delete precedes the app
+    // session's next request), and a depth counts it until then: the app reads once, and
+    // the operator syncs, so the count below comes after that delete.
+    app.check_stat(&paths.base).await.unwrap();
+    operator.sync(&paths.base).await.unwrap();
 
     // observe: what `kubectl get dlock,wq` will show.
     let (holders, waiters) = observe::lock(&operator, path, 2).await.unwrap();
