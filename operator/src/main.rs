@@ -9,6 +9,7 @@ use paddock_operator::controller::{self, Context};
 use paddock_operator::leader::{LeaderElection, Leadership, default_identity};
 use paddock_operator::webhook::WebhookContext;
 use paddock_recipes::identity::DigestIdentity;
+use paddock_recipes::tls::{TlsFiles, ZkTls};
 use paddock_recipes::{Layout, Session, SessionOptions};
 
 #[derive(Debug, Parser)]
@@ -37,6 +38,17 @@ struct RunArgs {
     /// The operator's own digest identity `user:password` (its admin identity).
     #[arg(long, env = "PADDOCK_ZK_AUTH", value_name = "PADDOCK_ZK_AUTH", hide_env_values = true)]
     zk_auth: String,
+    /// PEM file of the CA that signed the ZooKeeper servers' certificates: set, the operator
+    /// connects over TLS only, verifying that each server's certificate names its host.
+    #[arg(long, env = "PADDOCK_ZK_TLS_CA", value_name = "PADDOCK_ZK_TLS_CA")]
+    zk_tls_ca: Option<std::path::PathBuf>,
+    /// PEM file of the operator's client certificate (with `PADDOCK_ZK_TLS_KEY`); read again
+    /// every 10 s, so a rotated one is used from the next connection on.
+    #[arg(long, env = "PADDOCK_ZK_TLS_CERT", value_name = "PADDOCK_ZK_TLS_CERT")]
+    zk_tls_cert: Option<std::path::PathBuf>,
+    /// PEM file of the private key of `PADDOCK_ZK_TLS_CERT`.
+    #[arg(long, env = "PADDOCK_ZK_TLS_KEY", value_name = "PADDOCK_ZK_TLS_KEY")]
+    zk_tls_key: Option<std::path::PathBuf>,
     /// Namespace of the leader-election Lease (the operator's own).
     #[arg(long, env = "POD_NAMESPACE", value_name = "POD_NAMESPACE", default_value = "default")]
     namespace: String,
@@ -77,11 +89,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .init();
     let operator = DigestIdentity::parse(&args.zk_auth).context("PADDOCK_ZK_AUTH")?;
     let layout = Layout::new(&args.zk_root).context("PADDOCK_ZK_ROOT")?;
+    let tls = TlsFiles::from_settings(args.zk_tls_ca.clone(), args.zk_tls_cert.clone(), args.zk_tls_key.clone())?
+        .map(ZkTls::load)
+        .transpose()?;
     let client = kube::Client::try_default().await.context("connecting to the Kubernetes API")?;
     let session = Session::start(SessionOptions {
         connect: args.zookeeper.clone(),
         session_timeout: args.session_timeout,
         digest_auth: Some(operator.credentials()),
+        tls,
     });
     let leadership = Leadership::new();
     let ctx = Arc::new(Context::new(client.clone(), session.clone(), layout, operator, leadership.clone()));

@@ -112,6 +112,7 @@ async fn a_busy_queue_status_follows_its_depth_within_two_seconds() {
         connect: setup.ensemble.connect_string(),
         session_timeout: Duration::from_secs(10),
         digest_auth: Some(credentials),
+        tls: None,
     });
     let client = session.wait_connected(Duration::from_secs(30)).await.unwrap().client;
     let layout = Layout::new("/paddock").unwrap().with_node_acl(NodeAcl::for_session(true));

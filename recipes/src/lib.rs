@@ -8,6 +8,7 @@ pub mod layout;
 pub mod names;
 pub mod retry;
 pub mod session;
+pub mod tls;
 
 pub use config::{LockConfig, QueueConfig, RetryPolicy};
 pub use layout::Layout;

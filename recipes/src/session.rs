@@ -14,6 +14,8 @@ use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 use zookeeper_client as zk;
 
+use crate::tls::{self, ZkTls};
+
 /// How to reach ZooKeeper.
 #[derive(Debug, Clone)]
 pub struct SessionOptions {
@@ -22,6 +24,8 @@ pub struct SessionOptions {
     pub session_timeout: Duration,
     /// Digest credentials `user:password`, added to the session before first use.
     pub digest_auth: Option<String>,
+    /// TLS to every server (its certificates read again for rotations), or plain text.
+    pub tls: Option<ZkTls>,
 }
 
 /// What happened to the session; `generation` counts sessions opened by this process.
@@ -90,6 +94,9 @@ impl Session {
             last_error: std::sync::Mutex::new("connecting".to_owned()),
             shutdown: CancellationToken::new(),
         });
+        if let Some(tls) = &inner.options.tls {
+            tokio::spawn(tls.clone().follow_files(tls::RELOAD_INTERVAL, inner.shutdown.clone()));
+        }
         tokio::spawn(keep_session(inner.clone()));
         Self { inner }
     }
@@ -152,37 +159,51 @@ impl Session {
     }
 }
 
-async fn keep_session(inner: Arc<Inner>) {
-    let mut generation = 0u64;
+/// Connects until a session is open (None: shut down meanwhile), retrying with a backoff
+/// and keeping in `last_error` why the last attempt failed.
+async fn open_session(inner: &Inner) -> Option<zk::Client> {
     let mut backoff = Duration::from_millis(100);
     loop {
-        if inner.shutdown.is_cancelled() {
-            return;
-        }
         let mut connector = zk::Client::connector().with_session_timeout(inner.options.session_timeout);
         if let Some(auth) = &inner.options.digest_auth {
             connector = connector.with_auth("digest", auth.as_bytes());
         }
-        let connect = connector.with_fail_eagerly().connect(&inner.options.connect);
+        let connector = connector.with_fail_eagerly();
+        let connect = &inner.options.connect;
         let client = tokio::select! {
-            result = connect => result,
-            _ = inner.shutdown.cancelled() => return,
-        };
-        let client = match client {
-            Ok(client) => client,
-            Err(err) => {
-                let message = format!("cannot connect to ZooKeeper at {}: {err}", inner.options.connect);
-                tracing::warn!(connect = %inner.options.connect, error = %err, retry_in = ?backoff, "ZooKeeper connect failed");
-                *inner.last_error.lock().expect("not poisoned") = message;
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = inner.shutdown.cancelled() => return,
+            result = async {
+                match &inner.options.tls {
+                    Some(tls) => connector.with_tls(tls.options()).secure_connect(connect).await,
+                    None => connector.connect(connect).await,
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-                continue;
-            }
+            } => result,
+            _ = inner.shutdown.cancelled() => return None,
         };
-        backoff = Duration::from_millis(100);
+        let err = match client {
+            Ok(client) => return Some(client),
+            Err(err) => err,
+        };
+        let mut message = format!("cannot connect to ZooKeeper at {connect}: {err}");
+        if let Some(why) = tls::diagnose(inner.options.tls.as_ref(), connect).await {
+            message = format!("{message}; {why}");
+        }
+        tracing::warn!(%connect, error = %message, retry_in = ?backoff, "ZooKeeper connect failed");
+        *inner.last_error.lock().expect("not poisoned") = message;
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = inner.shutdown.cancelled() => return None,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn keep_session(inner: Arc<Inner>) {
+    let mut generation = 0u64;
+    loop {
+        if inner.shutdown.is_cancelled() {
+            return;
+        }
+        let Some(client) = open_session(&inner).await else { return };
         generation += 1;
         let session_id = client.session_id().0;
         tracing::info!(generation, session_id = format_args!("{session_id:#x}"), "ZooKeeper session established");

@@ -29,6 +29,7 @@ async fn churn_on_a_mutex_leaves_no_watch_on_a_vanished_contender() {
             connect: ensemble.connect_string(),
             session_timeout: Duration::from_secs(30),
             digest_auth: None,
+            tls: None,
         });
         clients.push(session.wait_connected(Duration::from_secs(30)).await.unwrap().client);
     }
@@ -82,6 +83,7 @@ async fn watching_a_contender_that_is_gone_sets_no_watch() {
         connect: ensemble.connect_string(),
         session_timeout: Duration::from_secs(30),
         digest_auth: None,
+        tls: None,
     });
     let client = session.wait_connected(Duration::from_secs(30)).await.unwrap().client;
     let present = format!("{lock_path}/_c_a-lock-0000000001");

@@ -22,8 +22,12 @@ fn paths(queue: &str) -> paddock_recipes::layout::QueuePaths {
 }
 
 async fn consumer_session(connect: String, paths: paddock_recipes::layout::QueuePaths) -> (zk::Client, QueueView) {
-    let session =
-        Session::start(SessionOptions { connect, session_timeout: Duration::from_secs(10), digest_auth: None });
+    let session = Session::start(SessionOptions {
+        connect,
+        session_timeout: Duration::from_secs(10),
+        digest_auth: None,
+        tls: None,
+    });
     let client = session.wait_connected(Duration::from_secs(30)).await.unwrap().client;
     let view = QueueView::start(session, paths, Arc::new(()));
     while !view.is_synced() {

@@ -32,6 +32,7 @@ async fn an_id_is_never_given_to_a_second_item_after_its_bucket_empties() {
         connect: ensemble.connect_string(),
         session_timeout: Duration::from_secs(10),
         digest_auth: None,
+        tls: None,
     });
     let client = session.wait_connected(Duration::from_secs(30)).await.unwrap().client;
     let view = QueueView::start(session, paths.clone(), Arc::new(()));
@@ -83,6 +84,7 @@ async fn old_empty_buckets_are_removed_and_full_ones_kept() {
         connect: ensemble.connect_string(),
         session_timeout: Duration::from_secs(10),
         digest_auth: None,
+        tls: None,
     });
     let client = session.wait_connected(Duration::from_secs(30)).await.unwrap().client;
     let retention = BucketRetention { keep: Duration::from_secs(3), every: Duration::from_millis(200) };

@@ -55,8 +55,12 @@ async fn thirty_thousand_items_keep_child_lists_small_and_drain_exactly_once() {
     for c in 0..4 {
         let (paths, seen, connect) = (paths.clone(), seen.clone(), ensemble.connect_string());
         consumers.push(tokio::spawn(async move {
-            let session =
-                Session::start(SessionOptions { connect, session_timeout: Duration::from_secs(10), digest_auth: None });
+            let session = Session::start(SessionOptions {
+                connect,
+                session_timeout: Duration::from_secs(10),
+                digest_auth: None,
+                tls: None,
+            });
             let client = session.wait_connected(Duration::from_secs(30)).await.unwrap().client;
             let view = QueueView::start(session.clone(), paths.clone(), Arc::new(()));
             while !view.is_synced() {

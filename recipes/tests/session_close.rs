@@ -17,6 +17,7 @@ async fn close_deletes_the_sessions_ephemeral_nodes_while_clones_of_its_client_l
         connect: ensemble.connect_string(),
         session_timeout: Duration::from_secs(40),
         digest_auth: None,
+        tls: None,
     });
     let client = session.wait_connected(Duration::from_secs(30)).await.unwrap().client;
     client.create("/held", b"", &zk::CreateMode::Ephemeral.with_acls(zk::Acls::anyone_all())).await.unwrap();

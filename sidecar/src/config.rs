@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
+use paddock_recipes::tls::{TlsFiles, ZkTls};
 use paddock_recipes::{Layout, Name};
 
 #[derive(Debug, Clone, Parser)]
@@ -52,6 +53,21 @@ pub struct Config {
     #[arg(long, env = "PADDOCK_ZK_AUTH_FILE", value_name = "PADDOCK_ZK_AUTH_FILE", conflicts_with = "zk_auth")]
     pub zk_auth_file: Option<std::path::PathBuf>,
 
+    /// PEM file of the CA that signed the ZooKeeper servers' certificates: set, the sidecar
+    /// connects over TLS only and verifies that each server's certificate names its host.
+    #[arg(long, env = "PADDOCK_ZK_TLS_CA", value_name = "PADDOCK_ZK_TLS_CA")]
+    pub zk_tls_ca: Option<std::path::PathBuf>,
+
+    /// PEM file of this client's certificate (with `PADDOCK_ZK_TLS_KEY`), for servers that
+    /// require client certificates; read again every 10 s, so a rotated one is used from
+    /// the next connection on.
+    #[arg(long, env = "PADDOCK_ZK_TLS_CERT", value_name = "PADDOCK_ZK_TLS_CERT")]
+    pub zk_tls_cert: Option<std::path::PathBuf>,
+
+    /// PEM file of the private key of `PADDOCK_ZK_TLS_CERT`.
+    #[arg(long, env = "PADDOCK_ZK_TLS_KEY", value_name = "PADDOCK_ZK_TLS_KEY")]
+    pub zk_tls_key: Option<std::path::PathBuf>,
+
     /// How long SIGTERM waits for in-flight requests before releasing and exiting.
     #[arg(long, env = "PADDOCK_SHUTDOWN_GRACE", value_name = "PADDOCK_SHUTDOWN_GRACE", default_value = "5s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
@@ -81,6 +97,12 @@ impl Config {
             return parse_digest(text.trim()).map(Some).map_err(|e| anyhow::anyhow!("PADDOCK_ZK_AUTH_FILE: {e}"));
         }
         Ok(self.zk_auth.clone())
+    }
+
+    /// The TLS settings, read and checked (None: plain text); an error names the setting.
+    pub fn zk_tls(&self) -> anyhow::Result<Option<ZkTls>> {
+        let files = TlsFiles::from_settings(self.zk_tls_ca.clone(), self.zk_tls_cert.clone(), self.zk_tls_key.clone())?;
+        Ok(files.map(ZkTls::load).transpose()?)
     }
 }
 

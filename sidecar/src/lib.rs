@@ -51,6 +51,7 @@ impl App {
             connect: config.zookeeper.clone(),
             session_timeout: config.session_timeout,
             digest_auth,
+            tls: config.zk_tls()?,
         });
         let ctx = ServiceContext {
             pod_name: config.pod_name.clone(),
@@ -104,6 +105,7 @@ impl App {
         tracing::info!(
             listen = %config.listen,
             zookeeper = %config.zookeeper,
+            tls = config.zk_tls_ca.is_some(),
             pod = %config.pod_name,
             namespace = %config.pod_namespace,
             "paddock-sidecar serving"

@@ -95,6 +95,7 @@ mod tests {
             connect: "127.0.0.1:1".into(),
             session_timeout: Duration::from_secs(10),
             digest_auth: None,
+            tls: None,
         });
         let ctx = ServiceContext {
             pod_name: "pod".into(),

@@ -166,6 +166,7 @@ async fn lib_consumer(connect: &str, queue: &str) -> Result<LibConsumer> {
         connect: connect.to_owned(),
         session_timeout: Duration::from_secs(10),
         digest_auth: None,
+        tls: None,
     });
     let client = session.wait_connected(Duration::from_secs(30)).await?.client;
     let view = QueueView::start(session.clone(), paths(queue), Arc::new(()));

@@ -23,6 +23,10 @@ use anyhow::{Context, Result, bail};
 const ZOOKEEPER_JAR: &str = "/usr/share/java/zookeeper.jar";
 /// The slf4j binding that sends server logs to stderr (captured into `server-N.log`).
 const SLF4J_SIMPLE_JAR: &str = "/usr/share/java/slf4j-simple.jar";
+/// Netty's parts that Debian's `zookeeper.jar` does not list in its manifest's Class-Path
+/// but `NettyServerCnxnFactory` needs for TLS (its SslHandler is a ByteToMessageDecoder).
+const NETTY_TLS_JARS: &str = "/usr/share/java/netty-codec.jar:/usr/share/java/netty-resolver.jar:\
+                              /usr/share/java/netty-transport-native-unix-common.jar";
 
 /// ZooKeeper's tick. Session timeouts are bounded by 2..=20 ticks unless set explicitly;
 /// they are set explicitly below so tests may use short sessions (1 s) and the sidecar
@@ -48,6 +52,10 @@ pub struct EnsembleOptions {
     /// How often the servers remove empty container nodes (ZooKeeper's default is a
     /// minute); short, a test sees the reaper act at once.
     pub container_check_interval: Option<Duration>,
+    /// Serve TLS only (see `tls`): `secureClientPort` with Netty and no plain client port,
+    /// client certificates required, the quorum over TLS too. Clients then need
+    /// [`Ensemble::tls`]'s CA and a certificate it issues.
+    pub tls: bool,
 }
 
 impl Default for EnsembleOptions {
@@ -59,6 +67,7 @@ impl Default for EnsembleOptions {
             heap_mb: 256,
             isolated_network: false,
             container_check_interval: None,
+            tls: false,
         }
     }
 }
@@ -131,7 +140,7 @@ impl Server {
                 "-Dzookeeper.forceSnapshotSync=true",
                 "-Dorg.slf4j.simpleLogger.showDateTime=true",
                 "-cp",
-                &format!("{ZOOKEEPER_JAR}:{SLF4J_SIMPLE_JAR}"),
+                &format!("{ZOOKEEPER_JAR}:{SLF4J_SIMPLE_JAR}:{NETTY_TLS_JARS}"),
                 "org.apache.zookeeper.server.quorum.QuorumPeerMain",
             ])
             .arg(self.config_path())
@@ -186,6 +195,7 @@ pub struct Ensemble {
     keep_dir: bool,
     /// The servers' hosts when isolated (removed after the servers stop).
     network: Option<crate::netns::NetLab>,
+    tls: Option<crate::tls::EnsembleTls>,
 }
 
 impl Ensemble {
@@ -221,12 +231,24 @@ impl Ensemble {
                 election_port: ports[3 * i + 2],
             })
             .collect();
+        let tls = match options.tls {
+            true => Some(crate::tls::EnsembleTls::create(dir.path()).context("making the ensemble's certificates")?),
+            false => None,
+        };
         let mut servers = Vec::with_capacity(options.servers);
         for (index, member) in quorum.iter().enumerate() {
             let server_dir = dir.path().join(format!("server-{}", member.id));
             fs::create_dir_all(server_dir.join("data"))?;
             fs::write(server_dir.join("data/myid"), format!("{}\n", member.id))?;
-            fs::write(server_dir.join("zoo.cfg"), server_config(&server_dir, member, &quorum))?;
+            let mut config = server_config(&server_dir, member, &quorum);
+            if let Some(tls) = &tls {
+                let keystore = tls.write_server_store(&server_dir, member.host.into())?;
+                config = config.replace(
+                    &format!("clientPort={}\nclientPortAddress={}\n", member.client_port, member.host),
+                    &tls.server_config(&keystore, member.client_port, member.host.into()),
+                );
+            }
+            fs::write(server_dir.join("zoo.cfg"), config)?;
             servers.push(Server {
                 id: member.id,
                 heap_mb: options.heap_mb,
@@ -240,7 +262,7 @@ impl Ensemble {
                 partitioned: false,
             });
         }
-        let mut ensemble = Ensemble { servers, dir: Some(dir), keep_dir: options.keep_dir, network };
+        let mut ensemble = Ensemble { servers, dir: Some(dir), keep_dir: options.keep_dir, network, tls };
         for server in &mut ensemble.servers {
             server.spawn()?;
         }
@@ -257,6 +279,21 @@ impl Ensemble {
 
     pub fn connect_string(&self) -> String {
         self.servers.iter().map(|s| s.client_addr().to_string()).collect::<Vec<_>>().join(",")
+    }
+
+    /// The certificates of an ensemble that serves TLS (None: plain text).
+    pub fn tls(&self) -> Option<&crate::tls::EnsembleTls> {
+        self.tls.as_ref()
+    }
+
+    /// A client on every server, as the testkit's admin: over TLS with the testkit's own
+    /// certificate when the ensemble serves TLS, else plain.
+    pub async fn admin(&self) -> Result<zookeeper_client::Client> {
+        let connect = self.connect_string();
+        match &self.tls {
+            Some(tls) => crate::provision::admin_tls(&connect, tls.zk_options(tls.admin())?).await,
+            None => crate::provision::admin(&connect).await,
+        }
     }
 
     /// The client address of one server.
@@ -279,7 +316,11 @@ impl Ensemble {
 
     /// Sends a four-letter word (`srvr`, `mntr`, `ruok`, ...) to one server.
     pub async fn four_letter_word(&self, index: usize, word: &str) -> Result<String> {
-        four_letter_word(self.servers[index].client_addr(), word).await
+        let addr = self.servers[index].client_addr();
+        match &self.tls {
+            Some(tls) => tls.four_letter_word(addr, word).await,
+            None => four_letter_word(addr, word).await,
+        }
     }
 
     /// The role of one server, or None when it does not answer or does not serve.

@@ -13,12 +13,14 @@ pub mod netns;
 pub mod operator;
 pub mod process;
 pub mod provision;
+pub mod tls;
 
 pub use client::{Acquire, PodClient};
 pub use ensemble::{Ensemble, EnsembleOptions, Mode};
 pub use fault_proxy::FaultProxy;
 pub use operator::{Operator, OperatorOptions};
 pub use process::{ProcessHandle, Sidecar, SidecarOptions};
+pub use tls::{ClientCert, EnsembleTls, TestCa};
 
 /// Structured logs for tests and tools; `RUST_LOG` overrides the default level.
 pub fn init_tracing() {

@@ -175,6 +175,12 @@ impl SidecarOptions {
         self.env.push((key.to_owned(), value.to_owned()));
         self
     }
+
+    /// Where the sidecar's stdout and stderr go (appended).
+    pub fn log_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.log_file = Some(path.into());
+        self
+    }
 }
 
 /// A running sidecar: its process and the address its HTTP API listens on.
@@ -189,6 +195,15 @@ impl Sidecar {
     /// Starts a sidecar on a free port and waits until `/readyz` answers 200.
     pub async fn start(options: SidecarOptions) -> Result<Self> {
         Self::start_polling(options, Duration::from_millis(20)).await
+    }
+
+    /// Starts a sidecar on a free port without waiting for it to be ready (a test of a
+    /// sidecar that cannot connect, say).
+    pub fn spawn(options: SidecarOptions) -> Result<Self> {
+        let port = free_ports(1)?[0];
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let process = spawn_sidecar(&options, addr)?;
+        Ok(Self { process, addr, options })
     }
 
     /// As `start`, polling `/readyz` every `interval` (start-up benchmarks poll fast).

@@ -10,6 +10,15 @@ pub async fn admin(connect: &str) -> Result<zk::Client> {
     zk::Client::connect(connect).await.with_context(|| format!("connecting to ZooKeeper at {connect}"))
 }
 
+/// A client for provisioning over TLS (`options` from `EnsembleTls::zk_options`).
+pub async fn admin_tls(connect: &str, options: zk::TlsOptions) -> Result<zk::Client> {
+    zk::Client::connector()
+        .with_tls(options)
+        .secure_connect(connect)
+        .await
+        .with_context(|| format!("connecting to ZooKeeper at {connect} over TLS"))
+}
+
 pub async fn lock(client: &zk::Client, namespace: &str, name: &str, config: LockConfig) -> Result<String> {
     let layout = Layout::new("/paddock")?;
     Ok(ensure_lock(
