@@ -28,6 +28,7 @@ async fn client(ensemble: &Ensemble) -> zk::Client {
         connect: ensemble.connect_string(),
         session_timeout: Duration::from_secs(30),
         digest_auth: None,
+        tls: None,
     };
     Session::start(options).wait_connected(Duration::from_secs(30)).await.unwrap().client
 }
