@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -1293,10 +1293,35 @@ impl Drop for Server {
 /// and the data directories temporary ones.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rendered_zookeeper_config_scripts_and_probes_run_a_real_ensemble() {
+    run_rendered_ensemble(false).await;
+}
+
+/// The same with TLS, the default: certificates made by the test (a server certificate
+/// for 127.0.0.1, a PKCS#8 key, as cert-manager's), mounted as the Secret would be.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rendered_tls_configuration_runs_a_real_ensemble_with_no_plain_port() {
+    run_rendered_ensemble(true).await;
+}
+
+/// What the rendered ensemble's clients use: its CA and a certificate, when it serves TLS.
+struct RenderedTls {
+    ca: String,
+    client: paddock_testkit::tls::Issued,
+}
+
+impl RenderedTls {
+    async fn four_letter_word(tls: &Option<Self>, port: u16, word: &str) -> String {
+        let addr = ([127, 0, 0, 1], port).into();
+        match tls {
+            Some(tls) => paddock_testkit::tls::four_letter_word(&tls.ca, &tls.client, addr, word).await.unwrap(),
+            None => four_letter_word(addr, word).await.unwrap(),
+        }
+    }
+}
+
+async fn run_rendered_ensemble(tls: bool) {
     init_tracing();
-    // In plain text: the TLS configuration's probes were run by hand against a server (the
-    // README's "TLS to ZooKeeper"); a test of it here is still to come.
-    let objects = Objects::parse(&render(&["--set", "zookeeper.tls.enabled=false"]).unwrap());
+    let objects = Objects::parse(&render(&["--set", &format!("zookeeper.tls.enabled={tls}")]).unwrap());
     let data = check_managed_zookeeper(&objects, 3);
     let dir = tempfile::Builder::new().prefix("paddock-chart-zk-").tempdir().unwrap();
     let scripts = dir.path().join("config");
@@ -1304,6 +1329,19 @@ async fn the_rendered_zookeeper_config_scripts_and_probes_run_a_real_ensemble() 
     for file in ["start.sh", "probe.sh"] {
         std::fs::write(scripts.join(file), &data[file]).unwrap();
     }
+    // The Secret's files (ca.crt, tls.crt, tls.key), as mounted at /tls.
+    let tls_dir = dir.path().join("tls");
+    let certificates = tls.then(|| {
+        let ca = paddock_testkit::TestCa::new("paddock-chart-test-ca").unwrap();
+        let server = ca.issue_server([127, 0, 0, 1].into()).unwrap();
+        std::fs::create_dir_all(&tls_dir).unwrap();
+        std::fs::write(tls_dir.join("ca.crt"), ca.pem()).unwrap();
+        std::fs::write(tls_dir.join("tls.crt"), &server.cert_pem).unwrap();
+        std::fs::write(tls_dir.join("tls.key"), &server.key_pem).unwrap();
+        RenderedTls { ca: ca.pem(), client: ca.issue_client("CN=paddock-chart-test", false).unwrap() }
+    });
+    // Where each server's start.sh writes its key store (the pod's /tmp, here its directory).
+    let keystore = |i: usize| dir.path().join(format!("server-{i}/keystore.pem"));
 
     let ports = free_ports(9).unwrap();
     let client_ports = [ports[0], ports[3], ports[6]];
@@ -1317,11 +1355,21 @@ async fn the_rendered_zookeeper_config_scripts_and_probes_run_a_real_ensemble() 
             let line = match line.split_once('=') {
                 Some(("dataDir", _)) => format!("dataDir={}", server_dir.join("data").display()),
                 Some(("clientPort", _)) => format!("clientPort={}\nclientPortAddress=127.0.0.1", ports[3 * i]),
+                Some(("secureClientPort", _)) => {
+                    format!("secureClientPort={}\nsecureClientPortAddress=127.0.0.1", ports[3 * i])
+                }
+                Some((key @ ("ssl.keyStore.location" | "ssl.quorum.keyStore.location"), _)) => {
+                    format!("{key}={}", keystore(i).display())
+                }
+                Some((key @ ("ssl.trustStore.location" | "ssl.quorum.trustStore.location"), _)) => {
+                    format!("{key}={}", tls_dir.join("ca.crt").display())
+                }
                 Some(("quorumListenOnAllIPs", _)) => "quorumListenOnAllIPs=false".to_owned(),
                 Some((key, _)) if key.starts_with("server.") => {
                     let n: usize = key["server.".len()..].parse().unwrap();
                     let (client, peer, election) = (ports[3 * (n - 1)], ports[3 * (n - 1) + 1], ports[3 * (n - 1) + 2]);
-                    format!("{key}=127.0.0.1:{peer}:{election};127.0.0.1:{client}")
+                    let client = if tls { String::new() } else { format!(";127.0.0.1:{client}") };
+                    format!("{key}=127.0.0.1:{peer}:{election}{client}")
                 }
                 _ => line.to_owned(),
             };
@@ -1337,6 +1385,7 @@ async fn the_rendered_zookeeper_config_scripts_and_probes_run_a_real_ensemble() 
             .env("ZOO_DATA_DIR", server_dir.join("data"))
             .env("ZOO_CFG", server_dir.join("zoo.cfg"))
             .env("SERVER_JVMFLAGS", "-Xmx128m -XX:+UseSerialGC -XX:TieredStopAtLevel=1")
+            .envs(tls.then(|| [("ZOO_TLS_DIR", tls_dir.clone()), ("ZOO_KEYSTORE", keystore(i))]).into_iter().flatten())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
@@ -1360,11 +1409,16 @@ async fn the_rendered_zookeeper_config_scripts_and_probes_run_a_real_ensemble() 
         assert_eq!(std::fs::read_to_string(&myid).unwrap().trim(), (i + 1).to_string());
     }
 
+    // Over TLS the probe presents server 0's certificate (the pod's own, in the cluster).
+    let probe_env: Vec<(&str, PathBuf)> =
+        if tls { vec![("ZOO_TLS_DIR", tls_dir.clone()), ("ZOO_KEYSTORE", keystore(0))] } else { vec![] };
     let probe = |word: &'static str, port: u16| {
-        let script = scripts.join("probe.sh");
+        let (script, env) = (scripts.join("probe.sh"), probe_env.clone());
         async move {
             tokio::task::spawn_blocking(move || {
-                Command::new("/bin/bash").arg(script).arg(word).arg(port.to_string()).status().unwrap().success()
+                let mut command = Command::new("/bin/bash");
+                command.arg(script).arg(word).arg(port.to_string()).envs(env);
+                command.status().unwrap().success()
             })
             .await
             .unwrap()
@@ -1375,18 +1429,36 @@ async fn the_rendered_zookeeper_config_scripts_and_probes_run_a_real_ensemble() 
         eventually(Duration::from_secs(90), &format!("server {i} is ready (srvr)"), || probe("srvr", port)).await;
         assert!(probe("ruok", port).await, "server {i} is live (ruok)");
     }
+    let certificates_ref = &certificates;
     let modes: Vec<String> = futures::future::join_all((0..3).map(|i| async move {
-        let reply = four_letter_word(([127, 0, 0, 1], client_ports[i]).into(), "srvr").await.unwrap();
+        let reply = RenderedTls::four_letter_word(certificates_ref, client_ports[i], "srvr").await;
         reply.lines().find_map(|l| l.strip_prefix("Mode: ")).unwrap().to_owned()
     }))
     .await;
     assert_eq!(modes.iter().filter(|m| *m == "leader").count(), 1, "one quorum of three: {modes:?}");
     // The word whitelist is in force (the test ensembles allow all words; this one not).
-    let stat = four_letter_word(([127, 0, 0, 1], ports[0]).into(), "stat").await.unwrap();
+    let stat = RenderedTls::four_letter_word(&certificates, ports[0], "stat").await;
     assert!(stat.contains("not in the whitelist"), "{stat}");
     // Extended types are on: a TTL node can be created.
     let connect = (0..3).map(|i| format!("127.0.0.1:{}", ports[3 * i])).collect::<Vec<_>>().join(",");
-    let client = zk::Client::connect(&connect).await.unwrap();
+    let client = match &certificates {
+        Some(tls) => {
+            let options = zk::TlsOptions::new()
+                .with_pem_ca(&tls.ca)
+                .unwrap()
+                .with_pem_identity(&tls.client.cert_pem, &tls.client.key_pem)
+                .unwrap();
+            zk::Client::connector().with_tls(options).secure_connect(&connect).await.unwrap()
+        }
+        None => zk::Client::connect(&connect).await.unwrap(),
+    };
+    if tls {
+        // No plain port: a plain client is not served (ZooKeeper drops what is not TLS).
+        let plain = four_letter_word(([127, 0, 0, 1], ports[0]).into(), "ruok").await;
+        assert!(plain.as_deref().is_ok_and(str::is_empty) || plain.is_err(), "{plain:?}");
+        let plain = zk::Client::connector().with_session_timeout(Duration::from_secs(2)).connect(&connect).await;
+        assert!(plain.is_err(), "a plain client connected");
+    }
     let ttl = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all()).with_ttl(Duration::from_secs(60));
     client.create("/ttl", b"", &ttl).await.expect("a TTL node: extendedTypesEnabled is in force");
     drop(client);

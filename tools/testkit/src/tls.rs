@@ -260,6 +260,13 @@ fn rustls_config(ca_pem: &str, client: &Issued) -> Result<Arc<rustls::ClientConf
     Ok(Arc::new(config))
 }
 
+/// A four-letter word over TLS to a server of `ca`, presenting `client` (for servers not
+/// started by [`crate::Ensemble`], e.g. the chart's configuration run by its test).
+pub async fn four_letter_word(ca_pem: &str, client: &Issued, addr: SocketAddr, word: &str) -> Result<String> {
+    let (config, word) = (rustls_config(ca_pem, client)?, word.to_owned());
+    tokio::task::spawn_blocking(move || four_letter_word_tls(config, addr, &word)).await?
+}
+
 fn four_letter_word_tls(config: Arc<rustls::ClientConfig>, addr: SocketAddr, word: &str) -> Result<String> {
     let mut socket = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
     socket.set_read_timeout(Some(Duration::from_secs(2)))?;
