@@ -164,6 +164,16 @@ certificates (keys ca.crt, tls.crt, tls.key): the user's, or the ones cert-manag
 {{- if and .Values.zookeeper.enabled .Values.zookeeper.tls.enabled }}true{{ end }}
 {{- end }}
 
+{{/*
+Whether the operator connects over TLS: to the managed ensemble when it serves TLS; to an
+external one when zookeeper.tls.operatorSecretName names its certificate's Secret.
+*/}}
+{{- define "paddock.operator.zookeeperTls" -}}
+{{- if include "paddock.zookeeper.tls" . }}true
+{{- else if and (not .Values.zookeeper.enabled) .Values.zookeeper.tls.enabled .Values.zookeeper.tls.operatorSecretName }}true
+{{- end }}
+{{- end }}
+
 {{- define "paddock.zookeeper.tlsSecretName" -}}
 {{- if .Values.zookeeper.tls.secretName }}
 {{- .Values.zookeeper.tls.secretName }}
@@ -175,7 +185,9 @@ certificates (keys ca.crt, tls.crt, tls.key): the user's, or the ones cert-manag
 {{- end }}
 
 {{- define "paddock.zookeeper.operatorTlsSecretName" -}}
-{{- if .Values.zookeeper.tls.secretName }}
+{{- if not .Values.zookeeper.enabled }}
+{{- .Values.zookeeper.tls.operatorSecretName }}
+{{- else if .Values.zookeeper.tls.secretName }}
 {{- required "zookeeper.tls.operatorSecretName is required with zookeeper.tls.secretName (the operator's client certificate: ca.crt, tls.crt, tls.key)" .Values.zookeeper.tls.operatorSecretName }}
 {{- else }}
 {{- include "paddock.zookeeper.tlsSecretName" . | trunc 0 }}

@@ -841,6 +841,17 @@ fn zookeeper_serves_tls_only_by_default_and_the_operator_connects_with_a_certifi
     let error = render(&["--set", "zookeeper.tls.certManager.enabled=false"]).unwrap_err();
     assert!(error.contains("zookeeper.tls.secretName") && error.contains("zookeeper.tls.enabled=false"), "{error}");
 
+    // An external ensemble: the operator over TLS when given its certificate's Secret.
+    let external = ["--set", "zookeeper.enabled=false", "--set", "zookeeper.connectString=zk-0:2281"];
+    let objects = Objects::parse(&render(&external).unwrap());
+    assert!(objects.operator_container().env.iter().flatten().all(|e| !e.name.starts_with("PADDOCK_ZK_TLS")));
+    let with_tls = [&external[..], &["--set", "zookeeper.tls.operatorSecretName=operator-certs"]].concat();
+    let objects = Objects::parse(&render(&with_tls).unwrap());
+    assert!(objects.cert_manager.is_empty() && objects.stateful_sets.is_empty());
+    let operator_pod = objects.operator().spec.template.spec.as_ref().unwrap();
+    assert_eq!(env_value(objects.operator_container(), "PADDOCK_ZK_TLS_CA"), format!("{dir}/ca.crt"));
+    assert_eq!(secret_at(operator_pod, objects.operator_container(), &dir), "operator-certs");
+
     // Turned off: a plain client port, no certificates, the operator in plain text.
     let objects = Objects::parse(&render(&["--set", "zookeeper.tls.enabled=false"]).unwrap());
     let data = check_managed_zookeeper(&objects, 3);
@@ -1319,7 +1330,12 @@ impl RenderedTls {
     }
 }
 
+/// The two rendered ensembles take turns: three JVMs each, and a JVM per TLS probe, on a
+/// shared two-core machine.
+static ONE_ENSEMBLE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn run_rendered_ensemble(tls: bool) {
+    let _turn = ONE_ENSEMBLE_AT_A_TIME.lock().await;
     init_tracing();
     let objects = Objects::parse(&render(&["--set", &format!("zookeeper.tls.enabled={tls}")]).unwrap());
     let data = check_managed_zookeeper(&objects, 3);
