@@ -5,6 +5,7 @@
 #   bash scripts/chaos.sh --duration 30m            # a seed is drawn and printed
 #   bash scripts/chaos.sh --duration 5m --seed 42   # replays a run's fault schedule
 #   bash scripts/chaos.sh --broken no-fencing --faults pause-sidecar --duration 1m
+#   bash scripts/chaos.sh --tls --duration 10m      # every client over TLS (CI's short run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

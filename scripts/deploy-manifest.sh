@@ -25,6 +25,13 @@ rendered="$(bash "$root/scripts/helm-template.sh" --name paddock --namespace pad
 #   kubectl -n paddock-system create secret generic paddock-operator-zookeeper \
 #     --from-literal=credentials="paddock-operator:$(tr -dc A-Za-z0-9 </dev/urandom | head -c 40)"
 #   kubectl apply -f deploy/paddock.yaml
+#
+# ZooKeeper serves TLS only (zookeeper.tls.enabled): cert-manager issues its certificates
+# (Issuers and Certificates below), so install cert-manager first; or render the chart
+# with Secrets of yours (zookeeper.tls.secretName, zookeeper.tls.operatorSecretName).
+# A NetworkPolicy lets only the operator and pods of namespaces labelled
+# paddock.dev/client=true reach ZooKeeper's client port: label each namespace with
+# Paddock resources (kubectl label namespace demo paddock.dev/client=true).
 HEADER
   printf '%s\n' "$rendered"
 } >"$out"

@@ -155,3 +155,54 @@ app.kubernetes.io/component: monitoring
 {{ toYaml . }}
 {{- end }}
 {{- end }}
+
+{{/*
+TLS to the managed ensemble: "true" or "". The Secrets of the servers' and the operator's
+certificates (keys ca.crt, tls.crt, tls.key): the user's, or the ones cert-manager issues.
+*/}}
+{{- define "paddock.zookeeper.tls" -}}
+{{- if and .Values.zookeeper.enabled .Values.zookeeper.tls.enabled }}true{{ end }}
+{{- end }}
+
+{{/*
+Whether the operator connects over TLS: to the managed ensemble when it serves TLS; to an
+external one when zookeeper.tls.operatorSecretName names its certificate's Secret.
+*/}}
+{{- define "paddock.operator.zookeeperTls" -}}
+{{- if include "paddock.zookeeper.tls" . }}true
+{{- else if and (not .Values.zookeeper.enabled) .Values.zookeeper.tls.enabled .Values.zookeeper.tls.operatorSecretName }}true
+{{- end }}
+{{- end }}
+
+{{- define "paddock.zookeeper.tlsSecretName" -}}
+{{- if .Values.zookeeper.tls.secretName }}
+{{- .Values.zookeeper.tls.secretName }}
+{{- else if .Values.zookeeper.tls.certManager.enabled }}
+{{- printf "%s-zookeeper-tls" (include "paddock.fullname" .) }}
+{{- else }}
+{{- fail "zookeeper.tls.enabled needs certificates: set zookeeper.tls.certManager.enabled=true (cert-manager issues them), or zookeeper.tls.secretName and zookeeper.tls.operatorSecretName (Secrets of yours), or zookeeper.tls.enabled=false (plain text)" }}
+{{- end }}
+{{- end }}
+
+{{- define "paddock.zookeeper.operatorTlsSecretName" -}}
+{{- if not .Values.zookeeper.enabled }}
+{{- .Values.zookeeper.tls.operatorSecretName }}
+{{- else if .Values.zookeeper.tls.secretName }}
+{{- required "zookeeper.tls.operatorSecretName is required with zookeeper.tls.secretName (the operator's client certificate: ca.crt, tls.crt, tls.key)" .Values.zookeeper.tls.operatorSecretName }}
+{{- else }}
+{{- include "paddock.zookeeper.tlsSecretName" . | trunc 0 }}
+{{- printf "%s-operator-zookeeper-tls" (include "paddock.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{- define "paddock.zookeeper.issuerRef" -}}
+{{- with .Values.zookeeper.tls.certManager.issuerRef }}
+name: {{ required "zookeeper.tls.certManager.issuerRef.name is required when issuerRef is set" .name }}
+kind: {{ .kind | default "Issuer" }}
+group: {{ .group | default "cert-manager.io" }}
+{{- else }}
+name: {{ include "paddock.zookeeper.fullname" . }}-ca
+kind: Issuer
+group: cert-manager.io
+{{- end }}
+{{- end }}

@@ -4,12 +4,19 @@
 //! credentials the operator made for its namespace. Each sidecar reaches the ensemble
 //! through a fault proxy of its own (its node's network, so to speak): the nemesis loses
 //! a reply there or cuts the pod off.
+//!
+//! With TLS (`ChaosOptions::tls`) the ensemble serves TLS only; the operators get the CA
+//! and a certificate each (`paddock_local`), each pod a certificate of its own
+//! (`CN=<pod>,O=<namespace>`) that its sidecar presents to its fault proxy and the proxy
+//! to the servers. The proxy terminates TLS on both sides to read ZooKeeper's frames, so
+//! `LostReply` loses exactly the reply it means to over TLS as over plain text.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
 use paddock_local::{Stack, StackOptions};
+use paddock_recipes::zk;
 use paddock_testkit::client::PodClient;
 use paddock_testkit::{EnsembleOptions, FaultProxy, Sidecar, SidecarOptions, find_binary};
 use tokio::sync::watch;
@@ -86,18 +93,44 @@ impl SimPod {
     }
 }
 
+/// How the suite's own clients (the checkers, the durability ledger) reach the ensemble,
+/// directly: plain, or over TLS with the testkit's certificate.
+#[derive(Clone)]
+pub struct ZkAccess {
+    pub connect_string: String,
+    tls: Option<zk::TlsOptions>,
+}
+
+impl ZkAccess {
+    pub fn of(stack: &Stack) -> Result<Self> {
+        let ensemble = &stack.ensemble;
+        let tls = ensemble.tls().map(|tls| tls.zk_options(tls.admin())).transpose()?;
+        Ok(Self { connect_string: ensemble.connect_string(), tls })
+    }
+
+    /// Connects with `connector`'s settings (auth, session timeout), over TLS if need be.
+    pub async fn connect(&self, connector: zk::Connector) -> Result<zk::Client, zk::Error> {
+        match &self.tls {
+            Some(tls) => connector.with_tls(tls.clone()).secure_connect(&self.connect_string).await,
+            None => connector.connect(&self.connect_string).await,
+        }
+    }
+}
+
 pub struct Cluster {
     pub stack: Stack,
+    /// The suite's own way to the ensemble.
+    pub zk: ZkAccess,
     pub pods: Vec<SimPod>,
     /// Logs of every process; kept when a run found something.
     pub dir: tempfile::TempDir,
 }
 
 impl Cluster {
-    pub async fn start(workloads: &Arc<Workloads>) -> Result<Self> {
+    pub async fn start(workloads: &Arc<Workloads>, tls: bool) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("paddock-chaos-").tempdir()?;
         let stack = Stack::start(StackOptions {
-            ensemble: EnsembleOptions { isolated_network: true, ..Default::default() },
+            ensemble: EnsembleOptions { isolated_network: true, tls, ..Default::default() },
             operators: 2,
             namespaces: vec![TEAM_B.to_owned()],
             manifests: vec![
@@ -117,14 +150,23 @@ impl Cluster {
             ("batch-0", TEAM_B, vec![Role::Semaphore, Role::Semaphore, Role::Reader, Role::Writer]),
             ("batch-1", TEAM_B, vec![Role::Semaphore, Role::Semaphore, Role::Reader, Role::Reader, Role::Writer]),
         ];
-        let mut cluster = Self { stack, pods: Vec::new(), dir };
+        let zk = ZkAccess::of(&stack)?;
+        let mut cluster = Self { stack, zk, pods: Vec::new(), dir };
         for (name, namespace, roles) in pods {
             let credentials = cluster.stack.namespace_credentials(namespace).await?;
-            let proxy = FaultProxy::for_ensemble(&cluster.stack.ensemble).await?;
+            let ensemble = &cluster.stack.ensemble;
+            let (proxy, tls_env) = match ensemble.tls() {
+                Some(tls) => {
+                    let cert = tls.issue_client(name, &format!("CN={name},O={namespace}"))?;
+                    (FaultProxy::for_ensemble_as(ensemble, &cert).await?, cert.env(&tls.ca_path()))
+                }
+                None => (FaultProxy::for_ensemble(ensemble).await?, Vec::new()),
+            };
             let mut options =
                 SidecarOptions::new(find_binary("paddock-sidecar")?, proxy.connect_string(), name, namespace)
                     .session_timeout(SESSION_TIMEOUT)
                     .env("PADDOCK_ZK_AUTH", &credentials);
+            options.env.extend(tls_env);
             options.log_file = Some(cluster.dir.path().join(format!("sidecar-{name}.log")));
             let sidecar = Sidecar::start(options).await?;
             let mut pod = SimPod {

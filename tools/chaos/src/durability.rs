@@ -18,6 +18,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use super::cluster::ZkAccess;
 use anyhow::{Context, Result};
 use paddock_recipes::retry::outcome_unknown;
 use paddock_recipes::zk;
@@ -86,13 +87,13 @@ impl Durability {
 
 impl DurabilityLedger {
     /// Writes until `stop`, reconnecting as needed (a new session after an expired one).
-    pub async fn write(&self, connect_string: String, sabotage: Sabotage, stop: CancellationToken) {
+    pub async fn write(&self, zk: ZkAccess, sabotage: Sabotage, stop: CancellationToken) {
         let mut next = 0u64;
         let mut live: VecDeque<u64> = VecDeque::new();
         while !stop.is_cancelled() {
             let client = tokio::select! {
                 _ = stop.cancelled() => return,
-                client = connect(&connect_string) => client,
+                client = connect(&zk) => client,
             };
             let Ok(client) = client else {
                 tokio::time::sleep(Duration::from_millis(500)).await;
@@ -165,8 +166,8 @@ impl DurabilityLedger {
 
     /// The checks at the end: every confirmed create not deleted is there, no confirmed
     /// delete is undone. `started` is the run's start, for the report's times.
-    pub async fn check(&self, connect_string: &str, started: Instant) -> Result<Durability> {
-        let client = connect(connect_string).await.context("connecting to check the durability ledger")?;
+    pub async fn check(&self, zk: &ZkAccess, started: Instant) -> Result<Durability> {
+        let client = connect(zk).await.context("connecting to check the durability ledger")?;
         let present: BTreeSet<u64> = client
             .list_children(ROOT)
             .await
@@ -203,8 +204,8 @@ fn persistent() -> zk::CreateOptions<'static> {
     zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all())
 }
 
-async fn connect(connect_string: &str) -> Result<zk::Client, zk::Error> {
-    zk::Client::connector().with_session_timeout(SESSION_TIMEOUT).connect(connect_string).await
+async fn connect(access: &ZkAccess) -> Result<zk::Client, zk::Error> {
+    access.connect(zk::Client::connector().with_session_timeout(SESSION_TIMEOUT)).await
 }
 
 async fn ensure_root(client: &zk::Client) -> Result<(), zk::Error> {

@@ -69,6 +69,9 @@ pub struct ChaosOptions {
     /// How long `StopEnsemble` keeps the ensemble down.
     pub outage: Duration,
     pub broken: Option<Broken>,
+    /// The ensemble serves TLS only, and every operator, sidecar and checker connects
+    /// over TLS with a certificate of its own (see `cluster`).
+    pub tls: bool,
 }
 
 impl Default for ChaosOptions {
@@ -79,6 +82,7 @@ impl Default for ChaosOptions {
             faults: FaultKind::ALL.to_vec(),
             outage: Duration::from_secs(20),
             broken: None,
+            tls: false,
         }
     }
 }
@@ -86,15 +90,16 @@ impl Default for ChaosOptions {
 /// Runs the suite once and returns its report (violations included; the caller decides).
 pub async fn run(options: ChaosOptions) -> Result<Report> {
     println!(
-        "== Paddock fault run: seed {} (replay with --seed {}), {:?} of faults {:?}{} ==",
+        "== Paddock fault run: seed {} (replay with --seed {}), {:?} of faults {:?}{}{} ==",
         options.seed,
         options.seed,
         options.duration,
         options.faults,
+        if options.tls { ", over TLS" } else { "" },
         options.broken.map(|b| format!(", BROKEN: {b:?}")).unwrap_or_default()
     );
     let workloads = Arc::new(Workloads::new(options.broken));
-    let mut cluster = Cluster::start(&workloads).await.context("bringing the stack up")?;
+    let mut cluster = Cluster::start(&workloads, options.tls).await.context("bringing the stack up")?;
     println!("stack up: logs in {}", cluster.dir.path().display());
     let mut report = Report { seed: options.seed, duration: options.duration, ..Default::default() };
     check_isolation(&cluster, &mut report, "at the start").await?;
@@ -104,10 +109,10 @@ pub async fn run(options: ChaosOptions) -> Result<Report> {
     let durability = Arc::new(DurabilityLedger::default());
     let durability_writer = {
         let (ledger, stop) = (durability.clone(), stop.clone());
-        let connect_string = cluster.stack.ensemble.connect_string();
+        let zk = cluster.zk.clone();
         let sabotage =
             if options.broken == Some(Broken::ZookeeperLosesWrites) { Sabotage::UndoSome } else { Sabotage::None };
-        tokio::spawn(async move { ledger.write(connect_string, sabotage, stop).await })
+        tokio::spawn(async move { ledger.write(zk, sabotage, stop).await })
     };
     let timer = {
         let (stop, duration) = (stop.clone(), options.duration);
@@ -149,11 +154,11 @@ pub async fn run(options: ChaosOptions) -> Result<Report> {
     report::check_election(&workloads, &mut report);
     report::check_queue(&workloads, &faults, &dead, &mut report);
     report::summarize(&workloads, &faults, started, &mut report);
-    report.durability = durability.check(&cluster.stack.ensemble.connect_string(), started).await?;
+    report.durability = durability.check(&cluster.zk, started).await?;
     check_isolation(&cluster, &mut report, "after the faults").await?;
     check_operator(&cluster, &mut report).await?;
     if !report.clean() {
-        let Cluster { dir, mut stack, pods } = cluster;
+        let Cluster { dir, mut stack, pods, .. } = cluster;
         drop(pods);
         // The servers' logs too: whether ZooKeeper itself lost a committed write is told there.
         stack.ensemble.keep_logs();
@@ -232,9 +237,9 @@ async fn dead_letters(cluster: &Cluster, report: &mut Report) -> Result<Vec<Dead
         listing["items"].as_array().into_iter().flatten().filter_map(DeadLetter::from_api).collect();
     let counted = get(format!("/queue/{QUEUE}")).await?["stats"]["deadLettered"].as_u64().unwrap_or(0);
     if letters.len() >= PAGE || (letters.len() as u64) < counted {
-        let admin = zk::Client::connector()
-            .with_auth("digest", web.credentials.as_bytes())
-            .connect(&cluster.stack.ensemble.connect_string())
+        let admin = cluster
+            .zk
+            .connect(zk::Client::connector().with_auth("digest", web.credentials.as_bytes()))
             .await
             .context("connecting as default to list the dead letters")?;
         let mut ids = admin.list_children(&format!("/paddock/default/queues/{QUEUE}/dead")).await?;
@@ -344,9 +349,9 @@ async fn check_isolation(cluster: &Cluster, report: &mut Report, when: &str) -> 
             failures.push(format!("{what} from the other namespace answered {status}, not 404"));
         }
     }
-    let intruder = zk::Client::connector()
-        .with_auth("digest", batch.credentials.as_bytes())
-        .connect(&cluster.stack.ensemble.connect_string())
+    let intruder = cluster
+        .zk
+        .connect(zk::Client::connector().with_auth("digest", batch.credentials.as_bytes()))
         .await
         .context("connecting as team-b")?;
     for path in ["/paddock/default/locks/orders", "/paddock/default/queues/jobs"] {

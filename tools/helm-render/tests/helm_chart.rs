@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -22,6 +22,7 @@ use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{
     ConfigMap, Container, EnvVar, PodTemplateSpec, ResourceRequirements, Secret, Service, ServiceAccount,
 };
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, Subject};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -58,6 +59,8 @@ const OPERATOR_ENV: &[&str] = &[
 ];
 const SELF_SIGNED_ENV: &[&str] = &["PADDOCK_WEBHOOK_CONFIG", "PADDOCK_WEBHOOK_TLS_SECRET"];
 const CERT_MANAGER_ENV: &[&str] = &["PADDOCK_WEBHOOK_CERT_DIR"];
+/// TLS to the managed ensemble (on by default): its CA and the operator's certificate.
+const ZK_TLS_ENV: &[&str] = &["PADDOCK_ZK_TLS_CA", "PADDOCK_ZK_TLS_CERT", "PADDOCK_ZK_TLS_KEY"];
 
 /// API calls the operator makes, (group, resource, verb): a floor under
 /// deploy/operator-rbac.yaml, so that dropping a rule from both is caught too.
@@ -130,6 +133,7 @@ struct Objects {
     crds: Vec<CustomResourceDefinition>,
     /// cert-manager's Issuer and Certificate: no k8s-openapi type, kept as JSON.
     cert_manager: Vec<Value>,
+    network_policies: Vec<NetworkPolicy>,
     /// (kind, namespace, name) of every object, for checks across kinds.
     all: Vec<(String, Option<String>, String)>,
 }
@@ -162,6 +166,7 @@ impl Objects {
                     objects.webhooks.push(typed(&doc, &what))
                 }
                 ("apiextensions.k8s.io/v1", "CustomResourceDefinition") => objects.crds.push(typed(&doc, &what)),
+                ("networking.k8s.io/v1", "NetworkPolicy") => objects.network_policies.push(typed(&doc, &what)),
                 ("cert-manager.io/v1", "Issuer" | "Certificate") => {
                     check_cert_manager_object(&doc, &what);
                     objects.cert_manager.push(doc.clone());
@@ -206,9 +211,20 @@ impl Objects {
         deployments.chain(stateful_sets).collect()
     }
 
+    /// The webhook's cert-manager objects of `kind`.
     fn cert_manager(&self, kind: &str) -> Vec<&Value> {
-        self.cert_manager.iter().filter(|v| v["kind"] == kind).collect()
+        self.cert_manager.iter().filter(|v| v["kind"] == kind && !is_zookeeper_tls(v)).collect()
     }
+
+    /// The managed ensemble's cert-manager objects of `kind` (its CA, the servers' and the
+    /// operator's certificates).
+    fn zookeeper_cert_manager(&self, kind: &str) -> Vec<&Value> {
+        self.cert_manager.iter().filter(|v| v["kind"] == kind && is_zookeeper_tls(v)).collect()
+    }
+}
+
+fn is_zookeeper_tls(doc: &Value) -> bool {
+    doc["metadata"]["name"].as_str().is_some_and(|n| n.contains("-zookeeper"))
 }
 
 /// cert-manager.io/v1 objects: the fields the chart may use, and their shapes.
@@ -230,13 +246,17 @@ fn check_cert_manager_object(doc: &Value, what: &str) {
             "usages",
             "commonName",
             "subject",
+            "isCA",
         ]
     };
     let unknown: Vec<String> = keys(spec).into_iter().filter(|k| !allowed.contains(&k.as_str())).collect();
     assert!(unknown.is_empty(), "{what}: spec fields cert-manager does not have: {unknown:?}");
     if doc["kind"] == "Certificate" {
         assert!(spec["secretName"].is_string(), "{what}: secretName");
-        assert!(spec["dnsNames"].as_array().is_some_and(|d| d.iter().all(Value::is_string)), "{what}: dnsNames");
+        // A client certificate (the operator's for ZooKeeper) names no host.
+        let dns = &spec["dnsNames"];
+        assert!(dns.is_null() || dns.as_array().is_some_and(|d| d.iter().all(Value::is_string)), "{what}: dnsNames");
+        assert!(dns.is_array() || spec["commonName"].is_string(), "{what}: a name or a subject");
         assert!(keys(&spec["issuerRef"]).is_subset(&["name", "kind", "group"].map(String::from).into()), "{what}");
         for duration in ["duration", "renewBefore"] {
             let text = spec[duration].as_str().unwrap_or_else(|| panic!("{what}: {duration}"));
@@ -377,7 +397,9 @@ fn check_links(objects: &Objects, cert_manager: bool) {
 
     // Its environment: exactly the interface, with values that point at the right objects.
     let mode_env = if cert_manager { CERT_MANAGER_ENV } else { SELF_SIGNED_ENV };
-    let expected: BTreeSet<&str> = OPERATOR_ENV.iter().chain(mode_env).copied().collect();
+    // The managed ensemble serves TLS by default; the tests that turn it off check no links.
+    let tls_env = if objects.stateful_sets.is_empty() { &[][..] } else { ZK_TLS_ENV };
+    let expected: BTreeSet<&str> = OPERATOR_ENV.iter().chain(mode_env).chain(tls_env).copied().collect();
     let names: Vec<&str> = container.env.iter().flatten().map(|e| e.name.as_str()).collect();
     assert_eq!(names.iter().copied().collect::<BTreeSet<_>>(), expected, "the operator's environment");
     assert_eq!(names.len(), expected.len(), "no variable set twice: {names:?}");
@@ -597,7 +619,11 @@ fn check_managed_zookeeper(objects: &Objects, replicas: usize) -> BTreeMap<Strin
     let settings: BTreeMap<&str, &str> = config.lines().filter_map(|l| l.split_once('=')).collect();
     assert_eq!(settings["extendedTypesEnabled"], "true");
     assert_eq!(settings["dataDir"], "/data");
-    assert_eq!(settings["clientPort"], client_port.to_string());
+    // With TLS (the default) the client port is secureClientPort, and there is no plain one.
+    let tls = settings.contains_key("secureClientPort");
+    let port_key = if tls { "secureClientPort" } else { "clientPort" };
+    assert_eq!(settings[port_key], client_port.to_string());
+    assert!(!(tls && settings.contains_key("clientPort")), "no plain client port beside the TLS one");
     let words: BTreeSet<&str> = settings["4lw.commands.whitelist"].split(',').collect();
     assert!(words.contains("ruok") && words.contains("srvr"), "the probes' words are allowed: {words:?}");
     assert!(settings["maxSessionTimeout"].parse::<u64>().unwrap() >= 10_000, "the sidecar's 10s session fits");
@@ -605,7 +631,9 @@ fn check_managed_zookeeper(objects: &Objects, replicas: usize) -> BTreeMap<Strin
     assert_eq!(servers.len(), replicas, "{servers:?}");
     for (i, line) in servers.iter().enumerate() {
         let host = format!("{name}-{i}.{}.{NAMESPACE}.svc.cluster.local", headless.metadata.name.as_deref().unwrap());
-        assert_eq!(*line, format!("server.{}={host}:2888:3888;{client_port}", i + 1));
+        // A server line's ";port" would open a plain client port.
+        let client = if tls { String::new() } else { format!(";{client_port}") };
+        assert_eq!(*line, format!("server.{}={host}:2888:3888{client}", i + 1));
     }
 
     // A disruption budget that keeps a quorum, and servers spread over nodes.
@@ -631,8 +659,9 @@ fn defaults_render_into_valid_objects_that_refer_to_each_other() {
     assert_eq!(count("PodDisruptionBudget"), 2);
     assert_eq!(count("ConfigMap"), 1);
     assert_eq!(count("Secret"), 1);
+    assert_eq!(count("NetworkPolicy"), 1, "ZooKeeper's");
     assert_eq!(count("CustomResourceDefinition"), 2);
-    assert!(objects.cert_manager.is_empty());
+    assert!(objects.cert_manager("Issuer").is_empty() && objects.cert_manager("Certificate").is_empty());
     check_links(&objects, false);
     check_managed_zookeeper(&objects, 3);
     // The operator and every sidecar reach the ensemble through its client Service, by a
@@ -715,6 +744,185 @@ fn an_external_zookeeper_needs_its_connect_string() {
         "the `required` message: {error}"
     );
     assert!(error.contains("execution error at (paddock/templates/"), "{error}");
+}
+
+/// The managed ensemble serves TLS only by default (secureClientPort with Netty, PEM
+/// stores from the mounted Secret, client certificates, x509, quorum over TLS), with
+/// certificates from cert-manager (a CA of the release's own) or from Secrets the user
+/// names; the operator is given the CA and its certificate.
+#[test]
+fn zookeeper_serves_tls_only_by_default_and_the_operator_connects_with_a_certificate() {
+    let objects = Objects::parse(&render(&[]).unwrap());
+    let data = check_managed_zookeeper(&objects, 3);
+    let settings: BTreeMap<&str, &str> = data["zoo.cfg"].lines().filter_map(|l| l.split_once('=')).collect();
+    for (key, value) in [
+        ("serverCnxnFactory", "org.apache.zookeeper.server.NettyServerCnxnFactory"),
+        ("ssl.keyStore.type", "PEM"),
+        ("ssl.trustStore.location", "/tls/ca.crt"),
+        ("ssl.trustStore.type", "PEM"),
+        ("ssl.clientAuth", "need"),
+        ("authProvider.x509", "org.apache.zookeeper.server.auth.X509AuthenticationProvider"),
+        ("sslQuorum", "true"),
+        ("ssl.quorum.keyStore.type", "PEM"),
+        ("ssl.quorum.trustStore.location", "/tls/ca.crt"),
+    ] {
+        assert_eq!(settings.get(key), Some(&value), "zoo.cfg {key}");
+    }
+    assert!(!settings.contains_key("clientPort"), "no plain client port");
+    assert!(!data["zoo.cfg"].lines().any(|l| l.starts_with("server.") && l.contains(';')), "no plain port per server");
+    // start.sh writes the key store zoo.cfg names, from the Secret mounted where ZOO_TLS_DIR says.
+    let keystore = settings["ssl.keyStore.location"];
+    assert_eq!(settings["ssl.quorum.keyStore.location"], keystore);
+    assert!(data["start.sh"].contains(keystore) && data["probe.sh"].contains(keystore), "{keystore}");
+    let set = &objects.stateful_sets[0];
+    let pod = set.spec.template.spec.as_ref().unwrap();
+    let container = &pod.containers[0];
+    assert_eq!(env_value(container, "ZOO_TLS_DIR"), "/tls");
+    let secret_at = |pod: &k8s_openapi::api::core::v1::PodSpec, container: &Container, path: &str| {
+        let mount = container.volume_mounts.iter().flatten().find(|m| m.mount_path == path).expect("mounted");
+        let volume = pod.volumes.iter().flatten().find(|v| v.name == mount.name).expect("a volume");
+        volume.secret.as_ref().and_then(|s| s.secret_name.clone()).expect("a Secret")
+    };
+    let server_secret = secret_at(pod, container, "/tls");
+
+    // cert-manager: a CA of the release's own signs the servers' and the operator's.
+    let certificates = objects.zookeeper_cert_manager("Certificate");
+    let issuers = objects.zookeeper_cert_manager("Issuer");
+    assert_eq!((issuers.len(), certificates.len()), (2, 3), "self-signed and CA Issuers; CA, server, operator");
+    let by_secret = |name: &str| {
+        *certificates.iter().find(|c| c["spec"]["secretName"] == name).unwrap_or_else(|| panic!("{name} issued"))
+    };
+    let server = by_secret(&server_secret);
+    let ca_issuer = issuers.iter().find(|i| i["spec"]["ca"].is_object()).expect("a CA Issuer");
+    assert_eq!(server["spec"]["issuerRef"]["name"], ca_issuer["metadata"]["name"]);
+    let ca = by_secret(ca_issuer["spec"]["ca"]["secretName"].as_str().unwrap());
+    assert_eq!(ca["spec"]["isCA"], true);
+    let usages = |c: &Value| c["spec"]["usages"].as_array().unwrap().iter().map(|u| u.to_string()).collect::<Vec<_>>();
+    assert!(usages(server).contains(&"\"server auth\"".to_owned()), "servers serve with it");
+    assert!(usages(server).contains(&"\"client auth\"".to_owned()), "and connect to each other with it");
+    assert_eq!(server["spec"]["privateKey"]["encoding"], "PKCS8", "ZooKeeper's PEM key store reads PKCS#8 only");
+    let dns: Vec<&str> = server["spec"]["dnsNames"].as_array().unwrap().iter().map(|d| d.as_str().unwrap()).collect();
+    let client_service = format!("{}-zookeeper.{NAMESPACE}.svc.cluster.local", fullname());
+    assert!(dns.contains(&client_service.as_str()), "{dns:?}");
+    let headless = set.spec.service_name.as_deref().unwrap();
+    assert!(dns.contains(&format!("*.{headless}.{NAMESPACE}.svc.cluster.local").as_str()), "each server: {dns:?}");
+
+    // The operator: the CA and its own certificate, from the mounted Secret.
+    let operator = objects.operator_container();
+    let operator_pod = objects.operator().spec.template.spec.as_ref().unwrap();
+    let dir = env_value(operator, "PADDOCK_ZK_TLS_CA").strip_suffix("/ca.crt").expect("ca.crt").to_owned();
+    assert_eq!(env_value(operator, "PADDOCK_ZK_TLS_CERT"), format!("{dir}/tls.crt"));
+    assert_eq!(env_value(operator, "PADDOCK_ZK_TLS_KEY"), format!("{dir}/tls.key"));
+    let operator_secret = secret_at(operator_pod, operator, &dir);
+    let operator_cert = by_secret(&operator_secret);
+    assert_eq!(operator_cert["spec"]["commonName"], "paddock-operator", "the operator's x509 identity");
+    assert_eq!(operator_cert["spec"]["issuerRef"], server["spec"]["issuerRef"], "one CA for all");
+    assert_eq!(usages(operator_cert), ["\"client auth\"", "\"digital signature\""]);
+
+    // Secrets of the user's instead: no cert-manager object, the Secrets mounted.
+    let objects = Objects::parse(
+        &render(&[
+            "--set",
+            "zookeeper.tls.secretName=zk-certs",
+            "--set",
+            "zookeeper.tls.operatorSecretName=operator-certs",
+        ])
+        .unwrap(),
+    );
+    check_links(&objects, false);
+    assert!(objects.cert_manager.is_empty());
+    let pod = objects.stateful_sets[0].spec.template.spec.as_ref().unwrap();
+    assert_eq!(secret_at(pod, &pod.containers[0], "/tls"), "zk-certs");
+    let operator_pod = objects.operator().spec.template.spec.as_ref().unwrap();
+    assert_eq!(secret_at(operator_pod, objects.operator_container(), &dir), "operator-certs");
+    // ... both of them; and neither source is an error that says what to set.
+    let error = render(&["--set", "zookeeper.tls.secretName=zk-certs"]).unwrap_err();
+    assert!(error.contains("zookeeper.tls.operatorSecretName"), "{error}");
+    let error = render(&["--set", "zookeeper.tls.certManager.enabled=false"]).unwrap_err();
+    assert!(error.contains("zookeeper.tls.secretName") && error.contains("zookeeper.tls.enabled=false"), "{error}");
+
+    // An external ensemble: the operator over TLS when given its certificate's Secret.
+    let external = ["--set", "zookeeper.enabled=false", "--set", "zookeeper.connectString=zk-0:2281"];
+    let objects = Objects::parse(&render(&external).unwrap());
+    assert!(objects.operator_container().env.iter().flatten().all(|e| !e.name.starts_with("PADDOCK_ZK_TLS")));
+    let with_tls = [&external[..], &["--set", "zookeeper.tls.operatorSecretName=operator-certs"]].concat();
+    let objects = Objects::parse(&render(&with_tls).unwrap());
+    assert!(objects.cert_manager.is_empty() && objects.stateful_sets.is_empty());
+    let operator_pod = objects.operator().spec.template.spec.as_ref().unwrap();
+    assert_eq!(env_value(objects.operator_container(), "PADDOCK_ZK_TLS_CA"), format!("{dir}/ca.crt"));
+    assert_eq!(secret_at(operator_pod, objects.operator_container(), &dir), "operator-certs");
+
+    // Turned off: a plain client port, no certificates, the operator in plain text.
+    let objects = Objects::parse(&render(&["--set", "zookeeper.tls.enabled=false"]).unwrap());
+    let data = check_managed_zookeeper(&objects, 3);
+    assert!(data["zoo.cfg"].contains("\nclientPort=") && !data["zoo.cfg"].contains("secureClientPort"));
+    assert!(objects.cert_manager.is_empty());
+    assert!(objects.operator_container().env.iter().flatten().all(|e| !e.name.starts_with("PADDOCK_ZK_TLS")));
+}
+
+/// ZooKeeper's client port takes the operator and pods of namespaces labelled as Paddock's
+/// clients (or every namespace, opted out), its quorum ports only the servers.
+#[test]
+fn a_network_policy_keeps_zookeeper_to_its_clients_and_its_quorum_to_itself() {
+    let objects = Objects::parse(&render(&[]).unwrap());
+    assert_eq!(objects.network_policies.len(), 1);
+    let policy = objects.network_policies[0].spec.as_ref().unwrap();
+    let set = &objects.stateful_sets[0];
+    let zookeeper = pod_labels(&set.spec.template);
+    let operator = pod_labels(&objects.operator().spec.template);
+    assert!(selects(policy.pod_selector.as_ref().unwrap(), &zookeeper), "it applies to the servers");
+    assert_eq!(policy.policy_types.as_deref(), Some(&["Ingress".to_owned()][..]));
+    let rules = policy.ingress.as_ref().unwrap();
+    let ports = |rule: &k8s_openapi::api::networking::v1::NetworkPolicyIngressRule| {
+        rule.ports.iter().flatten().map(|p| p.port.clone().unwrap()).collect::<Vec<_>>()
+    };
+    let client_port =
+        objects.service(&format!("{}-zookeeper", fullname())).spec.as_ref().unwrap().ports.as_ref().unwrap()[0].port;
+    let labelled = BTreeMap::from([("paddock.dev/client".to_owned(), "true".to_owned())]);
+    let other = BTreeMap::from([("kubernetes.io/metadata.name".to_owned(), "elsewhere".to_owned())]);
+    // Whether a pod with `labels`, in this namespace (`namespace` None) or in one with the
+    // labels `namespace`, may reach `port`.
+    let allowed = |rules: &[k8s_openapi::api::networking::v1::NetworkPolicyIngressRule],
+                   port: i32,
+                   labels: &BTreeMap<String, String>,
+                   namespace: Option<&BTreeMap<String, String>>| {
+        rules.iter().filter(|r| ports(r).contains(&IntOrString::Int(port))).any(|rule| {
+            rule.from.iter().flatten().any(|peer| match (&peer.namespace_selector, &peer.pod_selector, namespace) {
+                (None, Some(pods), None) => selects(pods, labels),
+                (Some(namespaces), pods, Some(ns)) => {
+                    // An empty namespaceSelector is every namespace.
+                    let every = namespaces.match_labels.as_ref().is_none_or(BTreeMap::is_empty)
+                        && namespaces.match_expressions.as_ref().is_none_or(Vec::is_empty);
+                    (every || selects(namespaces, ns)) && pods.as_ref().is_none_or(|p| selects(p, labels))
+                }
+                _ => false,
+            })
+        })
+    };
+    let app = BTreeMap::from([("app".to_owned(), "web".to_owned())]);
+    assert!(allowed(rules, client_port, &operator, None), "the operator reaches the client port");
+    assert!(allowed(rules, client_port, &app, Some(&labelled)), "a pod of a labelled namespace does");
+    assert!(!allowed(rules, client_port, &app, Some(&other)), "a pod of another namespace does not");
+    assert!(!allowed(rules, client_port, &app, None), "nor another pod of the release's namespace");
+    for port in [2888, 3888] {
+        assert!(allowed(rules, port, &zookeeper, None), "servers reach each other on {port}");
+        assert!(!allowed(rules, port, &operator, None), "the operator does not reach {port}");
+        assert!(!allowed(rules, port, &app, Some(&labelled)), "no client reaches {port}");
+    }
+    let container = &set.spec.template.spec.as_ref().unwrap().containers[0];
+    let declared: BTreeSet<i32> = container.ports.iter().flatten().map(|p| p.container_port).collect();
+    assert_eq!(declared, BTreeSet::from([client_port, 2888, 3888]), "the policy covers every port the servers open");
+
+    // Opted out: every namespace's pods reach the client port; the quorum stays closed.
+    let objects = Objects::parse(&render(&["--set", "zookeeper.networkPolicy.allowAllNamespaces=true"]).unwrap());
+    let rules = objects.network_policies[0].spec.as_ref().unwrap().ingress.clone().unwrap();
+    assert!(allowed(&rules, client_port, &app, Some(&other)));
+    assert!(!allowed(&rules, 2888, &app, Some(&other)));
+    // Off, or no managed ensemble: no policy.
+    for off in ["zookeeper.networkPolicy.enabled=false", "zookeeper.enabled=false"] {
+        let objects = Objects::parse(&render(&["--set", off, "--set", "zookeeper.connectString=zk:2181"]).unwrap());
+        assert!(objects.network_policies.is_empty(), "{off}");
+    }
 }
 
 #[test]
@@ -1096,8 +1304,40 @@ impl Drop for Server {
 /// and the data directories temporary ones.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rendered_zookeeper_config_scripts_and_probes_run_a_real_ensemble() {
+    run_rendered_ensemble(false).await;
+}
+
+/// The same with TLS, the default: certificates made by the test (a server certificate
+/// for 127.0.0.1, a PKCS#8 key, as cert-manager's), mounted as the Secret would be.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rendered_tls_configuration_runs_a_real_ensemble_with_no_plain_port() {
+    run_rendered_ensemble(true).await;
+}
+
+/// What the rendered ensemble's clients use: its CA and a certificate, when it serves TLS.
+struct RenderedTls {
+    ca: String,
+    client: paddock_testkit::tls::Issued,
+}
+
+impl RenderedTls {
+    async fn four_letter_word(tls: &Option<Self>, port: u16, word: &str) -> String {
+        let addr = ([127, 0, 0, 1], port).into();
+        match tls {
+            Some(tls) => paddock_testkit::tls::four_letter_word(&tls.ca, &tls.client, addr, word).await.unwrap(),
+            None => four_letter_word(addr, word).await.unwrap(),
+        }
+    }
+}
+
+/// The two rendered ensembles take turns: three JVMs each, and a JVM per TLS probe, on a
+/// shared two-core machine.
+static ONE_ENSEMBLE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn run_rendered_ensemble(tls: bool) {
+    let _turn = ONE_ENSEMBLE_AT_A_TIME.lock().await;
     init_tracing();
-    let objects = Objects::parse(&render(&[]).unwrap());
+    let objects = Objects::parse(&render(&["--set", &format!("zookeeper.tls.enabled={tls}")]).unwrap());
     let data = check_managed_zookeeper(&objects, 3);
     let dir = tempfile::Builder::new().prefix("paddock-chart-zk-").tempdir().unwrap();
     let scripts = dir.path().join("config");
@@ -1105,6 +1345,19 @@ async fn the_rendered_zookeeper_config_scripts_and_probes_run_a_real_ensemble() 
     for file in ["start.sh", "probe.sh"] {
         std::fs::write(scripts.join(file), &data[file]).unwrap();
     }
+    // The Secret's files (ca.crt, tls.crt, tls.key), as mounted at /tls.
+    let tls_dir = dir.path().join("tls");
+    let certificates = tls.then(|| {
+        let ca = paddock_testkit::TestCa::new("paddock-chart-test-ca").unwrap();
+        let server = ca.issue_server([127, 0, 0, 1].into()).unwrap();
+        std::fs::create_dir_all(&tls_dir).unwrap();
+        std::fs::write(tls_dir.join("ca.crt"), ca.pem()).unwrap();
+        std::fs::write(tls_dir.join("tls.crt"), &server.cert_pem).unwrap();
+        std::fs::write(tls_dir.join("tls.key"), &server.key_pem).unwrap();
+        RenderedTls { ca: ca.pem(), client: ca.issue_client("CN=paddock-chart-test", false).unwrap() }
+    });
+    // Where each server's start.sh writes its key store (the pod's /tmp, here its directory).
+    let keystore = |i: usize| dir.path().join(format!("server-{i}/keystore.pem"));
 
     let ports = free_ports(9).unwrap();
     let client_ports = [ports[0], ports[3], ports[6]];
@@ -1118,11 +1371,21 @@ async fn the_rendered_zookeeper_config_scripts_and_probes_run_a_real_ensemble() 
             let line = match line.split_once('=') {
                 Some(("dataDir", _)) => format!("dataDir={}", server_dir.join("data").display()),
                 Some(("clientPort", _)) => format!("clientPort={}\nclientPortAddress=127.0.0.1", ports[3 * i]),
+                Some(("secureClientPort", _)) => {
+                    format!("secureClientPort={}\nsecureClientPortAddress=127.0.0.1", ports[3 * i])
+                }
+                Some((key @ ("ssl.keyStore.location" | "ssl.quorum.keyStore.location"), _)) => {
+                    format!("{key}={}", keystore(i).display())
+                }
+                Some((key @ ("ssl.trustStore.location" | "ssl.quorum.trustStore.location"), _)) => {
+                    format!("{key}={}", tls_dir.join("ca.crt").display())
+                }
                 Some(("quorumListenOnAllIPs", _)) => "quorumListenOnAllIPs=false".to_owned(),
                 Some((key, _)) if key.starts_with("server.") => {
                     let n: usize = key["server.".len()..].parse().unwrap();
                     let (client, peer, election) = (ports[3 * (n - 1)], ports[3 * (n - 1) + 1], ports[3 * (n - 1) + 2]);
-                    format!("{key}=127.0.0.1:{peer}:{election};127.0.0.1:{client}")
+                    let client = if tls { String::new() } else { format!(";127.0.0.1:{client}") };
+                    format!("{key}=127.0.0.1:{peer}:{election}{client}")
                 }
                 _ => line.to_owned(),
             };
@@ -1138,6 +1401,7 @@ async fn the_rendered_zookeeper_config_scripts_and_probes_run_a_real_ensemble() 
             .env("ZOO_DATA_DIR", server_dir.join("data"))
             .env("ZOO_CFG", server_dir.join("zoo.cfg"))
             .env("SERVER_JVMFLAGS", "-Xmx128m -XX:+UseSerialGC -XX:TieredStopAtLevel=1")
+            .envs(tls.then(|| [("ZOO_TLS_DIR", tls_dir.clone()), ("ZOO_KEYSTORE", keystore(i))]).into_iter().flatten())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
@@ -1161,11 +1425,16 @@ async fn the_rendered_zookeeper_config_scripts_and_probes_run_a_real_ensemble() 
         assert_eq!(std::fs::read_to_string(&myid).unwrap().trim(), (i + 1).to_string());
     }
 
+    // Over TLS the probe presents server 0's certificate (the pod's own, in the cluster).
+    let probe_env: Vec<(&str, PathBuf)> =
+        if tls { vec![("ZOO_TLS_DIR", tls_dir.clone()), ("ZOO_KEYSTORE", keystore(0))] } else { vec![] };
     let probe = |word: &'static str, port: u16| {
-        let script = scripts.join("probe.sh");
+        let (script, env) = (scripts.join("probe.sh"), probe_env.clone());
         async move {
             tokio::task::spawn_blocking(move || {
-                Command::new("/bin/bash").arg(script).arg(word).arg(port.to_string()).status().unwrap().success()
+                let mut command = Command::new("/bin/bash");
+                command.arg(script).arg(word).arg(port.to_string()).envs(env);
+                command.status().unwrap().success()
             })
             .await
             .unwrap()
@@ -1176,18 +1445,36 @@ async fn the_rendered_zookeeper_config_scripts_and_probes_run_a_real_ensemble() 
         eventually(Duration::from_secs(90), &format!("server {i} is ready (srvr)"), || probe("srvr", port)).await;
         assert!(probe("ruok", port).await, "server {i} is live (ruok)");
     }
+    let certificates_ref = &certificates;
     let modes: Vec<String> = futures::future::join_all((0..3).map(|i| async move {
-        let reply = four_letter_word(([127, 0, 0, 1], client_ports[i]).into(), "srvr").await.unwrap();
+        let reply = RenderedTls::four_letter_word(certificates_ref, client_ports[i], "srvr").await;
         reply.lines().find_map(|l| l.strip_prefix("Mode: ")).unwrap().to_owned()
     }))
     .await;
     assert_eq!(modes.iter().filter(|m| *m == "leader").count(), 1, "one quorum of three: {modes:?}");
     // The word whitelist is in force (the test ensembles allow all words; this one not).
-    let stat = four_letter_word(([127, 0, 0, 1], ports[0]).into(), "stat").await.unwrap();
+    let stat = RenderedTls::four_letter_word(&certificates, ports[0], "stat").await;
     assert!(stat.contains("not in the whitelist"), "{stat}");
     // Extended types are on: a TTL node can be created.
     let connect = (0..3).map(|i| format!("127.0.0.1:{}", ports[3 * i])).collect::<Vec<_>>().join(",");
-    let client = zk::Client::connect(&connect).await.unwrap();
+    let client = match &certificates {
+        Some(tls) => {
+            let options = zk::TlsOptions::new()
+                .with_pem_ca(&tls.ca)
+                .unwrap()
+                .with_pem_identity(&tls.client.cert_pem, &tls.client.key_pem)
+                .unwrap();
+            zk::Client::connector().with_tls(options).secure_connect(&connect).await.unwrap()
+        }
+        None => zk::Client::connect(&connect).await.unwrap(),
+    };
+    if tls {
+        // No plain port: a plain client is not served (ZooKeeper drops what is not TLS).
+        let plain = four_letter_word(([127, 0, 0, 1], ports[0]).into(), "ruok").await;
+        assert!(plain.as_deref().is_ok_and(str::is_empty) || plain.is_err(), "{plain:?}");
+        let plain = zk::Client::connector().with_session_timeout(Duration::from_secs(2)).connect(&connect).await;
+        assert!(plain.is_err(), "a plain client connected");
+    }
     let ttl = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all()).with_ttl(Duration::from_secs(60));
     client.create("/ttl", b"", &ttl).await.expect("a TTL node: extendedTypesEnabled is in force");
     drop(client);

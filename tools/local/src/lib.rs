@@ -2,6 +2,10 @@
 //! bring it up: a real ZooKeeper ensemble, the Kubernetes API stand-in (with a kubeconfig
 //! written for kubectl), operator replicas with leader election, the CRDs and resources
 //! applied with kubectl, and the credentials the operator makes for each namespace.
+//!
+//! With `ensemble.tls` the ensemble serves TLS only, and each operator replica is given
+//! its CA and a client certificate of its own (`CN=paddock-operator`) through
+//! `PADDOCK_ZK_TLS_CA/CERT/KEY`, as the chart gives them.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -70,6 +74,10 @@ impl Stack {
             replica.lease_duration = options.lease_duration;
             replica.session_timeout = options.session_timeout;
             replica.log_file = Some(options.dir.join(format!("{name}.log")));
+            if let Some(tls) = ensemble.tls() {
+                let cert = tls.issue_client(&name, "CN=paddock-operator")?;
+                replica.env.extend(cert.env(&tls.ca_path()));
+            }
             operators.push(Operator::spawn(replica)?);
         }
         let stack = Self { ensemble, api, kubeconfig, operators };

@@ -31,6 +31,13 @@
 //! timeouts and the servers only by the missing pings (the session expires). On
 //! [`FaultProxy::heal`] every connection that lived through the cut is closed (what it
 //! held is dropped, as a network drops packets) and clients connect afresh.
+//!
+//! In front of an ensemble that serves TLS only ([`FaultProxy::start_tls`], or
+//! [`FaultProxy::for_ensemble`] on such an ensemble) it terminates TLS: its clients
+//! connect to it over TLS (it serves a certificate of the test CA for 127.0.0.1 and
+//! requires theirs), and it connects to each server over TLS with a client certificate
+//! (the proxied client's own, see `EnsembleTls::proxy_tls`). Between the two it reads
+//! the frames in the clear, so every rule works as over plain text.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -228,9 +235,25 @@ impl Rule {
     }
 }
 
+/// TLS at both ends of a proxy (from `EnsembleTls::proxy_tls`): towards its clients as a
+/// server, towards the ZooKeeper servers as a client.
+#[derive(Clone)]
+pub struct ProxyTls {
+    pub server: Arc<rustls::ServerConfig>,
+    pub upstream: Arc<rustls::ClientConfig>,
+}
+
+impl std::fmt::Debug for ProxyTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxyTls").finish_non_exhaustive()
+    }
+}
+
 #[derive(Default)]
 struct Shared {
     upstreams: Vec<SocketAddr>,
+    /// Terminate TLS on both sides (the ensemble serves TLS only).
+    tls: Option<ProxyTls>,
     next_upstream: AtomicUsize,
     rules: Mutex<VecDeque<Rule>>,
     forwarded: Mutex<HashMap<i32, u64>>,
@@ -256,19 +279,39 @@ impl FaultProxy {
     /// Listens on a free port of 127.0.0.1 in front of `upstreams` (each new connection
     /// goes to the next server in rotation that accepts it).
     pub async fn start(upstreams: impl IntoIterator<Item = SocketAddr>) -> Result<Self> {
-        let upstreams: Vec<SocketAddr> = upstreams.into_iter().collect();
+        Self::listen(upstreams.into_iter().collect(), None).await
+    }
+
+    /// As [`FaultProxy::start`], in front of servers that serve TLS only: TLS is
+    /// terminated on both sides (see the module's documentation).
+    pub async fn start_tls(upstreams: impl IntoIterator<Item = SocketAddr>, tls: ProxyTls) -> Result<Self> {
+        Self::listen(upstreams.into_iter().collect(), Some(tls)).await
+    }
+
+    async fn listen(upstreams: Vec<SocketAddr>, tls: Option<ProxyTls>) -> Result<Self> {
         anyhow::ensure!(!upstreams.is_empty(), "a fault proxy needs at least one ZooKeeper server");
         let listener = TcpListener::bind("127.0.0.1:0").await.context("binding the fault proxy")?;
         let addr = listener.local_addr()?;
-        let shared = Arc::new(Shared { upstreams, ..Default::default() });
+        let shared = Arc::new(Shared { upstreams, tls, ..Default::default() });
         let stop = CancellationToken::new();
         tokio::spawn(accept(listener, shared.clone(), stop.clone()));
         Ok(Self { addr, shared, stop })
     }
 
-    /// In front of every server of an ensemble.
+    /// In front of every server of an ensemble; over TLS when the ensemble serves TLS,
+    /// presenting the testkit's own client certificate to the servers.
     pub async fn for_ensemble(ensemble: &crate::Ensemble) -> Result<Self> {
-        Self::start((0..ensemble.len()).map(|i| ensemble.address(i))).await
+        match ensemble.tls() {
+            Some(tls) => Self::for_ensemble_as(ensemble, tls.admin()).await,
+            None => Self::start((0..ensemble.len()).map(|i| ensemble.address(i))).await,
+        }
+    }
+
+    /// In front of every server of an ensemble that serves TLS, presenting `client`'s
+    /// certificate to the servers (the identity the proxied client would have).
+    pub async fn for_ensemble_as(ensemble: &crate::Ensemble, client: &crate::ClientCert) -> Result<Self> {
+        let tls = ensemble.tls().context("the ensemble does not serve TLS")?.proxy_tls(client)?;
+        Self::start_tls((0..ensemble.len()).map(|i| ensemble.address(i)), tls).await
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -439,10 +482,36 @@ async fn serve(shared: &Shared, client: TcpStream) -> Result<()> {
         return Ok(()); // dropping it closes it
     }
     client.set_nodelay(true)?;
+    // A cut-off network completes no handshake either.
     while_blackholed(shared).await;
+    let Some(tls) = &shared.tls else {
+        let server = connect_upstream(shared).await?;
+        let (client_read, client_write) = client.into_split();
+        let (server_read, server_write) = server.into_split();
+        return forward(shared, client_read, client_write, server_read, server_write).await;
+    };
+    let client = tokio_rustls::TlsAcceptor::from(tls.server.clone())
+        .accept(client)
+        .await
+        .context("TLS handshake with the client")?;
     let server = connect_upstream(shared).await?;
-    let (client_read, client_write) = client.into_split();
-    let (server_read, server_write) = server.into_split();
+    let name = rustls::pki_types::ServerName::from(server.peer_addr()?.ip());
+    let server = tokio_rustls::TlsConnector::from(tls.upstream.clone())
+        .connect(name, server)
+        .await
+        .context("TLS handshake with the server")?;
+    let (client_read, client_write) = tokio::io::split(client);
+    let (server_read, server_write) = tokio::io::split(server);
+    forward(shared, client_read, client_write, server_read, server_write).await
+}
+
+async fn forward(
+    shared: &Shared,
+    client_read: impl AsyncRead + Unpin,
+    client_write: impl AsyncWrite + Unpin,
+    server_read: impl AsyncRead + Unpin,
+    server_write: impl AsyncWrite + Unpin,
+) -> Result<()> {
     let pending: Mutex<Option<Pending>> = Mutex::new(None);
     // Whichever direction ends first ends the connection: dropping the halves closes both.
     tokio::select! {
@@ -603,6 +672,8 @@ async fn write_frame(to: &mut (impl AsyncWrite + Unpin), frame: &[u8]) -> Result
     out.extend_from_slice(&(frame.len() as i32).to_be_bytes());
     out.extend_from_slice(frame);
     to.write_all(&out).await?;
+    // A TLS stream may hold the record back until flushed.
+    to.flush().await?;
     Ok(())
 }
 

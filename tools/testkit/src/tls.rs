@@ -177,6 +177,31 @@ impl EnsembleTls {
             .context("client certificate for ZooKeeper")
     }
 
+    /// TLS for a fault proxy that stands between `client`'s owner and the servers and must
+    /// read ZooKeeper's frames: it serves its clients a certificate of its own from this
+    /// CA (for 127.0.0.1, and it asks for theirs, as the servers do), and connects to each
+    /// server presenting `client`'s certificate, so the servers see the same x509 identity
+    /// as without the proxy.
+    pub fn proxy_tls(&self, client: &ClientCert) -> Result<crate::fault_proxy::ProxyTls> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(self.ca.pem().as_bytes()) {
+            roots.add(cert?)?;
+        }
+        let roots = Arc::new(roots);
+        let own = self.ca.issue_server(IpAddr::from([127, 0, 0, 1]))?;
+        let chain = CertificateDer::pem_slice_iter(own.cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>()?;
+        let key = PrivateKeyDer::from_pem_slice(own.key_pem.as_bytes())?;
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone()).build()?;
+        let server = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)?;
+        let upstream = rustls_config(&self.ca.pem(), &client.issued)?;
+        Ok(crate::fault_proxy::ProxyTls { server: Arc::new(server), upstream })
+    }
+
     /// Writes one server's key store (certificate and key, PEM) into its directory;
     /// returns its path.
     pub(crate) fn write_server_store(&self, server_dir: &Path, host: IpAddr) -> Result<PathBuf> {
@@ -233,6 +258,13 @@ fn rustls_config(ca_pem: &str, client: &Issued) -> Result<Arc<rustls::ClientConf
         .with_root_certificates(roots)
         .with_client_auth_cert(chain, key)?;
     Ok(Arc::new(config))
+}
+
+/// A four-letter word over TLS to a server of `ca`, presenting `client` (for servers not
+/// started by [`crate::Ensemble`], e.g. the chart's configuration run by its test).
+pub async fn four_letter_word(ca_pem: &str, client: &Issued, addr: SocketAddr, word: &str) -> Result<String> {
+    let (config, word) = (rustls_config(ca_pem, client)?, word.to_owned());
+    tokio::task::spawn_blocking(move || four_letter_word_tls(config, addr, &word)).await?
 }
 
 fn four_letter_word_tls(config: Arc<rustls::ClientConfig>, addr: SocketAddr, word: &str) -> Result<String> {

@@ -26,6 +26,9 @@ struct Args {
     /// Break something on purpose, to see the checkers catch it.
     #[arg(long, value_enum)]
     broken: Option<Broken>,
+    /// The ensemble serves TLS only; operators, sidecars and checkers connect over TLS.
+    #[arg(long)]
+    tls: bool,
 }
 
 #[tokio::main]
@@ -44,6 +47,7 @@ async fn main() -> Result<()> {
         faults: if args.faults.is_empty() { FaultKind::ALL.to_vec() } else { args.faults },
         outage: args.outage,
         broken: args.broken,
+        tls: args.tls,
     };
     let report = chaos::run(options).await?;
     println!("{report}");
