@@ -67,6 +67,36 @@ pub fn namespace_acl(namespace: &DigestIdentity, operator: &DigestIdentity) -> V
     ]
 }
 
+/// A ZooKeeper identity an ACL can name: a digest user, or an x509 certificate subject as
+/// ZooKeeper's `X509AuthenticationProvider` writes it (RFC 2253, e.g. `CN=paddock-ns-shop,O=paddock`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ZkId {
+    Digest(DigestIdentity),
+    X509(String),
+}
+
+impl ZkId {
+    pub fn auth_id(&self) -> zk::AuthId {
+        match self {
+            ZkId::Digest(identity) => zk::AuthId::new("digest", &identity.acl_id()),
+            ZkId::X509(subject) => zk::AuthId::new("x509", subject),
+        }
+    }
+
+    /// How errors and logs name it: the digest user, or the certificate subject.
+    pub fn name(&self) -> String {
+        match self {
+            ZkId::Digest(identity) => identity.user.clone(),
+            ZkId::X509(subject) => format!("x509 {subject}"),
+        }
+    }
+}
+
+/// All rights for each of `ids`.
+pub fn acl_for(ids: &[&ZkId]) -> Vec<zk::Acl> {
+    ids.iter().map(|id| zk::Acl::new(zk::Permission::ALL, id.auth_id())).collect()
+}
+
 /// How nodes that a sidecar or consumer creates are protected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum NodeAcl {
@@ -75,6 +105,10 @@ pub enum NodeAcl {
     Open,
     /// Full rights for the creating session's authenticated identity only.
     Creator,
+    /// Full rights for the creating session's identity and the ids listed after the first
+    /// entry (the operator's x509 subject: ZooKeeper cannot add a certificate identity to
+    /// another session, so the operator can read a namespace's nodes only if they name it).
+    CreatorAnd(&'static [zk::Acl]),
 }
 
 impl NodeAcl {
@@ -83,10 +117,20 @@ impl NodeAcl {
         if authenticated { NodeAcl::Creator } else { NodeAcl::Open }
     }
 
+    /// The creator and `x509` subject `also`, full rights each (made once per process).
+    pub fn creator_and_x509(also: &str) -> Self {
+        let acl = vec![
+            zk::Acl::new(zk::Permission::ALL, zk::AuthId::authed()),
+            zk::Acl::new(zk::Permission::ALL, zk::AuthId::new("x509", also)),
+        ];
+        NodeAcl::CreatorAnd(Vec::leak(acl))
+    }
+
     pub fn acls(self) -> zk::Acls<'static> {
         match self {
             NodeAcl::Open => zk::Acls::anyone_all(),
             NodeAcl::Creator => zk::Acls::creator_all(),
+            NodeAcl::CreatorAnd(acl) => zk::Acls::new(acl),
         }
     }
 }
@@ -102,5 +146,16 @@ mod tests {
         assert_eq!(id.acl_id(), "super:D/InIHSb7yEEbrWz8b9l71RjZJU=");
         assert!(DigestIdentity::parse("nopassword").is_err());
         assert!(!format!("{id:?}").contains("test"), "passwords stay out of logs");
+    }
+
+    #[test]
+    fn x509_ids_name_the_subject() {
+        let ids =
+            [ZkId::X509("CN=paddock-ns-shop,O=paddock".into()), ZkId::Digest(DigestIdentity::parse("op:pw").unwrap())];
+        let acl = acl_for(&[&ids[0], &ids[1]]);
+        assert_eq!((acl[0].scheme(), acl[0].id()), ("x509", "CN=paddock-ns-shop,O=paddock"));
+        assert_eq!(acl[1].scheme(), "digest");
+        let NodeAcl::CreatorAnd(node) = NodeAcl::creator_and_x509("CN=op") else { panic!() };
+        assert_eq!((node[0].scheme(), node[1].id()), ("auth", "CN=op"));
     }
 }
