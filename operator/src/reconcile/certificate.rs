@@ -63,7 +63,8 @@ impl ClientCa {
     pub fn issue(&self, namespace: &str) -> anyhow::Result<Issued> {
         let now = SystemTime::now();
         let mut params = CertificateParams::new(Vec::<String>::new())?;
-        // DER order is the reverse of RFC 2253's: O first, CN last.
+        // DER order is the reverse of RFC 2253's: O first, CN last (and not rcgen's default CN).
+        params.distinguished_name = DistinguishedName::new();
         params.distinguished_name.push(DnType::OrganizationName, "paddock");
         params.distinguished_name.push(DnType::CommonName, format!("paddock-ns-{namespace}"));
         params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
