@@ -1,13 +1,16 @@
-//! Who may touch a namespace's znodes. Each namespace has its own ZooKeeper digest
-//! identity (`user:password`, kept in a Secret in that namespace); its znodes carry an
-//! ACL for that identity and the operator's only, so one namespace's sidecar cannot read
-//! or change another's locks and queues.
+//! Who may touch a namespace's znodes. Each namespace has its own ZooKeeper identity —
+//! digest (`user:password`, kept in a Secret in that namespace) or, with TLS, x509 (a client
+//! certificate whose subject is the id, see [`ZkId`]); its znodes carry an ACL for that
+//! identity and the operator's only, so one namespace's sidecar cannot read or change
+//! another's locks and queues.
 //!
 //! ZooKeeper ACLs are per node, not inherited: the operator provisions each namespace's
-//! nodes with [`namespace_acl`], and a sidecar authenticated as its namespace creates its
-//! nodes (contenders, items, claims) with [`NodeAcl::Creator`] — full rights for its own
-//! identity alone. The operator reads those by adding the namespace's credentials to its
-//! own session.
+//! nodes with [`acl_for`] (or [`namespace_acl`] for digest), and a sidecar authenticated as
+//! its namespace creates its nodes (contenders, items, claims) with [`NodeAcl::Creator`] —
+//! full rights for its own identity alone; the operator reads those by adding the
+//! namespace's digest credentials to its own session. A certificate cannot be added to
+//! another session, so a sidecar with a certificate uses [`NodeAcl::CreatorAnd`] naming
+//! the operator's x509 id instead.
 
 use base64::Engine;
 use sha1::{Digest, Sha1};
