@@ -193,4 +193,22 @@ mod tests {
             assert!(err.contains(setting), "{args:?}: {err}");
         }
     }
+
+    #[test]
+    fn the_operator_id_comes_with_a_client_certificate() {
+        let err = parse(&["--zk-operator-id", "CN=paddock-operator,O=paddock"]).unwrap_err().to_string();
+        assert!(err.contains("PADDOCK_ZK_TLS_CERT"), "{err}");
+        let c = parse(&[
+            "--zk-tls-ca",
+            "/ca.crt",
+            "--zk-tls-cert",
+            "/tls.crt",
+            "--zk-tls-key",
+            "/tls.key",
+            "--zk-operator-id",
+            "CN=paddock-operator,O=paddock",
+        ])
+        .unwrap();
+        assert_eq!(c.zk_operator_id.as_deref(), Some("CN=paddock-operator,O=paddock"));
+    }
 }
