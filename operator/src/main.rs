@@ -7,6 +7,8 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use paddock_operator::controller::{self, Context};
 use paddock_operator::leader::{LeaderElection, Leadership, default_identity};
+use paddock_operator::reconcile::certificate::ClientCa;
+use paddock_operator::reconcile::identity::{IdentitySettings, NamespaceAuth};
 use paddock_operator::webhook::WebhookContext;
 use paddock_recipes::identity::DigestIdentity;
 use paddock_recipes::tls::{TlsFiles, ZkTls};
@@ -35,9 +37,25 @@ struct RunArgs {
     /// Root of Paddock's subtree.
     #[arg(long, env = "PADDOCK_ZK_ROOT", value_name = "PADDOCK_ZK_ROOT", default_value = "/paddock")]
     zk_root: String,
-    /// The operator's own digest identity `user:password` (its admin identity).
+    /// The operator's own digest identity `user:password` (its admin identity; required
+    /// with digest namespace identities).
     #[arg(long, env = "PADDOCK_ZK_AUTH", value_name = "PADDOCK_ZK_AUTH", hide_env_values = true)]
-    zk_auth: String,
+    zk_auth: Option<String>,
+    /// How namespaces authenticate to ZooKeeper: `x509` (a client certificate per
+    /// namespace; the default with PADDOCK_ZK_TLS_CA) or `digest` (user:password, the
+    /// default without TLS, where it crosses the network in the clear).
+    #[arg(long, env = "PADDOCK_NAMESPACE_AUTH", value_name = "PADDOCK_NAMESPACE_AUTH")]
+    namespace_auth: Option<AuthKind>,
+    /// PEM file of the CA that signs namespace certificates (x509); the ZooKeeper servers
+    /// must trust it (their ssl.trustStore).
+    #[arg(long, env = "PADDOCK_CLIENT_CA_CERT", value_name = "PADDOCK_CLIENT_CA_CERT")]
+    client_ca_cert: Option<std::path::PathBuf>,
+    /// PEM file of that CA's private key.
+    #[arg(long, env = "PADDOCK_CLIENT_CA_KEY", value_name = "PADDOCK_CLIENT_CA_KEY")]
+    client_ca_key: Option<std::path::PathBuf>,
+    /// How long a namespace certificate is valid; it is renewed after two thirds of it.
+    #[arg(long, env = "PADDOCK_CLIENT_CERT_LIFETIME", value_name = "PADDOCK_CLIENT_CERT_LIFETIME", default_value = "720h", value_parser = humantime::parse_duration)]
+    client_cert_lifetime: Duration,
     /// PEM file of the CA that signed the ZooKeeper servers' certificates: set, the operator
     /// connects over TLS only, verifying that each server's certificate names its host.
     #[arg(long, env = "PADDOCK_ZK_TLS_CA", value_name = "PADDOCK_ZK_TLS_CA")]
@@ -68,6 +86,58 @@ struct RunArgs {
     webhook: paddock_operator::webhook::WebhookSettings,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum AuthKind {
+    Digest,
+    X509,
+}
+
+/// The namespace identities the settings ask for, checked; and whether digest credentials
+/// would cross the network in the clear.
+fn namespace_auth(args: &RunArgs) -> anyhow::Result<(NamespaceAuth, bool)> {
+    let tls = args.zk_tls_ca.is_some();
+    match args.namespace_auth.unwrap_or(if tls { AuthKind::X509 } else { AuthKind::Digest }) {
+        AuthKind::Digest => {
+            anyhow::ensure!(
+                args.zk_auth.is_some(),
+                "PADDOCK_NAMESPACE_AUTH=digest needs the operator's PADDOCK_ZK_AUTH"
+            );
+            if !tls {
+                tracing::warn!(
+                    "namespace identities are digest credentials over plain connections: anyone on the pod network \
+                     can read them and act as any namespace; use TLS (PADDOCK_ZK_TLS_CA) and PADDOCK_NAMESPACE_AUTH=x509"
+                );
+            }
+            Ok((NamespaceAuth::Digest, !tls))
+        }
+        AuthKind::X509 => {
+            let (Some(ca), Some(_)) = (&args.zk_tls_ca, &args.zk_tls_cert) else {
+                anyhow::bail!(
+                    "PADDOCK_NAMESPACE_AUTH=x509 needs TLS with the operator's own certificate: set PADDOCK_ZK_TLS_CA, \
+                     PADDOCK_ZK_TLS_CERT and PADDOCK_ZK_TLS_KEY (or PADDOCK_NAMESPACE_AUTH=digest)"
+                )
+            };
+            let (Some(cert), Some(key)) = (&args.client_ca_cert, &args.client_ca_key) else {
+                anyhow::bail!(
+                    "PADDOCK_NAMESPACE_AUTH=x509: set PADDOCK_CLIENT_CA_CERT and PADDOCK_CLIENT_CA_KEY, the CA that \
+                     signs namespace certificates (the ZooKeeper servers must trust it)"
+                )
+            };
+            let read = |path: &std::path::Path, setting: &str| {
+                std::fs::read_to_string(path).with_context(|| format!("{setting} {}", path.display()))
+            };
+            let client_ca = ClientCa::new(
+                &read(cert, "PADDOCK_CLIENT_CA_CERT")?,
+                &read(key, "PADDOCK_CLIENT_CA_KEY")?,
+                read(ca, "PADDOCK_ZK_TLS_CA")?,
+                args.client_cert_lifetime,
+            )
+            .context("PADDOCK_CLIENT_CA_CERT, PADDOCK_CLIENT_CA_KEY, PADDOCK_CLIENT_CERT_LIFETIME")?;
+            Ok((NamespaceAuth::X509(Box::new(client_ca)), false))
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Args::parse().command {
@@ -87,7 +157,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let operator = DigestIdentity::parse(&args.zk_auth).context("PADDOCK_ZK_AUTH")?;
+    let operator = args.zk_auth.as_deref().map(DigestIdentity::parse).transpose().context("PADDOCK_ZK_AUTH")?;
+    let (auth, cleartext) = namespace_auth(&args)?;
     let layout = Layout::new(&args.zk_root).context("PADDOCK_ZK_ROOT")?;
     let tls = TlsFiles::from_settings(args.zk_tls_ca.clone(), args.zk_tls_cert.clone(), args.zk_tls_key.clone())?
         .map(ZkTls::load)
@@ -96,11 +167,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let session = Session::start(SessionOptions {
         connect: args.zookeeper.clone(),
         session_timeout: args.session_timeout,
-        digest_auth: Some(operator.credentials()),
+        digest_auth: operator.as_ref().map(DigestIdentity::credentials),
         tls,
     });
     let leadership = Leadership::new();
-    let ctx = Arc::new(Context::new(client.clone(), session.clone(), layout, operator, leadership.clone()));
+    let identity = IdentitySettings { root: layout.root().to_owned(), operator, auth, cleartext };
+    let ctx = Arc::new(Context::new(client.clone(), session.clone(), layout, identity, leadership.clone()));
     // Every replica serves the webhook, leader or not.
     let webhook_stop = tokio_util::sync::CancellationToken::new();
     let webhook = WebhookContext { client: client.clone(), admissions: ctx.metrics.admissions.clone() };

@@ -67,6 +67,18 @@ async fn the_operator_provisions_reports_recovers_and_cleans_up() {
     })
     .await;
 
+    // Digest credentials over a plain connection: a Warning Event in the namespace says so.
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), "default");
+    eventually(Duration::from_secs(30), "a CredentialsInClear Event", || async {
+        let list = events.list(&Default::default()).await.unwrap();
+        list.items.iter().any(|e| {
+            e.reason.as_deref() == Some("CredentialsInClear")
+                && e.type_.as_deref() == Some("Warning")
+                && e.note.as_deref().is_some_and(|n| n.contains("PADDOCK_NAMESPACE_AUTH=x509"))
+        })
+    })
+    .await;
+
     // The znodes exist with the config and the ACL (the namespace's identity and the operator's).
     let admin = as_operator(&ensemble, &operator_identity).await;
     let (acl, _) = admin.get_acl("/paddock/default/locks/orders").await.unwrap();

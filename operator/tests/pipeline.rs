@@ -5,7 +5,7 @@
 use paddock_operator::crd::{DeletionPolicy, DistributedLockSpec, WorkQueueSpec};
 use paddock_operator::reconcile::cleanup::Cleanup;
 use paddock_operator::reconcile::{Identities, apply, build, cleanup, observe};
-use paddock_recipes::identity::{DigestIdentity, NodeAcl};
+use paddock_recipes::identity::{DigestIdentity, NodeAcl, ZkId};
 use paddock_recipes::lock::{self, AcquireRequest, HolderInfo, LockMode};
 use paddock_recipes::queue::{self, NewItem};
 use paddock_recipes::{Layout, LockConfig, Name, zk};
@@ -20,12 +20,10 @@ async fn provision_observe_and_clean_up_a_lock_and_a_queue() {
     init_tracing();
     let ensemble = Ensemble::start().await.unwrap();
     let connect = ensemble.connect_string();
-    let ids = Identities {
-        namespace: DigestIdentity::generate("paddock-ns-shop"),
-        operator: DigestIdentity::generate("paddock-operator"),
-    };
-    let operator = authed(&connect, &ids.operator).await;
-    operator.auth("digest", ids.namespace.credentials().as_bytes()).await.unwrap();
+    let (ns_id, op_id) = (DigestIdentity::generate("paddock-ns-shop"), DigestIdentity::generate("paddock-operator"));
+    let ids = Identities { namespace: ZkId::Digest(ns_id.clone()), operator: ZkId::Digest(op_id.clone()) };
+    let operator = authed(&connect, &op_id).await;
+    operator.auth("digest", ns_id.credentials().as_bytes()).await.unwrap();
     let layout = Layout::new("/paddock").unwrap();
     let ns = Name::new("namespace", "shop").unwrap();
     let (lock_name, queue_name) = (Name::new("lock", "orders").unwrap(), Name::new("queue", "jobs").unwrap());
@@ -45,13 +43,13 @@ async fn provision_observe_and_clean_up_a_lock_and_a_queue() {
     assert_eq!(acl.len(), 2, "the namespace's identity and the operator's: {acl:?}");
     let (root_acl, _) = operator.get_acl("/paddock").await.unwrap();
     assert_eq!(root_acl.len(), 1, "the root is the operator's alone: {root_acl:?}");
-    assert_eq!(root_acl[0].id(), ids.operator.acl_id());
+    assert_eq!(root_acl[0].id(), op_id.acl_id());
     let queue_spec = WorkQueueSpec { deletion_policy: DeletionPolicy::Retain, ..WorkQueueSpec::default() };
     let desired = build::queue(&layout, &ns, &queue_name, &queue_spec, &ids).unwrap();
     apply::queue(&operator, &layout, &ns, &queue_name, &desired).await.unwrap();
 
     // A workload of the namespace takes the lock and enqueues.
-    let app = authed(&connect, &ids.namespace).await;
+    let app = authed(&connect, &ns_id).await;
     let holder = HolderInfo { pod: "web-0".into(), owner: "worker-1".into() };
     let request = AcquireRequest {
         lock_path: path,
@@ -100,8 +98,8 @@ async fn provision_observe_and_clean_up_a_lock_and_a_queue() {
 #[test]
 fn an_invalid_spec_builds_nothing() {
     let ids = Identities {
-        namespace: DigestIdentity::generate("paddock-ns-shop"),
-        operator: DigestIdentity::generate("paddock-operator"),
+        namespace: ZkId::Digest(DigestIdentity::generate("paddock-ns-shop")),
+        operator: ZkId::Digest(DigestIdentity::generate("paddock-operator")),
     };
     let spec =
         DistributedLockSpec { max_holders: 0, ttl: None, lock_delay: None, deletion_policy: DeletionPolicy::Retain };

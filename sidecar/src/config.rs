@@ -68,6 +68,12 @@ pub struct Config {
     #[arg(long, env = "PADDOCK_ZK_TLS_KEY", value_name = "PADDOCK_ZK_TLS_KEY")]
     pub zk_tls_key: Option<std::path::PathBuf>,
 
+    /// The operator's x509 identity (its certificate's subject, as ZooKeeper writes it):
+    /// with a client certificate, the nodes this sidecar creates carry an ACL for its own
+    /// identity and this one, so that the operator can read and remove them.
+    #[arg(long, env = "PADDOCK_ZK_OPERATOR_ID", value_name = "PADDOCK_ZK_OPERATOR_ID", requires = "zk_tls_cert")]
+    pub zk_operator_id: Option<String>,
+
     /// How long SIGTERM waits for in-flight requests before releasing and exiting.
     #[arg(long, env = "PADDOCK_SHUTDOWN_GRACE", value_name = "PADDOCK_SHUTDOWN_GRACE", default_value = "5s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
@@ -186,5 +192,23 @@ mod tests {
             let err = parse(args).unwrap_err().to_string();
             assert!(err.contains(setting), "{args:?}: {err}");
         }
+    }
+
+    #[test]
+    fn the_operator_id_comes_with_a_client_certificate() {
+        let err = parse(&["--zk-operator-id", "CN=paddock-operator,O=paddock"]).unwrap_err().to_string();
+        assert!(err.contains("PADDOCK_ZK_TLS_CERT"), "{err}");
+        let c = parse(&[
+            "--zk-tls-ca",
+            "/ca.crt",
+            "--zk-tls-cert",
+            "/tls.crt",
+            "--zk-tls-key",
+            "/tls.key",
+            "--zk-operator-id",
+            "CN=paddock-operator,O=paddock",
+        ])
+        .unwrap();
+        assert_eq!(c.zk_operator_id.as_deref(), Some("CN=paddock-operator,O=paddock"));
     }
 }

@@ -45,8 +45,13 @@ impl App {
     /// listened on until [`App::serve`].
     pub fn new(config: Config) -> anyhow::Result<Self> {
         let digest_auth = config.digest_auth()?;
-        // Authenticated as its namespace, the sidecar's nodes belong to that identity alone.
-        let layout = config.zk_root.clone().with_node_acl(NodeAcl::for_session(digest_auth.is_some()));
+        // Authenticated as its namespace, the sidecar's nodes belong to that identity alone
+        // (and, with a certificate identity, to the operator's too).
+        let acl = match &config.zk_operator_id {
+            Some(operator) => NodeAcl::creator_and_x509(operator),
+            None => NodeAcl::for_session(digest_auth.is_some()),
+        };
+        let layout = config.zk_root.clone().with_node_acl(acl);
         let session = Session::start(SessionOptions {
             connect: config.zookeeper.clone(),
             session_timeout: config.session_timeout,

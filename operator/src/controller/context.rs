@@ -8,21 +8,19 @@
 
 use kube::Resource;
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
-use paddock_recipes::identity::DigestIdentity;
 use paddock_recipes::{Layout, Session};
 
 use super::backoff::Backoff;
 use crate::error::{At, Error, Step};
 use crate::leader::Leadership;
 use crate::metrics::Metrics;
-use crate::reconcile::identity::{self, NamespaceIdentities};
+use crate::reconcile::identity::{IdentitySettings, NamespaceIdentities};
 
 pub struct Context {
     pub client: kube::Client,
     pub metrics: Metrics,
     pub session: Session,
     pub layout: Layout,
-    pub operator: DigestIdentity,
     /// Whether this replica leads; nothing is written unless it does.
     pub leadership: Leadership,
     /// Each namespace's identity, from its Secret, on the session.
@@ -37,23 +35,16 @@ impl Context {
         client: kube::Client,
         session: Session,
         layout: Layout,
-        operator: DigestIdentity,
+        identity: IdentitySettings,
         leadership: Leadership,
     ) -> Self {
         let reporter = Reporter { controller: "paddock-operator".into(), instance: std::env::var("POD_NAME").ok() };
         let recorder = Recorder::new(client.clone(), reporter);
-        let identities = NamespaceIdentities::new(
-            client.clone(),
-            session.clone(),
-            layout.root(),
-            operator.clone(),
-            leadership.clone(),
-        );
+        let identities = NamespaceIdentities::new(client.clone(), session.clone(), identity, leadership.clone());
         Self {
             client,
             session,
             layout,
-            operator,
             leadership,
             identities,
             recorder,
@@ -64,7 +55,7 @@ impl Context {
 
     /// Where a ZooKeeper call is made, for its error.
     pub(super) fn at(&self, step: Step, path: &str, namespace: &str) -> At {
-        At::new(step, path, namespace, &identity::user(&self.operator))
+        At::new(step, path, namespace, &self.identities.operator_name())
     }
 
     /// Ok while this replica leads; checked before every write.

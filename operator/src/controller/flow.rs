@@ -63,6 +63,9 @@ async fn finalized<K: Kind>(obj: Arc<K>, ctx: &Context) -> Result<Action, Error>
 async fn apply<K: Kind>(obj: &K, ctx: &Context) -> Result<Action, Error> {
     let (ns, name) = names(obj)?;
     let (ids, client) = ctx.identities.get(ns.as_str()).await?;
+    if let Some(note) = ctx.identities.cleartext_warning(ns.as_str()) {
+        ctx.event(obj, EventType::Warning, "CredentialsInClear", note).await;
+    }
     let desired = obj.desired(&ctx.layout, &ns, &name, &ids).map_err(|e| Error::InvalidSpec(e.to_string()))?;
     ctx.leading()?;
     let target = Target { client: &client, layout: &ctx.layout, ns: &ns, name: &name };

@@ -76,6 +76,22 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
     let (lock_triggers, queue_triggers) = triggers::zookeeper(ctx.session.clone(), ctx.layout.root().to_owned());
     let shutdown = futures::future::FutureExt::shared(Box::pin(shutdown));
     let locks = drive::<DistributedLock>(ctx.clone(), lock_triggers, shutdown.clone());
-    let queues = drive::<WorkQueue>(ctx, queue_triggers, shutdown);
-    futures::join!(locks, queues);
+    let queues = drive::<WorkQueue>(ctx.clone(), queue_triggers, shutdown.clone());
+    // Namespace certificates are renewed on time whether or not their resources change.
+    let renewals = async move {
+        let Some(every) = ctx.identities.renew_interval() else { return };
+        let renew = async {
+            loop {
+                tokio::time::sleep(every).await;
+                if ctx.leadership.is_leading() {
+                    ctx.identities.renew_due().await;
+                }
+            }
+        };
+        tokio::select! {
+            _ = renew => {}
+            _ = shutdown => {}
+        }
+    };
+    futures::join!(locks, queues, renewals);
 }

@@ -1,7 +1,7 @@
 //! The desired znode of a resource: path, config data and ACL. No client.
 
 use paddock_recipes::config::to_znode;
-use paddock_recipes::identity::namespace_acl;
+use paddock_recipes::identity::acl_for;
 use paddock_recipes::{Layout, Name, zk};
 
 use super::Identities;
@@ -20,7 +20,7 @@ pub struct Desired {
 }
 
 fn operator_only(ids: &Identities) -> Vec<zk::Acl> {
-    vec![zk::Acl::new(zk::Permission::ALL, zk::AuthId::new("digest", &ids.operator.acl_id()))]
+    acl_for(&[&ids.operator])
 }
 
 pub fn lock(
@@ -34,7 +34,7 @@ pub fn lock(
     Ok(Desired {
         path: layout.lock(ns, name),
         data: to_znode(&config),
-        acl: namespace_acl(&ids.namespace, &ids.operator),
+        acl: acl_for(&[&ids.namespace, &ids.operator]),
         root_acl: operator_only(ids),
     })
 }
@@ -50,7 +50,7 @@ pub fn queue(
     Ok(Desired {
         path: layout.queue(ns, name).base,
         data: to_znode(&config),
-        acl: namespace_acl(&ids.namespace, &ids.operator),
+        acl: acl_for(&[&ids.namespace, &ids.operator]),
         root_acl: operator_only(ids),
     })
 }
@@ -58,17 +58,18 @@ pub fn queue(
 #[cfg(test)]
 mod tests {
     use paddock_recipes::LockConfig;
-    use paddock_recipes::identity::DigestIdentity;
+    use paddock_recipes::identity::{DigestIdentity, ZkId};
 
     use super::*;
     use crate::crd::DeletionPolicy;
 
     #[test]
     fn a_lock_is_its_path_config_and_the_two_identities() {
-        let ids = Identities {
-            namespace: DigestIdentity::parse("paddock-ns-shop:pw1").unwrap(),
-            operator: DigestIdentity::parse("paddock-operator:pw2").unwrap(),
-        };
+        let (ns_id, op_id) = (
+            DigestIdentity::parse("paddock-ns-shop:pw1").unwrap(),
+            DigestIdentity::parse("paddock-operator:pw2").unwrap(),
+        );
+        let ids = Identities { namespace: ZkId::Digest(ns_id.clone()), operator: ZkId::Digest(op_id.clone()) };
         let spec = DistributedLockSpec {
             max_holders: 2,
             ttl: None,
@@ -81,7 +82,16 @@ mod tests {
         assert_eq!(desired.path, "/paddock/shop/locks/orders");
         assert_eq!(LockConfig::from_znode(&desired.path, &desired.data).unwrap().max_holders, 2);
         let ids_in_acl: Vec<&str> = desired.acl.iter().map(|a| a.id()).collect();
-        assert_eq!(ids_in_acl, [ids.namespace.acl_id().as_str(), ids.operator.acl_id().as_str()]);
+        assert_eq!(ids_in_acl, [ns_id.acl_id().as_str(), op_id.acl_id().as_str()]);
         assert!(desired.acl.iter().all(|a| a.scheme() == "digest"), "no world or ip access");
+        let x509 = Identities {
+            namespace: ZkId::X509("CN=paddock-ns-shop,O=paddock".into()),
+            operator: ZkId::X509("CN=paddock-operator,O=paddock".into()),
+        };
+        let desired = lock(&layout, &ns, &name, &spec, &x509).unwrap();
+        let acl: Vec<(&str, &str)> = desired.acl.iter().map(|a| (a.scheme(), a.id())).collect();
+        assert_eq!(acl, [("x509", "CN=paddock-ns-shop,O=paddock"), ("x509", "CN=paddock-operator,O=paddock")]);
+        assert_eq!(desired.root_acl.len(), 1);
+        assert_eq!(desired.root_acl[0].id(), "CN=paddock-operator,O=paddock");
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod apply;
 pub mod build;
+pub mod certificate;
 pub mod cleanup;
 pub mod identity;
 pub mod kind;

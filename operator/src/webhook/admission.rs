@@ -20,6 +20,7 @@ use serde_json::json;
 use super::WebhookContext;
 use super::inject::{self, Injection, SidecarTemplate};
 use super::patch::patch;
+use super::tls_identity;
 use crate::reconcile::identity::CREDENTIALS_SECRET;
 
 /// The webhook's state: where to look up credentials, what to count, and the sidecar to add.
@@ -97,7 +98,7 @@ impl Webhook {
             Err(err) => return self.answer("invalid", invalid(allowed, format!("not a Pod: {err}"))),
         };
         // What the annotations ask is checked first: its refusal says what to change.
-        let injected = match inject::inject(&pod, &self.template) {
+        let mut injected = match inject::inject(&pod, &self.template) {
             Ok(Injection::Skip(_)) => return self.answer("skipped", allowed),
             Err(rejected) => return self.answer("denied", allowed.deny(rejected.0)),
             Ok(Injection::Inject(injected)) => injected,
@@ -106,6 +107,8 @@ impl Webhook {
         // The sidecar authenticates as the namespace; without its Secret it could not start.
         let secrets: Api<Secret> = Api::namespaced(self.ctx.client.clone(), &namespace);
         match secrets.get_opt(CREDENTIALS_SECRET).await {
+            // A certificate identity (TLS): the sidecar mounts it instead of the digest.
+            Ok(Some(secret)) if tls_identity::is_certificate(&secret) => tls_identity::use_certificate(&mut injected),
             Ok(Some(_)) => {}
             Ok(None) => {
                 let message = format!(

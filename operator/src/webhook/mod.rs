@@ -13,6 +13,7 @@ pub mod certs;
 pub mod cli;
 pub mod inject;
 mod patch;
+pub mod tls_identity;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

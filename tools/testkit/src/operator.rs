@@ -17,7 +17,7 @@ pub struct OperatorOptions {
     pub binary: PathBuf,
     pub kubeconfig: PathBuf,
     pub zookeeper: String,
-    /// The operator's digest identity `user:password`.
+    /// The operator's digest identity `user:password` (empty: `PADDOCK_ZK_AUTH` not set).
     pub credentials: String,
     /// `POD_NAME`; empty: not set (the operator makes an identity of its own).
     pub pod_name: String,
@@ -97,7 +97,6 @@ fn spawn(options: &OperatorOptions, metrics_addr: SocketAddr) -> Result<ProcessH
         .arg("run")
         .env("KUBECONFIG", &options.kubeconfig)
         .env("PADDOCK_ZOOKEEPER", &options.zookeeper)
-        .env("PADDOCK_ZK_AUTH", &options.credentials)
         .env("POD_NAMESPACE", &options.namespace)
         .env("PADDOCK_LEASE_DURATION", format!("{}ms", options.lease_duration.as_millis()))
         .env("PADDOCK_SESSION_TIMEOUT", format!("{}ms", options.session_timeout.as_millis()))
@@ -105,6 +104,9 @@ fn spawn(options: &OperatorOptions, metrics_addr: SocketAddr) -> Result<ProcessH
         // Operator logs in tests: warnings only unless PADDOCK_TEST_OPERATOR_LOG says otherwise.
         .env("RUST_LOG", std::env::var("PADDOCK_TEST_OPERATOR_LOG").unwrap_or_else(|_| "warn".to_owned()))
         .envs(options.env.iter().map(|(k, v)| (k, v)));
+    if !options.credentials.is_empty() {
+        command.env("PADDOCK_ZK_AUTH", &options.credentials);
+    }
     if options.pod_name.is_empty() {
         command.env_remove("POD_NAME");
     } else {

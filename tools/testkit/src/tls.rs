@@ -4,7 +4,7 @@
 //! ZooKeeper's `x509` scheme takes as the identity).
 //!
 //! Layout under the ensemble's directory: `tls/ca.pem` (the trust store of every server
-//! and client), `server-N/keystore.pem` (certificate and key in one file), and
+//! and client; its key `tls/ca.key`), `server-N/keystore.pem` (certificate and key in one file), and
 //! `tls/clients/<name>.crt|.key`.
 
 use std::fs;
@@ -139,6 +139,7 @@ impl EnsembleTls {
         fs::create_dir_all(dir.join("clients"))?;
         let ca = TestCa::new("paddock-test-ca")?;
         fs::write(dir.join("ca.pem"), ca.pem())?;
+        fs::write(dir.join("ca.key"), ca.key.serialize_pem())?;
         let admin = write_client(&dir, "testkit", "CN=paddock-testkit", ca.issue_client("CN=paddock-testkit", false)?)?;
         let probe = rustls_config(&ca.pem(), &admin.issued)?;
         Ok(Self { ca, dir, admin, probe })
@@ -147,6 +148,13 @@ impl EnsembleTls {
     /// The CA's PEM file: `PADDOCK_ZK_TLS_CA`, and every server's trust store.
     pub fn ca_path(&self) -> PathBuf {
         self.dir.join("ca.pem")
+    }
+
+    /// The CA's private key (PEM file): what an operator signs namespace certificates
+    /// with (`PADDOCK_CLIENT_CA_KEY`, with [`Self::ca_path`] as `PADDOCK_CLIENT_CA_CERT`),
+    /// so that every server trusts them.
+    pub fn ca_key_path(&self) -> PathBuf {
+        self.dir.join("ca.key")
     }
 
     pub fn ca(&self) -> &TestCa {

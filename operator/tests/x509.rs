@@ -1,0 +1,250 @@
+//! Namespace identities by certificate (issue 18), with the real operator binary, the
+//! Kubernetes API stand-in and a real 3-node ensemble that serves TLS only: the operator
+//! issues each namespace a client certificate into its Secret, signed by the ensemble's
+//! CA; namespace A's certificate gets NoAuth on namespace B's locks and queues, raw and
+//! through a sidecar; the operator reads both namespaces; and a certificate the operator
+//! renews (30 s lifetime here) reaches the Secret before it expires, with a sidecar whose
+//! files are rewritten, and a sidecar started with the new ones, serving without a failed request.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::Api;
+use paddock_kube_standin::ApiServer;
+use paddock_operator::crd::{DistributedLock, WorkQueue};
+use paddock_recipes::zk;
+use paddock_testkit::process::Sidecar;
+use paddock_testkit::{
+    Acquire, Ensemble, EnsembleOptions, Operator, OperatorOptions, PodClient, SidecarOptions, eventually, init_tracing,
+    workspace_binary,
+};
+
+const RESOURCES: &str = "
+apiVersion: v1
+kind: Namespace
+metadata: {name: team-a}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: team-b}
+---
+apiVersion: paddock.dev/v1alpha1
+kind: DistributedLock
+metadata: {name: shared, namespace: team-a}
+spec: {maxHolders: 1}
+---
+apiVersion: paddock.dev/v1alpha1
+kind: WorkQueue
+metadata: {name: jobs, namespace: team-a}
+spec: {maxAttempts: 3, visibilityTimeout: 30s}
+---
+apiVersion: paddock.dev/v1alpha1
+kind: DistributedLock
+metadata: {name: shared, namespace: team-b}
+spec: {maxHolders: 1}
+---
+apiVersion: paddock.dev/v1alpha1
+kind: WorkQueue
+metadata: {name: jobs, namespace: team-b}
+spec: {maxAttempts: 3, visibilityTimeout: 30s}
+";
+
+/// The namespace's Secret's keys (`tls.crt`, `tls.key`, `ca.crt`, `operator-id`).
+async fn identity(client: &kube::Client, namespace: &str) -> BTreeMap<String, String> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let secret = secrets.get("paddock-zookeeper-credentials").await.unwrap();
+    secret.data.unwrap().into_iter().map(|(k, v)| (k, String::from_utf8(v.0).unwrap())).collect()
+}
+
+/// Writes the Secret's files into `dir` as the kubelet's mount would (each file replaced
+/// whole); returns the sidecar's environment for them.
+fn mount(dir: &Path, identity: &BTreeMap<String, String>) -> Vec<(String, String)> {
+    std::fs::create_dir_all(dir).unwrap();
+    for key in ["tls.crt", "tls.key", "ca.crt"] {
+        let tmp = dir.join(format!(".{key}.tmp"));
+        std::fs::write(&tmp, &identity[key]).unwrap();
+        std::fs::rename(&tmp, dir.join(key)).unwrap();
+    }
+    let file = |key: &str| dir.join(key).display().to_string();
+    vec![
+        ("PADDOCK_ZK_TLS_CA".into(), file("ca.crt")),
+        ("PADDOCK_ZK_TLS_CERT".into(), file("tls.crt")),
+        ("PADDOCK_ZK_TLS_KEY".into(), file("tls.key")),
+        ("PADDOCK_ZK_OPERATOR_ID".into(), identity["operator-id"].clone()),
+    ]
+}
+
+async fn sidecar(ensemble: &Ensemble, pod: &str, namespace: &str, env: Vec<(String, String)>) -> (Sidecar, PodClient) {
+    let mut options =
+        SidecarOptions::new(workspace_binary("paddock-sidecar"), ensemble.connect_string(), pod, namespace);
+    options.env.extend(env);
+    let sidecar = Sidecar::start(options).await.unwrap();
+    let client = PodClient::new(sidecar.url(""));
+    (sidecar, client)
+}
+
+/// A raw ZooKeeper client presenting the Secret's certificate.
+async fn raw(ensemble: &Ensemble, identity: &BTreeMap<String, String>) -> zk::Client {
+    let options = zk::TlsOptions::new()
+        .with_pem_ca(&identity["ca.crt"])
+        .unwrap()
+        .with_pem_identity(&identity["tls.crt"], &identity["tls.key"])
+        .unwrap();
+    paddock_testkit::provision::admin_tls(&ensemble.connect_string(), options).await.unwrap()
+}
+
+struct Setup {
+    ensemble: Ensemble,
+    _api: ApiServer,
+    _operator: Operator,
+    client: kube::Client,
+    dir: tempfile::TempDir,
+    operator_id: String,
+}
+
+async fn setup() -> Setup {
+    init_tracing();
+    let ensemble = Ensemble::start_with(EnsembleOptions { tls: true, ..Default::default() }).await.unwrap();
+    let tls = ensemble.tls().unwrap();
+    let api = ApiServer::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, api.kubeconfig()).unwrap();
+    paddock_testkit::kubectl(&kubeconfig, &["apply", "-f", "crds/"]).unwrap();
+    let resources = dir.path().join("resources.yaml");
+    std::fs::write(&resources, RESOURCES).unwrap();
+    paddock_testkit::kubectl(&kubeconfig, &["apply", "-f", resources.to_str().unwrap()]).unwrap();
+
+    // The operator: its own certificate, the ensemble's CA as the client CA, no digest.
+    let own = tls.issue_client("operator", "CN=paddock-operator,O=paddock").unwrap();
+    let mut options =
+        OperatorOptions::new(workspace_binary("paddock-operator"), &kubeconfig, &ensemble.connect_string(), "");
+    options.env.extend(own.env(&tls.ca_path()));
+    let (ca, key) = (tls.ca_path().display().to_string(), tls.ca_key_path().display().to_string());
+    let options = options
+        .env("PADDOCK_CLIENT_CA_CERT", &ca)
+        .env("PADDOCK_CLIENT_CA_KEY", &key)
+        .env("PADDOCK_CLIENT_CERT_LIFETIME", "30s");
+    let operator = Operator::spawn(options).unwrap();
+    let client = api.client().unwrap();
+    for ns in ["team-a", "team-b"] {
+        let locks: Api<DistributedLock> = Api::namespaced(client.clone(), ns);
+        let queues: Api<WorkQueue> = Api::namespaced(client.clone(), ns);
+        eventually(Duration::from_secs(60), "the lock and the queue are Ready", || async {
+            let ready = |c: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]| {
+                c.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+            };
+            let lock = locks.get("shared").await.unwrap().status.is_some_and(|s| ready(&s.conditions));
+            lock && queues.get("jobs").await.unwrap().status.is_some_and(|s| ready(&s.conditions))
+        })
+        .await;
+    }
+    Setup { ensemble, _api: api, _operator: operator, client, dir, operator_id: own.subject }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_certificate_cannot_touch_another_namespace_and_the_operator_reads_both() {
+    let setup = setup().await;
+    let (a, b) = (identity(&setup.client, "team-a").await, identity(&setup.client, "team-b").await);
+    assert_eq!(a["operator-id"], setup.operator_id, "the sidecars learn the operator's x509 id");
+    assert_eq!(a["ca.crt"], std::fs::read_to_string(setup.ensemble.tls().unwrap().ca_path()).unwrap());
+    assert!(!a.contains_key("credentials"), "no digest credentials with certificate identities");
+
+    // The provisioned znodes name the namespace's certificate and the operator's.
+    let raw_a = raw(&setup.ensemble, &a).await;
+    let (acl, _) = raw_a.get_acl("/paddock/team-a/locks/shared").await.unwrap();
+    let ids: Vec<(&str, &str)> = acl.iter().map(|a| (a.scheme(), a.id())).collect();
+    assert_eq!(ids, [("x509", "CN=paddock-ns-team-a,O=paddock"), ("x509", "CN=paddock-operator,O=paddock")]);
+
+    // Raw, with team-a's certificate: its own namespace yes, team-b's no.
+    raw_a.get_data("/paddock/team-a/queues/jobs").await.expect("own queue readable");
+    let open = zk::CreateMode::EphemeralSequential.with_acls(zk::Acls::creator_all());
+    assert_eq!(raw_a.get_data("/paddock/team-b/locks/shared").await.unwrap_err(), zk::Error::NoAuth);
+    assert_eq!(
+        raw_a.create("/paddock/team-b/locks/shared/_c_x-lock-", b"", &open).await.unwrap_err(),
+        zk::Error::NoAuth
+    );
+    assert_eq!(raw_a.list_children("/paddock/team-b/queues/jobs/items").await.unwrap_err(), zk::Error::NoAuth);
+    assert_eq!(raw_a.list_children("/paddock").await.unwrap_err(), zk::Error::NoAuth, "namespaces are not listable");
+
+    // Through sidecars: each namespace's own works; team-a's certificate in team-b is refused.
+    let (_a, pod_a) = sidecar(&setup.ensemble, "a-0", "team-a", mount(&setup.dir.path().join("a"), &a)).await;
+    let Acquire::Acquired { .. } = pod_a.acquire("shared", "a-0", "0s").await.unwrap() else { panic!("own lock") };
+    assert_eq!(pod_a.enqueue("jobs", "a-item").await.unwrap().0, 201);
+    let (_intruder, intruder) = sidecar(&setup.ensemble, "x-0", "team-b", mount(&setup.dir.path().join("x"), &a)).await;
+    let Acquire::Failed { status, body } = intruder.acquire("shared", "x-0", "0s").await.unwrap() else {
+        panic!("team-a's certificate must not lock in team-b")
+    };
+    assert_eq!((status, body["error"].as_str()), (403, Some("zookeeper-no-auth")), "{body}");
+    let (status, body) = intruder.enqueue("jobs", "sneaky").await.unwrap();
+    assert_eq!((status, body["error"].as_str()), (403, Some("zookeeper-no-auth")), "{body}");
+    let (_b, pod_b) = sidecar(&setup.ensemble, "b-0", "team-b", mount(&setup.dir.path().join("b"), &b)).await;
+    let Acquire::Acquired { .. } = pod_b.acquire("shared", "b-0", "0s").await.unwrap() else { panic!("own lock") };
+    assert_eq!(pod_b.enqueue("jobs", "b-item").await.unwrap().0, 201);
+
+    // What a sidecar creates names its namespace and the operator; team-b cannot read it.
+    let contender = raw_a.list_children("/paddock/team-a/locks/shared").await.unwrap().pop().unwrap();
+    let path = format!("/paddock/team-a/locks/shared/{contender}");
+    let (acl, _) = raw_a.get_acl(&path).await.unwrap();
+    let ids: Vec<&str> = acl.iter().map(|a| a.id()).collect();
+    assert_eq!(ids, ["CN=paddock-ns-team-a,O=paddock", "CN=paddock-operator,O=paddock"]);
+    assert_eq!(raw(&setup.ensemble, &b).await.get_data(&path).await.unwrap_err(), zk::Error::NoAuth);
+
+    // The operator reads both namespaces: holders and depths reach the resources' status.
+    for (ns, pod) in [("team-a", "a-0"), ("team-b", "b-0")] {
+        let locks: Api<DistributedLock> = Api::namespaced(setup.client.clone(), ns);
+        let queues: Api<WorkQueue> = Api::namespaced(setup.client.clone(), ns);
+        eventually(Duration::from_secs(60), "the status shows the holder and the depth", || async {
+            let lock =
+                locks.get("shared").await.unwrap().status.is_some_and(|s| s.holders.iter().any(|h| h.pod == pod));
+            lock && queues.get("jobs").await.unwrap().status.is_some_and(|s| s.depth == 1)
+        })
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_certificate_reaches_the_secret_before_expiry_and_sidecars_keep_serving() {
+    let setup = setup().await;
+    let first = identity(&setup.client, "team-a").await;
+    let issued_at = std::time::Instant::now();
+    let files: PathBuf = setup.dir.path().join("a");
+    let (_a, pod) = sidecar(&setup.ensemble, "a-0", "team-a", mount(&files, &first)).await;
+
+    // Requests all along, while the kubelet (this loop) rewrites the mounted files.
+    let mut served = 0;
+    let renewed = loop {
+        assert_eq!(pod.enqueue("jobs", "during rotation").await.unwrap().0, 201, "no failed request");
+        let item = pod.next("jobs", "1s").await.unwrap().expect("the item");
+        assert_eq!(pod.settle("jobs", &item.id, "ack", "").await.unwrap().0, 200, "no failed request");
+        served += 1;
+        let current = identity(&setup.client, "team-a").await;
+        if current["tls.crt"] != first["tls.crt"] {
+            mount(&files, &current);
+            break current;
+        }
+        assert!(issued_at.elapsed() < Duration::from_secs(28), "renewed before the 30 s certificate expires");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(issued_at.elapsed() < Duration::from_secs(30), "renewed before expiry");
+    assert!(served > 5, "served {served} rounds during the first certificate's life");
+    assert_eq!(renewed["ca.crt"], first["ca.crt"]);
+
+    // A new sidecar with the new files, and the first one past the old certificate's expiry.
+    let (_new, new_pod) = sidecar(&setup.ensemble, "a-1", "team-a", mount(&files, &renewed)).await;
+    let Acquire::Acquired { .. } = new_pod.acquire("shared", "a-1", "0s").await.unwrap() else { panic!("lock") };
+    assert_eq!(new_pod.release("shared", "a-1").await.unwrap().0, 200);
+    while issued_at.elapsed() < Duration::from_secs(35) {
+        assert_eq!(pod.enqueue("jobs", "after").await.unwrap().0, 201, "no failed request");
+        let item = new_pod.next("jobs", "1s").await.unwrap().expect("the item");
+        assert_eq!(new_pod.settle("jobs", &item.id, "ack", "").await.unwrap().0, 200, "no failed request");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The new certificate is what ZooKeeper sees: a raw client with it is team-a.
+    let raw_new = raw(&setup.ensemble, &renewed).await;
+    let users = raw_new.list_auth_users().await.unwrap();
+    assert!(users.iter().any(|u| u.scheme() == "x509" && u.user() == "CN=paddock-ns-team-a,O=paddock"), "{users:?}");
+    raw_new.get_data("/paddock/team-a/locks/shared").await.expect("the renewed certificate is team-a");
+}
