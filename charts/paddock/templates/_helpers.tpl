@@ -195,6 +195,21 @@ external one when zookeeper.tls.operatorSecretName names its certificate's Secre
 {{- end }}
 {{- end }}
 
+{{/*
+The Secret with the CA (tls.crt, tls.key) that the operator signs namespace certificates
+with, for namespaceAuth x509: the one named, else the release's own cert-manager CA.
+*/}}
+{{- define "paddock.zookeeper.clientCaSecretName" -}}
+{{- $tls := .Values.zookeeper.tls }}
+{{- if $tls.clientCaSecretName }}
+{{- $tls.clientCaSecretName }}
+{{- else if and .Values.zookeeper.enabled $tls.certManager.enabled (not $tls.secretName) (not $tls.certManager.issuerRef) }}
+{{- printf "%s-ca" (include "paddock.zookeeper.fullname" .) }}
+{{- else }}
+{{- fail "zookeeper.tls.namespaceAuth=x509 needs zookeeper.tls.clientCaSecretName: a Secret with the tls.crt and tls.key of a CA the ZooKeeper servers trust (or set zookeeper.tls.namespaceAuth=digest)" }}
+{{- end }}
+{{- end }}
+
 {{- define "paddock.zookeeper.issuerRef" -}}
 {{- with .Values.zookeeper.tls.certManager.issuerRef }}
 name: {{ required "zookeeper.tls.certManager.issuerRef.name is required when issuerRef is set" .name }}

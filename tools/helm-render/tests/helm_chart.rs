@@ -60,7 +60,16 @@ const OPERATOR_ENV: &[&str] = &[
 const SELF_SIGNED_ENV: &[&str] = &["PADDOCK_WEBHOOK_CONFIG", "PADDOCK_WEBHOOK_TLS_SECRET"];
 const CERT_MANAGER_ENV: &[&str] = &["PADDOCK_WEBHOOK_CERT_DIR"];
 /// TLS to the managed ensemble (on by default): its CA and the operator's certificate.
-const ZK_TLS_ENV: &[&str] = &["PADDOCK_ZK_TLS_CA", "PADDOCK_ZK_TLS_CERT", "PADDOCK_ZK_TLS_KEY"];
+const ZK_TLS_ENV: &[&str] = &[
+    "PADDOCK_ZK_TLS_CA",
+    "PADDOCK_ZK_TLS_CERT",
+    "PADDOCK_ZK_TLS_KEY",
+    // Namespace identities by certificate, the default over TLS.
+    "PADDOCK_NAMESPACE_AUTH",
+    "PADDOCK_CLIENT_CA_CERT",
+    "PADDOCK_CLIENT_CA_KEY",
+    "PADDOCK_CLIENT_CERT_LIFETIME",
+];
 
 /// API calls the operator makes, (group, resource, verb): a floor under
 /// deploy/operator-rbac.yaml, so that dropping a rule from both is caught too.
@@ -818,6 +827,13 @@ fn zookeeper_serves_tls_only_by_default_and_the_operator_connects_with_a_certifi
     assert_eq!(operator_cert["spec"]["commonName"], "paddock-operator", "the operator's x509 identity");
     assert_eq!(operator_cert["spec"]["issuerRef"], server["spec"]["issuerRef"], "one CA for all");
     assert_eq!(usages(operator_cert), ["\"client auth\"", "\"digital signature\""]);
+    // Namespace identities by certificate: the operator signs them with the release's CA,
+    // the one the servers trust.
+    assert_eq!(env_value(operator, "PADDOCK_NAMESPACE_AUTH"), "x509");
+    let ca_dir = env_value(operator, "PADDOCK_CLIENT_CA_CERT").strip_suffix("/tls.crt").expect("tls.crt").to_owned();
+    assert_eq!(env_value(operator, "PADDOCK_CLIENT_CA_KEY"), format!("{ca_dir}/tls.key"));
+    assert_eq!(secret_at(operator_pod, operator, &ca_dir), ca["spec"]["secretName"].as_str().unwrap());
+    assert_eq!(env_value(operator, "PADDOCK_CLIENT_CERT_LIFETIME"), "720h");
 
     // Secrets of the user's instead: no cert-manager object, the Secrets mounted.
     let objects = Objects::parse(
@@ -826,6 +842,8 @@ fn zookeeper_serves_tls_only_by_default_and_the_operator_connects_with_a_certifi
             "zookeeper.tls.secretName=zk-certs",
             "--set",
             "zookeeper.tls.operatorSecretName=operator-certs",
+            "--set",
+            "zookeeper.tls.clientCaSecretName=client-ca",
         ])
         .unwrap(),
     );
@@ -835,6 +853,17 @@ fn zookeeper_serves_tls_only_by_default_and_the_operator_connects_with_a_certifi
     assert_eq!(secret_at(pod, &pod.containers[0], "/tls"), "zk-certs");
     let operator_pod = objects.operator().spec.template.spec.as_ref().unwrap();
     assert_eq!(secret_at(operator_pod, objects.operator_container(), &dir), "operator-certs");
+    assert_eq!(secret_at(operator_pod, objects.operator_container(), &ca_dir), "client-ca");
+    // Without a client CA of theirs, x509 namespaces cannot be: the error says what to set;
+    // digest needs none.
+    let theirs =
+        ["--set", "zookeeper.tls.secretName=zk-certs", "--set", "zookeeper.tls.operatorSecretName=operator-certs"];
+    let error = render(&theirs).unwrap_err();
+    assert!(error.contains("zookeeper.tls.clientCaSecretName") && error.contains("namespaceAuth=digest"), "{error}");
+    let digest =
+        Objects::parse(&render(&[&theirs[..], &["--set", "zookeeper.tls.namespaceAuth=digest"]].concat()).unwrap());
+    assert_eq!(env_value(digest.operator_container(), "PADDOCK_NAMESPACE_AUTH"), "digest");
+    assert!(digest.operator_container().env.iter().flatten().all(|e| !e.name.starts_with("PADDOCK_CLIENT_CA")));
     // ... both of them; and neither source is an error that says what to set.
     let error = render(&["--set", "zookeeper.tls.secretName=zk-certs"]).unwrap_err();
     assert!(error.contains("zookeeper.tls.operatorSecretName"), "{error}");
@@ -845,7 +874,16 @@ fn zookeeper_serves_tls_only_by_default_and_the_operator_connects_with_a_certifi
     let external = ["--set", "zookeeper.enabled=false", "--set", "zookeeper.connectString=zk-0:2281"];
     let objects = Objects::parse(&render(&external).unwrap());
     assert!(objects.operator_container().env.iter().flatten().all(|e| !e.name.starts_with("PADDOCK_ZK_TLS")));
-    let with_tls = [&external[..], &["--set", "zookeeper.tls.operatorSecretName=operator-certs"]].concat();
+    let with_tls = [
+        &external[..],
+        &[
+            "--set",
+            "zookeeper.tls.operatorSecretName=operator-certs",
+            "--set",
+            "zookeeper.tls.clientCaSecretName=client-ca",
+        ],
+    ]
+    .concat();
     let objects = Objects::parse(&render(&with_tls).unwrap());
     assert!(objects.cert_manager.is_empty() && objects.stateful_sets.is_empty());
     let operator_pod = objects.operator().spec.template.spec.as_ref().unwrap();
