@@ -5,7 +5,8 @@
 //!
 //! With `ensemble.tls` the ensemble serves TLS only, and each operator replica is given
 //! its CA and a client certificate of its own (`CN=paddock-operator`) through
-//! `PADDOCK_ZK_TLS_CA/CERT/KEY`, as the chart gives them.
+//! `PADDOCK_ZK_TLS_CA/CERT/KEY`, as the chart gives them; namespaces keep digest identities
+//! (`PADDOCK_NAMESPACE_AUTH=digest`), sent inside TLS.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -77,6 +78,10 @@ impl Stack {
             if let Some(tls) = ensemble.tls() {
                 let cert = tls.issue_client(&name, "CN=paddock-operator")?;
                 replica.env.extend(cert.env(&tls.ca_path()));
+                // The stack's pods keep digest identities (they read the credentials the
+                // operator makes), inside TLS; certificate identities have tests of their own
+                // (operator/tests/x509.rs). Over TLS the operator would otherwise default to x509.
+                replica.env.push(("PADDOCK_NAMESPACE_AUTH".to_owned(), "digest".to_owned()));
             }
             operators.push(Operator::spawn(replica)?);
         }
