@@ -45,11 +45,7 @@ async fn observers_follow_the_leader_and_see_a_new_one_with_a_larger_token_when_
         replicas.push(process);
     }
     let (_observer, observer) = sidecar(&ensemble, "observer", NAMESPACE, session).await;
-    let mut events = {
-        let response = observer.http().get(observer.url("/events?watch=leader")).send().await.unwrap();
-        assert_eq!(response.status(), 200);
-        event_lines(response)
-    };
+    let mut events = observer.events_at("/events?watch=leader").await.unwrap();
 
     let mut seen = holders(&observer, "").await;
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -93,30 +89,10 @@ async fn observers_follow_the_leader_and_see_a_new_one_with_a_larger_token_when_
     let mut leaders = Vec::new();
     while leaders.last() != Some(&new_token) {
         let event = tokio::time::timeout(Duration::from_secs(10), events.recv()).await.expect("lock.changed in time");
-        if let Some(leader) = event.expect("the stream goes on")["leader"]["token"].as_i64() {
+        let (kind, data) = event.expect("the stream goes on");
+        if let Some(leader) = data["leader"]["token"].as_i64().filter(|_| kind == "lock.changed") {
             leaders.push(leader);
         }
     }
     assert!(leaders.contains(&token), "lock.changed showed the first leader, then the next: {leaders:?}");
-}
-
-/// The `lock.changed` events of a stream, as they come (the test reads what has arrived).
-fn event_lines(response: reqwest::Response) -> tokio::sync::mpsc::UnboundedReceiver<Value> {
-    use futures::StreamExt;
-    let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let mut body = response.bytes_stream();
-        let mut buffer = String::new();
-        while let Some(Ok(chunk)) = body.next().await {
-            buffer.push_str(&String::from_utf8_lossy(&chunk));
-            while let Some(end) = buffer.find("\n\n") {
-                let block: String = buffer.drain(..end + 2).collect();
-                if block.contains("event: lock.changed") {
-                    let data = block.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
-                    let _ = sender.send(serde_json::from_str(data).unwrap());
-                }
-            }
-        }
-    });
-    receiver
 }

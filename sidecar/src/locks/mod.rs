@@ -29,6 +29,7 @@ mod loss;
 mod observe;
 mod sets;
 
+pub use self::listing::Holding;
 use self::loss::{enforce_lease, ensure_holder_watch, follow_session};
 pub use self::observe::View;
 pub use self::sets::SetOutcome;
@@ -94,16 +95,9 @@ pub enum AcquireOutcome {
 pub struct Status {
     pub name: String,
     pub owner: String,
-    /// `free` (this owner neither holds nor waits), `held`, `waiting` or `lost`.
-    pub state: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub token: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub lost_reason: Option<LossReason>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub lost_at: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub expires_in_ms: Option<u64>,
+    /// This owner's part: `free` (neither holds nor waits), `held`, `waiting` or `lost`.
+    #[serde(flatten)]
+    pub holding: Holding,
     /// Set when ZooKeeper is unreachable: why holders and waiters are missing.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub zookeeper: Option<String>,
@@ -393,32 +387,8 @@ impl LockService {
             Err(err) => return Err(err),
         };
         let entry = self.inner.table.lock().expect("not poisoned").get(&(name.clone(), owner.clone())).cloned();
-        let mut status = Status {
-            name: name.to_string(),
-            owner,
-            state: "free",
-            token: None,
-            lost_reason: None,
-            lost_at: None,
-            expires_in_ms: None,
-            zookeeper,
-            snapshot,
-        };
-        match entry {
-            Some(Entry::Held(held)) => {
-                status.state = "held";
-                status.token = Some(held.held.token);
-                status.expires_in_ms = held.expires_at.map(millis_left);
-            }
-            Some(Entry::Waiting) => status.state = "waiting",
-            Some(Entry::Lost(lost)) => {
-                status.state = "lost";
-                status.token = Some(lost.token);
-                status.lost_reason = Some(lost.reason);
-                status.lost_at = Some(lost.at);
-            }
-            None => {}
-        }
+        let holding = Holding::of(entry.as_ref());
+        let status = Status { name: name.to_string(), owner, holding, zookeeper, snapshot };
         Ok(status)
     }
 

@@ -155,9 +155,14 @@ impl PodClient {
 
     /// Opens `GET /events` and returns a receiver of (event type, JSON data).
     pub async fn events(&self) -> Result<tokio::sync::mpsc::UnboundedReceiver<(String, Value)>> {
+        self.events_at("/events").await
+    }
+
+    /// As [`Self::events`], for `path` with a query (e.g. `/events?watch=leader`).
+    pub async fn events_at(&self, path: &str) -> Result<tokio::sync::mpsc::UnboundedReceiver<(String, Value)>> {
         use futures::StreamExt;
-        let response = self.http.get(self.url("/events")).timeout(Duration::from_secs(3600)).send().await?;
-        anyhow::ensure!(response.status().is_success(), "GET /events: {}", response.status());
+        let response = self.http.get(self.url(path)).timeout(Duration::from_secs(3600)).send().await?;
+        anyhow::ensure!(response.status().is_success(), "GET {path}: {}", response.status());
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let mut stream = response.bytes_stream();
         tokio::spawn(async move {
