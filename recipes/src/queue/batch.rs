@@ -135,10 +135,14 @@ async fn commit(
                 prepared.retain(|claim| view.is_offered(&claim.delivery.id));
             }
             Err(zk::MultiWriteError::RequestFailed { source }) if crate::retry::outcome_unknown(&source) => {
-                // All or none: the first claim tells.
+                // All or none: the first claim tells. Not applied, with the session back:
+                // the same claims are sent again (their reads still hold).
                 let first = prepared[0].delivery.clone();
-                let proved = resolve_unknown(client, paths, first, source).await?;
-                return Ok(claimed(view, prepared, proved.claim_proved_at));
+                match resolve_unknown(client, paths, first, source).await {
+                    Ok(proved) => return Ok(claimed(view, prepared, proved.claim_proved_at)),
+                    Err(_) if client.state() == zk::SessionState::SyncConnected => continue,
+                    Err(err) => return Err(err),
+                }
             }
             Err(err) => return Err(zk::Error::from(err).into()),
         }
