@@ -31,7 +31,27 @@ async fn consumer(ensemble: &Ensemble, paths: &QueuePaths) -> (zk::Client, Queue
         tls: None,
     });
     let client = session.wait_connected(Duration::from_secs(30)).await.unwrap().client;
-    (client, QueueView::start(session, paths.clone(), Arc::new(())))
+    let view = QueueView::start(session, paths.clone(), Arc::new(()));
+    while !view.is_synced() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    (client, view)
+}
+
+/// The next item, waiting up to 5 s for the view to see one; None if none came.
+async fn next_within(
+    client: &zk::Client,
+    paths: &QueuePaths,
+    view: &QueueView,
+    config: &QueueConfig,
+) -> Option<queue::Delivery> {
+    for _ in 0..100 {
+        if let Some(d) = queue::claim_next(client, paths, view, config, "pod", &()).await.unwrap() {
+            return Some(d);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -115,14 +135,19 @@ async fn a_nacked_head_stays_the_head_and_a_delayed_nack_holds_only_its_group() 
     let config = QueueConfig::default();
     let items = [grouped("g", "a".into()), grouped("g", "b".into()), grouped("h", "x".into())];
     queue::enqueue(&client, &paths, &items).await.unwrap();
-    let next = || async { queue::claim_next(&client, &paths, &view, &config, "pod", &()).await.unwrap() };
+    let next = || next_within(&client, &paths, &view, &config);
+    // After a short wait for the view to catch up: what can be claimed right now.
+    let next_now = || async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        queue::claim_next(&client, &paths, &view, &config, "pod", &()).await.unwrap()
+    };
     let payload = |d: &queue::Delivery| String::from_utf8(d.payload.clone()).unwrap();
 
     let a = next().await.unwrap();
     assert_eq!(payload(&a), "a");
     let x = next().await.unwrap();
     assert_eq!(payload(&x), "x");
-    assert!(next().await.is_none(), "b must wait behind a");
+    assert!(next_now().await.is_none(), "b must wait behind a");
     queue::nack(&client, &paths, &config, &a.id, Some(Duration::ZERO), None).await.unwrap();
     let again = next().await.unwrap();
     assert_eq!((payload(&again), again.attempt), ("a".to_owned(), 2));
@@ -133,7 +158,7 @@ async fn a_nacked_head_stays_the_head_and_a_delayed_nack_holds_only_its_group() 
     tokio::time::sleep(Duration::from_millis(300)).await;
     let y = next().await.unwrap();
     assert_eq!(payload(&y), "y");
-    assert!(next().await.is_none(), "g waits out a's back-off");
+    assert!(next_now().await.is_none(), "g waits out a's back-off");
     tokio::time::sleep(Duration::from_secs(3)).await;
     let third = next().await.unwrap();
     assert_eq!((payload(&third), third.attempt), ("a".to_owned(), 3));
@@ -187,4 +212,45 @@ async fn a_grouped_id_is_never_given_to_a_second_item_after_its_group_is_removed
         tokio::time::sleep(Duration::from_millis(pause)).await;
     }
     assert!(made_again > 0, "the group was never removed and made again: the test shows nothing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_requeue_peek_and_purge_know_groups() {
+    init_tracing();
+    let ensemble = Ensemble::start().await.unwrap();
+    let config = QueueConfig { max_attempts: 2, ..QueueConfig::default() };
+    let admin = provision::admin(&ensemble.connect_string()).await.unwrap();
+    provision::queue(&admin, "groups", "dead", config.clone()).await.unwrap();
+    let paths =
+        Layout::new("/paddock").unwrap().queue(&Name::new("ns", "groups").unwrap(), &Name::new("q", "dead").unwrap());
+    let (client, view) = consumer(&ensemble, &paths).await;
+    let items = [grouped("g", "a".into()), grouped("g", "b".into()), grouped("g", "c".into())];
+    queue::enqueue(&client, &paths, &items).await.unwrap();
+    let next = || next_within(&client, &paths, &view, &config);
+    let payload = |d: &queue::Delivery| String::from_utf8(d.payload.clone()).unwrap();
+
+    // a fails twice: dead-lettered, and b is the head.
+    for _ in 0..2 {
+        let a = next().await.unwrap();
+        assert_eq!(payload(&a), "a");
+        queue::nack(&client, &paths, &config, &a.id, Some(Duration::ZERO), None).await.unwrap();
+    }
+    let b = next().await.unwrap();
+    assert_eq!(payload(&b), "b");
+    let dead = queue::dead_letters(&client, &paths, 10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].letter.envelope.group.as_deref(), Some("g"));
+    // Requeued, a goes to the end of its group: b (held), c, a.
+    let requeued = queue::requeue_dead(&client, &paths, &dead[0].id).await.unwrap();
+    assert_eq!(requeued.group, Some(GroupKey::new("g").unwrap()));
+    let peeked = queue::peek(&client, &paths, 10, true).await.unwrap();
+    let waiting: Vec<Vec<u8>> = peeked.iter().map(|p| p.payload.clone().unwrap()).collect();
+    assert_eq!(waiting, [b"c".to_vec(), b"a".to_vec()], "peek shows what waits in the group, in order");
+    assert!(peeked.iter().all(|p| p.group.as_deref() == Some("g")));
+    // Purge takes what nobody holds; b stays with its consumer, whose ack succeeds.
+    let purged = queue::purge(&client, &paths).await.unwrap();
+    assert_eq!((purged.removed, purged.in_flight), (2, 1));
+    queue::ack(&client, &paths, &b.id).await.unwrap();
+    let stats = queue::stats(&client, &paths).await.unwrap();
+    assert_eq!((stats.depth, stats.in_flight), (0, 0), "{stats:?}");
 }
