@@ -72,6 +72,11 @@ impl GroupKey {
         Ok(Self(encoded.to_owned()))
     }
 
+    /// Sorts before every key (a bound for ranges, never a group's key).
+    pub fn lowest() -> Self {
+        Self(String::new())
+    }
+
     /// The node-name form.
     pub fn encoded(&self) -> &str {
         &self.0

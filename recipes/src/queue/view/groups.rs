@@ -106,14 +106,26 @@ impl Groups {
 
     /// The offered heads in queue order that are due at `now`, passing `keep`, at most
     /// `want`; and the earliest due time of a head not due yet.
+    ///
+    /// Heads not due yet are passed over a priority at a time: within one priority, bucket
+    /// names sort by due time, so the first head not due ends that priority's due ones.
     pub fn heads(&self, now: u64, want: usize, keep: impl Fn(&ItemId) -> bool) -> (Vec<ItemId>, Option<u64>) {
         let mut heads = Vec::new();
         let mut next_due: Option<u64> = None;
-        for (bucket, key) in &self.offered {
-            let Some((_, due)) = parse_bucket(bucket) else { continue };
+        let mut iter = self.offered.range::<(String, GroupKey), _>(..);
+        while let Some((bucket, key)) = iter.next() {
+            let Some((priority, due)) = parse_bucket(bucket) else { continue };
             if due > now {
                 next_due = Some(next_due.map_or(due, |d| d.min(due)));
-                continue;
+                match crate::queue::item::MAX_PRIORITY.checked_sub(priority).filter(|rank| *rank < 9) {
+                    // The next priority's buckets start with the next rank.
+                    Some(rank) => {
+                        let from = (format!("b{}-", rank + 1), GroupKey::lowest());
+                        iter = self.offered.range(from..);
+                        continue;
+                    }
+                    None => break,
+                }
             }
             let Some((&seq, _)) = self.groups.get(key).and_then(|g| g.items.first_key_value()) else { continue };
             let id = Place::Group(key.clone()).id(bucket, seq);
@@ -162,5 +174,39 @@ impl Groups {
     /// Items held.
     pub fn len(&self) -> usize {
         self.groups.values().map(|g| g.items.len()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::item::bucket_name;
+
+    fn id(group: &str, priority: u8, due: u64, seq: u64) -> ItemId {
+        Place::Group(GroupKey::new(group).unwrap()).id(&bucket_name(priority, due), seq)
+    }
+
+    #[test]
+    fn heads_come_by_priority_then_due_time_one_per_group_and_not_before_due() {
+        let now = 1_000_000;
+        let claimed = HashSet::new();
+        let mut groups = Groups::default();
+        // a: its head is urgent but delayed; its second item is due (it must wait).
+        groups.insert(&id("a", 9, now + 5_000, 1), &claimed);
+        groups.insert(&id("a", 9, now - 100, 2), &claimed);
+        groups.insert(&id("b", 0, now - 500, 1), &claimed);
+        groups.insert(&id("c", 5, now - 100, 7), &claimed);
+        groups.insert(&id("c", 9, now - 900, 8), &claimed);
+        let (heads, next_due) = groups.heads(now, 10, |_| true);
+        assert_eq!(heads, [id("c", 5, now - 100, 7), id("b", 0, now - 500, 1)]);
+        assert_eq!(next_due, Some(now + 5_000));
+        // A claimed head is not offered, nor anything behind it.
+        let claimed: HashSet<ItemId> = [id("c", 5, now - 100, 7)].into();
+        groups.claim_changed(&id("c", 5, now - 100, 7), &claimed);
+        assert_eq!(groups.heads(now, 10, |_| true).0, [id("b", 0, now - 500, 1)]);
+        // Once it leaves, the next item of its group is the head.
+        groups.remove(&id("c", 5, now - 100, 7), &claimed);
+        assert_eq!(groups.heads(now, 1, |_| true).0, [id("c", 9, now - 900, 8)]);
+        assert_eq!(groups.lengths(), (3, Some((GroupKey::new("a").unwrap(), 2))));
     }
 }
