@@ -12,6 +12,7 @@ use super::enqueue::ensure_place;
 use super::group::GroupKey;
 use super::item::{DeadLetter, Envelope, ItemId, Place, bucket_name, decode_dead, encode, encode_dead, now_ms};
 use super::receipt::{self, Receipt};
+use super::settle::claim_paths;
 use super::{Candidate, QueueError};
 use crate::layout::QueuePaths;
 use crate::retry::{Try, while_unknown};
@@ -54,11 +55,7 @@ pub(super) async fn move_to_dead(
                 multi.add_delete(&paths.attempts_of(id_text), Some(version))?;
             }
             // A grouped item's group claim is settled (or checked) with its own.
-            let mut claims = vec![paths.claim(id_text)];
-            if let Some(group) = &item.id.group {
-                claims.push(paths.group_claim(group.encoded()));
-            }
-            for claim_path in &claims {
+            for claim_path in &claim_paths(paths, &item.id) {
                 match claim {
                     ClaimCheck::Ours => multi.add_delete(claim_path, None)?,
                     ClaimCheck::NoneHeld => {

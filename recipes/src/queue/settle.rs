@@ -65,29 +65,30 @@ async fn commit_owned(client: &zk::Client, acl: NodeAcl, ops: &[Op]) -> Result<C
     .await
 }
 
-/// The deletes that settle the caller's claim on an item: `claims/<id>`, and a grouped
-/// item's group claim (see `group`).
-fn unclaim_ops(paths: &QueuePaths, id: &ItemId) -> Vec<Op> {
-    let mut ops = vec![Op::Delete(paths.claim(&id.to_string()))];
+/// The nodes of a claim on an item: `claims/<id>`, and a grouped item's group claim (see
+/// `group`), made and removed together.
+pub(super) fn claim_paths(paths: &QueuePaths, id: &ItemId) -> Vec<String> {
+    let mut claims = vec![paths.claim(&id.to_string())];
     if let Some(group) = &id.group {
-        ops.push(Op::Delete(paths.group_claim(group.encoded())));
+        claims.push(paths.group_claim(group.encoded()));
     }
-    ops
+    claims
 }
 
-/// The deletes of an ack: the claim, the item, its history.
-fn ack_ops(paths: &QueuePaths, id: &ItemId) -> Vec<Op> {
-    let mut ops = unclaim_ops(paths, id);
-    ops.push(Op::Delete(id.path(paths)));
-    ops.push(Op::Delete(paths.attempts_of(&id.to_string())));
-    ops
+/// The nodes an ack deletes: the claim, the item, its history.
+fn ack_deletes(paths: &QueuePaths, id: &ItemId) -> Vec<String> {
+    let mut deletes = claim_paths(paths, id);
+    deletes.push(id.path(paths));
+    deletes.push(paths.attempts_of(&id.to_string()));
+    deletes
 }
 
 /// Acks a claimed item: it is gone with its claim and history. The caller must hold the
 /// claim (same session, not given up).
 pub async fn ack(client: &zk::Client, paths: &QueuePaths, id: &ItemId) -> Result<(), QueueError> {
     let item_path = id.path(paths);
-    match commit_owned(client, paths.acl, &ack_ops(paths, id)).await? {
+    let ops: Vec<Op> = ack_deletes(paths, id).into_iter().map(Op::Delete).collect();
+    match commit_owned(client, paths.acl, &ops).await? {
         Committed::Applied(_) => Ok(()),
         Committed::Gone { .. } => settle_gone(client, paths, id, &item_path).await,
     }
@@ -107,29 +108,23 @@ pub async fn ack_many(client: &zk::Client, paths: &QueuePaths, ids: &[ItemId]) -
         let offset = chunk_index * ACKS_PER_MULTI;
         let mut pending: Vec<usize> = (0..chunk.len()).collect();
         while !pending.is_empty() {
-            let mut multi = client.new_multi_writer();
-            let mut starts = Vec::with_capacity(pending.len());
-            let mut count = 0;
-            let mut added = Ok(());
-            for &index in &pending {
-                starts.push(count);
-                for op in ack_ops(paths, &chunk[index]) {
-                    if let (Op::Delete(path), Ok(())) = (op, &added) {
-                        added = multi.add_delete(&path, None);
-                        count += 1;
-                    }
-                }
-            }
-            let outcome = match added {
-                Ok(()) => multi.commit().await.map(drop),
-                Err(err) => Err(zk::MultiWriteError::RequestFailed { source: err }),
-            };
+            let acking: Vec<&ItemId> = pending.iter().map(|&index| &chunk[index]).collect();
+            let outcome = commit_acks(client, paths, &acking).await;
             match outcome {
                 Ok(()) => {
                     pending.drain(..).for_each(|index| results[offset + index] = Some(Ok(())));
                 }
                 Err(zk::MultiWriteError::OperationFailed { index: op, .. }) => {
-                    let failed = pending.remove(starts.partition_point(|&start| start <= op).saturating_sub(1));
+                    // The item whose deletes hold operation `op`.
+                    let mut first_op = 0;
+                    let position = acking
+                        .iter()
+                        .position(|id| {
+                            first_op += ack_deletes(paths, id).len();
+                            op < first_op
+                        })
+                        .unwrap_or(0);
+                    let failed = pending.remove(position);
                     results[offset + failed] = Some(ack(client, paths, &chunk[failed]).await);
                 }
                 // Unknown outcome, or another failure: each item on its own.
@@ -144,6 +139,15 @@ pub async fn ack_many(client: &zk::Client, paths: &QueuePaths, ids: &[ItemId]) -
         }
     }
     results.into_iter().map(|r| r.expect("every item answered")).collect()
+}
+
+/// One multi of the acks of `ids`.
+async fn commit_acks(client: &zk::Client, paths: &QueuePaths, ids: &[&ItemId]) -> Result<(), zk::MultiWriteError> {
+    let mut multi = client.new_multi_writer();
+    for path in ids.iter().flat_map(|id| ack_deletes(paths, id)) {
+        multi.add_delete(&path, None).map_err(|source| zk::MultiWriteError::RequestFailed { source })?;
+    }
+    multi.commit().await.map(drop)
 }
 
 /// After a multi on a claimed item found a node gone: `Ok` when the item is gone because
@@ -164,12 +168,13 @@ async fn settle_gone(client: &zk::Client, paths: &QueuePaths, id: &ItemId, item_
 /// Gives a claim up without counting anything (visibility timeout, shutdown): the item
 /// is ready again at once; its next delivery counts the next attempt.
 pub async fn release_claim(client: &zk::Client, paths: &QueuePaths, id: &ItemId) -> Result<(), QueueError> {
-    let result = match &id.group {
-        None => client.delete(&paths.claim(&id.to_string()), None).await,
-        Some(group) => {
+    let result = match claim_paths(paths, id).as_slice() {
+        [claim] => client.delete(claim, None).await,
+        claims => {
             let mut multi = client.new_multi_writer();
-            multi.add_delete(&paths.claim(&id.to_string()), None)?;
-            multi.add_delete(&paths.group_claim(group.encoded()), None)?;
+            for claim in claims {
+                multi.add_delete(claim, None)?;
+            }
             multi.commit().await.map(drop).map_err(zk::Error::from)
         }
     };
@@ -243,7 +248,7 @@ pub async fn nack(
     if delay.is_zero() {
         // Same place in the queue; the history notes the nack.
         let mut ops = vec![Op::SetData(paths.attempts_of(&id_text), history)];
-        ops.extend(unclaim_ops(paths, id));
+        ops.extend(claim_paths(paths, id).into_iter().map(Op::Delete));
         if let Committed::Gone { retried: false } = commit_owned(client, paths.acl, &ops).await? {
             settle_gone(client, paths, id, &item.path).await?;
         }
