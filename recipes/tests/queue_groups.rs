@@ -24,6 +24,10 @@ async fn setup(ensemble: &Ensemble, queue: &str) -> QueuePaths {
 }
 
 async fn consumer(ensemble: &Ensemble, paths: &QueuePaths) -> (zk::Client, QueueView) {
+    consumer_with(ensemble, paths, BucketRetention::default()).await
+}
+
+async fn consumer_with(ensemble: &Ensemble, paths: &QueuePaths, retention: BucketRetention) -> (zk::Client, QueueView) {
     let session = Session::start(SessionOptions {
         connect: ensemble.connect_string(),
         session_timeout: Duration::from_secs(10),
@@ -31,7 +35,7 @@ async fn consumer(ensemble: &Ensemble, paths: &QueuePaths) -> (zk::Client, Queue
         tls: None,
     });
     let client = session.wait_connected(Duration::from_secs(30)).await.unwrap().client;
-    let view = QueueView::start(session, paths.clone(), Arc::new(()));
+    let view = QueueView::start_with(session, paths.clone(), Arc::new(()), retention);
     while !view.is_synced() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -182,17 +186,10 @@ async fn a_grouped_id_is_never_given_to_a_second_item_after_its_group_is_removed
         EnsembleOptions { servers: 1, container_check_interval: Some(Duration::from_millis(10)), ..Default::default() };
     let ensemble = Ensemble::start_with(options).await.unwrap();
     let paths = setup(&ensemble, "ids").await;
-    let session = Session::start(SessionOptions {
-        connect: ensemble.connect_string(),
-        session_timeout: Duration::from_secs(10),
-        digest_auth: None,
-        tls: None,
-    });
-    let client = session.wait_connected(Duration::from_secs(30)).await.unwrap().client;
     // Empty groups are removed 300 ms after their last item was due (the real keep is 2
     // minutes, for clocks that are apart and retried enqueues).
     let retention = BucketRetention { keep: Duration::from_millis(300), every: Duration::from_millis(50) };
-    let view = QueueView::start_with(session, paths.clone(), Arc::new(()), retention);
+    let (client, view) = consumer_with(&ensemble, &paths, retention).await;
     let config = QueueConfig::default();
     let mut given = HashMap::new();
     let (mut last_seq, mut made_again) = (0, 0);
@@ -203,12 +200,7 @@ async fn a_grouped_id_is_never_given_to_a_second_item_after_its_group_is_removed
             made_again += 1;
         }
         last_seq = id.seq_number();
-        let delivery = loop {
-            match queue::claim_next(&client, &paths, &view, &config, "pod", &()).await.unwrap() {
-                Some(d) => break d,
-                None => tokio::time::sleep(Duration::from_millis(1)).await,
-            }
-        };
+        let delivery = next_within(&client, &paths, &view, &config).await.expect("the item");
         assert_eq!(delivery.id, id);
         queue::ack(&client, &paths, &id).await.unwrap();
         let pause = if round % 10 == 9 { 600 } else { 15 };

@@ -552,12 +552,8 @@ fn all_threads_stopped(pid: u32) -> bool {
     })
 }
 
-/// `max=3` claims its three items in one multi. That multi never reaches ZooKeeper (its
-/// connection drops first): nothing was claimed, which the sidecar finds out once it is
-/// connected again, and it sends the claims again. The app gets all three, each on its
-/// first attempt, and nothing is left claimed.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_batch_claim_lost_before_it_was_sent_is_sent_again_and_hands_out_every_item_once() {
+/// A world with three items enqueued to `jobs`, and their ids.
+async fn three_jobs() -> (World, Vec<String>) {
     let w = world(&[], &[("jobs", queue_config(5))]).await;
     let mut ids = Vec::new();
     for payload in ["first", "second", "third"] {
@@ -565,6 +561,28 @@ async fn a_batch_claim_lost_before_it_was_sent_is_sent_again_and_hands_out_every
         assert_eq!(status, 201, "{body}");
         ids.push(body["id"].as_str().unwrap().to_owned());
     }
+    (w, ids)
+}
+
+/// A `max=N` answer holds exactly `ids`, in order, each on its first attempt.
+fn assert_each_on_its_first_attempt(body: &Value, ids: &[String]) {
+    let handed: Vec<(&str, u64)> = body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| (i["id"].as_str().unwrap(), i["attempt"].as_u64().unwrap()))
+        .collect();
+    let expected: Vec<(&str, u64)> = ids.iter().map(|id| (id.as_str(), 1)).collect();
+    assert_eq!(handed, expected, "{body}");
+}
+
+/// `max=3` claims its three items in one multi. That multi never reaches ZooKeeper (its
+/// connection drops first): nothing was claimed, which the sidecar finds out once it is
+/// connected again, and it sends the claims again. The app gets all three, each on its
+/// first attempt, and nothing is left claimed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_claim_lost_before_it_was_sent_is_sent_again_and_hands_out_every_item_once() {
+    let (w, ids) = three_jobs().await;
     let claim_of_second = format!("/claims/{}", ids[1]);
     let lost = w.proxy.lose_next_reply(Match {
         opcodes: &[op::MULTI],
@@ -579,14 +597,7 @@ async fn a_batch_claim_lost_before_it_was_sent_is_sent_again_and_hands_out_every
     assert!(!fired.applied);
     answered("next max=3", status, &body);
     assert_eq!(status, 200, "the claims are sent again: {body}");
-    let handed: Vec<(&str, u64)> = body["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| (i["id"].as_str().unwrap(), i["attempt"].as_u64().unwrap()))
-        .collect();
-    let expected: Vec<(&str, u64)> = ids.iter().map(|id| (id.as_str(), 1)).collect();
-    assert_eq!(handed, expected, "{body}");
+    assert_each_on_its_first_attempt(&body, &ids);
     ready(&w.pod).await;
     for id in &ids {
         assert_eq!(w.pod.settle("jobs", id, "ack", "").await.unwrap().0, 200);
@@ -599,13 +610,7 @@ async fn a_batch_claim_lost_before_it_was_sent_is_sent_again_and_hands_out_every
 /// once, on their first attempt.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_claim_applied_with_its_reply_lost_hands_out_every_item_once() {
-    let w = world(&[], &[("jobs", queue_config(5))]).await;
-    let mut ids = Vec::new();
-    for payload in ["first", "second", "third"] {
-        let (status, body) = w.pod.enqueue("jobs", payload).await.unwrap();
-        assert_eq!(status, 201, "{body}");
-        ids.push(body["id"].as_str().unwrap().to_owned());
-    }
+    let (w, ids) = three_jobs().await;
     let claim_of_second = format!("/claims/{}", ids[1]);
     let lost = w.proxy.lose_next_reply(Match {
         opcodes: &[op::MULTI],
@@ -618,14 +623,7 @@ async fn a_batch_claim_applied_with_its_reply_lost_hands_out_every_item_once() {
     applied(lost).await;
     answered("next max=3", status, &body);
     assert_eq!(status, 200, "{body}");
-    let handed: Vec<(&str, u64)> = body["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| (i["id"].as_str().unwrap(), i["attempt"].as_u64().unwrap()))
-        .collect();
-    let expected: Vec<(&str, u64)> = ids.iter().map(|id| (id.as_str(), 1)).collect();
-    assert_eq!(handed, expected, "{body}");
+    assert_each_on_its_first_attempt(&body, &ids);
     ready(&w.pod).await;
     let acks = serde_json::json!({ "ids": ids });
     let response = w.pod.http().post(w.pod.url("/queue/jobs/ack")).json(&acks).send().await.unwrap();
