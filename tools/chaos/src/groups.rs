@@ -98,6 +98,14 @@ pub struct GroupLedger {
 }
 
 impl GroupLedger {
+    /// Counts a refused request, keeping the first few distinct answers.
+    fn refusal(&mut self, answer: String) {
+        self.refused += 1;
+        if self.refusals.len() < 3 && !self.refusals.contains(&answer) {
+            self.refusals.push(answer);
+        }
+    }
+
     /// The batch to send: the one not yet confirmed, else the next two items of the next
     /// four groups, interleaved (each group's items in their order).
     fn batch(&mut self) -> Vec<GroupItem> {
@@ -211,10 +219,7 @@ impl Workloads {
                     }
                     400..=499 => {
                         // Refused: not in the queue. Counted (a violation), and tried again.
-                        ledger.refused += 1;
-                        if ledger.refusals.len() < 3 {
-                            ledger.refusals.push(format!("{status} {text}"));
-                        }
+                        ledger.refusal(format!("{status} {text}"));
                         Duration::from_secs(1)
                     }
                     _ => {
@@ -339,12 +344,7 @@ impl Workloads {
                     // Refused as a whole: nothing acked (a violation; the items come back).
                     let status = response.status().as_u16();
                     let text = response.text().await.unwrap_or_default();
-                    let mut ledger = self.groups.lock().unwrap();
-                    ledger.refused += 1;
-                    if ledger.refusals.len() < 3 {
-                        ledger.refusals.push(format!("batched ack: {status} {text}"));
-                    }
-                    drop(ledger);
+                    self.groups.lock().unwrap().refusal(format!("batched ack: {status} {text}"));
                     for (index, _) in items {
                         self.group_settled(*index, (sent, AckOutcome::ClaimLost));
                     }
