@@ -26,7 +26,8 @@ async fn ten_thousand_groups_and_a_group_of_a_hundred_thousand_are_offered_head_
     let ensemble = Ensemble::start().await.unwrap();
     let admin = provision::admin(&ensemble.connect_string()).await.unwrap();
     provision::queue(&admin, "scale", "q", QueueConfig::default()).await.unwrap();
-    let paths = Layout::new("/paddock").unwrap().queue(&Name::new("ns", "scale").unwrap(), &Name::new("q", "q").unwrap());
+    let paths =
+        Layout::new("/paddock").unwrap().queue(&Name::new("ns", "scale").unwrap(), &Name::new("q", "q").unwrap());
 
     let started = Instant::now();
     // The long group first, so its head is the oldest item of the queue.
