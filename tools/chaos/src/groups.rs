@@ -275,8 +275,10 @@ impl Workloads {
                     tokio::time::sleep(jitter(5, 20)).await;
                     self.group_settled(index, self.group_settle(pod, &id, "nack").await);
                 } else if self.broken == Some(Broken::GroupAckBeforeProcessing) {
+                    // Long and uneven work after the ack: the group's next item, handed
+                    // to another consumer meanwhile, is often done first.
                     self.group_settled(index, self.group_settle(pod, &id, "ack").await);
-                    self.group_process(pod, index, jitter(50, 150)).await;
+                    self.group_process(pod, index, jitter(100, 800)).await;
                 } else {
                     self.group_process(pod, index, jitter(5, 40)).await;
                     if batched {
