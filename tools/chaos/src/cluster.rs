@@ -137,6 +137,7 @@ impl Cluster {
                 "examples/".to_owned(),
                 "tools/chaos/team-b.yaml".to_owned(),
                 "tools/chaos/election.yaml".to_owned(),
+                "tools/chaos/groups.yaml".to_owned(),
             ],
             lease_duration: LEASE_DURATION,
             session_timeout: SESSION_TIMEOUT,
@@ -144,9 +145,28 @@ impl Cluster {
         })
         .await?;
         let pods: [(&str, &str, Vec<Role>); 5] = [
-            ("web-0", "default", vec![Role::Counter, Role::Counter, Role::Producer, Role::Candidate]),
-            ("web-1", "default", vec![Role::Counter, Role::KeyedProducer, Role::Consumer, Role::Candidate]),
-            ("web-2", "default", vec![Role::Counter, Role::Consumer, Role::Consumer, Role::Candidate]),
+            (
+                "web-0",
+                "default",
+                vec![
+                    Role::Counter,
+                    Role::Counter,
+                    Role::Producer,
+                    Role::Candidate,
+                    Role::GroupProducer,
+                    Role::GroupConsumer,
+                ],
+            ),
+            (
+                "web-1",
+                "default",
+                vec![Role::Counter, Role::KeyedProducer, Role::Consumer, Role::Candidate, Role::GroupConsumer],
+            ),
+            (
+                "web-2",
+                "default",
+                vec![Role::Counter, Role::Consumer, Role::Consumer, Role::Candidate, Role::GroupConsumer],
+            ),
             ("batch-0", TEAM_B, vec![Role::Semaphore, Role::Semaphore, Role::Reader, Role::Writer]),
             ("batch-1", TEAM_B, vec![Role::Semaphore, Role::Semaphore, Role::Reader, Role::Reader, Role::Writer]),
         ];

@@ -7,6 +7,8 @@
 //! - `faults`: the nemesis.
 //! - `report`: the checkers and the verdict.
 //! - `durability`: ZooKeeper's own durability under the same faults, by a plain client.
+//! - `election`, `groups`: workloads of their own (a leader's fenced log, ordered groups);
+//!   `group_checks`: the grouped workload's checkers.
 //!
 //! `bash scripts/chaos.sh --duration 30m` runs a long one; CI runs a short one
 //! (`tests/chaos.rs`).
@@ -15,6 +17,8 @@ pub mod cluster;
 pub mod durability;
 pub mod election;
 pub mod faults;
+pub mod group_checks;
+pub mod groups;
 pub mod report;
 pub mod workloads;
 
@@ -58,6 +62,13 @@ pub enum Broken {
     /// The election's log accepts a leader's write whatever its token: a deposed leader
     /// that was paused mid-term writes after its successor.
     ElectionWithoutFencing,
+    /// Grouped consumers ack an item before they process it: the group's next item goes
+    /// out (the queue keeps its promise) while the first is still being processed, and
+    /// may be done first; `group-order` must say so.
+    GroupAckBeforeProcessing,
+    /// The grouped producer sends its items without their group: nothing holds a group's
+    /// next item back while one is in flight; `group-exclusive` must say so.
+    ProducersDropGroups,
 }
 
 #[derive(Debug, Clone)]
@@ -147,12 +158,15 @@ pub async fn run(options: ChaosOptions) -> Result<Report> {
         ));
     }
     let dead = dead_letters(&cluster, &mut report).await?;
+    let web = cluster.pods.iter().find(|p| p.namespace == "default").expect("a pod of default").client();
+    let grouped_dead = groups::dead_letters(&web).await?;
     check_locks_left(&cluster, &mut report).await;
 
     report::check_counter(&workloads, &mut report);
     report::check_gauges(&workloads, &mut report);
     report::check_election(&workloads, &mut report);
     report::check_queue(&workloads, &faults, &dead, &mut report);
+    group_checks::check_groups(&workloads, &faults, &grouped_dead, started, &mut report);
     report::summarize(&workloads, &faults, started, &mut report);
     report.durability = durability.check(&cluster.zk, started).await?;
     check_isolation(&cluster, &mut report, "after the faults").await?;
@@ -168,8 +182,8 @@ pub async fn run(options: ChaosOptions) -> Result<Report> {
     Ok(report)
 }
 
-/// Waits until the queue is empty (nothing ready, nothing claimed), then a moment for
-/// the work in progress to finish. Whether everything was processed is the checkers' call.
+/// Waits until the queues (`jobs` and the grouped one) are empty (nothing ready, nothing
+/// claimed), then a moment for the work in progress to finish. Whether everything was processed is the checkers' call.
 /// A backlog drains at the consumers' pace, so the wait goes on while the depth falls and
 /// ends (not drained) after `stall` without progress, or at `cap`. Prints the depth
 /// every 10 s, and what each pod of the queue's namespace sees if it does not drain.
@@ -180,32 +194,37 @@ async fn drain(cluster: &Cluster, stall: Duration, cap: Duration) -> bool {
     let mut progress_at = started + Duration::from_secs(10);
     let (mut lowest, mut last_progress) = (u64::MAX, started);
     while last_progress.elapsed() < stall && started.elapsed() < cap {
-        let stats = pod.queue_stats(QUEUE).await;
-        if let Ok(s) = &stats {
-            if s["depth"] == 0 && s["inFlight"] == 0 {
+        let stats = (pod.queue_stats(QUEUE).await, pod.queue_stats(groups::GROUPED_QUEUE).await);
+        if let (Ok(jobs), Ok(grouped)) = &stats {
+            let empty = |s: &serde_json::Value| s["depth"] == 0 && s["inFlight"] == 0;
+            if empty(jobs) && empty(grouped) {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 return true;
             }
-            let depth = s["depth"].as_u64().unwrap_or(u64::MAX);
-            if depth < lowest {
-                (lowest, last_progress) = (depth, Instant::now());
+            let depth = |s: &serde_json::Value| s["depth"].as_u64().unwrap_or(u64::MAX / 2);
+            if depth(jobs) + depth(grouped) < lowest {
+                (lowest, last_progress) = (depth(jobs) + depth(grouped), Instant::now());
             }
         }
         if Instant::now() >= progress_at {
             progress_at += Duration::from_secs(10);
-            match &stats {
-                Ok(s) => println!("draining: depth {}, in flight {}", s["depth"], s["inFlight"]),
-                Err(err) => println!("draining: stats unavailable: {err:#}"),
+            for (queue, stats) in [(QUEUE, &stats.0), (groups::GROUPED_QUEUE, &stats.1)] {
+                match stats {
+                    Ok(s) => println!("draining {queue}: depth {}, in flight {}", s["depth"], s["inFlight"]),
+                    Err(err) => println!("draining {queue}: stats unavailable: {err:#}"),
+                }
             }
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     for pod in pods {
         let client = pod.client();
-        let stats = client.queue_stats(QUEUE).await.map(|s| s.to_string()).unwrap_or_else(|e| format!("{e:#}"));
         let delivered = client.metric("paddock_queue_delivered_total").await.unwrap_or(f64::NAN);
         let ready = client.http().get(client.url("/readyz")).send().await.map(|r| r.status().to_string());
-        println!("not drained: {}: readyz {ready:?}, delivered {delivered}, stats {stats}", pod.name);
+        for queue in [QUEUE, groups::GROUPED_QUEUE] {
+            let stats = client.queue_stats(queue).await.map(|s| s.to_string()).unwrap_or_else(|e| format!("{e:#}"));
+            println!("not drained: {}: readyz {ready:?}, delivered {delivered}, {queue} stats {stats}", pod.name);
+        }
     }
     false
 }

@@ -9,7 +9,9 @@
 //!   never leave two copies;
 //! - semaphore: hold a slot of `pool` (3 holders), counting who is inside;
 //! - read/write: readers share `config`, writers hold it alone;
-//! - election: candidates for `leader` write terms to a token-checking log (`election`).
+//! - election: candidates for `leader` write terms to a token-checking log (`election`);
+//! - groups: a producer enqueues numbered items into ordered groups, consumers on every
+//!   `default` pod process and ack them (`groups`).
 //!
 //! A pod's tasks wait at `checkpoint` while the pod is paused (its app is stopped with its
 //! sidecar) and are aborted when it is killed.
@@ -57,6 +59,10 @@ pub enum Role {
     Writer,
     /// A candidate for the `leader` lock (`election`).
     Candidate,
+    /// Enqueues items into ordered groups (`groups`).
+    GroupProducer,
+    /// Processes the grouped items (`groups`).
+    GroupConsumer,
 }
 
 /// How one delivery's ack ended.
@@ -198,7 +204,7 @@ impl Drop for BusyGuard<'_> {
 }
 
 /// Counts a task as running until it ends or is aborted.
-struct Running<'a>(&'a AtomicU64);
+pub(crate) struct Running<'a>(pub(crate) &'a AtomicU64);
 
 impl Drop for Running<'_> {
     fn drop(&mut self) {
@@ -267,6 +273,9 @@ pub struct Workloads {
     pub semaphore: Gauge,
     /// What elected leaders wrote, with their tokens.
     pub leaders: super::election::LeaderLog,
+    /// The grouped workload's ledger and counts.
+    pub groups: Mutex<super::groups::GroupLedger>,
+    pub group_counts: super::groups::GroupCounts,
     pub rw: Gauge,
     pub counts: Counts,
     pub availability: Availability,
@@ -305,6 +314,8 @@ impl Workloads {
             ledger: Mutex::default(),
             semaphore: Gauge::default(),
             leaders: super::election::LeaderLog::new(broken),
+            groups: Mutex::default(),
+            group_counts: super::groups::GroupCounts::default(),
             rw: Gauge::default(),
             counts: Counts::default(),
             availability: Availability::new(),
@@ -330,6 +341,8 @@ impl Workloads {
             Role::Reader => self.holder(&mut pod, &owner, RW_LOCK, "shared", false).await,
             Role::Writer => self.holder(&mut pod, &owner, RW_LOCK, "exclusive", false).await,
             Role::Candidate => self.candidate(&mut pod, &owner).await,
+            Role::GroupProducer => self.group_producer(&mut pod).await,
+            Role::GroupConsumer => self.group_consumer(&mut pod).await,
         }
     }
 

@@ -1,6 +1,7 @@
 //! The fault suite, short (CI): the whole system under every kind of fault, then the
 //! checkers. And deliberately broken variants, to prove the checkers bite (and one whose
-//! consumers fail some items, to prove dead letters are counted, not lost). The runs
+//! consumers fail some items, to prove dead letters are counted, not lost), the grouped
+//! workload's two checkers included. The runs
 //! take turns: they share the machine's two cores.
 //!
 //! `PADDOCK_CHAOS_SEED` replays a run's fault schedule, `PADDOCK_CHAOS_DURATION` (e.g.
@@ -40,6 +41,10 @@ async fn a_short_run_under_every_fault_has_no_violation_and_loses_nothing() {
     assert!(count("increments") > 0 && count("deliveries") > 0 && count("semaphore") > 0 && count("write holds") > 0);
     assert!(count("keyed enqueues answered as duplicates") > 0, "every 20th keyed item was sent again:\n{report}");
     assert!(count("leader writes accepted") > 0, "leaders were elected and wrote:\n{report}");
+    assert!(count("grouped items processed") > 0 && count("grouped batched acks") > 0, "grouped items:\n{report}");
+    for checker in ["group-order:", "group-exclusive:"] {
+        assert!(report.checks.iter().any(|c| c.starts_with(checker)), "{checker} judged:\n{report}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -153,5 +158,41 @@ async fn a_deposed_leader_writing_to_an_unfenced_log_is_two_leaders_and_the_chec
     assert!(
         report.violations.iter().any(|v| v.starts_with("election:")),
         "a paused leader's write after its successor's went unnoticed:\n{report}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grouped_consumers_that_ack_before_processing_finish_a_group_out_of_order_and_the_checker_says_so() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let options = ChaosOptions {
+        seed: seed(),
+        duration: Duration::from_secs(20),
+        faults: vec![FaultKind::PauseZkFollower],
+        broken: Some(Broken::GroupAckBeforeProcessing),
+        ..Default::default()
+    };
+    let report = chaos::run(options).await.unwrap();
+    println!("{report}");
+    assert!(
+        report.violations.iter().any(|v| v.starts_with("group-order:")),
+        "a group's next item processed before the one acked ahead of its processing went unnoticed:\n{report}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_that_drops_the_group_lets_two_items_of_it_run_at_once_and_the_checker_says_so() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let options = ChaosOptions {
+        seed: seed(),
+        duration: Duration::from_secs(20),
+        faults: vec![FaultKind::PauseZkFollower],
+        broken: Some(Broken::ProducersDropGroups),
+        ..Default::default()
+    };
+    let report = chaos::run(options).await.unwrap();
+    println!("{report}");
+    assert!(
+        report.violations.iter().any(|v| v.starts_with("group-exclusive:")),
+        "two items of one group in flight at once went unnoticed:\n{report}"
     );
 }
