@@ -73,9 +73,10 @@ async fn groups_run_in_order_one_at_a_time_across_consumers_with_batched_claims_
         queue::enqueue(&producer, &paths, &batch).await.unwrap();
     }
     let stats = queue::stats(&producer, &paths).await.unwrap();
-    assert_eq!((stats.depth, stats.groups), ((GROUPS + 1) as u64 * PER_GROUP as u64, GROUPS as u64));
-    let longest = queue::longest_group(&producer, &paths).await.unwrap().unwrap();
-    assert_eq!(longest.items, PER_GROUP as u64);
+    assert_eq!(stats.depth, (GROUPS + 1) as u64 * PER_GROUP as u64);
+    let groups = queue::group_stats(&producer, &paths).await.unwrap();
+    assert_eq!(groups.groups, GROUPS as u64);
+    assert_eq!(groups.longest_group.unwrap().items, PER_GROUP as u64);
 
     let in_flight = Arc::new(std::sync::Mutex::new(HashSet::<String>::new()));
     let done = Arc::new(std::sync::Mutex::new(HashMap::<String, Vec<usize>>::new()));
@@ -128,6 +129,8 @@ async fn groups_run_in_order_one_at_a_time_across_consumers_with_batched_claims_
     assert_eq!(done["free"].len(), PER_GROUP);
     let stats = queue::stats(&producer, &paths).await.unwrap();
     assert_eq!((stats.depth, stats.in_flight), (0, 0));
+    let groups = queue::group_stats(&producer, &paths).await.unwrap();
+    assert_eq!((groups.groups, groups.longest_group), (0, None), "emptied groups' nodes are not counted");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

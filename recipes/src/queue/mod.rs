@@ -125,9 +125,14 @@ pub struct QueueStats {
     pub in_flight: u64,
     pub delayed: u64,
     pub dead_lettered: u64,
-    /// Groups with items.
-    #[serde(default)]
+}
+
+/// A queue's groups: how many have items, and the longest.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupStats {
     pub groups: u64,
+    pub longest_group: Option<LongestGroup>,
 }
 
 /// The longest group of a queue.
@@ -175,6 +180,7 @@ pub async fn stats(client: &zk::Client, paths: &QueuePaths) -> Result<QueueStats
     // Groups: every node under `groups/` is a group, an item, or a group's claim (one per
     // grouped item in flight) — or a receipt, for a moment.
     if let Some(groups) = client.check_stat(&paths.groups()).await?.filter(|s| s.num_children > 0) {
+        let group_nodes = groups.num_children as u64;
         let under = match client.count_descendants_number(&paths.groups()).await {
             Ok(under) => under as u64,
             Err(zk::Error::NoNode) => 0,
@@ -183,22 +189,23 @@ pub async fn stats(client: &zk::Client, paths: &QueuePaths) -> Result<QueueStats
         let claims = client.list_children(&paths.claims()).await.unwrap_or_default();
         let grouped_in_flight =
             claims.iter().filter(|c| ItemId::parse(c).is_ok_and(|id| id.group.is_some())).count() as u64;
-        stats.groups = groups.num_children as u64;
-        stats.depth += under.saturating_sub(stats.groups + grouped_in_flight);
+        stats.depth += under.saturating_sub(group_nodes + grouped_in_flight);
     }
     stats.ready = stats.depth.saturating_sub(stats.delayed + stats.in_flight);
     Ok(stats)
 }
 
-/// The longest group and its length (one stat per group, a few hundred at a time), None
-/// when the queue has no groups. A group's length counts its items (and, for a moment,
-/// an enqueue's receipt), not its claim.
-pub async fn longest_group(client: &zk::Client, paths: &QueuePaths) -> Result<Option<LongestGroup>, QueueError> {
+/// The groups with items, and the longest with its length (one stat per group, a few
+/// hundred at a time). A group's length counts its items (and, for a moment, an enqueue's
+/// receipt), not its claim; an empty group's node, kept a while (see `group`), is not
+/// counted.
+pub async fn group_stats(client: &zk::Client, paths: &QueuePaths) -> Result<GroupStats, QueueError> {
     let names = match client.list_children(&paths.groups()).await {
         Ok(names) => names,
-        Err(zk::Error::NoNode) => return Ok(None),
+        Err(zk::Error::NoNode) => return Ok(GroupStats::default()),
         Err(err) => return Err(err.into()),
     };
+    let mut with_items = 0;
     let claimed: std::collections::HashSet<group::GroupKey> = client
         .list_children(&paths.claims())
         .await
@@ -212,10 +219,12 @@ pub async fn longest_group(client: &zk::Client, paths: &QueuePaths) -> Result<Op
         for (name, stat) in chunk.iter().zip(futures::future::join_all(stats).await) {
             let (Ok(group), Some(stat)) = (group::GroupKey::from_encoded(name), stat?) else { continue };
             let items = (stat.num_children as u64).saturating_sub(u64::from(claimed.contains(&group)));
+            with_items += u64::from(items > 0);
             if items > 0 && longest.as_ref().is_none_or(|(most, _)| items > *most) {
                 longest = Some((items, group));
             }
         }
     }
-    Ok(longest.map(|(items, group)| LongestGroup { group: group.key(), items }))
+    let longest_group = longest.map(|(items, group)| LongestGroup { group: group.key(), items });
+    Ok(GroupStats { groups: with_items, longest_group })
 }

@@ -191,6 +191,9 @@ async fn enqueue(
     let status = enqueue_status(&enqueued);
     let first = enqueued.into_iter().next().expect("one item, one answer");
     let mut body = json!({ "queue": queue.as_str(), "id": first.id.map(|id| id.to_string()) });
+    if let Some(group) = &query.group {
+        body["group"] = json!(group);
+    }
     if keyed {
         body["duplicate"] = json!(first.duplicate);
     }
@@ -380,12 +383,10 @@ async fn extend(
 async fn stats(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<Response> {
     let queue = queue_name(&name)?;
     let (stats, config) = state.queues.stats(&queue).await.map_err(|e| queue_error(&state, &queue, e))?;
-    let longest = match stats.groups {
-        0 => None,
-        _ => state.queues.longest_group(&queue).await.map_err(|e| queue_error(&state, &queue, e))?,
-    };
+    let groups = state.queues.group_stats(&queue).await.map_err(|e| queue_error(&state, &queue, e))?;
     let mut stats = serde_json::to_value(stats).expect("stats serialize");
-    stats["longestGroup"] = json!(longest);
+    stats["groups"] = json!(groups.groups);
+    stats["longestGroup"] = json!(groups.longest_group);
     Ok(axum::Json(json!({ "queue": queue.as_str(), "stats": stats, "config": config })).into_response())
 }
 

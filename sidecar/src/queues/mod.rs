@@ -435,10 +435,10 @@ impl QueueService {
         Ok((queue::stats(&client, &self.paths(queue)).await?, config))
     }
 
-    /// The queue's longest group (one read per group).
-    pub async fn longest_group(&self, queue: &Name) -> Result<Option<queue::LongestGroup>, QueueServiceError> {
+    /// The queue's groups with items and its longest group (one read per group).
+    pub async fn group_stats(&self, queue: &Name) -> Result<queue::GroupStats, QueueServiceError> {
         let client = self.inner.ctx.session.client()?.client;
-        Ok(queue::longest_group(&client, &self.paths(queue)).await?)
+        Ok(queue::group_stats(&client, &self.paths(queue)).await?)
     }
 
     pub async fn dead_letters(
