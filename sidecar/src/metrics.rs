@@ -62,6 +62,8 @@ pub struct Metrics {
     pub lock_observer_reads: Counter,
     /// Acquires due a lock that a lock-delay held back (once each).
     pub lock_delays: Counter,
+    /// Per lock: grants not handed out because they no longer stood after a stall.
+    pub lock_grants_stale: Family<LockLabel, Counter>,
     /// Per lock: how long the longest current hold of this pod has lasted.
     pub lock_held_seconds: Family<LockLabel, Seconds>,
     /// Per lock: how long holds lasted, observed at release or loss.
@@ -102,6 +104,7 @@ impl Metrics {
             lock_wakeups: Counter::default(),
             lock_observer_reads: Counter::default(),
             lock_delays: Counter::default(),
+            lock_grants_stale: Family::default(),
             lock_held_seconds: Family::default(),
             lock_hold_seconds: Family::new_with_constructor(hold_buckets),
             queue_enqueued: Family::default(),
@@ -156,6 +159,12 @@ impl Metrics {
             "lock_delays",
             "Acquires due a lock that its lock-delay held back, after a holder vanished without releasing",
             self.lock_delays.clone(),
+        );
+        registry.register(
+            "lock_grants_stale",
+            "Grants not handed out: decided over half a session before the answer (the sidecar stopped or starved), \
+             their contender then gone or not readable",
+            self.lock_grants_stale.clone(),
         );
         registry.register(
             "lock_held_seconds",

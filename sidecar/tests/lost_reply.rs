@@ -23,7 +23,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{SIDECAR, eventually};
+use common::{SIDECAR, all_threads_stopped, eventually};
 use paddock_recipes::queue::claim::{Read, read_candidate, try_claim};
 use paddock_recipes::queue::item::{Attempts, ItemId, decode};
 use paddock_recipes::queue::{self, ClaimOutcome};
@@ -540,16 +540,6 @@ async fn a_claim_answered_after_the_sidecar_was_stopped_past_its_session_is_not_
         }
         other => panic!("unexpected answer {other}: {body}"),
     }
-}
-
-/// Whether every thread of `pid` is in state T (stopped), from /proc.
-fn all_threads_stopped(pid: u32) -> bool {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return false };
-    tasks.flatten().all(|task| {
-        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
-        // The state follows the command name, which is in parentheses.
-        stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('T'))
-    })
 }
 
 /// A world with three items enqueued to `jobs`, and their ids.

@@ -196,7 +196,7 @@ impl Drop for WithdrawOnDrop {
     }
 }
 
-async fn withdraw(client: &zk::Client, record: Option<String>, node_path: Option<String>) {
+pub(super) async fn withdraw(client: &zk::Client, record: Option<String>, node_path: Option<String>) {
     for path in record.iter().chain(node_path.iter()) {
         delete_contender(client, path).await;
     }

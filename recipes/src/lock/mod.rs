@@ -34,12 +34,14 @@ use tokio::time::Instant;
 mod contender;
 mod delay;
 mod observe;
+mod proof;
 
 pub use self::contender::watch_contender;
 use self::contender::{Decision, WithdrawOnDrop, create_contender, decide, sorted_contenders, touch};
 use self::delay::LockDelay;
 pub use self::delay::is_held_record;
 pub use self::observe::{HolderCache, Observed, ObservedHolder, observe};
+pub use self::proof::{forgo, reprove};
 use crate::config::{ConfigError, LockConfig};
 use crate::retry::while_unknown;
 use crate::zk;
@@ -106,6 +108,13 @@ pub struct Held {
     pub mode: LockMode,
     /// The held record a release deletes with the contender (locks with a lock-delay).
     pub record: Option<String>,
+    /// When the request whose answer proved the grant was *sent*: the listing that found
+    /// our contender there and first (or a later read that found it still ours, see
+    /// [`reprove`]). The send time, not the answer's: the server answered on our session
+    /// after it, so the session (and our ephemeral contender) stands until at least this
+    /// plus the session timeout, however long the answer took to reach us. See
+    /// [`Held::is_fresh`].
+    pub proved_at: Instant,
 }
 
 #[derive(Debug, Clone)]
@@ -207,6 +216,7 @@ pub async fn acquire(
     let mut delayed = false;
 
     loop {
+        let listed_at = Instant::now();
         let children = match client.list_children(request.lock_path).await {
             Ok(children) => children,
             Err(zk::Error::NoNode) => {
@@ -223,7 +233,7 @@ pub async fn acquire(
         delay.observe(&children, &contenders, Instant::now());
         let targets = match decide(&contenders, index, config.max_holders) {
             Decision::Holds => match delay.pending(Instant::now()) {
-                None => return hold(client, ours, contenders[index].sequence, &delay).await,
+                None => return hold(client, ours, contenders[index].sequence, &delay, listed_at).await,
                 Some(until) => {
                     if !std::mem::replace(&mut delayed, true) {
                         observer.delayed();
@@ -270,15 +280,16 @@ async fn wait_for_any(
     Ok(())
 }
 
-/// Our contender holds (and any lock-delay is over): its held record when the lock has a
-/// lock-delay, the successor's wake-up of a semaphore, then the grant. Until all of that
-/// is done the contender is not handed out: an error withdraws it, so no holder is left
-/// that nobody knows of.
+/// Our contender holds (and any lock-delay is over), as the listing sent at `listed_at`
+/// showed: its held record when the lock has a lock-delay, the successor's wake-up of a
+/// semaphore, then the grant. Until all of that is done the contender is not handed out:
+/// an error withdraws it, so no holder is left that nobody knows of.
 async fn hold(
     client: &zk::Client,
     mut ours: Ours<'_>,
     sequence: i64,
     delay: &LockDelay,
+    listed_at: Instant,
 ) -> Result<Acquisition, LockError> {
     let lock_path = ours.request.lock_path;
     let record = if ours.config.lock_delay().is_zero() {
@@ -311,6 +322,7 @@ async fn hold(
         token: ours.token,
         mode: ours.request.mode,
         record,
+        proved_at: listed_at,
     }))
 }
 

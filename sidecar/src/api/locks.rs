@@ -217,6 +217,13 @@ pub(super) fn lock_error(state: &AppState, name: &Name, err: LockServiceError) -
             "lock-not-held",
             format!("lock {name} in namespace {ns} is not held by owner {owner}; nothing to release or renew"),
         ),
+        LockServiceError::StaleGrant { owner, decided_ago, why, .. } => ApiError::unavailable(format!(
+            "lock {name} was due to owner {owner}, but this sidecar was stalled for {} (over half its ZooKeeper \
+             session timeout) between deciding the grant and answering, and {why}; the lock was not acquired \
+             and no token was issued: retry the acquire (once /readyz answers 200)",
+            humantime::format_duration(decided_ago)
+        ))
+        .with_details(json!({ "name": name.as_str(), "owner": owner, "decidedAgoMs": decided_ago.as_millis() as u64 })),
         LockServiceError::Lost { owner, token, reason, .. } => ApiError::conflict(
             "lock-lost",
             format!(

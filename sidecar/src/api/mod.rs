@@ -190,6 +190,7 @@ mod tests {
         let lock = crate::metrics::lock_label("example");
         metrics.lock_held_seconds.get_or_create(&lock).set(0.0);
         metrics.lock_hold_seconds.get_or_create(&lock).observe(0.0);
+        metrics.lock_grants_stale.get_or_create(&lock).inc_by(0);
         metrics.lock_delays.inc_by(0);
         metrics.unknown_config_fields("queue", "/example", &["future".to_owned()]);
         metrics

@@ -24,11 +24,13 @@ use crate::context::ServiceContext;
 use crate::events::{Event, LossReason, now};
 use crate::metrics::{Metrics, lock_label};
 
+mod fresh;
 mod listing;
 mod loss;
 mod observe;
 mod sets;
 
+pub use self::fresh::StaleGrant;
 pub use self::listing::Holding;
 use self::loss::{enforce_lease, ensure_holder_watch, follow_session};
 pub use self::observe::View;
@@ -119,6 +121,9 @@ pub enum LockServiceError {
     NotHeld { name: Name, owner: String },
     #[error("lock {name} was lost ({}) before this request; acquire it again", reason.as_str())]
     Lost { name: Name, owner: String, token: i64, reason: LossReason },
+    /// A grant decided too long before it could be answered (see `fresh`); not acquired.
+    #[error("the grant of lock {name} to owner {owner} was decided {decided_ago:?} ago and {why}")]
+    StaleGrant { name: Name, owner: String, decided_ago: Duration, why: StaleGrant },
     #[error("ZooKeeper: {0}")]
     ZooKeeper(#[from] zk::Error),
 }
@@ -256,6 +261,7 @@ impl LockService {
                 Ok(AcquireOutcome::Busy(snapshot))
             }
             Acquisition::Acquired(held) => {
+                let held = self.confirm_fresh(&name, &owner, held, &current.client).await?;
                 waiting.key = None;
                 let ttl = ttl.or(config.default_ttl);
                 let expires_at = ttl.map(|t| Instant::now() + t);

@@ -61,3 +61,14 @@ pub async fn oversized(url: &str) -> reqwest::Response {
         .await
         .expect("a response to an oversized body")
 }
+
+/// Whether every thread of `pid` is in state T (stopped), from /proc: after a SIGSTOP,
+/// before a test lets anything reach the stopped process.
+pub fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return false };
+    tasks.flatten().all(|task| {
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        // The state follows the command name, which is in parentheses.
+        stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('T'))
+    })
+}
