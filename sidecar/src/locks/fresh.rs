@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use paddock_recipes::{Name, lock, zk};
 
-use super::{LockService, LockServiceError};
+use super::{Entry, LockService, LockServiceError};
 use crate::metrics::lock_label;
 
 /// Why a stale grant was not handed out.
@@ -72,6 +72,34 @@ impl LockService {
             });
         }
         Ok(held)
+    }
+}
+
+impl LockService {
+    /// Before a set is answered: `name`, granted earlier in the request, is still held by
+    /// this session and certainly stands. Waiting for the set's later locks can outlast
+    /// half a session, and a session that expired meanwhile takes the earlier locks with
+    /// it while the later ones are granted on the next session.
+    pub(super) async fn confirm_still_held(&self, name: &Name, owner: &str) -> Result<(), LockServiceError> {
+        let current = self.inner.ctx.session.client()?;
+        let key = (name.clone(), owner.to_owned());
+        let entry = self.inner.table.lock().expect("not poisoned").get(&key).cloned();
+        let held = match entry {
+            Some(Entry::Held(held)) if held.generation == current.generation => held.held,
+            _ => {
+                return Err(LockServiceError::StaleGrant {
+                    name: name.clone(),
+                    owner: owner.to_owned(),
+                    decided_ago: Duration::ZERO,
+                    why: StaleGrant::Gone,
+                });
+            }
+        };
+        let proved = self.confirm_fresh(name, owner, held, &current.client).await?;
+        if let Some(Entry::Held(entry)) = self.inner.table.lock().expect("not poisoned").get_mut(&key) {
+            entry.held.proved_at = proved.proved_at;
+        }
+        Ok(())
     }
 }
 

@@ -35,7 +35,7 @@ impl LockService {
         let deadline = Instant::now() + wait;
         let mut granted = GiveBack { service: self.clone(), owner: owner.clone(), names: Vec::new() };
         let mut grants = Vec::with_capacity(names.len());
-        for name in names {
+        for name in names.iter().cloned() {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.acquire(name.clone(), owner.clone(), mode, left, ttl).await {
                 Ok(AcquireOutcome::Acquired(grant)) => {
@@ -55,6 +55,14 @@ impl LockService {
                     granted.give_back().await;
                     return Err((name, e));
                 }
+            }
+        }
+        // The earlier locks' grants may be old by now: each is proved to stand, or the set
+        // is given back.
+        for name in names {
+            if let Err(e) = self.confirm_still_held(&name, &owner).await {
+                granted.give_back().await;
+                return Err((name, e));
             }
         }
         granted.names.clear();
