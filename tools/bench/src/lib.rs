@@ -1,6 +1,7 @@
 //! Benchmarks: Paddock against the ensemble's own limit, Apache Curator and kazoo, on one
 //! ensemble started for the run. Figures, never assertions: `scripts/bench.sh` runs them.
 
+pub mod enqueue;
 pub mod footprint;
 pub mod limit;
 pub mod locks;
@@ -100,6 +101,9 @@ pub async fn run(bench: &Bench, which: &[&str]) -> Result<Report> {
     if wants("queues") {
         queues::rates(bench, &mut report).await?;
         queues::wakeup(bench, &mut report).await?;
+    }
+    if wants("enqueue") {
+        enqueue::anatomy(bench, &mut report).await?;
     }
     if wants("queue-depth") {
         queues::depth(bench, &mut report).await?;

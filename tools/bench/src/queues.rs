@@ -14,7 +14,7 @@ use paddock_testkit::{PodClient, provision};
 use super::limit::parallel;
 use super::{Bench, Figure, NS, Report};
 
-fn paths(queue: &str) -> QueuePaths {
+pub(crate) fn paths(queue: &str) -> QueuePaths {
     Layout::new("/paddock").unwrap().queue(&Name::new("ns", NS).unwrap(), &Name::new("q", queue).unwrap())
 }
 
