@@ -126,7 +126,8 @@ pub struct WorkArgs {
 /// ids, one a line.
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:\n  paddock enqueue jobs job.json --idempotency-key job-42\n  \
-                        find . -name '*.jpg' | paddock enqueue thumbnails --lines")]
+                        find . -name '*.jpg' | paddock enqueue thumbnails --lines\n  \
+                        paddock enqueue ledger --lines --group customer-42 < entries.txt")]
 pub struct EnqueueArgs {
     /// The WorkQueue's name (in this pod's namespace).
     pub queue: String,
@@ -151,6 +152,10 @@ pub struct EnqueueArgs {
     /// The payload's content type.
     #[arg(long)]
     pub content_type: Option<String>,
+    /// An ordered group (1-128 bytes): its items run one at a time, in the order enqueued,
+    /// whichever consumer takes them.
+    #[arg(long)]
+    pub group: Option<String>,
 }
 
 /// Shows what this pod holds and waits for, or the named locks and queues.

@@ -92,6 +92,9 @@ fn item(args: &EnqueueArgs, line: &[u8], number: usize) -> Value {
     if let Some(key) = &args.idempotency_key {
         item["idempotencyKey"] = json!(format!("{key}-{number}"));
     }
+    if let Some(group) = &args.group {
+        item["group"] = json!(group);
+    }
     item
 }
 
@@ -102,6 +105,9 @@ async fn send_one(sidecar: &Sidecar, args: &EnqueueArgs, payload: Vec<u8>) -> Re
     }
     if let Some(delay) = args.delay {
         query.push(("delay", format!("{}ms", delay.as_millis())));
+    }
+    if let Some(group) = &args.group {
+        query.push(("group", group.clone()));
     }
     let content_type = args.content_type.as_deref().unwrap_or("application/octet-stream");
     let answer = keyed_retry(args, || {

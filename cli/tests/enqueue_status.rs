@@ -71,6 +71,26 @@ async fn one_item_from_stdin_keeps_its_bytes_priority_and_content_type() {
     assert!(stderr.contains("WorkQueue"), "says what to create: {stderr}");
 }
 
+/// `--group`: lines of one file go to one ordered group; the next of them is handed out
+/// only once the one before is acked.
+#[tokio::test]
+async fn lines_enqueued_to_a_group_come_one_at_a_time_in_order() {
+    let ensemble = ensemble(QueueConfig::default()).await;
+    let (pod, client) = sidecar(&ensemble, "pod-a", Duration::from_secs(10)).await;
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), "first\nsecond\nthird\n").unwrap();
+    let path = file.path().to_str().unwrap();
+    let (code, out, stderr) = run(&pod, &["enqueue", "jobs", path, "--lines", "--group", "customer 42"]).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(out.lines().count(), 3, "{out}");
+    for expected in ["first", "second", "third"] {
+        let item = client.next("jobs", "0s").await.unwrap().expect("the group's head");
+        assert_eq!(item.payload, expected.as_bytes());
+        assert!(client.next("jobs", "0s").await.unwrap().is_none(), "one item of the group at a time");
+        assert_eq!(client.settle("jobs", &item.id, "ack", "").await.unwrap().0, 200);
+    }
+}
+
 #[tokio::test]
 async fn status_shows_this_pods_holds_and_the_named_locks_and_queues() {
     let ensemble = ensemble(QueueConfig::default()).await;

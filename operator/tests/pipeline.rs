@@ -64,7 +64,13 @@ async fn provision_observe_and_clean_up_a_lock_and_a_queue() {
     };
     let app_layout = layout.clone().with_node_acl(NodeAcl::Creator);
     let paths = app_layout.queue(&ns, &queue_name);
-    let item = NewItem { payload: b"x".to_vec(), content_type: None, priority: 0, delay: std::time::Duration::ZERO };
+    let item = NewItem {
+        payload: b"x".to_vec(),
+        content_type: None,
+        priority: 0,
+        delay: std::time::Duration::ZERO,
+        group: None,
+    };
     queue::enqueue(&app, &paths, &[item.clone(), item]).await.unwrap();
     // The enqueue's receipt is deleted after it returns (its delete precedes the app
     // session's next request), and a depth counts it until then: the app reads once, and

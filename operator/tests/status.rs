@@ -139,6 +139,7 @@ async fn a_busy_queue_status_follows_its_depth_within_two_seconds() {
                     content_type: None,
                     priority: 0,
                     delay: Duration::ZERO,
+                    group: None,
                 };
                 queue::enqueue(&client, &paths, &[item]).await.unwrap();
                 enqueued += 1;
@@ -333,8 +334,9 @@ async fn status_figures_are_gauges_per_resource() {
     let client = setup.zk_as(&credentials).await;
     let layout = Layout::new("/paddock").unwrap().with_node_acl(NodeAcl::for_session(true));
     let paths = layout.queue(&Name::new("namespace", "default").unwrap(), &Name::new("queue", "jobs").unwrap());
-    let items: Vec<NewItem> =
-        (0..3).map(|n| NewItem { payload: vec![n], content_type: None, priority: 0, delay: Duration::ZERO }).collect();
+    let items: Vec<NewItem> = (0..3)
+        .map(|n| NewItem { payload: vec![n], content_type: None, priority: 0, delay: Duration::ZERO, group: None })
+        .collect();
     queue::enqueue(&client, &paths, &items).await.unwrap();
     eventually(Duration::from_secs(30), "the depth follows the queue", || async {
         setup.metric(depth).await == Some(3.0)

@@ -90,6 +90,21 @@ impl QueuePaths {
         format!("{}/items/{bucket}", self.base)
     }
 
+    /// Groups (see `queue::group`).
+    pub fn groups(&self) -> String {
+        format!("{}/groups", self.base)
+    }
+
+    /// A group's node, by the key's node-name form.
+    pub fn group(&self, encoded_key: &str) -> String {
+        format!("{}/groups/{encoded_key}", self.base)
+    }
+
+    /// The ephemeral node of a group's one claim.
+    pub fn group_claim(&self, encoded_key: &str) -> String {
+        format!("{}/groups/{encoded_key}/claim", self.base)
+    }
+
     pub fn claims(&self) -> String {
         format!("{}/claims", self.base)
     }

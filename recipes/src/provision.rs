@@ -44,7 +44,7 @@ pub async fn ensure_queue(
 ) -> Result<String, zk::Error> {
     let paths = layout.queue(namespace, name);
     ensure_node(client, &paths.base, &to_znode(config), acls).await?;
-    for child in [paths.items(), paths.claims(), paths.attempts(), paths.dead(), paths.keys()] {
+    for child in [paths.items(), paths.claims(), paths.attempts(), paths.dead(), paths.keys(), paths.groups()] {
         ensure_node(client, &child, b"", acls).await?;
     }
     Ok(paths.base)

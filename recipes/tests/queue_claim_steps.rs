@@ -27,7 +27,8 @@ async fn world() -> World {
     provision::queue(&admin, "steps", "q", QueueConfig::default()).await.unwrap();
     let paths =
         Layout::new("/paddock").unwrap().queue(&Name::new("ns", "steps").unwrap(), &Name::new("q", "q").unwrap());
-    let item = NewItem { payload: b"job".to_vec(), content_type: None, priority: 0, delay: Duration::ZERO };
+    let item =
+        NewItem { payload: b"job".to_vec(), content_type: None, priority: 0, delay: Duration::ZERO, group: None };
     let id = queue::enqueue(&admin, &paths, &[item]).await.unwrap().remove(0);
     World { ensemble, admin, paths, id }
 }

@@ -14,7 +14,7 @@ const SESSIONS: usize = 2;
 const CONSUMERS_PER_SESSION: usize = 4;
 
 fn item(n: usize) -> NewItem {
-    NewItem { payload: n.to_string().into_bytes(), content_type: None, priority: 0, delay: Duration::ZERO }
+    NewItem { payload: n.to_string().into_bytes(), content_type: None, priority: 0, delay: Duration::ZERO, group: None }
 }
 
 fn paths(queue: &str) -> paddock_recipes::layout::QueuePaths {

@@ -16,7 +16,7 @@ use paddock_testkit::{Ensemble, EnsembleOptions, init_tracing, provision};
 const ROUNDS: usize = 300;
 
 fn item(n: usize) -> NewItem {
-    NewItem { payload: n.to_string().into_bytes(), content_type: None, priority: 0, delay: Duration::ZERO }
+    NewItem { payload: n.to_string().into_bytes(), content_type: None, priority: 0, delay: Duration::ZERO, group: None }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

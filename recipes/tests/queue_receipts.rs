@@ -7,28 +7,36 @@
 use std::time::Duration;
 
 use paddock_recipes::layout::QueuePaths;
+use paddock_recipes::queue::group::GroupKey;
 use paddock_recipes::queue::{self, NewItem};
 use paddock_recipes::{Layout, Name, QueueConfig, zk};
 use paddock_testkit::{Ensemble, init_tracing, provision};
 
 fn item(n: usize) -> NewItem {
-    NewItem { payload: n.to_string().into_bytes(), content_type: None, priority: 0, delay: Duration::ZERO }
+    NewItem { payload: n.to_string().into_bytes(), content_type: None, priority: 0, delay: Duration::ZERO, group: None }
 }
 
 fn paths(queue: &str) -> QueuePaths {
     Layout::new("/paddock").unwrap().queue(&Name::new("ns", "receipts").unwrap(), &Name::new("q", queue).unwrap())
 }
 
-/// Every receipt under the queue's items, by path.
+/// Every receipt in the queue's buckets and groups, by path.
 async fn receipts(admin: &zk::Client, paths: &QueuePaths) -> Vec<String> {
+    let mut dirs: Vec<String> =
+        admin.list_children(&paths.items()).await.unwrap().iter().map(|b| paths.bucket(b)).collect();
+    match admin.list_children(&paths.groups()).await {
+        Ok(groups) => dirs.extend(groups.iter().map(|g| paths.group(g))),
+        Err(zk::Error::NoNode) => {}
+        Err(e) => panic!("listing groups: {e}"),
+    }
     let mut found = Vec::new();
-    for bucket in admin.list_children(&paths.items()).await.unwrap() {
-        let nodes = match admin.list_children(&paths.bucket(&bucket)).await {
+    for dir in dirs {
+        let nodes = match admin.list_children(&dir).await {
             Ok(nodes) => nodes,
             Err(zk::Error::NoNode) => continue,
-            Err(e) => panic!("listing bucket {bucket}: {e}"),
+            Err(e) => panic!("listing {dir}: {e}"),
         };
-        found.extend(nodes.into_iter().filter(|n| n.starts_with("receipt-")).map(|n| format!("{bucket}/{n}")));
+        found.extend(nodes.into_iter().filter(|n| n.starts_with("receipt-")).map(|n| format!("{dir}/{n}")));
     }
     found
 }
@@ -54,8 +62,10 @@ async fn a_receipt_goes_with_the_next_enqueue_or_on_its_own() {
     let paths = paths("steady");
     let producer = zk::Client::connect(&ensemble.connect_string()).await.unwrap();
 
+    // Ungrouped, and every third one in a group (a receipt in a group's node).
     for n in 0..100 {
-        let ids = queue::enqueue(&producer, &paths, &[item(n)]).await.unwrap();
+        let group = (n % 3 == 0).then(|| GroupKey::new(&format!("g{}", n % 2)).unwrap());
+        let ids = queue::enqueue(&producer, &paths, &[NewItem { group, ..item(n) }]).await.unwrap();
         assert_eq!(ids.len(), 1);
         // The multi of this enqueue deleted the receipt of the one before: at most its
         // own is left (none once the idle deletion ran).
@@ -102,7 +112,7 @@ async fn a_vanished_receipt_does_not_fail_the_enqueue_that_carries_its_delete() 
         enqueued += 1;
         let left = receipts(&admin, &paths).await;
         let Some(receipt) = left.first() else { continue };
-        match admin.delete(&format!("{}/{receipt}", paths.items()), None).await {
+        match admin.delete(receipt, None).await {
             Ok(()) => {}
             Err(zk::Error::NoNode) => continue,
             Err(e) => panic!("deleting {receipt}: {e}"),

@@ -31,6 +31,7 @@ async fn thirty_thousand_items_keep_child_lists_small_and_drain_exactly_once() {
                 content_type: None,
                 priority: 0,
                 delay: Duration::ZERO,
+                group: None,
             })
             .collect();
         assert_eq!(queue::enqueue(&admin, &paths, &items).await.unwrap().len(), BATCH);

@@ -552,11 +552,8 @@ fn all_threads_stopped(pid: u32) -> bool {
     })
 }
 
-/// `max=3`: the second claim never reaches ZooKeeper (its connection drops first), so it
-/// fails. The first item, already claimed, must be handed out, not dropped with the error
-/// and left claimed (an attempt used up) until the visibility timeout.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_batch_claim_that_fails_midway_hands_out_what_it_claimed() {
+/// A world with three items enqueued to `jobs`, and their ids.
+async fn three_jobs() -> (World, Vec<String>) {
     let w = world(&[], &[("jobs", queue_config(5))]).await;
     let mut ids = Vec::new();
     for payload in ["first", "second", "third"] {
@@ -564,6 +561,28 @@ async fn a_batch_claim_that_fails_midway_hands_out_what_it_claimed() {
         assert_eq!(status, 201, "{body}");
         ids.push(body["id"].as_str().unwrap().to_owned());
     }
+    (w, ids)
+}
+
+/// A `max=N` answer holds exactly `ids`, in order, each on its first attempt.
+fn assert_each_on_its_first_attempt(body: &Value, ids: &[String]) {
+    let handed: Vec<(&str, u64)> = body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| (i["id"].as_str().unwrap(), i["attempt"].as_u64().unwrap()))
+        .collect();
+    let expected: Vec<(&str, u64)> = ids.iter().map(|id| (id.as_str(), 1)).collect();
+    assert_eq!(handed, expected, "{body}");
+}
+
+/// `max=3` claims its three items in one multi. That multi never reaches ZooKeeper (its
+/// connection drops first): nothing was claimed, which the sidecar finds out once it is
+/// connected again, and it sends the claims again. The app gets all three, each on its
+/// first attempt, and nothing is left claimed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_claim_lost_before_it_was_sent_is_sent_again_and_hands_out_every_item_once() {
+    let (w, ids) = three_jobs().await;
     let claim_of_second = format!("/claims/{}", ids[1]);
     let lost = w.proxy.lose_next_reply(Match {
         opcodes: &[op::MULTI],
@@ -571,24 +590,72 @@ async fn a_batch_claim_that_fails_midway_hands_out_what_it_claimed() {
         outcome: Outcome::NotSent,
         ..Default::default()
     });
-    let response = w.pod.http().get(w.pod.url("/queue/next?queue=jobs&max=3&wait=5s")).send().await.unwrap();
+    let response = w.pod.http().get(w.pod.url("/queue/next?queue=jobs&max=3&wait=10s")).send().await.unwrap();
     let status = response.status().as_u16();
     let body: Value = response.json().await.unwrap_or_default();
-    let fired = lost.wait(FIRED_WITHIN).await.expect("the second claim was dropped");
+    let fired = lost.wait(FIRED_WITHIN).await.expect("the batch's claim was dropped");
     assert!(!fired.applied);
     answered("next max=3", status, &body);
-    assert_eq!(status, 200, "the claimed item is handed out: {body}");
-    let handed: Vec<&str> = body["items"].as_array().unwrap().iter().map(|i| i["id"].as_str().unwrap()).collect();
-    assert_eq!(handed, [ids[0].as_str()], "{body}");
+    assert_eq!(status, 200, "the claims are sent again: {body}");
+    assert_each_on_its_first_attempt(&body, &ids);
     ready(&w.pod).await;
-
-    // The others were never claimed: delivered next, on their first attempt.
-    for expected in &ids[1..] {
-        let item = w.pod.next("jobs", "10s").await.unwrap().expect("the unclaimed items come next");
-        assert_eq!((item.id.as_str(), item.attempt), (expected.as_str(), 1));
-        assert_eq!(w.pod.settle("jobs", &item.id, "ack", "").await.unwrap().0, 200);
+    for id in &ids {
+        assert_eq!(w.pod.settle("jobs", id, "ack", "").await.unwrap().0, 200);
     }
-    assert_eq!(w.pod.settle("jobs", &ids[0], "ack", "").await.unwrap().0, 200, "the first is the app's to ack");
+    assert_drained(&w, "jobs").await;
+}
+
+/// `max=3`, the batch's one claim multi applied but its reply lost: the sidecar finds the
+/// first claim is its session's (all or none, so all three are), and hands out all three,
+/// once, on their first attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_claim_applied_with_its_reply_lost_hands_out_every_item_once() {
+    let (w, ids) = three_jobs().await;
+    let claim_of_second = format!("/claims/{}", ids[1]);
+    let lost = w.proxy.lose_next_reply(Match {
+        opcodes: &[op::MULTI],
+        body_contains: Some(&claim_of_second),
+        ..Default::default()
+    });
+    let response = w.pod.http().get(w.pod.url("/queue/next?queue=jobs&max=3&wait=10s")).send().await.unwrap();
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.unwrap_or_default();
+    applied(lost).await;
+    answered("next max=3", status, &body);
+    assert_eq!(status, 200, "{body}");
+    assert_each_on_its_first_attempt(&body, &ids);
+    ready(&w.pod).await;
+    let acks = serde_json::json!({ "ids": ids });
+    let response = w.pod.http().post(w.pod.url("/queue/jobs/ack")).json(&acks).send().await.unwrap();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["acked"], 3, "{body}");
+    assert_drained(&w, "jobs").await;
+}
+
+/// A batched ack applied with its reply lost: each item is then settled on its own, finds
+/// its nodes gone and no dead letter, and answers acked; nothing is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_ack_reply_lost_answers_acked_for_every_item() {
+    let w = world(&[], &[("jobs", queue_config(5))]).await;
+    for payload in ["first", "second", "third"] {
+        assert_eq!(w.pod.enqueue("jobs", payload).await.unwrap().0, 201);
+    }
+    let response = w.pod.http().get(w.pod.url("/queue/next?queue=jobs&max=3&wait=5s")).send().await.unwrap();
+    let body: Value = response.json().await.unwrap();
+    let ids: Vec<String> = body["items"].as_array().unwrap().iter().map(|i| i["id"].as_str().unwrap().into()).collect();
+    assert_eq!(ids.len(), 3, "{body}");
+    let lost =
+        w.proxy.lose_next_reply(Match { opcodes: &[op::MULTI], body_contains: Some("/claims/"), ..Default::default() });
+    let acks = serde_json::json!({ "ids": ids });
+    let response = w.pod.http().post(w.pod.url("/queue/jobs/ack")).json(&acks).send().await.unwrap();
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.unwrap_or_default();
+    applied(lost).await;
+    answered("batch ack", status, &body);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["acked"], 3, "{body}");
+    assert!(body["results"].as_array().unwrap().iter().all(|r| r["outcome"] == "acked"), "{body}");
+    ready(&w.pod).await;
     assert_drained(&w, "jobs").await;
 }
 

@@ -48,7 +48,7 @@ pub enum Read {
 
 /// Reads an item and its history in one multi-read.
 pub async fn read_candidate(client: &zk::Client, paths: &QueuePaths, id: &ItemId) -> Result<Read, QueueError> {
-    let path = format!("{}/{}", paths.bucket(&id.bucket), id.node_name());
+    let path = id.path(paths);
     let mut reader = client.new_multi_reader();
     reader.add_get_data(&path)?;
     reader.add_get_data(&paths.attempts_of(&id.to_string()))?;
@@ -92,6 +92,54 @@ pub enum ClaimOutcome {
     },
 }
 
+/// A candidate with this delivery counted: what its claim writes, and the delivery it
+/// makes.
+pub(super) struct Prepared {
+    path: String,
+    version: i32,
+    claim: Vec<u8>,
+    history: Vec<u8>,
+    attempts_version: Option<i32>,
+    pub delivery: Delivery,
+}
+
+impl Prepared {
+    pub fn new(candidate: Candidate, pod: &str) -> Self {
+        let Candidate { id, path, version, envelope, payload, mut attempts, attempts_version } = candidate;
+        let now = now_ms();
+        attempts.record(pod, now);
+        let claim = serde_json::to_vec(&serde_json::json!({ "pod": pod, "attempt": attempts.attempt, "atMs": now }))
+            .expect("claim serializes");
+        let history = serde_json::to_vec(&attempts).expect("attempts serialize");
+        let delivery =
+            Delivery { id, attempt: attempts.attempt, envelope, payload, claim_proved_at: tokio::time::Instant::now() };
+        Self { path, version, claim, history, attempts_version, delivery }
+    }
+
+    /// Adds the claim's writes to `multi`: the item is unchanged (version), `claims/<id>`
+    /// (and a grouped item's group claim) made, the attempt counted. Returns how many.
+    pub fn add_to(&self, multi: &mut zk::MultiWriter<'_>, paths: &QueuePaths) -> Result<usize, zk::Error> {
+        let id = self.delivery.id.to_string();
+        let ephemeral = zk::CreateMode::Ephemeral.with_acls(paths.acl.acls());
+        multi.add_check_version(&self.path, self.version)?;
+        multi.add_create(&paths.claim(&id), &self.claim, &ephemeral)?;
+        let mut ops = 3;
+        if let Some(group) = &self.delivery.id.group {
+            multi.add_create(&paths.group_claim(group.encoded()), b"", &ephemeral)?;
+            ops += 1;
+        }
+        match self.attempts_version {
+            Some(version) => multi.add_set_data(&paths.attempts_of(&id), &self.history, Some(version))?,
+            None => multi.add_create(
+                &paths.attempts_of(&id),
+                &self.history,
+                &zk::CreateMode::Persistent.with_acls(paths.acl.acls()),
+            )?,
+        }
+        Ok(ops)
+    }
+}
+
 /// Claims `candidate` for `pod`: one multi (see the module's invariants).
 pub async fn try_claim(
     client: &zk::Client,
@@ -99,22 +147,11 @@ pub async fn try_claim(
     candidate: Candidate,
     pod: &str,
 ) -> Result<ClaimOutcome, QueueError> {
-    let Candidate { id, path, version, envelope, payload, mut attempts, attempts_version } = candidate;
-    let now = now_ms();
-    attempts.record(pod, now);
-    let claim = serde_json::to_vec(&serde_json::json!({ "pod": pod, "attempt": attempts.attempt, "atMs": now }))
-        .expect("claim serializes");
-    let history = serde_json::to_vec(&attempts).expect("attempts serialize");
-    let attempts_path = paths.attempts_of(&id.to_string());
+    let mut prepared = Prepared::new(candidate, pod);
     let mut multi = client.new_multi_writer();
-    multi.add_check_version(&path, version)?;
-    multi.add_create(&paths.claim(&id.to_string()), &claim, &zk::CreateMode::Ephemeral.with_acls(paths.acl.acls()))?;
-    match attempts_version {
-        Some(version) => multi.add_set_data(&attempts_path, &history, Some(version))?,
-        None => multi.add_create(&attempts_path, &history, &zk::CreateMode::Persistent.with_acls(paths.acl.acls()))?,
-    }
-    let sent_at = tokio::time::Instant::now();
-    let delivery = Delivery { id, attempt: attempts.attempt, envelope, payload, claim_proved_at: sent_at };
+    prepared.add_to(&mut multi, paths)?;
+    prepared.delivery.claim_proved_at = tokio::time::Instant::now();
+    let delivery = prepared.delivery;
     match multi.commit().await {
         Ok(_) => Ok(ClaimOutcome::Claimed(delivery)),
         Err(zk::MultiWriteError::OperationFailed { source: zk::Error::NoNode, .. }) => Ok(ClaimOutcome::Gone),
@@ -212,7 +249,7 @@ pub async fn claim_next(
 
 /// The next candidate in the view, loading the buckets it reaches; None when nothing is
 /// ready.
-async fn next_in_view(
+pub(super) async fn next_in_view(
     client: &zk::Client,
     paths: &QueuePaths,
     view: &QueueView,
@@ -240,7 +277,7 @@ async fn next_in_view(
 
 /// Moves an item delivered `maxAttempts` times to the dead letters, unless someone holds
 /// it on its last attempt (then it is theirs to ack, nack or lose).
-async fn dead_letter_exhausted(
+pub(super) async fn dead_letter_exhausted(
     client: &zk::Client,
     paths: &QueuePaths,
     view: &QueueView,
@@ -263,9 +300,9 @@ async fn dead_letter_exhausted(
 }
 
 /// Holds an item reserved in the view while this consumer tries to claim it.
-struct Reservation<'a> {
-    view: &'a QueueView,
-    id: ItemId,
+pub(super) struct Reservation<'a> {
+    pub view: &'a QueueView,
+    pub id: ItemId,
 }
 
 impl Drop for Reservation<'_> {

@@ -8,9 +8,11 @@
 //! - A move whose reply was lost is told apart from someone else's by what is there
 //!   after the retry: the dead letter (ours), or the requeue's receipt.
 
-use super::enqueue::ensure_bucket;
-use super::item::{DeadLetter, Envelope, ItemId, bucket_name, decode_dead, encode, encode_dead, now_ms};
+use super::enqueue::ensure_place;
+use super::group::GroupKey;
+use super::item::{DeadLetter, Envelope, ItemId, Place, bucket_name, decode_dead, encode, encode_dead, now_ms};
 use super::receipt::{self, Receipt};
+use super::settle::claim_paths;
 use super::{Candidate, QueueError};
 use crate::layout::QueuePaths;
 use crate::retry::{Try, while_unknown};
@@ -52,12 +54,15 @@ pub(super) async fn move_to_dead(
             if let Some(version) = item.attempts_version {
                 multi.add_delete(&paths.attempts_of(id_text), Some(version))?;
             }
-            match claim {
-                ClaimCheck::Ours => multi.add_delete(&paths.claim(id_text), None)?,
-                ClaimCheck::NoneHeld => {
-                    let open = zk::CreateMode::Persistent.with_acls(paths.acl.acls());
-                    multi.add_create(&paths.claim(id_text), b"", &open)?;
-                    multi.add_delete(&paths.claim(id_text), None)?;
+            // A grouped item's group claim is settled (or checked) with its own.
+            for claim_path in &claim_paths(paths, &item.id) {
+                match claim {
+                    ClaimCheck::Ours => multi.add_delete(claim_path, None)?,
+                    ClaimCheck::NoneHeld => {
+                        let open = zk::CreateMode::Persistent.with_acls(paths.acl.acls());
+                        multi.add_create(claim_path, b"", &open)?;
+                        multi.add_delete(claim_path, None)?;
+                    }
                 }
             }
             let dead = zk::CreateMode::Persistent.with_acls(paths.acl.acls());
@@ -132,8 +137,8 @@ pub async fn dead_letter(client: &zk::Client, paths: &QueuePaths, id: &str) -> R
 /// the move's [`Receipt`] is in its bucket (also when a consumer has already taken and
 /// acked the item); if the move was not applied, it is sent again.
 pub async fn requeue_dead(client: &zk::Client, paths: &QueuePaths, dead_id: &str) -> Result<ItemId, QueueError> {
-    // Set once a move was sent and its outcome is unknown: its bucket and receipt.
-    let sent: std::sync::Mutex<Option<(String, Receipt)>> = std::sync::Mutex::new(None);
+    // Set once a move was sent and its outcome is unknown: its place, bucket and receipt.
+    let sent: std::sync::Mutex<Option<(Place, String, Receipt)>> = std::sync::Mutex::new(None);
     let no_such = || QueueError::NoSuchDeadLetter(dead_id.to_owned());
     let moved = while_unknown(client, "requeueing a dead letter", |this| {
         let sent = &sent;
@@ -146,8 +151,9 @@ pub async fn requeue_dead(client: &zk::Client, paths: &QueuePaths, dead_id: &str
             let Some((data, stat)) = read else {
                 let looked_for = sent.lock().expect("not poisoned").clone();
                 return match looked_for {
-                    Some((bucket, receipt)) => {
-                        receipt.find(client, paths, &bucket, this.deadline).await?.ok_or_else(no_such)
+                    Some((place, bucket, receipt)) => {
+                        let found = receipt.find(client, paths, &place, this.deadline).await?.ok_or_else(no_such)?;
+                        Ok((found, place, bucket))
                     }
                     None => Err(no_such()),
                 };
@@ -157,25 +163,31 @@ pub async fn requeue_dead(client: &zk::Client, paths: &QueuePaths, dead_id: &str
             let original_id = Some(letter.letter.envelope.original_id.clone().unwrap_or_else(|| dead_id.to_owned()));
             let envelope = Envelope { due_ms: now, original_id, carried: None, ..letter.letter.envelope };
             let bucket = bucket_name(envelope.priority, now);
-            ensure_bucket(client, paths, &bucket).await?;
-            let bucket_path = paths.bucket(&bucket);
+            // A grouped item goes back to the end of its group.
+            let place = match envelope.group.as_deref().map(GroupKey::new) {
+                Some(Ok(group)) => Place::Group(group),
+                _ => Place::Bucket(bucket.clone()),
+            };
+            ensure_place(client, paths, &place).await?;
+            let dir = place.dir(paths);
             let receipt = Receipt::new();
             let mut multi = client.new_multi_writer();
             multi.add_delete(&paths.dead_item(dead_id), Some(stat.version))?;
-            multi.add_create(&receipt.create_in(&bucket_path), b"", &Receipt::mode(paths.acl))?;
+            multi.add_create(&receipt.create_in(&dir), b"", &Receipt::mode(paths.acl))?;
             multi.add_create(
-                &format!("{bucket_path}/item-"),
+                &format!("{dir}/{}", place.item_prefix(&bucket)),
                 &encode(&envelope, &letter.payload),
                 &zk::CreateMode::PersistentSequential.with_acls(paths.acl.acls()),
             )?;
             // If the reply is lost, the next try's read tells: the letter still there (same
             // version) was not moved; gone, the receipt is looked for.
-            *sent.lock().expect("not poisoned") = Some((bucket.clone(), receipt));
+            *sent.lock().expect("not poisoned") = Some((place.clone(), bucket.clone(), receipt));
             let results = multi.commit().await.map_err(zk::Error::from)?;
-            Ok(Receipt::made_by(&bucket, results)?)
+            Ok((Receipt::made_by(results)?, place, bucket))
         }
     })
     .await?;
-    receipt::delete(client, vec![moved.receipt]);
-    Ok(moved.first)
+    let (moved, place, bucket) = moved;
+    receipt::delete(client, vec![moved.receipt.clone()]);
+    Ok(moved.id(&place, &bucket, 0))
 }

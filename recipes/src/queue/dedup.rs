@@ -28,7 +28,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 
 use super::enqueue::{Also, Prepared, send};
-use super::item::{ItemId, now_ms};
+use super::group::GroupKey;
+use super::item::{ItemId, Place, now_ms};
 use super::receipt::{self, Receipt, Receipted};
 use super::{NewItem, QueueError};
 use crate::layout::QueuePaths;
@@ -61,6 +62,22 @@ struct Record {
     receipt: Option<String>,
     #[serde(default)]
     index: u64,
+    /// The item's group (node-name form), when it has one: the receipt and the item are
+    /// in the group, `index` places it among the call's items there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    group: Option<String>,
+}
+
+impl Record {
+    /// Where the record's item was made, until its id is known.
+    fn place(&self) -> Option<(Place, &str)> {
+        let bucket = self.bucket.as_deref()?;
+        let place = match self.group.as_deref() {
+            Some(group) => Place::Group(GroupKey::from_encoded(group).ok()?),
+            None => Place::Bucket(bucket.to_owned()),
+        };
+        Some((place, bucket))
+    }
 }
 
 /// What reading a key found.
@@ -151,12 +168,17 @@ fn add_records(
         if let Seen::Expired(version) = seen[key] {
             prepared.also.push(Also::Delete { path: path.clone(), version });
         }
-        let (group, place) = prepared.order[position];
+        let (index_of_place, index) = prepared.order[position];
+        let placed = &prepared.places[index_of_place];
         let record = Record {
             id: None,
-            bucket: Some(prepared.groups[group].bucket.clone()),
+            bucket: Some(placed.items[index].0.clone()),
             receipt: Some(prepared.receipt.prefix().to_owned()),
-            index: place as u64,
+            index: index as u64,
+            group: match &placed.place {
+                Place::Group(group) => Some(group.encoded().to_owned()),
+                Place::Bucket(_) => None,
+            },
         };
         let data = serde_json::to_vec(&record).expect("records serialize");
         prepared.also.push(Also::CreateWithTtl { path, data, ttl: window });
@@ -245,10 +267,10 @@ async fn resolve(
     if let Some(id) = record.id.as_deref().and_then(|id| ItemId::parse(id).ok()) {
         return Ok(Some(id));
     }
-    let (Some(bucket), Some(prefix)) = (&record.bucket, &record.receipt) else { return Ok(None) };
+    let (Some((place, bucket)), Some(prefix)) = (record.place(), &record.receipt) else { return Ok(None) };
     let deadline = tokio::time::Instant::now() + client.session_timeout();
-    if let Some(found) = Receipt::named(prefix).find(client, paths, bucket, deadline).await? {
-        return Ok(Some(found.first.plus(record.index)));
+    if let Some(found) = Receipt::named(prefix).find(client, paths, &place, deadline).await? {
+        return Ok(Some(found.id(&place, bucket, record.index)));
     }
     // The receipt is deleted after the record was named: read the record once more.
     match client.get_data(&record_path(paths, key)).await {
@@ -261,22 +283,24 @@ async fn resolve(
         Err(zk::Error::NoNode) => return Ok(None),
         Err(err) => return Err(err.into()),
     }
-    made_by(client, paths, bucket, czxid).await.map(|made| made.get(record.index as usize).cloned())
+    made_by(client, paths, &place, czxid).await.map(|made| made.get(record.index as usize).cloned())
 }
 
-/// The items of `bucket` that transaction `czxid` made, in order.
-async fn made_by(client: &zk::Client, paths: &QueuePaths, bucket: &str, czxid: i64) -> Result<Vec<ItemId>, QueueError> {
-    let bucket_path = paths.bucket(bucket);
-    let mut nodes = match client.list_children(&bucket_path).await {
+/// The items of `place` that transaction `czxid` made, in order.
+async fn made_by(
+    client: &zk::Client,
+    paths: &QueuePaths,
+    place: &Place,
+    czxid: i64,
+) -> Result<Vec<ItemId>, QueueError> {
+    let nodes = match client.list_children(&place.dir(paths)).await {
         Ok(nodes) => nodes,
         Err(zk::Error::NoNode) => return Ok(Vec::new()),
         Err(err) => return Err(err.into()),
     };
-    nodes.sort();
-    let ids: Vec<ItemId> = nodes.iter().filter_map(|node| ItemId::from_node(bucket, node)).collect();
-    let stats =
-        futures::future::join_all(ids.iter().map(|id| client.check_stat(&format!("{bucket_path}/{}", id.node_name()))))
-            .await;
+    let mut ids: Vec<ItemId> = nodes.iter().filter_map(|node| place.id_of_node(node)).collect();
+    ids.sort_by_key(ItemId::seq_number);
+    let stats = futures::future::join_all(ids.iter().map(|id| client.check_stat(&id.path(paths)))).await;
     let mut made = Vec::new();
     for (id, stat) in ids.into_iter().zip(stats) {
         if stat?.is_some_and(|stat| stat.czxid == czxid) {

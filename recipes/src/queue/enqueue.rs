@@ -2,15 +2,17 @@
 //! look-up that resolves an enqueue whose reply was lost.
 //!
 //! Invariants:
-//! - One `Ok` is one stored item (or batch), also across lost replies: each bucket the
-//!   call writes to gets a [`Receipt`] in the same multi, just before its items, which
+//! - One `Ok` is one stored item (or batch), also across lost replies: each place (bucket
+//!   or group) the call writes to gets a [`Receipt`] in the same multi, just before its items, which
 //!   tells after an unknown outcome whether the multi was applied and gives the items'
 //!   ids (see `receipt`).
 //! - Consumers list only `item-` children, so receipts are not items to them (nor to
 //!   older sidecars); a bucket's child count (`stats`) includes the receipts of enqueues
 //!   in flight.
 
-use super::item::{Envelope, ItemId, bucket_name, due_after, encode, now_ms};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::item::{Envelope, ItemId, Place, bucket_name, due_after, encode, now_ms};
 use super::receipt::{self, Receipt, Receipted};
 use super::{NewItem, QueueError};
 use crate::layout::QueuePaths;
@@ -25,6 +27,7 @@ pub(super) fn envelope_for(item: &NewItem, now: u64) -> Envelope {
         due_ms: due_after(now, item.delay),
         original_id: None,
         carried: None,
+        group: item.group.as_ref().map(|g| g.key()),
     }
 }
 
@@ -37,6 +40,20 @@ pub(super) async fn ensure_bucket(client: &zk::Client, paths: &QueuePaths, bucke
     ensure_child(client, paths, &paths.bucket(bucket)).await
 }
 
+/// Creates what items of `place` are made in, unless it exists: a bucket (above), or a
+/// group: a persistent node under `groups/` (which a queue provisioned by an operator
+/// older than groups gets from its first grouped enqueue), removed like a bucket by the
+/// views once empty for [`super::view::BUCKET_KEEP`] (see `group`).
+pub(super) async fn ensure_place(client: &zk::Client, paths: &QueuePaths, place: &Place) -> Result<(), QueueError> {
+    match place {
+        Place::Bucket(bucket) => ensure_bucket(client, paths, bucket).await,
+        Place::Group(group) => {
+            ensure_child(client, paths, &paths.groups()).await?;
+            ensure_child(client, paths, &paths.group(group.encoded())).await
+        }
+    }
+}
+
 /// Creates a persistent node of the queue unless it exists.
 async fn ensure_child(client: &zk::Client, paths: &QueuePaths, path: &str) -> Result<(), QueueError> {
     match client.create(path, b"", &zk::CreateMode::Persistent.with_acls(paths.acl.acls())).await {
@@ -46,12 +63,12 @@ async fn ensure_child(client: &zk::Client, paths: &QueuePaths, path: &str) -> Re
     }
 }
 
-/// One enqueue call, ready to be sent: its items' stored data, grouped by bucket.
+/// One enqueue call, ready to be sent: its items' stored data, by the place they go to.
 pub(super) struct Prepared {
-    /// This call's receipt (one per bucket).
+    /// This call's receipt (one per place).
     pub receipt: Receipt,
-    pub groups: Vec<Group>,
-    /// Items in the caller's order: (group, position in it).
+    pub places: Vec<Placed>,
+    /// Items in the caller's order: (place, position in it).
     pub order: Vec<(usize, usize)>,
     /// Other writes of the same multi, after the items (idempotency records).
     pub also: Vec<Also>,
@@ -71,42 +88,52 @@ pub(super) enum Also {
     },
 }
 
-/// The items of one call that go to one bucket, in the caller's order.
-pub(super) struct Group {
-    pub bucket: String,
-    data: Vec<Vec<u8>>,
+/// The items of one call that go to one place, in the caller's order: (bucket, data).
+pub(super) struct Placed {
+    pub place: Place,
+    pub items: Vec<(String, Vec<u8>)>,
 }
 
 impl Prepared {
     pub fn new(items: &[NewItem]) -> Self {
         let now = now_ms();
-        let mut groups: Vec<Group> = Vec::new();
+        let mut places: Vec<Placed> = Vec::new();
         let mut order = Vec::with_capacity(items.len());
         for item in items {
             let envelope = envelope_for(item, now);
             let bucket = bucket_name(item.priority, envelope.due_ms);
             let data = encode(&envelope, &item.payload);
-            let group = match groups.iter().position(|g| g.bucket == bucket) {
-                Some(group) => group,
+            let place = match &item.group {
+                Some(group) => Place::Group(group.clone()),
+                None => Place::Bucket(bucket.clone()),
+            };
+            let index = match places.iter().position(|p| p.place == place) {
+                Some(index) => index,
                 None => {
-                    groups.push(Group { bucket, data: Vec::new() });
-                    groups.len() - 1
+                    places.push(Placed { place, items: Vec::new() });
+                    places.len() - 1
                 }
             };
-            order.push((group, groups[group].data.len()));
-            groups[group].data.push(data);
+            order.push((index, places[index].items.len()));
+            places[index].items.push((bucket, data));
         }
-        Self { receipt: Receipt::new(), groups, order, also: Vec::new() }
+        Self { receipt: Receipt::new(), places, order, also: Vec::new() }
     }
 
     /// The operations of its multi, less the receipts' deletes carried along.
     pub fn ops(&self) -> usize {
-        self.groups.iter().map(|g| 1 + g.data.len()).sum::<usize>() + self.also.len()
+        self.places.iter().map(|p| 1 + p.items.len()).sum::<usize>() + self.also.len()
     }
 
-    /// The items' ids in the caller's order, from each group's first item id.
+    /// The items' ids in the caller's order, from each place's first sequence number.
     pub fn ids(&self, created: &[Receipted]) -> Vec<ItemId> {
-        self.order.iter().map(|&(group, index)| created[group].first.plus(index as u64)).collect()
+        self.order
+            .iter()
+            .map(|&(index, position)| {
+                let placed = &self.places[index];
+                created[index].id(&placed.place, &placed.items[position].0, position as u64)
+            })
+            .collect()
     }
 }
 
@@ -123,7 +150,7 @@ pub async fn enqueue(client: &zk::Client, paths: &QueuePaths, items: &[NewItem])
 }
 
 /// Sends a prepared call's multi until its outcome is known (making missing buckets);
-/// what it made, per group. The caller deletes the receipts.
+/// what it made, per place. The caller deletes the receipts.
 ///
 /// The multi also deletes receipts this session left from earlier calls
 /// (`receipt::take_left`): those its multi did not delete go back.
@@ -146,9 +173,9 @@ async fn send_carrying(
     prepared: &Prepared,
     carried: &mut Vec<String>,
 ) -> Result<Vec<Receipted>, QueueError> {
-    let mut missing_buckets = 0;
+    let mut missing_places = 0;
     loop {
-        let carried_gone = std::sync::atomic::AtomicBool::new(false);
+        let carried_gone = AtomicBool::new(false);
         let created = while_unknown(client, "enqueue", |attempt| {
             let (carried, carried_gone) = (&*carried, &carried_gone);
             async move {
@@ -159,7 +186,7 @@ async fn send_carrying(
                 }
                 create_all(client, paths, prepared, carried).await.map_err(|err| match err {
                     zk::MultiWriteError::OperationFailed { index, source } => {
-                        carried_gone.store(index >= prepared.ops(), std::sync::atomic::Ordering::Relaxed);
+                        carried_gone.store(index >= prepared.ops(), Ordering::Relaxed);
                         QueueError::from(source)
                     }
                     zk::MultiWriteError::RequestFailed { source } => QueueError::from(source),
@@ -170,10 +197,11 @@ async fn send_carrying(
         match created {
             // A receipt carried along was gone (the multi did nothing): without them.
             Err(_) if carried_gone.into_inner() => receipt::delete_now(client, std::mem::take(carried)),
-            Err(QueueError::ZooKeeper(zk::Error::NoNode)) if missing_buckets < 2 => {
-                missing_buckets += 1;
-                for group in &prepared.groups {
-                    ensure_bucket(client, paths, &group.bucket).await?;
+            // An empty group can be removed between its create and ours: try again.
+            Err(QueueError::ZooKeeper(zk::Error::NoNode)) if missing_places < 3 => {
+                missing_places += 1;
+                for placed in &prepared.places {
+                    ensure_place(client, paths, &placed.place).await?;
                 }
                 // `keys/` is provisioned with a queue since the version that has keys; a
                 // queue provisioned before gets it from its first deduplicated enqueue.
@@ -190,16 +218,16 @@ async fn send_carrying(
 }
 
 /// After an unknown outcome: what the multi made if it was applied (all or none, so the
-/// first group's receipt tells), None if it was not.
+/// first place's receipt tells), None if it was not.
 async fn find_receipts(
     client: &zk::Client,
     paths: &QueuePaths,
     prepared: &Prepared,
     deadline: tokio::time::Instant,
 ) -> Result<Option<Vec<Receipted>>, QueueError> {
-    let mut found = Vec::with_capacity(prepared.groups.len());
-    for (index, group) in prepared.groups.iter().enumerate() {
-        match prepared.receipt.find(client, paths, &group.bucket, deadline).await? {
+    let mut found = Vec::with_capacity(prepared.places.len());
+    for (index, placed) in prepared.places.iter().enumerate() {
+        match prepared.receipt.find(client, paths, &placed.place, deadline).await? {
             Some(receipted) => found.push(receipted),
             None if index == 0 => {
                 tracing::debug!("enqueue interrupted and not applied; sending it again");
@@ -207,8 +235,8 @@ async fn find_receipts(
             }
             None => {
                 return Err(QueueError::ZooKeeper(zk::Error::UnexpectedError(format!(
-                    "the receipt of bucket {} of a batch is missing while the first is there",
-                    group.bucket
+                    "the receipt in {} of a batch is missing while the first is there",
+                    placed.place.dir(paths)
                 ))));
             }
         }
@@ -217,7 +245,7 @@ async fn find_receipts(
     Ok(Some(found))
 }
 
-/// The multi: per group, its receipt, then its items; then the other writes; then the
+/// The multi: per place, its receipt, then its items; then the other writes; then the
 /// deletes of receipts `carried` along.
 async fn create_all(
     client: &zk::Client,
@@ -228,11 +256,11 @@ async fn create_all(
     let items = zk::CreateMode::PersistentSequential.with_acls(paths.acl.acls());
     let receipts = Receipt::mode(paths.acl);
     let mut multi = client.new_multi_writer();
-    for group in &prepared.groups {
-        let bucket = paths.bucket(&group.bucket);
-        multi.add_create(&prepared.receipt.create_in(&bucket), b"", &receipts)?;
-        for data in &group.data {
-            multi.add_create(&format!("{bucket}/item-"), data, &items)?;
+    for placed in &prepared.places {
+        let dir = placed.place.dir(paths);
+        multi.add_create(&prepared.receipt.create_in(&dir), b"", &receipts)?;
+        for (bucket, data) in &placed.items {
+            multi.add_create(&format!("{dir}/{}", placed.place.item_prefix(bucket)), data, &items)?;
         }
     }
     for also in &prepared.also {
@@ -251,14 +279,14 @@ async fn create_all(
         Some(zk::MultiWriteResult::Create { path, .. }) => Ok(path),
         other => Err(zk::Error::UnexpectedError(format!("expected a create result, got {other:?}"))),
     };
-    let mut created = Vec::with_capacity(prepared.groups.len());
-    for group in &prepared.groups {
+    let mut created = Vec::with_capacity(prepared.places.len());
+    for placed in &prepared.places {
         let receipt = path_of(results.next())?;
         let first = path_of(results.next())?;
-        for _ in 1..group.data.len() {
+        for _ in 1..placed.items.len() {
             path_of(results.next())?;
         }
-        created.push(Receipt::made(&group.bucket, receipt, &first)?);
+        created.push(Receipt::made(receipt, &first)?);
     }
     Ok(created)
 }

@@ -1,6 +1,6 @@
 //! Looking at a queue and clearing it, for the people who run it: peek (what is waiting,
-//! in delivery order, without claiming anything), purge (every item nobody holds), and
-//! purge of the dead letters.
+//! in delivery order, without claiming anything; grouped items after the others, group
+//! by group), purge (every item nobody holds, in groups too), and purge of the dead letters.
 //!
 //! Invariants:
 //! - Peek only reads: a consumer meanwhile still gets every item.
@@ -11,7 +11,8 @@
 
 use super::QueueError;
 use super::claim::{Candidate, Read, read_candidate};
-use super::item::{ItemId, now_ms, parse_bucket};
+use super::group::GroupKey;
+use super::item::{ItemId, Place, now_ms, parse_bucket};
 use crate::layout::QueuePaths;
 use crate::retry::while_unknown;
 use crate::zk;
@@ -28,6 +29,8 @@ pub struct Peeked {
     pub content_type: Option<String>,
     pub size: usize,
     pub payload: Option<Vec<u8>>,
+    /// The item's group, if any.
+    pub group: Option<String>,
 }
 
 /// The buckets of a queue in delivery order: the ready ones by priority (highest first)
@@ -45,15 +48,30 @@ async fn buckets_in_order(client: &zk::Client, paths: &QueuePaths) -> Result<Vec
     Ok(ready)
 }
 
-/// The items of one bucket, in order (receipts and foreign nodes left out).
-async fn items_of(client: &zk::Client, paths: &QueuePaths, bucket: &str) -> Result<Vec<ItemId>, QueueError> {
-    let mut nodes = match client.list_children(&paths.bucket(bucket)).await {
+/// Where a queue's items are, in the order peek shows them: the buckets in delivery
+/// order, then the groups (each one in its own order).
+async fn places_in_order(client: &zk::Client, paths: &QueuePaths) -> Result<Vec<Place>, QueueError> {
+    let mut places: Vec<Place> = buckets_in_order(client, paths).await?.into_iter().map(Place::Bucket).collect();
+    let mut groups: Vec<GroupKey> = match client.list_children(&paths.groups()).await {
+        Ok(names) => names.iter().filter_map(|name| GroupKey::from_encoded(name).ok()).collect(),
+        Err(zk::Error::NoNode) => Vec::new(),
+        Err(err) => return Err(err.into()),
+    };
+    groups.sort_by_key(GroupKey::key);
+    places.extend(groups.into_iter().map(Place::Group));
+    Ok(places)
+}
+
+/// The items of one place, in order (receipts, claims and foreign nodes left out).
+async fn items_of(client: &zk::Client, paths: &QueuePaths, place: &Place) -> Result<Vec<ItemId>, QueueError> {
+    let nodes = match client.list_children(&place.dir(paths)).await {
         Ok(nodes) => nodes,
         Err(zk::Error::NoNode) => return Ok(Vec::new()), // removed meanwhile
         Err(err) => return Err(err.into()),
     };
-    nodes.sort();
-    Ok(nodes.iter().filter_map(|node| ItemId::from_node(bucket, node)).collect())
+    let mut ids: Vec<ItemId> = nodes.iter().filter_map(|node| place.id_of_node(node)).collect();
+    ids.sort_by_key(ItemId::seq_number);
+    Ok(ids)
 }
 
 /// Up to `limit` items that wait (ready or delayed, not in flight), in delivery order.
@@ -66,8 +84,8 @@ pub async fn peek(
     let claims = client.list_children(&paths.claims()).await.map_err(|e| QueueError::or_not_provisioned(e, paths))?;
     let claimed: std::collections::HashSet<String> = claims.into_iter().collect();
     let mut peeked = Vec::new();
-    for bucket in buckets_in_order(client, paths).await? {
-        for id in items_of(client, paths, &bucket).await? {
+    for place in places_in_order(client, paths).await? {
+        for id in items_of(client, paths, &place).await? {
             if peeked.len() >= limit {
                 return Ok(peeked);
             }
@@ -83,6 +101,7 @@ pub async fn peek(
                 enqueued_at_ms: envelope.enqueued_at_ms,
                 attempts: attempts.attempt,
                 content_type: envelope.content_type,
+                group: envelope.group,
                 size: payload.len(),
                 payload: with_payload.then_some(payload),
             });
@@ -103,8 +122,8 @@ pub struct Purged {
 /// Removes every item that nobody holds; items in flight are left to their consumers.
 pub async fn purge(client: &zk::Client, paths: &QueuePaths) -> Result<Purged, QueueError> {
     let mut purged = Purged::default();
-    for bucket in buckets_in_order(client, paths).await? {
-        for id in items_of(client, paths, &bucket).await? {
+    for place in places_in_order(client, paths).await? {
+        for id in items_of(client, paths, &place).await? {
             let Read::Found(item) = read_candidate(client, paths, &id).await? else { continue };
             match remove_unheld(client, paths, &item).await? {
                 Removal::Removed => purged.removed += 1,

@@ -18,6 +18,9 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use super::group::GroupKey;
+use crate::layout::QueuePaths;
+
 /// Due time granularity of buckets.
 pub const BUCKET_SPAN_MS: u64 = 100;
 /// Highest priority; priorities are 0 (default) to 9, higher first.
@@ -52,42 +55,113 @@ pub fn parse_bucket(name: &str) -> Option<(u8, u64)> {
     Some((MAX_PRIORITY.checked_sub(rank)?, slot.parse::<u64>().ok()? * BUCKET_SPAN_MS))
 }
 
-/// An item's id: its bucket and its sequence in the bucket. Orders as the queue does.
+/// An item's id: its bucket, its sequence (in the bucket, or in its group), and its
+/// group if it has one. Ungrouped items order as the queue does.
+///
+/// As text: `<bucket>.<seq>`, or `<bucket>.<seq>.<group>` with the group's node-name form.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ItemId {
     pub bucket: String,
     pub seq: String,
+    pub group: Option<GroupKey>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid item id {0:?}: expected <bucket>.<sequence> as returned by enqueue, e.g. b9-017329000001.0000000042")]
+#[error(
+    "invalid item id {0:?}: expected <bucket>.<sequence>[.<group>] as returned by enqueue, e.g. b9-017329000001.0000000042"
+)]
 pub struct ItemIdError(pub String);
+
+/// Where items are stored: a bucket of `items/`, or a group.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Place {
+    Bucket(String),
+    Group(GroupKey),
+}
+
+impl Place {
+    /// The node the items are children of.
+    pub fn dir(&self, paths: &QueuePaths) -> String {
+        match self {
+            Place::Bucket(bucket) => paths.bucket(bucket),
+            Place::Group(group) => paths.group(group.encoded()),
+        }
+    }
+
+    /// The name of an item of `bucket` here, less its sequence number.
+    pub fn item_prefix(&self, bucket: &str) -> String {
+        match self {
+            Place::Bucket(_) => "item-".to_owned(),
+            Place::Group(_) => format!("{bucket}-"),
+        }
+    }
+
+    /// The id of the item of `bucket` with sequence `seq` here.
+    pub fn id(&self, bucket: &str, seq: u64) -> ItemId {
+        let group = match self {
+            Place::Bucket(_) => None,
+            Place::Group(group) => Some(group.clone()),
+        };
+        ItemId { bucket: bucket.to_owned(), seq: format!("{seq:010}"), group }
+    }
+
+    /// The id of a child node of this place; None for receipts, claims, foreign nodes.
+    pub fn id_of_node(&self, node: &str) -> Option<ItemId> {
+        match self {
+            Place::Bucket(bucket) => ItemId::from_node(bucket, node),
+            Place::Group(group) => {
+                let (bucket, seq) = node.rsplit_once('-')?;
+                let id = ItemId::parse(&format!("{bucket}.{seq}")).ok()?;
+                Some(ItemId { group: Some(group.clone()), ..id })
+            }
+        }
+    }
+}
 
 impl ItemId {
     pub fn parse(id: &str) -> Result<Self, ItemIdError> {
         let err = || ItemIdError(id.chars().take(80).collect());
-        let (bucket, seq) = id.split_once('.').ok_or_else(err)?;
+        let mut parts = id.splitn(3, '.');
+        let (bucket, seq) = (parts.next().ok_or_else(err)?, parts.next().ok_or_else(err)?);
         if parse_bucket(bucket).is_none() || seq.len() != 10 || !seq.bytes().all(|b| b.is_ascii_digit()) {
             return Err(err());
         }
-        Ok(Self { bucket: bucket.to_owned(), seq: seq.to_owned() })
+        let group = parts.next().map(|g| GroupKey::from_encoded(g).map_err(|_| err())).transpose()?;
+        Ok(Self { bucket: bucket.to_owned(), seq: seq.to_owned(), group })
     }
 
     /// From a bucket and a child node name `item-<seq>`.
     pub fn from_node(bucket: &str, node: &str) -> Option<Self> {
         let seq = node.strip_prefix("item-")?;
-        Self::parse(&format!("{bucket}.{seq}")).ok()
+        Self::parse(&format!("{bucket}.{seq}")).ok().filter(|id| id.group.is_none())
+    }
+
+    /// Where the item is stored.
+    pub fn place(&self) -> Place {
+        match &self.group {
+            None => Place::Bucket(self.bucket.clone()),
+            Some(group) => Place::Group(group.clone()),
+        }
+    }
+
+    /// The item's node.
+    pub fn path(&self, paths: &QueuePaths) -> String {
+        format!("{}/{}", self.place().dir(paths), self.node_name())
+    }
+
+    /// The sequence number.
+    pub fn seq_number(&self) -> u64 {
+        self.seq.parse().unwrap_or_default()
     }
 
     /// The id `n` sequence numbers further in the same bucket (the items one multi made
     /// there follow each other).
     pub fn plus(&self, n: u64) -> Self {
-        let seq = self.seq.parse::<u64>().unwrap_or_default() + n;
-        Self { bucket: self.bucket.clone(), seq: format!("{seq:010}") }
+        Self { seq: format!("{:010}", self.seq_number() + n), ..self.clone() }
     }
 
     pub fn node_name(&self) -> String {
-        format!("item-{}", self.seq)
+        format!("{}{}", self.place().item_prefix(&self.bucket), self.seq)
     }
 
     /// (priority, due ms) from the bucket.
@@ -98,7 +172,11 @@ impl ItemId {
 
 impl fmt::Display for ItemId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}", self.bucket, self.seq)
+        write!(f, "{}.{}", self.bucket, self.seq)?;
+        match &self.group {
+            Some(group) => write!(f, ".{}", group.encoded()),
+            None => Ok(()),
+        }
     }
 }
 
@@ -119,6 +197,9 @@ pub struct Envelope {
     /// stays behind with the old id).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub carried: Option<Attempts>,
+    /// The item's group (as the app gave it), if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 /// Stored form of an item: its envelope as one line of JSON, then the payload as is.
@@ -233,6 +314,12 @@ mod tests {
         let id = ItemId::from_node(&bucket_name(3, 1_732_900_000_123), "item-0000000042").unwrap();
         assert_eq!(ItemId::parse(&id.to_string()).unwrap(), id);
         assert_eq!(id.priority_and_due(), (3, 1_732_900_000_100));
+        let place = Place::Group(GroupKey::new("customer-7").unwrap());
+        let grouped = place.id(&bucket_name(3, 1_732_900_000_123), 42);
+        assert_eq!(ItemId::parse(&grouped.to_string()).unwrap(), grouped);
+        assert_eq!(place.id_of_node(&grouped.node_name()), Some(grouped.clone()));
+        assert_eq!(place.id_of_node("claim"), None);
+        assert_eq!(place.id_of_node("receipt-abc-0000000001"), None);
         for bad in [
             "",
             "x",
@@ -242,6 +329,9 @@ mod tests {
             "../b9",
             "b10-000000000001.0000000001",
             "bX-000000000001.0000000001",
+            "b9-000000000001.0000000001.",
+            "b9-000000000001.0000000001.a/b",
+            "b9-000000000001.0000000001.YQ.x",
         ] {
             assert!(ItemId::parse(bad).is_err(), "{bad}");
         }
@@ -256,6 +346,7 @@ mod tests {
             due_ms: 3,
             original_id: None,
             carried: None,
+            group: Some("g".into()),
         };
         let payload = [0u8, b'\n', 255, 10];
         let data = encode(&env, &payload);

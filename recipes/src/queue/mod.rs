@@ -33,10 +33,12 @@
 //!   item are retried, and a retry that finds its nodes gone tells its own earlier effect
 //!   from someone else's.
 
+mod batch;
 pub mod claim;
 mod dead;
 mod dedup;
 mod enqueue;
+pub mod group;
 mod inspect;
 pub mod item;
 mod receipt;
@@ -47,13 +49,14 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+pub use self::batch::claim_batch;
 pub use self::claim::{Candidate, ClaimOutcome, claim_next};
 pub use self::dead::{StoredDeadLetter, dead_letter, dead_letters, requeue_dead};
 pub use self::dedup::{Enqueued, MAX_KEY_BYTES, enqueue_deduplicated};
 pub use self::enqueue::enqueue;
 pub use self::inspect::{Peeked, Purged, peek, purge, purge_dead};
 use self::item::{Envelope, ItemId, now_ms};
-pub use self::settle::{NackOutcome, ack, nack, release_claim};
+pub use self::settle::{NackOutcome, ack, ack_many, nack, release_claim};
 use crate::config::{ConfigError, QueueConfig};
 use crate::layout::QueuePaths;
 use crate::zk;
@@ -80,12 +83,14 @@ pub enum QueueError {
 }
 
 /// An item to enqueue.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct NewItem {
     pub payload: Vec<u8>,
     pub content_type: Option<String>,
     pub priority: u8,
     pub delay: Duration,
+    /// The group it is delivered in order with, if any.
+    pub group: Option<group::GroupKey>,
 }
 
 /// An item handed to a consumer.
@@ -122,6 +127,16 @@ pub struct QueueStats {
     pub in_flight: u64,
     pub delayed: u64,
     pub dead_lettered: u64,
+    /// Groups with items.
+    #[serde(default)]
+    pub groups: u64,
+}
+
+/// The longest group of a queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LongestGroup {
+    pub group: String,
+    pub items: u64,
 }
 
 impl QueueError {
@@ -162,6 +177,51 @@ pub async fn stats(client: &zk::Client, paths: &QueuePaths) -> Result<QueueStats
     }
     stats.in_flight = client.check_stat(&paths.claims()).await?.map_or(0, |s| s.num_children as u64);
     stats.dead_lettered = client.check_stat(&paths.dead()).await?.map_or(0, |s| s.num_children as u64);
+    // Groups: every node under `groups/` is a group, an item, or a group's claim (one per
+    // grouped item in flight) — or a receipt, for a moment.
+    if let Some(groups) = client.check_stat(&paths.groups()).await?.filter(|s| s.num_children > 0) {
+        let under = match client.count_descendants_number(&paths.groups()).await {
+            Ok(under) => under as u64,
+            Err(zk::Error::NoNode) => 0,
+            Err(err) => return Err(err.into()),
+        };
+        let claims = client.list_children(&paths.claims()).await.unwrap_or_default();
+        let grouped_in_flight =
+            claims.iter().filter(|c| ItemId::parse(c).is_ok_and(|id| id.group.is_some())).count() as u64;
+        stats.groups = groups.num_children as u64;
+        stats.depth += under.saturating_sub(stats.groups + grouped_in_flight);
+    }
     stats.ready = stats.depth.saturating_sub(stats.delayed + stats.in_flight);
     Ok(stats)
+}
+
+/// The longest group and its length (one stat per group, a few hundred at a time), None
+/// when the queue has no groups. A group's length counts its items (and, for a moment,
+/// an enqueue's receipt), not its claim.
+pub async fn longest_group(client: &zk::Client, paths: &QueuePaths) -> Result<Option<LongestGroup>, QueueError> {
+    receipt::send_left(client);
+    let names = match client.list_children(&paths.groups()).await {
+        Ok(names) => names,
+        Err(zk::Error::NoNode) => return Ok(None),
+        Err(err) => return Err(err.into()),
+    };
+    let claimed: std::collections::HashSet<group::GroupKey> = client
+        .list_children(&paths.claims())
+        .await
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|c| ItemId::parse(c).ok()?.group)
+        .collect();
+    let mut longest: Option<(u64, group::GroupKey)> = None;
+    for chunk in names.chunks(256) {
+        let stats = chunk.iter().map(|name| client.check_stat(&paths.group(name)));
+        for (name, stat) in chunk.iter().zip(futures::future::join_all(stats).await) {
+            let (Ok(group), Some(stat)) = (group::GroupKey::from_encoded(name), stat?) else { continue };
+            let items = (stat.num_children as u64).saturating_sub(u64::from(claimed.contains(&group)));
+            if items > 0 && longest.as_ref().is_none_or(|(most, _)| items > *most) {
+                longest = Some((items, group));
+            }
+        }
+    }
+    Ok(longest.map(|(items, group)| LongestGroup { group: group.key(), items }))
 }

@@ -19,7 +19,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::QueueError;
-use super::item::ItemId;
+use super::item::{ItemId, Place};
 use crate::identity::NodeAcl;
 use crate::layout::QueuePaths;
 use crate::retry::{outcome_unknown, while_unknown, while_unknown_until};
@@ -31,14 +31,27 @@ pub(super) struct Receipt {
     prefix: String,
 }
 
-/// What a call's multi made in one bucket.
+/// What a call's multi made in one place (a bucket or a group).
 #[derive(Debug, Clone)]
 pub(super) struct Receipted {
     /// The receipt's path, to delete.
     pub receipt: String,
-    /// The id of the first item after the receipt (the call's other items in the bucket
-    /// follow it).
-    pub first: ItemId,
+    /// The sequence number of the first item after the receipt (the call's other items
+    /// in the place follow it).
+    pub first_seq: u64,
+}
+
+impl Receipted {
+    /// The id of the `index`-th item the call made in `place`, which is of `bucket`.
+    pub fn id(&self, place: &Place, bucket: &str, index: u64) -> ItemId {
+        place.id(bucket, self.first_seq + index)
+    }
+}
+
+/// The sequence number ending a sequential node's path.
+fn seq_of(path: &str) -> Option<u64> {
+    let digits = path.get(path.len().checked_sub(10)?..)?;
+    digits.bytes().all(|b| b.is_ascii_digit()).then(|| digits.parse().ok()).flatten()
 }
 
 impl Receipt {
@@ -56,49 +69,46 @@ impl Receipt {
         &self.prefix
     }
 
-    /// The receipt's create, to add to a multi just before the bucket's items.
-    pub fn create_in(&self, bucket_path: &str) -> String {
-        format!("{bucket_path}/{}", self.prefix)
+    /// The receipt's create, to add to a multi just before the place's items.
+    pub fn create_in(&self, dir: &str) -> String {
+        format!("{dir}/{}", self.prefix)
     }
 
     pub fn mode(acl: NodeAcl) -> zk::CreateOptions<'static> {
         zk::CreateMode::EphemeralSequential.with_acls(acl.acls())
     }
 
-    /// From the created paths of a multi's receipt and its first item in `bucket`.
-    pub fn made(bucket: &str, receipt: String, first_item: &str) -> Result<Receipted, zk::Error> {
-        let first = first_item
-            .rsplit('/')
-            .next()
-            .and_then(|node| ItemId::from_node(bucket, node))
-            .ok_or_else(|| zk::Error::UnexpectedError(format!("an item created at {first_item}")))?;
-        Ok(Receipted { receipt, first })
+    /// From the created paths of a multi's receipt and its first item after it.
+    pub fn made(receipt: String, first_item: &str) -> Result<Receipted, zk::Error> {
+        let first_seq =
+            seq_of(first_item).ok_or_else(|| zk::Error::UnexpectedError(format!("an item created at {first_item}")))?;
+        Ok(Receipted { receipt, first_seq })
     }
 
-    /// From the results of an applied multi that made one receipt in `bucket` and then
-    /// the item(s) after it: the receipt and the first item.
-    pub fn made_by(bucket: &str, results: Vec<zk::MultiWriteResult>) -> Result<Receipted, zk::Error> {
+    /// From the results of an applied multi that made one receipt and then the item(s)
+    /// after it: the receipt and the first item.
+    pub fn made_by(results: Vec<zk::MultiWriteResult>) -> Result<Receipted, zk::Error> {
         let mut created = results.into_iter().filter_map(|result| match result {
             zk::MultiWriteResult::Create { path, .. } => Some(path),
             _ => None,
         });
         match (created.next(), created.next()) {
-            (Some(receipt), Some(item)) => Self::made(bucket, receipt, &item),
+            (Some(receipt), Some(item)) => Self::made(receipt, &item),
             other => Err(zk::Error::UnexpectedError(format!("a multi with a receipt created {other:?}"))),
         }
     }
 
     /// After an unknown outcome: brings the server up to date (`sync`) and looks for this
-    /// call's receipt in `bucket`, retrying lost connections until `deadline`. Some when
+    /// call's receipt in `place`, retrying lost connections until `deadline`. Some when
     /// the multi that made it was applied.
     pub async fn find(
         &self,
         client: &zk::Client,
         paths: &QueuePaths,
-        bucket: &str,
+        place: &Place,
         deadline: tokio::time::Instant,
     ) -> Result<Option<Receipted>, QueueError> {
-        let bucket_path = paths.bucket(bucket);
+        let bucket_path = place.dir(paths);
         let seq = while_unknown_until(deadline, "looking for a receipt", |_| async {
             client.sync(&bucket_path).await?;
             match client.list_children(&bucket_path).await {
@@ -109,8 +119,8 @@ impl Receipt {
         })
         .await?;
         Ok(seq.and_then(|seq| {
-            let id = ItemId::parse(&format!("{bucket}.{seq}")).ok()?;
-            Some(Receipted { receipt: format!("{bucket_path}/{}{seq}", self.prefix), first: id.plus(1) })
+            let first_seq = seq_of(&seq)? + 1;
+            Some(Receipted { receipt: format!("{bucket_path}/{}{seq}", self.prefix), first_seq })
         }))
     }
 }

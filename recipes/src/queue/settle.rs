@@ -13,8 +13,8 @@ use std::time::Duration;
 use super::claim::{Candidate, Read, read_candidate};
 use super::dead::{ClaimCheck, move_to_dead};
 use super::enqueue::ensure_bucket;
-use super::item::{Envelope, ItemId, bucket_name, due_after, encode, now_ms};
-use super::receipt::{self, Receipt, Receipted};
+use super::item::{Envelope, ItemId, Place, bucket_name, due_after, encode, now_ms};
+use super::receipt::{self, Receipt};
 use super::{QueueConfig, QueueError};
 use crate::identity::NodeAcl;
 use crate::layout::QueuePaths;
@@ -65,17 +65,89 @@ async fn commit_owned(client: &zk::Client, acl: NodeAcl, ops: &[Op]) -> Result<C
     .await
 }
 
+/// The nodes of a claim on an item: `claims/<id>`, and a grouped item's group claim (see
+/// `group`), made and removed together.
+pub(super) fn claim_paths(paths: &QueuePaths, id: &ItemId) -> Vec<String> {
+    let mut claims = vec![paths.claim(&id.to_string())];
+    if let Some(group) = &id.group {
+        claims.push(paths.group_claim(group.encoded()));
+    }
+    claims
+}
+
+/// The nodes an ack deletes: the claim, the item, its history.
+fn ack_deletes(paths: &QueuePaths, id: &ItemId) -> Vec<String> {
+    let mut deletes = claim_paths(paths, id);
+    deletes.push(id.path(paths));
+    deletes.push(paths.attempts_of(&id.to_string()));
+    deletes
+}
+
 /// Acks a claimed item: it is gone with its claim and history. The caller must hold the
 /// claim (same session, not given up).
 pub async fn ack(client: &zk::Client, paths: &QueuePaths, id: &ItemId) -> Result<(), QueueError> {
-    let id_text = id.to_string();
-    let item_path = format!("{}/{}", paths.bucket(&id.bucket), id.node_name());
-    let ops =
-        [Op::Delete(paths.claim(&id_text)), Op::Delete(item_path.clone()), Op::Delete(paths.attempts_of(&id_text))];
+    let item_path = id.path(paths);
+    let ops: Vec<Op> = ack_deletes(paths, id).into_iter().map(Op::Delete).collect();
     match commit_owned(client, paths.acl, &ops).await? {
         Committed::Applied(_) => Ok(()),
         Committed::Gone { .. } => settle_gone(client, paths, id, &item_path).await,
     }
+}
+
+/// Most items one multi acks: keeps the request well under ZooKeeper's 1 MiB limit
+/// (a grouped item's four paths are under 1 KiB).
+const ACKS_PER_MULTI: usize = 250;
+
+/// Acks claimed items in as few multis as it can, with an answer per item: an item whose
+/// claim is gone (or that went elsewhere) fails alone, and the rest is sent again
+/// without it. A multi whose reply was lost is settled item by item by [`ack`], which
+/// tells its own applied ack from someone else's.
+pub async fn ack_many(client: &zk::Client, paths: &QueuePaths, ids: &[ItemId]) -> Vec<Result<(), QueueError>> {
+    let mut results: Vec<Option<Result<(), QueueError>>> = ids.iter().map(|_| None).collect();
+    for (chunk_index, chunk) in ids.chunks(ACKS_PER_MULTI).enumerate() {
+        let offset = chunk_index * ACKS_PER_MULTI;
+        let mut pending: Vec<usize> = (0..chunk.len()).collect();
+        while !pending.is_empty() {
+            let acking: Vec<&ItemId> = pending.iter().map(|&index| &chunk[index]).collect();
+            let outcome = commit_acks(client, paths, &acking).await;
+            match outcome {
+                Ok(()) => {
+                    pending.drain(..).for_each(|index| results[offset + index] = Some(Ok(())));
+                }
+                Err(zk::MultiWriteError::OperationFailed { index: op, .. }) => {
+                    // The item whose deletes hold operation `op`.
+                    let mut first_op = 0;
+                    let position = acking
+                        .iter()
+                        .position(|id| {
+                            first_op += ack_deletes(paths, id).len();
+                            op < first_op
+                        })
+                        .unwrap_or(0);
+                    let failed = pending.remove(position);
+                    results[offset + failed] = Some(ack(client, paths, &chunk[failed]).await);
+                }
+                // Unknown outcome, or another failure: each item on its own.
+                Err(_) => {
+                    let acks = pending.iter().map(|&index| ack(client, paths, &chunk[index]));
+                    let acked = futures::future::join_all(acks).await;
+                    for (index, result) in pending.drain(..).zip(acked) {
+                        results[offset + index] = Some(result);
+                    }
+                }
+            }
+        }
+    }
+    results.into_iter().map(|r| r.expect("every item answered")).collect()
+}
+
+/// One multi of the acks of `ids`.
+async fn commit_acks(client: &zk::Client, paths: &QueuePaths, ids: &[&ItemId]) -> Result<(), zk::MultiWriteError> {
+    let mut multi = client.new_multi_writer();
+    for path in ids.iter().flat_map(|id| ack_deletes(paths, id)) {
+        multi.add_delete(&path, None).map_err(|source| zk::MultiWriteError::RequestFailed { source })?;
+    }
+    multi.commit().await.map(drop)
 }
 
 /// After a multi on a claimed item found a node gone: `Ok` when the item is gone because
@@ -96,7 +168,19 @@ async fn settle_gone(client: &zk::Client, paths: &QueuePaths, id: &ItemId, item_
 /// Gives a claim up without counting anything (visibility timeout, shutdown): the item
 /// is ready again at once; its next delivery counts the next attempt.
 pub async fn release_claim(client: &zk::Client, paths: &QueuePaths, id: &ItemId) -> Result<(), QueueError> {
-    match client.delete(&paths.claim(&id.to_string()), None).await {
+    let result = match claim_paths(paths, id).as_slice() {
+        [claim] => client.delete(claim, None).await,
+        claims => {
+            let mut multi = client.new_multi_writer();
+            for claim in claims {
+                multi.add_delete(claim, None)?;
+            }
+            multi.commit().await.map(drop).map_err(zk::Error::from)
+        }
+    };
+    match result {
+        // Both claims are this session's ephemerals, made and removed together: one gone
+        // means both are.
         Ok(()) | Err(zk::Error::NoNode) => Ok(()),
         Err(err) => Err(err.into()),
     }
@@ -144,10 +228,27 @@ pub async fn nack(
         return Ok(NackOutcome::DeadLettered);
     }
     let delay = delay.unwrap_or_else(|| config.retry_delay(item.attempts.attempt));
+    let history = serde_json::to_vec(&item.attempts).expect("attempts serialize");
+    if id.group.is_some() && !delay.is_zero() {
+        // A grouped item stays its group's head: the claim is kept for the delay (the
+        // group waits with it), then given up; a consumer's death ends the wait early.
+        let ops = [Op::SetData(paths.attempts_of(&id_text), history)];
+        if let Committed::Gone { retried: false } = commit_owned(client, paths.acl, &ops).await? {
+            settle_gone(client, paths, id, &item.path).await?;
+        }
+        let (waiting_client, waiting_paths, waiting) = (client.clone(), paths.clone(), id.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            if let Err(err) = release_claim(&waiting_client, &waiting_paths, &waiting).await {
+                tracing::debug!(item = %waiting, error = %err, "a nacked item's claim is left to its session");
+            }
+        });
+        return Ok(NackOutcome::Requeued { id: Some(id.clone()) });
+    }
     if delay.is_zero() {
         // Same place in the queue; the history notes the nack.
-        let history = serde_json::to_vec(&item.attempts).expect("attempts serialize");
-        let ops = [Op::SetData(paths.attempts_of(&id_text), history), Op::Delete(paths.claim(&id_text))];
+        let mut ops = vec![Op::SetData(paths.attempts_of(&id_text), history)];
+        ops.extend(claim_paths(paths, id).into_iter().map(Op::Delete));
         if let Committed::Gone { retried: false } = commit_owned(client, paths.acl, &ops).await? {
             settle_gone(client, paths, id, &item.path).await?;
         }
@@ -183,12 +284,12 @@ async fn move_delayed(
         Op::Create(format!("{bucket_path}/item-"), encode(&moved, &item.payload)),
     ];
     let receipted = match commit_owned(client, paths.acl, &ops).await? {
-        Committed::Applied(results) => Some(Receipt::made_by(&bucket, results)?),
+        Committed::Applied(results) => Some(Receipt::made_by(results)?),
         // Our first attempt moved it if its receipt is there (the reply, with the new id,
         // was lost); else the item went elsewhere.
         Committed::Gone { retried: true } => {
             let deadline = tokio::time::Instant::now() + client.session_timeout();
-            match receipt.find(client, paths, &bucket, deadline).await? {
+            match receipt.find(client, paths, &Place::Bucket(bucket.clone()), deadline).await? {
                 Some(receipted) => Some(receipted),
                 None => {
                     settle_gone(client, paths, id, &item.path).await?;
@@ -201,8 +302,8 @@ async fn move_delayed(
             None
         }
     };
-    Ok(receipted.map(|Receipted { receipt, first }| {
-        receipt::delete(client, vec![receipt]);
-        first
+    Ok(receipted.map(|receipted| {
+        receipt::delete(client, vec![receipted.receipt.clone()]);
+        receipted.id(&Place::Bucket(bucket.clone()), &bucket, 0)
     }))
 }

@@ -6,6 +6,7 @@ mod lock_observe;
 mod lock_sets;
 mod locks;
 mod metrics;
+mod queue_acks;
 mod queue_admin;
 mod queues;
 mod status;

@@ -57,6 +57,7 @@ async fn peek(
             let mut body = json!({
                 "id": item.id.to_string(),
                 "priority": item.priority,
+                "group": item.group,
                 "dueAt": rfc3339(item.due_ms),
                 "ready": item.due_ms <= now,
                 "enqueuedAt": rfc3339(item.enqueued_at_ms),
@@ -130,6 +131,7 @@ fn dead_letter_json(stored: &StoredDeadLetter, with_payload: bool) -> Value {
         "enqueuedAt": at(letter.envelope.enqueued_at_ms),
         "originalId": letter.envelope.original_id,
         "priority": letter.envelope.priority,
+        "group": letter.envelope.group,
         "contentType": letter.envelope.content_type,
         "attempts": letter.attempts.attempt,
         "deliveries": deliveries,

@@ -33,6 +33,7 @@ pub fn router() -> Router<AppState> {
         .route("/queue/next", get(next))
         .route("/queue/{name}", post(enqueue).get(stats))
         .route("/queue/{name}/batch", post(enqueue_batch))
+        .route("/queue/{name}/ack", post(super::queue_acks::ack_many))
         .route("/queue/{name}/{id}/ack", post(ack))
         .route("/queue/{name}/{id}/nack", post(nack))
         .route("/queue/{name}/{id}/extend", post(extend))
@@ -43,6 +44,7 @@ pub fn router() -> Router<AppState> {
 struct EnqueueQuery {
     priority: Option<u8>,
     delay: Option<String>,
+    group: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -62,6 +64,7 @@ struct BatchItem {
     priority: Option<u8>,
     delay: Option<String>,
     idempotency_key: Option<String>,
+    group: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -89,8 +92,23 @@ pub(super) fn queue_name(name: &str) -> ApiResult<Name> {
     Ok(Name::new("queue", name)?)
 }
 
+pub(super) use paddock_recipes::queue::group::GroupKey;
+
 pub(super) fn item_id(id: &str) -> ApiResult<ItemId> {
     ItemId::parse(id).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid-item-id", e.to_string()))
+}
+
+fn group(field: &str, key: Option<&str>) -> ApiResult<Option<GroupKey>> {
+    key.map(|key| {
+        GroupKey::new(key).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid-group",
+                format!("{field}: {e}; use a shorter key, e.g. a hash of the longer one"),
+            )
+        })
+    })
+    .transpose()
 }
 
 fn priority(p: Option<u8>) -> ApiResult<u8> {
@@ -152,6 +170,7 @@ async fn enqueue(
         content_type,
         priority: priority(query.priority)?,
         delay: delay("delay", query.delay.as_deref())?,
+        group: group("group", query.group.as_deref())?,
     };
     let key = match headers.get("idempotency-key") {
         None => None,
@@ -210,6 +229,7 @@ async fn enqueue_batch(
             content_type: item.content_type,
             priority: priority(item.priority)?,
             delay: delay(&format!("items[{i}].delay"), item.delay.as_deref())?,
+            group: group(&format!("items[{i}].group"), item.group.as_deref())?,
         });
     }
     let keyed = keys.iter().any(Option::is_some);
@@ -272,6 +292,7 @@ async fn next(State(state): State<AppState>, Query(query): Query<NextQuery>) -> 
                 "contentType": h.delivery.envelope.content_type,
                 "enqueuedAt": h.delivery.envelope.enqueued_at_ms,
                 "payloadBase64": BASE64.encode(&h.delivery.payload),
+                "group": h.delivery.envelope.group,
             })
         })
         .collect();
@@ -293,6 +314,9 @@ fn single(handed: Handed) -> Response {
         ("paddock-enqueued-at", d.envelope.enqueued_at_ms.to_string()),
     ] {
         headers.insert(name, HeaderValue::from_str(&value).expect("ids and numbers are header-safe"));
+    }
+    if let Some(group) = &d.envelope.group {
+        headers.insert("paddock-group", group_header(group));
     }
     (StatusCode::OK, headers, d.payload.clone()).into_response()
 }
@@ -356,7 +380,27 @@ async fn extend(
 async fn stats(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<Response> {
     let queue = queue_name(&name)?;
     let (stats, config) = state.queues.stats(&queue).await.map_err(|e| queue_error(&state, &queue, e))?;
+    let longest = match stats.groups {
+        0 => None,
+        _ => state.queues.longest_group(&queue).await.map_err(|e| queue_error(&state, &queue, e))?,
+    };
+    let mut stats = serde_json::to_value(stats).expect("stats serialize");
+    stats["longestGroup"] = json!(longest);
     Ok(axum::Json(json!({ "queue": queue.as_str(), "stats": stats, "config": config })).into_response())
+}
+
+/// A group key as a header value: percent-encoded where it is not visible ASCII (and for
+/// `%` itself), so any key fits.
+fn group_header(key: &str) -> HeaderValue {
+    let mut encoded = String::with_capacity(key.len());
+    for byte in key.bytes() {
+        if byte.is_ascii_graphic() && byte != b'%' || byte == b' ' {
+            encoded.push(byte as char);
+        } else {
+            encoded.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    HeaderValue::from_str(&encoded).expect("visible ASCII is header-safe")
 }
 
 pub(super) fn queue_error(state: &AppState, queue: &Name, err: QueueServiceError) -> ApiError {

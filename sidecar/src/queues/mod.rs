@@ -262,9 +262,9 @@ impl QueueService {
                     return Err(QueueError::NotProvisioned(self.paths(queue).base).into());
                 }
                 while handed.len() < max {
-                    match self.claim_one(queue, &view, &config).await {
-                        Ok(Some(item)) => handed.push(item),
-                        Ok(None) => break,
+                    match self.claim_some(queue, &view, &config, max - handed.len()).await {
+                        Ok(items) if items.is_empty() => break,
+                        Ok(items) => handed.extend(items),
                         // What is claimed is this app's to process: hand it out rather than
                         // leave it claimed, unseen, until the visibility timeout.
                         Err(err) if !handed.is_empty() => {
@@ -302,26 +302,31 @@ impl QueueService {
         }
     }
 
-    async fn claim_one(
+    /// Claims up to `max` items: one by one's claim for one, a batch's multi for more.
+    async fn claim_some(
         &self,
         queue: &Name,
         view: &QueueView,
         config: &QueueConfig,
-    ) -> Result<Option<Handed>, QueueServiceError> {
+        max: usize,
+    ) -> Result<Vec<Handed>, QueueServiceError> {
         let current = self.inner.ctx.session.client()?;
         let observer = Observer(&self.inner.ctx.metrics, queue);
         let paths = self.paths(queue);
-        let Some(delivery) =
-            queue::claim_next(&current.client, &paths, view, config, &self.inner.ctx.pod_name, &observer).await?
-        else {
-            return Ok(None);
+        let pod = &self.inner.ctx.pod_name;
+        let deliveries = if max == 1 {
+            queue::claim_next(&current.client, &paths, view, config, pod, &observer).await?.into_iter().collect()
+        } else {
+            queue::claim_batch(&current.client, &paths, view, config, pod, max, &observer).await?
         };
+        Ok(deliveries.into_iter().map(|delivery| self.hold(queue, config, current.generation, delivery)).collect())
+    }
+
+    /// Keeps a claimed delivery as this pod's until acked, nacked or timed out.
+    fn hold(&self, queue: &Name, config: &QueueConfig, generation: u64, delivery: Delivery) -> Handed {
         let key = (queue.clone(), delivery.id.clone());
-        let held = Held {
-            generation: current.generation,
-            visible_until: Instant::now() + config.visibility_timeout,
-            attempt: delivery.attempt,
-        };
+        let held =
+            Held { generation, visible_until: Instant::now() + config.visibility_timeout, attempt: delivery.attempt };
         self.inner.held.lock().expect("not poisoned").insert(key.clone(), held);
         let label = queue_label(queue.as_str());
         self.inner.ctx.metrics.queue_delivered.get_or_create(&label).inc();
@@ -330,8 +335,8 @@ impl QueueService {
         }
         let waited = now_ms().saturating_sub(delivery.envelope.due_ms.max(delivery.envelope.enqueued_at_ms));
         self.inner.ctx.metrics.queue_wait_seconds.observe(waited as f64 / 1000.0);
-        tokio::spawn(enforce_visibility(self.inner.clone(), key, current.generation));
-        Ok(Some(Handed { queue: queue.clone(), delivery }))
+        tokio::spawn(enforce_visibility(self.inner.clone(), key, generation));
+        Handed { queue: queue.clone(), delivery }
     }
 
     /// Takes a delivery out of `held` if this pod holds it in the current session.
@@ -355,6 +360,34 @@ impl QueueService {
         let key = (queue.clone(), id.clone());
         self.inner.held.lock().expect("not poisoned").insert(key.clone(), held);
         tokio::spawn(enforce_visibility(self.inner.clone(), key, held.generation));
+    }
+
+    /// Acks several items in as few transactions as it can, with an answer per item.
+    pub async fn ack_many(&self, queue: &Name, ids: &[ItemId]) -> Vec<Result<(), QueueServiceError>> {
+        let mut answers: Vec<Option<Result<(), QueueServiceError>>> = Vec::with_capacity(ids.len());
+        let mut taken = Vec::new();
+        for id in ids {
+            match self.take_held(queue, id) {
+                Ok((client, held)) => {
+                    taken.push((answers.len(), client, held));
+                    answers.push(None);
+                }
+                Err(err) => answers.push(Some(Err(err))),
+            }
+        }
+        if let Some((_, client, _)) = taken.first() {
+            let acking: Vec<ItemId> = taken.iter().map(|(index, _, _)| ids[*index].clone()).collect();
+            let acked = queue::ack_many(client, &self.paths(queue), &acking).await;
+            let counter = self.inner.ctx.metrics.queue_acked.get_or_create(&queue_label(queue.as_str())).clone();
+            for ((index, _, held), result) in taken.into_iter().zip(acked) {
+                match &result {
+                    Ok(()) => drop(counter.inc()),
+                    Err(_) => self.put_back(queue, &ids[index], held),
+                }
+                answers[index] = Some(result.map_err(QueueServiceError::from));
+            }
+        }
+        answers.into_iter().map(|a| a.expect("every id answered")).collect()
     }
 
     pub async fn ack(&self, queue: &Name, id: &ItemId) -> Result<(), QueueServiceError> {
@@ -400,6 +433,12 @@ impl QueueService {
         let config = self.config(queue).await?;
         let client = self.inner.ctx.session.client()?.client;
         Ok((queue::stats(&client, &self.paths(queue)).await?, config))
+    }
+
+    /// The queue's longest group (one read per group).
+    pub async fn longest_group(&self, queue: &Name) -> Result<Option<queue::LongestGroup>, QueueServiceError> {
+        let client = self.inner.ctx.session.client()?.client;
+        Ok(queue::longest_group(&client, &self.paths(queue)).await?)
     }
 
     pub async fn dead_letters(

@@ -73,7 +73,13 @@ struct Clients {
 }
 
 fn item() -> NewItem {
-    NewItem { payload: b"sixteen-bytes-xx".to_vec(), content_type: None, priority: 0, delay: Duration::ZERO }
+    NewItem {
+        payload: b"sixteen-bytes-xx".to_vec(),
+        content_type: None,
+        priority: 0,
+        delay: Duration::ZERO,
+        group: None,
+    }
 }
 
 async fn once(clients: &Clients, variant: Variant) -> Result<()> {

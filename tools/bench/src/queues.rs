@@ -25,6 +25,7 @@ fn items(n: usize) -> Vec<NewItem> {
             content_type: None,
             priority: 0,
             delay: Duration::ZERO,
+            group: None,
         })
         .collect()
 }

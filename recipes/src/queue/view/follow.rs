@@ -4,8 +4,9 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::{Bucket, Inner, State};
-use crate::queue::item::{ItemId, now_ms};
+use super::{Bucket, Groups, Inner, State};
+use crate::queue::group::GroupKey;
+use crate::queue::item::{ItemId, Place, now_ms};
 use crate::session::{Session, SessionEvent};
 use crate::zk;
 
@@ -33,6 +34,12 @@ impl Inner {
             (["items", bucket, node], zk::EventType::NodeDeleted) => {
                 ItemId::from_node(bucket, node).map(Change::ItemDeleted)
             }
+            (["groups", group, node], zk::EventType::NodeCreated) => {
+                self.group_item(group, node).map(Change::ItemCreated)
+            }
+            (["groups", group, node], zk::EventType::NodeDeleted) => {
+                self.group_item(group, node).map(Change::ItemDeleted)
+            }
             (["claims", id], zk::EventType::NodeCreated) => ItemId::parse(id).ok().map(Change::Claimed),
             (["claims", id], zk::EventType::NodeDeleted) => ItemId::parse(id).ok().map(Change::Unclaimed),
             (["dead", _], zk::EventType::NodeCreated) => Some(Change::DeadLettered),
@@ -41,9 +48,23 @@ impl Inner {
         }
     }
 
+    fn group_item(&self, group: &str, node: &str) -> Option<ItemId> {
+        Place::Group(GroupKey::from_encoded(group).ok()?).id_of_node(node)
+    }
+
     fn apply(&self, change: Change) {
-        let mut state = self.state.lock().expect("not poisoned");
+        let mut guard = self.state.lock().expect("not poisoned");
+        let state = &mut *guard;
         let wakes = match change {
+            Change::ItemCreated(id) if id.group.is_some() => {
+                state.groups.insert(&id, &state.claimed);
+                true
+            }
+            Change::ItemDeleted(id) if id.group.is_some() => {
+                state.claimed.remove(&id);
+                state.groups.remove(&id, &state.claimed);
+                false
+            }
             Change::BucketCreated(bucket) => {
                 if !state.buckets.contains_key(&bucket) {
                     state.counted.insert(bucket.clone(), 0);
@@ -84,12 +105,17 @@ impl Inner {
                 false
             }
             Change::Claimed(id) => {
-                state.claimed.insert(id);
+                state.claimed.insert(id.clone());
+                state.groups.claim_changed(&id, &state.claimed);
                 false
             }
-            Change::Unclaimed(id) => state.claimed.remove(&id),
+            Change::Unclaimed(id) => {
+                let was = state.claimed.remove(&id);
+                state.groups.claim_changed(&id, &state.claimed);
+                was
+            }
         };
-        drop(state);
+        drop(guard);
         if wakes {
             self.changed.notify_waiters();
         }
@@ -126,21 +152,51 @@ impl Inner {
                 }
             }
             self.observer.reads(1 + counted.len() as u64);
-            Ok(Some((buckets, claimed, counted, dead)))
+            let groups = self.list_groups(client).await?;
+            Ok(Some((buckets, claimed, counted, dead, groups)))
         }
         .await;
         self.observer.reads(2);
         let mut state = self.state.lock().expect("not poisoned");
         match listed? {
-            Some((buckets, claimed, counted, dead)) => {
+            Some((buckets, claimed, counted, dead, groups)) => {
                 let buckets = buckets.into_iter().map(|b| (b, Bucket::Unloaded)).collect();
-                *state = State { buckets, claimed, counted, dead, synced: true, ..State::default() };
+                let groups = Groups::listed(groups, &claimed);
+                *state = State { buckets, claimed, counted, dead, groups, synced: true, ..State::default() };
             }
             None => *state = State { synced: true, missing: true, ..State::default() },
         }
         drop(state);
         self.changed.notify_waiters();
         Ok(())
+    }
+}
+
+impl Inner {
+    /// Every group's items: the groups, then each one's children, a few hundred listings
+    /// in flight at a time.
+    async fn list_groups(&self, client: &zk::Client) -> Result<Vec<(GroupKey, Vec<ItemId>)>, zk::Error> {
+        let names = match client.list_children(&self.paths.groups()).await {
+            Ok(names) => names,
+            Err(zk::Error::NoNode) => return Ok(Vec::new()),
+            Err(err) => return Err(err),
+        };
+        let keys: Vec<GroupKey> = names.iter().filter_map(|n| GroupKey::from_encoded(n).ok()).collect();
+        let mut listed = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(256) {
+            let lists = chunk.iter().map(|key| client.list_children(&self.paths.group(key.encoded())));
+            for (key, list) in chunk.iter().zip(futures::future::join_all(lists).await) {
+                let nodes = match list {
+                    Ok(nodes) => nodes,
+                    Err(zk::Error::NoNode) => continue,
+                    Err(err) => return Err(err),
+                };
+                let place = Place::Group(key.clone());
+                listed.push((key.clone(), nodes.iter().filter_map(|n| place.id_of_node(n)).collect()));
+            }
+        }
+        self.observer.reads(1 + keys.len() as u64);
+        Ok(listed)
     }
 }
 

@@ -19,6 +19,7 @@
 //! it current from ZooKeeper; `retention` removes old buckets.
 
 mod follow;
+mod groups;
 mod retention;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -26,7 +27,9 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
+use self::groups::Groups;
 pub use self::retention::{BUCKET_KEEP, BucketRetention};
+use super::group::GroupKey;
 use super::item::{ItemId, now_ms};
 use crate::layout::QueuePaths;
 use crate::session::Session;
@@ -74,6 +77,9 @@ struct State {
     counted: HashMap<String, u64>,
     /// Dead letters: counted at the last resync, followed by watch events since.
     dead: u64,
+    /// Every group's items (all loaded at a resync: a group's head must be known to place
+    /// it among the others).
+    groups: Groups,
 }
 
 #[derive(Debug, Default)]
@@ -155,7 +161,7 @@ impl QueueView {
                 Bucket::Unloaded => break,
                 Bucket::Loaded(seqs) => {
                     for seq in seqs {
-                        let id = ItemId { bucket: name.clone(), seq: seq.clone() };
+                        let id = ItemId { bucket: name.clone(), seq: seq.clone(), group: None };
                         if !state.claimed.contains(&id) && !state.reserved.contains(&id) && !skip.contains(&id) {
                             window.push(id);
                             if window.len() == want {
@@ -168,6 +174,19 @@ impl QueueView {
             if window.len() == want {
                 break;
             }
+        }
+        let state = &mut *state;
+        let keep = |id: &ItemId| !state.reserved.contains(id) && !skip.contains(id);
+        let (heads, heads_due) = state.groups.heads(now, want, keep);
+        next_due = match (next_due, heads_due) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if !heads.is_empty() {
+            // Ungrouped items and groups' heads, merged in queue order (bucket, then arrival).
+            window.extend(heads);
+            window.sort_by(|a, b| a.bucket.cmp(&b.bucket));
+            window.truncate(want);
         }
         if window.is_empty() {
             return Next::Empty { next_due_ms: next_due };
@@ -198,7 +217,9 @@ impl QueueView {
                 Bucket::Loaded(seqs) => {
                     let unclaimed = seqs
                         .iter()
-                        .filter(|seq| !state.claimed.contains(&ItemId { bucket: name.clone(), seq: (*seq).clone() }))
+                        .filter(|seq| {
+                            !state.claimed.contains(&ItemId { bucket: name.clone(), seq: (*seq).clone(), group: None })
+                        })
                         .count() as u64;
                     figures.ready += unclaimed;
                     unclaimed > 0
@@ -208,7 +229,18 @@ impl QueueView {
                 figures.oldest_ready_due_ms = Some(figures.oldest_ready_due_ms.map_or(due, |d| d.min(due)));
             }
         }
+        let (ready, delayed, oldest) = state.groups.figures(now, &state.claimed);
+        figures.ready += ready;
+        figures.delayed += delayed;
+        if let Some(oldest) = oldest {
+            figures.oldest_ready_due_ms = Some(figures.oldest_ready_due_ms.map_or(oldest, |d| d.min(oldest)));
+        }
         figures
+    }
+
+    /// Groups with items, and the longest group with its length.
+    pub fn group_lengths(&self) -> (usize, Option<(GroupKey, usize)>) {
+        self.inner.state.lock().expect("not poisoned").groups.lengths()
     }
 
     /// Ends a reservation made by `next`.
@@ -257,23 +289,44 @@ impl QueueView {
 
     /// Forgets an item known to be gone.
     pub fn forget(&self, id: &ItemId) {
-        let mut state = self.inner.state.lock().expect("not poisoned");
-        if let Some(Bucket::Loaded(seqs)) = state.buckets.get_mut(&id.bucket) {
+        let mut guard = self.inner.state.lock().expect("not poisoned");
+        let state = &mut *guard;
+        state.claimed.remove(id);
+        if id.group.is_some() {
+            state.groups.remove(id, &state.claimed);
+        } else if let Some(Bucket::Loaded(seqs)) = state.buckets.get_mut(&id.bucket) {
             seqs.remove(&id.seq);
         }
-        state.claimed.remove(id);
+    }
+
+    /// Whether the view would still offer the item: known, not claimed (an item it never
+    /// listed counts as offered).
+    pub fn is_offered(&self, id: &ItemId) -> bool {
+        let state = self.inner.state.lock().expect("not poisoned");
+        !state.claimed.contains(id)
+            && match (&id.group, state.buckets.get(&id.bucket)) {
+                (Some(_), _) => state.groups.contains(id),
+                (None, Some(Bucket::Loaded(seqs))) => seqs.contains(&id.seq),
+                (None, _) => true,
+            }
     }
 
     /// Marks an item claimed (we just claimed it, or found it claimed).
     pub fn mark_claimed(&self, id: &ItemId) {
-        self.inner.state.lock().expect("not poisoned").claimed.insert(id.clone());
+        let mut guard = self.inner.state.lock().expect("not poisoned");
+        let state = &mut *guard;
+        state.claimed.insert(id.clone());
+        state.groups.claim_changed(id, &state.claimed);
     }
 
     /// Forgets that an item is claimed, as a view that has not yet had the claim's watch
     /// event would not know it. For tests of what the claim transaction itself decides.
     #[doc(hidden)]
     pub fn unmark_claimed_for_test(&self, id: &ItemId) {
-        self.inner.state.lock().expect("not poisoned").claimed.remove(id);
+        let mut guard = self.inner.state.lock().expect("not poisoned");
+        let state = &mut *guard;
+        state.claimed.remove(id);
+        state.groups.claim_changed(id, &state.claimed);
     }
 
     /// (buckets, loaded items, claimed) as the view holds them: what it costs in memory.
@@ -286,7 +339,8 @@ impl QueueView {
                 Bucket::Loaded(seqs) => seqs.len(),
                 Bucket::Unloaded => 0,
             })
-            .sum();
+            .sum::<usize>()
+            + state.groups.len();
         (state.buckets.len(), loaded, state.claimed.len())
     }
 }

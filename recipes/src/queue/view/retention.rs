@@ -1,5 +1,6 @@
-//! Removing buckets nothing will write to again: empty, and due [`BUCKET_KEEP`] ago
-//! (see `item` for why a bucket must not go sooner).
+//! Removing buckets and groups nothing will write to again: empty, and due (a group:
+//! emptied, and its items due) [`BUCKET_KEEP`] ago (see `item` and `group` for why they
+//! must not go sooner: a node made again starts its sequence numbers over).
 
 use std::sync::Weak;
 use std::time::Duration;
@@ -47,6 +48,16 @@ impl Inner {
     }
 }
 
+impl Inner {
+    fn old_groups(&self, now: u64, keep: Duration) -> Vec<crate::queue::group::GroupKey> {
+        self.state.lock().expect("not poisoned").groups.old_empty(now, keep.as_millis() as u64)
+    }
+
+    fn forget_empty_group(&self, key: &crate::queue::group::GroupKey) {
+        self.state.lock().expect("not poisoned").groups.forget_empty(key);
+    }
+}
+
 /// Removes the queue's old empty buckets now and then, for as long as anyone holds the
 /// view. A bucket is removed only when a read finds it empty (a delete that fails is
 /// still a write through the quorum); one that fills meanwhile fails the delete with
@@ -57,19 +68,15 @@ pub(super) async fn remove_old_buckets(session: Session, inner: Weak<Inner>, ret
         tokio::time::sleep(retention.every + Duration::from_millis(jitter)).await;
         let Some(strong) = inner.upgrade() else { return };
         let old = strong.old_buckets(now_ms(), retention.keep);
-        if old.is_empty() {
+        let old_groups = strong.old_groups(now_ms(), retention.keep);
+        if old.is_empty() && old_groups.is_empty() {
             continue;
         }
         let Ok(current) = session.wait_connected(Duration::from_secs(1)).await else { continue };
         let mut removed = 0;
         for bucket in &old {
             let path = strong.paths.bucket(bucket);
-            let result = match current.client.check_stat(&path).await {
-                Ok(Some(stat)) if stat.num_children == 0 => current.client.delete(&path, None).await.map(|()| true),
-                Ok(_) => Ok(false),
-                Err(err) => Err(err),
-            };
-            match result {
+            match remove_if_empty(&current.client, &path).await {
                 Ok(true) => removed += 1,
                 Ok(false) | Err(zk::Error::NoNode | zk::Error::NotEmpty) => {}
                 Err(err) => {
@@ -78,6 +85,24 @@ pub(super) async fn remove_old_buckets(session: Session, inner: Weak<Inner>, ret
                 }
             }
         }
+        for group in &old_groups {
+            match remove_if_empty(&current.client, &strong.paths.group(group.encoded())).await {
+                Ok(_) | Err(zk::Error::NoNode | zk::Error::NotEmpty) => strong.forget_empty_group(group),
+                Err(err) => {
+                    tracing::debug!(queue = strong.paths.base, error = %err, "old groups: trying later");
+                    break;
+                }
+            }
+        }
         tracing::debug!(queue = strong.paths.base, removed, "old empty buckets removed");
+    }
+}
+
+/// Deletes a node a read finds empty (a delete that fails is still a write through the
+/// quorum); true when it did.
+async fn remove_if_empty(client: &zk::Client, path: &str) -> Result<bool, zk::Error> {
+    match client.check_stat(path).await? {
+        Some(stat) if stat.num_children == 0 => client.delete(path, None).await.map(|()| true),
+        _ => Ok(false),
     }
 }
