@@ -14,7 +14,38 @@ use paddock_testkit::provision;
 use super::queues::paths;
 use super::{Bench, Figure, NS, Report};
 
-const ROUNDS: usize = 5;
+const CURATOR: &str = "curator DistributedQueue.put";
+
+/// Curator's put, one peer process per round: its figures summed over the rounds.
+#[derive(Default)]
+struct Curator {
+    ops: f64,
+    seconds: f64,
+    medians: Vec<f64>,
+    p99s: Vec<f64>,
+}
+
+impl Curator {
+    fn add(&mut self, f: &super::peers::PeerFigure) {
+        self.ops += f.number("ops").unwrap_or(0.0);
+        self.seconds += f.number("seconds").unwrap_or(0.0);
+        self.medians.extend(f.number("median_us"));
+        self.p99s.extend(f.number("p99_us"));
+    }
+
+    fn figure(&self) -> Figure {
+        let mean = |v: &[f64]| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
+        Figure {
+            group: "enqueue parts".into(),
+            name: CURATOR.into(),
+            ops: self.ops as usize,
+            rate: self.ops / self.seconds.max(1e-9),
+            median_us: mean(&self.medians),
+            p99_us: mean(&self.p99s),
+            note: format!("its own process per round; median and p99: means of the {} rounds'", self.medians.len()),
+        }
+    }
+}
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Variant {
@@ -159,11 +190,18 @@ pub async fn anatomy(bench: &Bench, report: &mut Report) -> Result<()> {
             once(&clients, variant).await?;
         }
     }
-    let per_round = (bench.sizes.queue_items / ROUNDS).max(10);
+    let rounds = bench.sizes.enqueue_rounds;
+    let per_round = (bench.sizes.queue_items / rounds).max(10);
     let mut latencies: Vec<Vec<Duration>> = vec![Vec::new(); Variant::ALL.len()];
     let mut walls = vec![Duration::ZERO; Variant::ALL.len()];
     let mut requests = vec![0u64; Variant::ALL.len()];
-    for _ in 0..ROUNDS {
+    let mut curator = Curator::default();
+    for _ in 0..rounds {
+        if let Some(peers) = &bench.peers {
+            super::settle().await;
+            let f = peers.run("curator", &connect, &["queue-put", &per_round.to_string(), "1"]).await?;
+            curator.add(&f);
+        }
         for (v, &variant) in Variant::ALL.iter().enumerate() {
             super::settle().await;
             let before = bench.packets_received().await?;
@@ -185,6 +223,16 @@ pub async fn anatomy(bench: &Bench, report: &mut Report) -> Result<()> {
         let figure =
             Figure::from_latencies("enqueue parts", variant.name(), std::mem::take(&mut latencies[v]), walls[v]);
         report.push(figure.note(note));
+    }
+    if bench.peers.is_some() {
+        report.push(curator.figure());
+        report.ratio(
+            "sidecar HTTP enqueue / curator put, single, same rounds (rate)",
+            ("enqueue parts", Variant::Http.name()),
+            ("enqueue parts", CURATOR),
+            false,
+            ">= 1",
+        );
     }
     report.ratio(
         "sidecar HTTP enqueue / zookeeper create, single (rate)",
