@@ -10,6 +10,8 @@
 //!   older sidecars); a bucket's child count (`stats`) includes the receipts of enqueues
 //!   in flight.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use super::item::{Envelope, ItemId, Place, bucket_name, due_after, encode, now_ms};
 use super::receipt::{self, Receipt, Receipted};
 use super::{NewItem, QueueError};
@@ -118,6 +120,11 @@ impl Prepared {
         Self { receipt: Receipt::new(), places, order, also: Vec::new() }
     }
 
+    /// The operations of its multi, less the receipts' deletes carried along.
+    pub fn ops(&self) -> usize {
+        self.places.iter().map(|p| 1 + p.items.len()).sum::<usize>() + self.also.len()
+    }
+
     /// The items' ids in the caller's order, from each place's first sequence number.
     pub fn ids(&self, created: &[Receipted]) -> Vec<ItemId> {
         self.order
@@ -143,24 +150,53 @@ pub async fn enqueue(client: &zk::Client, paths: &QueuePaths, items: &[NewItem])
 }
 
 /// Sends a prepared call's multi until its outcome is known (making missing buckets);
-/// what it made, per group. The caller deletes the receipts.
+/// what it made, per place. The caller deletes the receipts.
+///
+/// The multi also deletes receipts this session left from earlier calls
+/// (`receipt::take_left`): those its multi did not delete go back.
 pub(super) async fn send(
     client: &zk::Client,
     paths: &QueuePaths,
     prepared: &Prepared,
 ) -> Result<Vec<Receipted>, QueueError> {
+    let mut carried = receipt::take_left(client);
+    let result = send_carrying(client, paths, prepared, &mut carried).await;
+    if result.is_err() {
+        receipt::delete(client, carried);
+    }
+    result
+}
+
+async fn send_carrying(
+    client: &zk::Client,
+    paths: &QueuePaths,
+    prepared: &Prepared,
+    carried: &mut Vec<String>,
+) -> Result<Vec<Receipted>, QueueError> {
     let mut missing_places = 0;
     loop {
-        let created = while_unknown(client, "enqueue", |attempt| async move {
-            if attempt.retried
-                && let Some(created) = find_receipts(client, paths, prepared, attempt.deadline).await?
-            {
-                return Ok(created);
+        let carried_gone = AtomicBool::new(false);
+        let created = while_unknown(client, "enqueue", |attempt| {
+            let (carried, carried_gone) = (&*carried, &carried_gone);
+            async move {
+                if attempt.retried
+                    && let Some(created) = find_receipts(client, paths, prepared, attempt.deadline).await?
+                {
+                    return Ok(created);
+                }
+                create_all(client, paths, prepared, carried).await.map_err(|err| match err {
+                    zk::MultiWriteError::OperationFailed { index, source } => {
+                        carried_gone.store(index >= prepared.ops(), Ordering::Relaxed);
+                        QueueError::from(source)
+                    }
+                    zk::MultiWriteError::RequestFailed { source } => QueueError::from(source),
+                })
             }
-            create_all(client, paths, prepared).await.map_err(QueueError::from)
         })
         .await;
         match created {
+            // A receipt carried along was gone (the multi did nothing): without them.
+            Err(_) if carried_gone.into_inner() => receipt::delete_now(client, std::mem::take(carried)),
             // An empty group can be removed between its create and ours: try again.
             Err(QueueError::ZooKeeper(zk::Error::NoNode)) if missing_places < 3 => {
                 missing_places += 1;
@@ -209,8 +245,14 @@ async fn find_receipts(
     Ok(Some(found))
 }
 
-/// The multi: per place, its receipt, then its items; then the other writes.
-async fn create_all(client: &zk::Client, paths: &QueuePaths, prepared: &Prepared) -> Result<Vec<Receipted>, zk::Error> {
+/// The multi: per place, its receipt, then its items; then the other writes; then the
+/// deletes of receipts `carried` along.
+async fn create_all(
+    client: &zk::Client,
+    paths: &QueuePaths,
+    prepared: &Prepared,
+    carried: &[String],
+) -> Result<Vec<Receipted>, zk::MultiWriteError> {
     let items = zk::CreateMode::PersistentSequential.with_acls(paths.acl.acls());
     let receipts = Receipt::mode(paths.acl);
     let mut multi = client.new_multi_writer();
@@ -228,6 +270,9 @@ async fn create_all(client: &zk::Client, paths: &QueuePaths, prepared: &Prepared
             }
             Also::Delete { path, version } => multi.add_delete(path, Some(*version))?,
         }
+    }
+    for receipt in carried {
+        multi.add_delete(receipt, None)?;
     }
     let mut results = multi.commit().await?.into_iter();
     let path_of = |result: Option<zk::MultiWriteResult>| match result {

@@ -28,8 +28,10 @@
 //!   while anyone holds it.
 //! - Every write has three outcomes, and the unknown one (reply lost) is resolved here,
 //!   not by the caller: a multi that creates items also creates a receipt, looked for
-//!   after `sync` (`receipt`); multis on a claimed item are retried, and a retry that
-//!   finds its nodes gone tells its own earlier effect from someone else's.
+//!   after `sync` (`receipt`), and deleted once the call is answered (by the session's
+//!   next enqueue multi when one comes soon, `receipt::take_left`); multis on a claimed
+//!   item are retried, and a retry that finds its nodes gone tells its own earlier effect
+//!   from someone else's.
 
 mod batch;
 pub mod claim;
@@ -160,8 +162,11 @@ pub async fn read_config(client: &zk::Client, paths: &QueuePaths) -> Result<Queu
 
 /// Counts from ZooKeeper: the number of nodes under `items/` (one read, however many
 /// buckets; less the buckets themselves), one stat per delayed bucket, plus claims and
-/// dead letters. Receipts of enqueues in flight count as items for that moment.
+/// dead letters. Receipts of enqueues in flight count as items for that moment (this
+/// session's answered ones are deleted first; another session's may wait for its next
+/// enqueue up to 100 ms, see `receipt`).
 pub async fn stats(client: &zk::Client, paths: &QueuePaths) -> Result<QueueStats, QueueError> {
+    receipt::send_left(client);
     let buckets = client.list_children(&paths.items()).await.map_err(|e| QueueError::or_not_provisioned(e, paths))?;
     let under =
         client.count_descendants_number(&paths.items()).await.map_err(|e| QueueError::or_not_provisioned(e, paths))?;
@@ -200,6 +205,7 @@ pub async fn stats(client: &zk::Client, paths: &QueuePaths) -> Result<QueueStats
 /// receipt), not its claim; an empty group's node, kept a while (see `group`), is not
 /// counted.
 pub async fn group_stats(client: &zk::Client, paths: &QueuePaths) -> Result<GroupStats, QueueError> {
+    receipt::send_left(client);
     let names = match client.list_children(&paths.groups()).await {
         Ok(names) => names,
         Err(zk::Error::NoNode) => return Ok(GroupStats::default()),

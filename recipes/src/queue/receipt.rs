@@ -7,8 +7,16 @@
 //! an *ephemeral* sequential receipt `receipt-<call id>-<seq>` of this session. After an
 //! unknown outcome the receipt is looked for by name: there, the multi was applied (it is
 //! one transaction) and the items' ids are the receipt's next sequence numbers; not
-//! there, it was not. Its owner deletes it once the outcome is known; one whose delete
-//! fails dies with the session. Consumers (of every version) list only `item-` children.
+//! there, it was not. Its owner deletes it once the outcome is known — in the multi of its
+//! session's next enqueue when one comes soon, so that a steady producer's enqueue is one
+//! write — and one whose delete fails dies with the session. Consumers (of every version)
+//! list only `item-` children.
+
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use super::QueueError;
 use super::item::{ItemId, Place};
@@ -117,12 +125,95 @@ impl Receipt {
     }
 }
 
-/// Deletes a call's receipts once its outcome is known. The deletes are sent before the
-/// call returns, so this session's next request (a `stats`, say) comes after them, but
-/// their replies are awaited in the background: no round trip is added to the call. A
-/// receipt whose delete fails is left to die with the session; until then a bucket's
-/// child count includes it.
+/// How long an answered call's receipt waits for this session's next enqueue to delete
+/// it in its multi, before it is deleted on its own.
+const LEFT_FOR: Duration = Duration::from_millis(100);
+/// Most receipt deletes one enqueue's multi carries.
+const CARRIED_MAX: usize = 64;
+
+/// Receipts of answered calls, not deleted yet, by session.
+#[derive(Default)]
+struct Left {
+    receipts: Vec<(Instant, String)>,
+    /// A task deletes those left longer than [`LEFT_FOR`].
+    timed: bool,
+}
+
+static LEFT: LazyLock<Mutex<HashMap<i64, Left>>> = LazyLock::new(Mutex::default);
+
+/// Deletes a call's receipts once its outcome is known, without a request of their own
+/// when it can: they are left for this session's next enqueue, whose multi deletes them
+/// ([`take_left`]), and deleted on their own when none comes within [`LEFT_FOR`]. A
+/// single enqueue is then one write, not two. Until then a bucket's child count includes
+/// them; [`send_left`] sends their deletes at once (before a `stats`). A receipt whose
+/// delete fails is left to die with the session.
 pub(super) fn delete(client: &zk::Client, receipts: Vec<String>) {
+    if receipts.is_empty() {
+        return;
+    }
+    let session = client.session_id().0;
+    let now = Instant::now();
+    let mut all = LEFT.lock().expect("not poisoned");
+    let left = all.entry(session).or_default();
+    left.receipts.extend(receipts.into_iter().map(|r| (now, r)));
+    if !left.timed {
+        left.timed = true;
+        tokio::spawn(delete_when_left_too_long(client.clone()));
+    }
+}
+
+/// Deletes this session's receipts left longer than [`LEFT_FOR`], until none is left.
+async fn delete_when_left_too_long(client: zk::Client) {
+    let session = client.session_id().0;
+    loop {
+        let oldest = {
+            let mut all = LEFT.lock().expect("not poisoned");
+            let Some(left) = all.get_mut(&session) else { return };
+            let now = Instant::now();
+            let due = left.receipts.iter().take_while(|(at, _)| now.duration_since(*at) >= LEFT_FOR).count();
+            let overdue: Vec<String> = left.receipts.drain(..due).map(|(_, r)| r).collect();
+            let oldest = left.receipts.first().map(|(at, _)| *at);
+            if oldest.is_none() {
+                all.remove(&session);
+            }
+            drop(all);
+            delete_now(&client, overdue);
+            oldest
+        };
+        match oldest {
+            Some(at) => tokio::time::sleep_until(at + LEFT_FOR).await,
+            None => return,
+        }
+    }
+}
+
+/// Takes some of this session's left receipts, for an enqueue's multi to delete. The
+/// caller gives back to [`delete`] those its multi did not delete.
+pub(super) fn take_left(client: &zk::Client) -> Vec<String> {
+    let mut all = LEFT.lock().expect("not poisoned");
+    let Some(left) = all.get_mut(&client.session_id().0) else { return Vec::new() };
+    let n = left.receipts.len().min(CARRIED_MAX);
+    left.receipts.drain(..n).map(|(_, r)| r).collect()
+}
+
+/// Sends the deletes of this session's left receipts now: a request sent after this on
+/// the session (a `stats`) finds them gone.
+pub(super) fn send_left(client: &zk::Client) {
+    let receipts = {
+        let mut all = LEFT.lock().expect("not poisoned");
+        let Some(left) = all.get_mut(&client.session_id().0) else { return };
+        left.receipts.drain(..).map(|(_, r)| r).collect()
+    };
+    delete_now(client, receipts);
+}
+
+/// Deletes receipts with requests of their own. The deletes are sent before this returns,
+/// so this session's next request comes after them; their replies are awaited in the
+/// background.
+pub(super) fn delete_now(client: &zk::Client, receipts: Vec<String>) {
+    if receipts.is_empty() {
+        return;
+    }
     let sent: Vec<_> = receipts.iter().map(|receipt| client.delete(receipt, None)).collect();
     let client = client.clone();
     tokio::spawn(async move {

@@ -16,6 +16,8 @@ CuratorBench.java so both can be compared with Paddock.  Needs `pip install kazo
     queue-take ITEMS CONSUMERS         ITEMS items are enqueued untimed (put_all of 100), then
                                        CONSUMERS clients drain them with get() + consume(); timed
                                        until ITEMS were consumed
+    queue-take-plain ITEMS CONSUMERS   the same with kazoo's plain Queue at /bench/kazoo/plain:
+                                       get() takes and deletes an item in one step (at most once)
 
 Every client is its own KazooClient on its own thread. The mode's paths are deleted before each
 run. Prints one JSON line to stdout:
@@ -31,7 +33,7 @@ import time
 import traceback
 
 from kazoo.client import KazooClient
-from kazoo.recipe.queue import LockingQueue
+from kazoo.recipe.queue import LockingQueue, Queue
 
 ROOT = "/bench/kazoo"
 QUEUE = ROOT + "/queue"
@@ -186,6 +188,40 @@ def queue_take(hosts, items, consumers):
     report("queue-take", items, state["end_at"] - t0, None)
 
 
+def queue_take_plain(hosts, items, consumers):
+    path = ROOT + "/plain"
+    wipe(hosts, path)
+    client = connect(hosts)
+    Queue(client, path)._ensure_paths()
+    for done in range(0, items, FILL_BATCH):  # Queue has no put_all: its put()'s nodes, 100 a transaction
+        tx = client.transaction()
+        for _ in range(min(FILL_BATCH, items - done)):
+            tx.create(path + "/entry-100-", PAYLOAD, sequence=True)
+        tx.commit()
+    client.stop()
+    client.close()
+
+    mu = threading.Lock()
+    state = {"consumed": 0, "end_at": 0.0}
+    all_consumed = threading.Event()
+
+    def worker(i, client, go):
+        queue = Queue(client, path)
+        go.wait()
+        while not all_consumed.is_set():
+            if queue.get() is None:
+                time.sleep(0.01)
+                continue
+            with mu:
+                state["consumed"] += 1
+                if state["consumed"] == items:
+                    state["end_at"] = now()
+                    all_consumed.set()
+
+    t0 = run_clients(hosts, consumers, worker)
+    report("queue-take-plain", items, state["end_at"] - t0, None)
+
+
 def percentile_us(sorted_secs, q):
     """Nearest-rank percentile of sorted samples in seconds, in microseconds."""
     idx = max(0, math.ceil(q * len(sorted_secs)) - 1)
@@ -202,7 +238,8 @@ def report(mode, ops, seconds, lat):
           flush=True)
 
 
-MODES = {"lock-cycle": lock_cycle, "handoff": handoff, "queue-put": queue_put, "queue-take": queue_take}
+MODES = {"lock-cycle": lock_cycle, "handoff": handoff, "queue-put": queue_put, "queue-take": queue_take,
+         "queue-take-plain": queue_take_plain}
 
 if __name__ == "__main__":
     if len(sys.argv) != 5 or sys.argv[2] not in MODES:

@@ -1,6 +1,8 @@
 //! Benchmarks: Paddock against the ensemble's own limit, Apache Curator and kazoo, on one
 //! ensemble started for the run. Figures, never assertions: `scripts/bench.sh` runs them.
 
+pub mod batched;
+pub mod enqueue;
 pub mod footprint;
 pub mod limit;
 pub mod locks;
@@ -24,6 +26,15 @@ pub struct Sizes {
     pub queue_items: usize,
     pub depths: Vec<usize>,
     pub wakeups: usize,
+    /// Items per batched end-to-end variant, over `batched_rounds` turns.
+    pub batched_items: usize,
+    pub batched_rounds: usize,
+    /// Claim cost: the two numbers of groups, the items in each queue, the claims timed.
+    pub claim_groups: (usize, usize),
+    pub claim_depth: usize,
+    pub claims: usize,
+    /// Turns of the `enqueue` part's variants.
+    pub enqueue_rounds: usize,
 }
 
 impl Sizes {
@@ -34,12 +45,30 @@ impl Sizes {
             queue_items: 5_000,
             depths: vec![1_000, 100_000, 1_000_000],
             wakeups: 100,
+            batched_items: 20_000,
+            batched_rounds: 2,
+            claim_groups: (10, 10_000),
+            claim_depth: 30_000,
+            claims: 1_000,
+            enqueue_rounds: 5,
         }
     }
 
     /// A smoke run: every code path, tiny numbers (CI).
     pub fn quick() -> Self {
-        Self { cycles_per_client: 10, handoffs: 30, queue_items: 200, depths: vec![1_000, 5_000], wakeups: 5 }
+        Self {
+            cycles_per_client: 10,
+            handoffs: 30,
+            queue_items: 200,
+            depths: vec![1_000, 5_000],
+            wakeups: 5,
+            batched_items: 1_000,
+            batched_rounds: 1,
+            claim_groups: (10, 200),
+            claim_depth: 600,
+            claims: 50,
+            enqueue_rounds: 1,
+        }
     }
 }
 
@@ -99,7 +128,11 @@ pub async fn run(bench: &Bench, which: &[&str]) -> Result<Report> {
     }
     if wants("queues") {
         queues::rates(bench, &mut report).await?;
+        batched::throughput(bench, &mut report).await?;
         queues::wakeup(bench, &mut report).await?;
+    }
+    if wants("enqueue") {
+        enqueue::anatomy(bench, &mut report).await?;
     }
     if wants("queue-depth") {
         queues::depth(bench, &mut report).await?;

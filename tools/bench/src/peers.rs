@@ -20,6 +20,11 @@ pub struct Peers {
 pub struct PeerFigure(Value);
 
 impl PeerFigure {
+    /// A number the peer printed (`ops`, `seconds`, `rate`, `median_us`, `p99_us`).
+    pub fn number(&self, key: &str) -> Option<f64> {
+        self.0[key].as_f64()
+    }
+
     pub fn named(&self, group: &str, name: &str) -> Figure {
         let v = &self.0;
         Figure {

@@ -14,7 +14,7 @@ use paddock_testkit::{PodClient, provision};
 use super::limit::parallel;
 use super::{Bench, Figure, NS, Report};
 
-fn paths(queue: &str) -> QueuePaths {
+pub(crate) fn paths(queue: &str) -> QueuePaths {
     Layout::new("/paddock").unwrap().queue(&Name::new("ns", NS).unwrap(), &Name::new("q", queue).unwrap())
 }
 
@@ -112,6 +112,16 @@ pub async fn rates(bench: &Bench, report: &mut Report) -> Result<()> {
                 report.push(f.named("dequeue+ack", &format!("{peer}, {consumers} consumer(s)")).note(note));
             }
         }
+        // kazoo's plain Queue: get() takes and deletes in one step (at most once).
+        let f = peers.run("kazoo", &connect, &["queue-take-plain", &ns, "1"]).await?;
+        report.push(f.named("dequeue", "kazoo Queue, 1 consumer(s)").note("Queue.get: get+delete, at most once"));
+        report.ratio(
+            "paddock single enqueue (HTTP) / curator put",
+            ("enqueue", "paddock sidecar HTTP, single"),
+            ("enqueue", "curator, single"),
+            false,
+            ">= 1",
+        );
         report.ratio(
             "paddock batched enqueue (HTTP) / curator put",
             ("enqueue", "paddock sidecar HTTP, batches of 100"),

@@ -61,6 +61,30 @@ impl Figure {
         }
     }
 
+    /// A figure that could not be measured because the sidecar lacks an API it needs
+    /// (`why`: what it answered). Its rate is NaN, printed as `-`; ratios from it are
+    /// printed as pending.
+    pub fn pending(group: &str, name: &str, why: &str) -> Self {
+        Self {
+            group: group.to_owned(),
+            name: name.to_owned(),
+            ops: 0,
+            rate: f64::NAN,
+            median_us: None,
+            p99_us: None,
+            note: format!("PENDING the feature merge: {why}"),
+        }
+    }
+
+    pub fn is_pending(&self) -> bool {
+        self.rate.is_nan()
+    }
+
+    /// Sets the note unless it has one (a pending figure keeps its reason).
+    pub fn note_if_empty(self, note: impl Into<String>) -> Self {
+        if self.note.is_empty() { self.note(note) } else { self }
+    }
+
     pub fn note(mut self, note: impl Into<String>) -> Self {
         self.note = note.into();
         self
@@ -86,7 +110,9 @@ impl Report {
     /// Records `a / b` of two figures' rates (or medians with `by_median`), with the goal.
     pub fn ratio(&mut self, label: &str, a: (&str, &str), b: (&str, &str), by_median: bool, goal: &str) {
         let (Some(fa), Some(fb)) = (self.get(a.0, a.1), self.get(b.0, b.1)) else { return };
-        let value = if by_median {
+        let value = if fa.is_pending() || fb.is_pending() {
+            f64::NAN
+        } else if by_median {
             match (fa.median_us, fb.median_us) {
                 (Some(x), Some(y)) if y > 0.0 => x / y,
                 _ => return,
@@ -96,6 +122,13 @@ impl Report {
         } else {
             return;
         };
+        self.ratios.push((label.to_owned(), value, goal.to_owned()));
+    }
+
+    /// Records a figure's own rate against an absolute goal, in the ratio table.
+    pub fn goal(&mut self, label: &str, figure: (&str, &str), goal: &str) {
+        let Some(f) = self.get(figure.0, figure.1) else { return };
+        let value = f.rate;
         self.ratios.push((label.to_owned(), value, goal.to_owned()));
     }
 
@@ -111,11 +144,11 @@ impl Report {
             let us = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.0}"));
             let _ = writeln!(
                 out,
-                "{:<14} {:<48} {:>9} {:>13.1} {:>11} {:>11}  {}",
+                "{:<14} {:<48} {:>9} {:>13} {:>11} {:>11}  {}",
                 f.group,
                 f.name,
                 if f.ops > 0 { f.ops.to_string() } else { "-".to_owned() },
-                f.rate,
+                if f.is_pending() { "-".to_owned() } else { format!("{:.1}", f.rate) },
                 us(f.median_us),
                 us(f.p99_us),
                 f.note
@@ -125,7 +158,11 @@ impl Report {
             let _ = writeln!(out, "\n{:<70} {:>8}  goal", "ratio (computed in this run)", "value");
             let _ = writeln!(out, "{}", "-".repeat(100));
             for (label, value, goal) in &self.ratios {
-                let _ = writeln!(out, "{label:<70} {value:>8.2}  {goal}");
+                if value.is_nan() {
+                    let _ = writeln!(out, "{label:<70} {:>8}  {goal}", "pending");
+                } else {
+                    let _ = writeln!(out, "{label:<70} {value:>8.2}  {goal}");
+                }
             }
         }
         out
@@ -135,6 +172,7 @@ impl Report {
 fn fmt_rate(f: &Figure) -> String {
     match (f.median_us, f.p99_us) {
         (Some(m), Some(p)) => format!("{:.1}/s  median {m:.0} µs  p99 {p:.0} µs  ({} ops) {}", f.rate, f.ops, f.note),
+        _ if f.is_pending() => f.note.clone(),
         _ => format!("{:.1} {}", f.rate, if f.note.is_empty() { "/s".to_owned() } else { f.note.clone() }),
     }
 }
