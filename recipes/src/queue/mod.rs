@@ -161,7 +161,7 @@ pub async fn read_config(client: &zk::Client, paths: &QueuePaths) -> Result<Queu
 /// session's answered ones are deleted first; another session's may wait for its next
 /// enqueue up to 100 ms, see `receipt`).
 pub async fn stats(client: &zk::Client, paths: &QueuePaths) -> Result<QueueStats, QueueError> {
-    receipt::send_left(client);
+    receipt::send_left(client).await;
     let buckets = client.list_children(&paths.items()).await.map_err(|e| QueueError::or_not_provisioned(e, paths))?;
     let under =
         client.count_descendants_number(&paths.items()).await.map_err(|e| QueueError::or_not_provisioned(e, paths))?;
@@ -199,7 +199,7 @@ pub async fn stats(client: &zk::Client, paths: &QueuePaths) -> Result<QueueStats
 /// when the queue has no groups. A group's length counts its items (and, for a moment,
 /// an enqueue's receipt), not its claim.
 pub async fn longest_group(client: &zk::Client, paths: &QueuePaths) -> Result<Option<LongestGroup>, QueueError> {
-    receipt::send_left(client);
+    receipt::send_left(client).await;
     let names = match client.list_children(&paths.groups()).await {
         Ok(names) => names,
         Err(zk::Error::NoNode) => return Ok(None),
