@@ -130,6 +130,8 @@ pub async fn run(bench: &Bench, which: &[&str]) -> Result<Report> {
         queues::rates(bench, &mut report).await?;
         batched::throughput(bench, &mut report).await?;
         queues::wakeup(bench, &mut report).await?;
+    } else if which.contains(&"batched") {
+        batched::throughput(bench, &mut report).await?;
     }
     if wants("enqueue") {
         enqueue::anatomy(bench, &mut report).await?;
