@@ -1,6 +1,6 @@
 //! An enqueue's receipt (see `queue::receipt`) outlives its call only until the same
 //! session's next enqueue, whose multi deletes it — so a steady producer's enqueue is one
-//! write — or, when none comes, until it is deleted on its own. Meanwhile it must not show
+//! request — or, when none comes, until it is deleted on its own. Meanwhile it must not show
 //! in this session's counts, and a receipt that vanished must not fail the enqueue that
 //! carries its delete. Real server.
 
@@ -41,6 +41,15 @@ async fn receipts(admin: &zk::Client, paths: &QueuePaths) -> Vec<String> {
     found
 }
 
+/// Requests the server has received so far.
+async fn packets(ensemble: &Ensemble) -> u64 {
+    let mntr = ensemble.four_letter_word(0, "mntr").await.unwrap();
+    paddock_testkit::ensemble::parse_mntr(&mntr)
+        .into_iter()
+        .find_map(|(k, v)| (k == "zk_packets_received").then(|| v.parse().unwrap()))
+        .expect("zk_packets_received in mntr")
+}
+
 async fn eventually_none(admin: &zk::Client, paths: &QueuePaths) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
@@ -62,16 +71,17 @@ async fn a_receipt_goes_with_the_next_enqueue_or_on_its_own() {
     let paths = paths("steady");
     let producer = zk::Client::connect(&ensemble.connect_string()).await.unwrap();
 
-    // Ungrouped, and every third one in a group (a receipt in a group's node).
+    // Ungrouped, and every third one in a group (a receipt in a group's node): each
+    // enqueue's multi also deletes the receipt of the one before, so it takes one request,
+    // not two (plus a failed multi and a create when a bucket or group is new).
+    let before = packets(&ensemble).await;
     for n in 0..100 {
         let group = (n % 3 == 0).then(|| GroupKey::new(&format!("g{}", n % 2)).unwrap());
         let ids = queue::enqueue(&producer, &paths, &[NewItem { group, ..item(n) }]).await.unwrap();
         assert_eq!(ids.len(), 1);
-        // The multi of this enqueue deleted the receipt of the one before: at most its
-        // own is left (none once the idle deletion ran).
-        let left = receipts(&admin, &paths).await;
-        assert!(left.len() <= 1, "after enqueue {n}, receipts of earlier calls are left: {left:?}");
     }
+    let per_enqueue = (packets(&ensemble).await - before) as f64 / 100.0;
+    assert!(per_enqueue < 1.5, "{per_enqueue} requests per enqueue: the receipts' deletes went on their own");
     // A batch over two priorities (two buckets, two receipts) leaves both, then both go.
     let batch = [item(100), NewItem { priority: 5, ..item(101) }];
     queue::enqueue(&producer, &paths, &batch).await.unwrap();
@@ -126,4 +136,40 @@ async fn a_vanished_receipt_does_not_fail_the_enqueue_that_carries_its_delete() 
         return;
     }
     panic!("the receipt was never there to remove before the next enqueue");
+}
+
+/// A batch over several groups leaves a receipt in each; they go in one multi of deletes,
+/// and one at a time when that multi fails because one of them is already gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn left_receipts_go_together_and_one_vanished_does_not_keep_the_others() {
+    init_tracing();
+    let ensemble = Ensemble::start_single().await.unwrap();
+    let admin = provision::admin(&ensemble.connect_string()).await.unwrap();
+    provision::queue(&admin, "receipts", "many", QueueConfig::default()).await.unwrap();
+    let paths = paths("many");
+    let producer = zk::Client::connect(&ensemble.connect_string()).await.unwrap();
+    let batch: Vec<NewItem> =
+        (0..5).map(|n| NewItem { group: Some(GroupKey::new(&format!("g{n}")).unwrap()), ..item(n) }).collect();
+
+    // Left alone, the five go (in one multi).
+    queue::enqueue(&producer, &paths, &batch).await.unwrap();
+    eventually_none(&admin, &paths).await;
+
+    // One removed by someone else first: the others still go (tried again if the receipts
+    // went on their own before the removal, on a slow machine).
+    for attempt in 0..20 {
+        queue::enqueue(&producer, &paths, &batch).await.unwrap();
+        let left = receipts(&admin, &paths).await;
+        let Some(receipt) = left.first() else { continue };
+        match admin.delete(receipt, None).await {
+            Ok(()) => {}
+            Err(zk::Error::NoNode) => continue,
+            Err(e) => panic!("deleting {receipt}: {e}"),
+        }
+        eventually_none(&admin, &paths).await;
+        let stats = queue::stats(&admin, &paths).await.unwrap();
+        assert_eq!(stats.depth, 5 * (attempt + 2), "every item, no receipt: {stats:?}");
+        return;
+    }
+    panic!("the receipts were never there to remove one before they went");
 }

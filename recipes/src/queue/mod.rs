@@ -166,7 +166,7 @@ pub async fn read_config(client: &zk::Client, paths: &QueuePaths) -> Result<Queu
 /// session's answered ones are deleted first; another session's may wait for its next
 /// enqueue up to 100 ms, see `receipt`).
 pub async fn stats(client: &zk::Client, paths: &QueuePaths) -> Result<QueueStats, QueueError> {
-    receipt::send_left(client);
+    receipt::send_left(client).await;
     let buckets = client.list_children(&paths.items()).await.map_err(|e| QueueError::or_not_provisioned(e, paths))?;
     let under =
         client.count_descendants_number(&paths.items()).await.map_err(|e| QueueError::or_not_provisioned(e, paths))?;
@@ -205,7 +205,7 @@ pub async fn stats(client: &zk::Client, paths: &QueuePaths) -> Result<QueueStats
 /// receipt), not its claim; an empty group's node, kept a while (see `group`), is not
 /// counted.
 pub async fn group_stats(client: &zk::Client, paths: &QueuePaths) -> Result<GroupStats, QueueError> {
-    receipt::send_left(client);
+    receipt::send_left(client).await;
     let names = match client.list_children(&paths.groups()).await {
         Ok(names) => names,
         Err(zk::Error::NoNode) => return Ok(GroupStats::default()),

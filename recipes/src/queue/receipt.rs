@@ -22,7 +22,7 @@ use super::QueueError;
 use super::item::{ItemId, Place};
 use crate::identity::NodeAcl;
 use crate::layout::QueuePaths;
-use crate::retry::{outcome_unknown, while_unknown, while_unknown_until};
+use crate::retry::{while_unknown, while_unknown_until};
 use crate::zk;
 
 /// The receipts of one call: one name, used in each bucket the call writes to.
@@ -128,8 +128,8 @@ impl Receipt {
 /// How long an answered call's receipt waits for this session's next enqueue to delete
 /// it in its multi, before it is deleted on its own.
 const LEFT_FOR: Duration = Duration::from_millis(100);
-/// Most receipt deletes one enqueue's multi carries.
-const CARRIED_MAX: usize = 64;
+/// Most receipt deletes one multi carries (an enqueue's, or one of their own).
+const CARRIED_MAX: usize = 500;
 
 /// Receipts of answered calls, not deleted yet, by session.
 #[derive(Default)]
@@ -145,8 +145,8 @@ static LEFT: LazyLock<Mutex<HashMap<i64, Left>>> = LazyLock::new(Mutex::default)
 /// when it can: they are left for this session's next enqueue, whose multi deletes them
 /// ([`take_left`]), and deleted on their own when none comes within [`LEFT_FOR`]. A
 /// single enqueue is then one write, not two. Until then a bucket's child count includes
-/// them; [`send_left`] sends their deletes at once (before a `stats`). A receipt whose
-/// delete fails is left to die with the session.
+/// them; [`send_left`] deletes them at once (before a `stats`). A receipt whose delete
+/// fails is left to die with the session.
 pub(super) fn delete(client: &zk::Client, receipts: Vec<String>) {
     if receipts.is_empty() {
         return;
@@ -196,38 +196,47 @@ pub(super) fn take_left(client: &zk::Client) -> Vec<String> {
     left.receipts.drain(..n).map(|(_, r)| r).collect()
 }
 
-/// Sends the deletes of this session's left receipts now: a request sent after this on
-/// the session (a `stats`) finds them gone.
-pub(super) fn send_left(client: &zk::Client) {
-    let receipts = {
+/// Deletes this session's left receipts now: a request sent after this returns (a
+/// `stats`) finds them gone.
+pub(super) async fn send_left(client: &zk::Client) {
+    let receipts: Vec<String> = {
         let mut all = LEFT.lock().expect("not poisoned");
         let Some(left) = all.get_mut(&client.session_id().0) else { return };
         left.receipts.drain(..).map(|(_, r)| r).collect()
     };
-    delete_now(client, receipts);
+    delete_all(client, receipts).await;
 }
 
-/// Deletes receipts with requests of their own. The deletes are sent before this returns,
-/// so this session's next request comes after them; their replies are awaited in the
-/// background.
+/// Deletes receipts with requests of their own, in the background.
 pub(super) fn delete_now(client: &zk::Client, receipts: Vec<String>) {
     if receipts.is_empty() {
         return;
     }
-    let sent: Vec<_> = receipts.iter().map(|receipt| client.delete(receipt, None)).collect();
     let client = client.clone();
-    tokio::spawn(async move {
-        for (receipt, delete) in receipts.iter().zip(sent) {
-            let result = match delete.await {
-                Err(err) if outcome_unknown(&err) => {
-                    while_unknown(&client, "deleting a receipt", |_| client.delete(receipt, None)).await
-                }
-                result => result,
-            };
-            match result {
+    tokio::spawn(async move { delete_all(&client, receipts).await });
+}
+
+/// Deletes receipts, many in one multi (one request, not one each: a batch over many
+/// groups leaves a receipt per group); each on its own when that multi fails (one of them
+/// is gone already) or its outcome is unknown.
+async fn delete_all(client: &zk::Client, receipts: Vec<String>) {
+    for chunk in receipts.chunks(CARRIED_MAX) {
+        if chunk.len() > 1 {
+            let mut multi = client.new_multi_writer();
+            let added = chunk.iter().try_for_each(|receipt| multi.add_delete(receipt, None));
+            match added {
+                Ok(()) => match multi.commit().await {
+                    Ok(_) => continue,
+                    Err(err) => tracing::debug!(error = %err, "receipts' multi delete failed; one at a time"),
+                },
+                Err(err) => tracing::debug!(error = %err, "receipts' multi delete not built; one at a time"),
+            }
+        }
+        for receipt in chunk {
+            match while_unknown(client, "deleting a receipt", |_| client.delete(receipt, None)).await {
                 Ok(()) | Err(zk::Error::NoNode) => {}
                 Err(err) => tracing::debug!(receipt, error = %err, "a receipt is left to its session"),
             }
         }
-    });
+    }
 }

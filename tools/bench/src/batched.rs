@@ -153,6 +153,27 @@ async fn end_to_end(
     Ok(end - start)
 }
 
+/// CPU time so far of the ensemble's servers, the sidecar, and this process (the HTTP
+/// clients): where an end-to-end run's work went.
+fn cpu(bench: &Bench) -> Result<[Duration; 3]> {
+    let mut zk = Duration::ZERO;
+    for i in 0..bench.ensemble.len() {
+        zk += super::footprint::cpu_time(bench.ensemble.pid(i).context("a server's pid")?)?;
+    }
+    let sidecar = super::footprint::cpu_time(bench.sidecar.process.pid().context("the sidecar's pid")?)?;
+    Ok([zk, sidecar, super::footprint::cpu_time(std::process::id())?])
+}
+
+fn cpu_note(spent: [Duration; 3], items: usize) -> String {
+    let per = |d: Duration| d.as_secs_f64() * 1000.0 * 1000.0 / items.max(1) as f64;
+    format!(
+        "{CONSUMERS} consumers, producer alongside; CPU ms per 1,000 items: ZooKeeper {:.0}, sidecar {:.0}, client {:.0}",
+        per(spent[0]),
+        per(spent[1]),
+        per(spent[2])
+    )
+}
+
 fn pending(group: &str, name: &str, why: &Option<String>) -> Option<Figure> {
     why.as_ref().map(|why| Figure::pending(group, name, why))
 }
@@ -174,18 +195,24 @@ pub async fn throughput(bench: &Bench, report: &mut Report) -> Result<()> {
     ];
     // The variants take turns, so the machine's load falls on all of them alike.
     let mut walls = [Duration::ZERO; 3];
+    let mut spent = [[Duration::ZERO; 3]; 3];
     for _ in 0..rounds {
         for (v, (_, queue, groups, batch, why)) in variants.iter().enumerate() {
             if why.is_none() {
                 super::settle().await;
+                let before = cpu(bench)?;
                 walls[v] += end_to_end(pod, queue, total / rounds, *groups, *batch).await?;
+                for (s, (after, before)) in cpu(bench)?.into_iter().zip(before).enumerate() {
+                    spent[v][s] += after.saturating_sub(before);
+                }
             }
         }
     }
+    let items = total / rounds * rounds;
     for (v, (name, _, _, _, why)) in variants.iter().enumerate() {
-        let figure = pending("batched", name, why)
-            .unwrap_or_else(|| Figure::rate_only("batched", name, total / rounds * rounds, walls[v]));
-        report.push(figure.note_if_empty(format!("{CONSUMERS} consumers, producer alongside")));
+        let figure =
+            pending("batched", name, why).unwrap_or_else(|| Figure::rate_only("batched", name, items, walls[v]));
+        report.push(figure.note_if_empty(cpu_note(spent[v], items)));
     }
     report.goal("batched end to end through HTTP, items/s", ("batched", BATCH_ACKS), ">= 5000");
     for peer in ["curator", "kazoo"] {

@@ -19,7 +19,7 @@ fn rss_kib(pid: u32) -> Result<u64> {
 }
 
 /// CPU time (user + system) of a process so far.
-fn cpu_time(pid: u32) -> Result<Duration> {
+pub(crate) fn cpu_time(pid: u32) -> Result<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     let after_name = stat.rsplit_once(')').context("stat")?.1;
     let fields: Vec<&str> = after_name.split_whitespace().collect();

@@ -10,7 +10,8 @@ use paddock_bench::{self as bench, Bench, Sizes};
 #[derive(Debug, Parser)]
 #[command(about = "Benchmark Paddock against ZooKeeper's limit, Curator and kazoo")]
 struct Args {
-    /// What to run: all, limit, locks, queues, enqueue, queue-depth, footprint.
+    /// What to run: all, limit, locks, queues (batched: only its batched rows), enqueue,
+    /// queue-depth, footprint.
     #[arg(default_value = "all")]
     which: Vec<String>,
     /// Tiny sizes: checks that every benchmark runs (CI), figures mean little.
