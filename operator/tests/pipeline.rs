@@ -72,10 +72,11 @@ async fn provision_observe_and_clean_up_a_lock_and_a_queue() {
         group: None,
     };
     queue::enqueue(&app, &paths, &[item.clone(), item]).await.unwrap();
-    // The enqueue's receipt is deleted after it returns (its delete precedes the app
-    // session's next request), and a depth counts it until then: the app reads once, and
-    // the operator syncs, so the count below comes after that delete.
-    app.check_stat(&paths.base).await.unwrap();
+    // The enqueue's receipt is left for the app session's next enqueue to delete (or
+    // deleted on its own within 50 ms), and another session's depth counts it until
+    // then. The app's own count deletes its left receipts first, and the operator syncs,
+    // so the operator's count below comes after that delete.
+    assert_eq!(queue::stats(&app, &paths).await.unwrap().depth, 2);
     operator.sync(&paths.base).await.unwrap();
 
     // observe: what `kubectl get dlock,wq` will show.

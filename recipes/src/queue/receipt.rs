@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 use std::sync::{LazyLock, Mutex};
+use std::time::Duration;
 
 use tokio::time::Instant;
 
@@ -21,7 +22,7 @@ use super::QueueError;
 use super::item::{ItemId, Place};
 use crate::identity::NodeAcl;
 use crate::layout::QueuePaths;
-use crate::retry::{outcome_unknown, while_unknown, while_unknown_until};
+use crate::retry::{while_unknown, while_unknown_until};
 use crate::zk;
 
 /// The receipts of one call: one name, used in each bucket the call writes to.
@@ -124,6 +125,9 @@ impl Receipt {
     }
 }
 
+/// How long an answered call's receipt waits for this session's next enqueue to delete
+/// it in its multi, before it is deleted on its own.
+const LEFT_FOR: Duration = Duration::from_millis(50);
 /// Most receipt deletes one multi carries (an enqueue's, or one of their own).
 const CARRIED_MAX: usize = 500;
 
@@ -131,6 +135,8 @@ const CARRIED_MAX: usize = 500;
 #[derive(Default)]
 struct Left {
     receipts: Vec<(Instant, String)>,
+    /// A task deletes those left longer than [`LEFT_FOR`].
+    timed: bool,
 }
 
 static LEFT: LazyLock<Mutex<HashMap<i64, Left>>> = LazyLock::new(Mutex::default);
@@ -142,27 +148,43 @@ static LEFT: LazyLock<Mutex<HashMap<i64, Left>>> = LazyLock::new(Mutex::default)
 /// them; [`send_left`] deletes them at once (before a `stats`). A receipt whose delete
 /// fails is left to die with the session.
 pub(super) fn delete(client: &zk::Client, receipts: Vec<String>) {
-    // Sent now, before the call returns, so that this session's next request (a `stats`,
-    // say) comes after them. Leaving them for the next enqueue's multi saved a write per
-    // enqueue, but another session's count (the operator's depth) then included them for
-    // up to 100 ms, which operator/tests/pipeline.rs caught; until such a count is exact,
-    // nothing is left (`take_left` finds none) and they go at once.
-    let sent: Vec<_> = receipts.iter().map(|receipt| client.delete(receipt, None)).collect();
-    let client = client.clone();
-    tokio::spawn(async move {
-        for (receipt, delete) in receipts.iter().zip(sent) {
-            let result = match delete.await {
-                Err(err) if outcome_unknown(&err) => {
-                    while_unknown(&client, "deleting a receipt", |_| client.delete(receipt, None)).await
-                }
-                result => result,
-            };
-            match result {
-                Ok(()) | Err(zk::Error::NoNode) => {}
-                Err(err) => tracing::debug!(receipt, error = %err, "a receipt is left to its session"),
+    if receipts.is_empty() {
+        return;
+    }
+    let session = client.session_id().0;
+    let now = Instant::now();
+    let mut all = LEFT.lock().expect("not poisoned");
+    let left = all.entry(session).or_default();
+    left.receipts.extend(receipts.into_iter().map(|r| (now, r)));
+    if !left.timed {
+        left.timed = true;
+        tokio::spawn(delete_when_left_too_long(client.clone()));
+    }
+}
+
+/// Deletes this session's receipts left longer than [`LEFT_FOR`], until none is left.
+async fn delete_when_left_too_long(client: zk::Client) {
+    let session = client.session_id().0;
+    loop {
+        let oldest = {
+            let mut all = LEFT.lock().expect("not poisoned");
+            let Some(left) = all.get_mut(&session) else { return };
+            let now = Instant::now();
+            let due = left.receipts.iter().take_while(|(at, _)| now.duration_since(*at) >= LEFT_FOR).count();
+            let overdue: Vec<String> = left.receipts.drain(..due).map(|(_, r)| r).collect();
+            let oldest = left.receipts.first().map(|(at, _)| *at);
+            if oldest.is_none() {
+                all.remove(&session);
             }
+            drop(all);
+            delete_now(&client, overdue);
+            oldest
+        };
+        match oldest {
+            Some(at) => tokio::time::sleep_until(at + LEFT_FOR).await,
+            None => return,
         }
-    });
+    }
 }
 
 /// Takes some of this session's left receipts, for an enqueue's multi to delete. The

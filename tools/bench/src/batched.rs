@@ -112,21 +112,21 @@ async fn probe(pod: &PodClient, queue: &str) -> Result<Missing> {
     Ok(Missing { batch_ack, groups })
 }
 
+/// How long one end-to-end run took, and when its producer had enqueued everything.
+struct Run {
+    wall: Duration,
+    produced: Duration,
+}
+
 /// One producer enqueues `items` while [`CONSUMERS`] consumers claim and ack them: the
-/// time until the last was acked.
-async fn end_to_end(
-    pod: &PodClient,
-    queue: &str,
-    items: usize,
-    groups: Option<usize>,
-    batch: bool,
-) -> Result<Duration> {
+/// time until the last was acked, and until the last was enqueued.
+async fn end_to_end(pod: &PodClient, queue: &str, items: usize, groups: Option<usize>, batch: bool) -> Result<Run> {
     let acked = Arc::new(AtomicUsize::new(0));
     let done_at: Arc<Mutex<Option<Instant>>> = Arc::default();
     let start = Instant::now();
     let producer = {
         let (pod, queue) = (pod.clone(), queue.to_owned());
-        tokio::spawn(async move { produce(&pod, &queue, items, groups).await })
+        tokio::spawn(async move { produce(&pod, &queue, items, groups).await.map(|()| start.elapsed()) })
     };
     let mut consumers = Vec::new();
     for _ in 0..CONSUMERS {
@@ -145,12 +145,12 @@ async fn end_to_end(
             anyhow::Ok(())
         }));
     }
-    producer.await??;
+    let produced = producer.await??;
     for c in consumers {
         c.await??;
     }
     let end = done_at.lock().unwrap().context("every item acked")?;
-    Ok(end - start)
+    Ok(Run { wall: end - start, produced })
 }
 
 /// CPU time so far of the ensemble's servers, the sidecar, and this process (the HTTP
@@ -164,13 +164,26 @@ fn cpu(bench: &Bench) -> Result<[Duration; 3]> {
     Ok([zk, sidecar, super::footprint::cpu_time(std::process::id())?])
 }
 
-fn cpu_note(spent: [Duration; 3], items: usize) -> String {
+/// What an end-to-end row's time went to, summed over its rounds.
+#[derive(Default, Clone, Copy)]
+struct Spent {
+    wall: Duration,
+    produced: Duration,
+    cpu: [Duration; 3],
+    requests: u64,
+}
+
+fn spent_note(spent: &Spent, items: usize) -> String {
     let per = |d: Duration| d.as_secs_f64() * 1000.0 * 1000.0 / items.max(1) as f64;
     format!(
-        "{CONSUMERS} consumers, producer alongside; CPU ms per 1,000 items: ZooKeeper {:.0}, sidecar {:.0}, client {:.0}",
-        per(spent[0]),
-        per(spent[1]),
-        per(spent[2])
+        "{CONSUMERS} consumers, producer alongside (done at {:.0} % of the time); \
+         CPU ms per 1,000 items: ZooKeeper {:.0}, sidecar {:.0}, client {:.0}; \
+         {:.2} ZooKeeper requests per item",
+        100.0 * spent.produced.as_secs_f64() / spent.wall.as_secs_f64().max(1e-9),
+        per(spent.cpu[0]),
+        per(spent.cpu[1]),
+        per(spent.cpu[2]),
+        spent.requests as f64 / items.max(1) as f64,
     )
 }
 
@@ -194,16 +207,18 @@ pub async fn throughput(bench: &Bench, report: &mut Report) -> Result<()> {
         (GROUPED, "e2e-grouped", Some(GROUPS), true, missing.batch_ack.clone().or(missing.groups.clone())),
     ];
     // The variants take turns, so the machine's load falls on all of them alike.
-    let mut walls = [Duration::ZERO; 3];
-    let mut spent = [[Duration::ZERO; 3]; 3];
+    let mut spent = [Spent::default(); 3];
     for _ in 0..rounds {
         for (v, (_, queue, groups, batch, why)) in variants.iter().enumerate() {
             if why.is_none() {
                 super::settle().await;
-                let before = cpu(bench)?;
-                walls[v] += end_to_end(pod, queue, total / rounds, *groups, *batch).await?;
-                for (s, (after, before)) in cpu(bench)?.into_iter().zip(before).enumerate() {
-                    spent[v][s] += after.saturating_sub(before);
+                let (cpu_before, requests_before) = (cpu(bench)?, bench.packets_received().await?);
+                let run = end_to_end(pod, queue, total / rounds, *groups, *batch).await?;
+                spent[v].wall += run.wall;
+                spent[v].produced += run.produced;
+                spent[v].requests += bench.packets_received().await?.saturating_sub(requests_before);
+                for (s, (after, before)) in cpu(bench)?.into_iter().zip(cpu_before).enumerate() {
+                    spent[v].cpu[s] += after.saturating_sub(before);
                 }
             }
         }
@@ -211,8 +226,8 @@ pub async fn throughput(bench: &Bench, report: &mut Report) -> Result<()> {
     let items = total / rounds * rounds;
     for (v, (name, _, _, _, why)) in variants.iter().enumerate() {
         let figure =
-            pending("batched", name, why).unwrap_or_else(|| Figure::rate_only("batched", name, items, walls[v]));
-        report.push(figure.note_if_empty(cpu_note(spent[v], items)));
+            pending("batched", name, why).unwrap_or_else(|| Figure::rate_only("batched", name, items, spent[v].wall));
+        report.push(figure.note_if_empty(spent_note(&spent[v], items)));
     }
     report.goal("batched end to end through HTTP, items/s", ("batched", BATCH_ACKS), ">= 5000");
     for peer in ["curator", "kazoo"] {

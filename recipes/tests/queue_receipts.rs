@@ -1,0 +1,175 @@
+//! An enqueue's receipt (see `queue::receipt`) outlives its call only until the same
+//! session's next enqueue, whose multi deletes it — so a steady producer's enqueue is one
+//! request — or, when none comes, until it is deleted on its own. Meanwhile it must not show
+//! in this session's counts, and a receipt that vanished must not fail the enqueue that
+//! carries its delete. Real server.
+
+use std::time::Duration;
+
+use paddock_recipes::layout::QueuePaths;
+use paddock_recipes::queue::group::GroupKey;
+use paddock_recipes::queue::{self, NewItem};
+use paddock_recipes::{Layout, Name, QueueConfig, zk};
+use paddock_testkit::{Ensemble, init_tracing, provision};
+
+fn item(n: usize) -> NewItem {
+    NewItem { payload: n.to_string().into_bytes(), content_type: None, priority: 0, delay: Duration::ZERO, group: None }
+}
+
+fn paths(queue: &str) -> QueuePaths {
+    Layout::new("/paddock").unwrap().queue(&Name::new("ns", "receipts").unwrap(), &Name::new("q", queue).unwrap())
+}
+
+/// Every receipt in the queue's buckets and groups, by path.
+async fn receipts(admin: &zk::Client, paths: &QueuePaths) -> Vec<String> {
+    let mut dirs: Vec<String> =
+        admin.list_children(&paths.items()).await.unwrap().iter().map(|b| paths.bucket(b)).collect();
+    match admin.list_children(&paths.groups()).await {
+        Ok(groups) => dirs.extend(groups.iter().map(|g| paths.group(g))),
+        Err(zk::Error::NoNode) => {}
+        Err(e) => panic!("listing groups: {e}"),
+    }
+    let mut found = Vec::new();
+    for dir in dirs {
+        let nodes = match admin.list_children(&dir).await {
+            Ok(nodes) => nodes,
+            Err(zk::Error::NoNode) => continue,
+            Err(e) => panic!("listing {dir}: {e}"),
+        };
+        found.extend(nodes.into_iter().filter(|n| n.starts_with("receipt-")).map(|n| format!("{dir}/{n}")));
+    }
+    found
+}
+
+/// Requests the server has received so far.
+async fn packets(ensemble: &Ensemble) -> u64 {
+    let mntr = ensemble.four_letter_word(0, "mntr").await.unwrap();
+    paddock_testkit::ensemble::parse_mntr(&mntr)
+        .into_iter()
+        .find_map(|(k, v)| (k == "zk_packets_received").then(|| v.parse().unwrap()))
+        .expect("zk_packets_received in mntr")
+}
+
+async fn eventually_none(admin: &zk::Client, paths: &QueuePaths) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = receipts(admin, paths).await;
+        if left.is_empty() {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "receipts left behind: {left:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receipt_goes_with_the_next_enqueue_or_on_its_own() {
+    init_tracing();
+    let ensemble = Ensemble::start_single().await.unwrap();
+    let admin = provision::admin(&ensemble.connect_string()).await.unwrap();
+    provision::queue(&admin, "receipts", "steady", QueueConfig::default()).await.unwrap();
+    let paths = paths("steady");
+    let producer = zk::Client::connect(&ensemble.connect_string()).await.unwrap();
+
+    // Ungrouped, and every third one in a group (a receipt in a group's node): each
+    // enqueue's multi also deletes the receipt of the one before, so it takes one request,
+    // not two (plus a failed multi and a create when a bucket or group is new).
+    let before = packets(&ensemble).await;
+    for n in 0..100 {
+        let group = (n % 3 == 0).then(|| GroupKey::new(&format!("g{}", n % 2)).unwrap());
+        let ids = queue::enqueue(&producer, &paths, &[NewItem { group, ..item(n) }]).await.unwrap();
+        assert_eq!(ids.len(), 1);
+    }
+    let per_enqueue = (packets(&ensemble).await - before) as f64 / 100.0;
+    assert!(per_enqueue < 1.5, "{per_enqueue} requests per enqueue: the receipts' deletes went on their own");
+    // A batch over two priorities (two buckets, two receipts) leaves both, then both go.
+    let batch = [item(100), NewItem { priority: 5, ..item(101) }];
+    queue::enqueue(&producer, &paths, &batch).await.unwrap();
+    eventually_none(&admin, &paths).await;
+    assert_eq!(queue::stats(&admin, &paths).await.unwrap().depth, 102, "every item, no receipt");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_producers_own_count_right_after_an_enqueue_has_no_receipt() {
+    init_tracing();
+    let ensemble = Ensemble::start_single().await.unwrap();
+    let admin = provision::admin(&ensemble.connect_string()).await.unwrap();
+    provision::queue(&admin, "receipts", "count", QueueConfig::default()).await.unwrap();
+    let paths = paths("count");
+    let producer = zk::Client::connect(&ensemble.connect_string()).await.unwrap();
+
+    for n in 1..=5 {
+        queue::enqueue(&producer, &paths, &[item(n)]).await.unwrap();
+        let stats = queue::stats(&producer, &paths).await.unwrap();
+        assert_eq!((stats.depth, stats.ready), (n as u64, n as u64), "after {n} enqueues: {stats:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vanished_receipt_does_not_fail_the_enqueue_that_carries_its_delete() {
+    init_tracing();
+    let ensemble = Ensemble::start_single().await.unwrap();
+    let admin = provision::admin(&ensemble.connect_string()).await.unwrap();
+    provision::queue(&admin, "receipts", "gone", QueueConfig::default()).await.unwrap();
+    let paths = paths("gone");
+    let producer = zk::Client::connect(&ensemble.connect_string()).await.unwrap();
+
+    // Someone else removes the receipt before the next enqueue can delete it (tried again
+    // if the receipt went on its own first, on a slow machine).
+    let mut enqueued = 0;
+    for attempt in 0..20 {
+        let first = queue::enqueue(&producer, &paths, &[item(attempt)]).await.unwrap().remove(0);
+        enqueued += 1;
+        let left = receipts(&admin, &paths).await;
+        let Some(receipt) = left.first() else { continue };
+        match admin.delete(receipt, None).await {
+            Ok(()) => {}
+            Err(zk::Error::NoNode) => continue,
+            Err(e) => panic!("deleting {receipt}: {e}"),
+        }
+        let second = queue::enqueue(&producer, &paths, &[item(100 + attempt)]).await.unwrap().remove(0);
+        enqueued += 1;
+        assert_ne!(first, second);
+        eventually_none(&admin, &paths).await;
+        let stats = queue::stats(&admin, &paths).await.unwrap();
+        assert_eq!(stats.depth, enqueued, "every item, once each: {stats:?}");
+        return;
+    }
+    panic!("the receipt was never there to remove before the next enqueue");
+}
+
+/// A batch over several groups leaves a receipt in each; they go in one multi of deletes,
+/// and one at a time when that multi fails because one of them is already gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn left_receipts_go_together_and_one_vanished_does_not_keep_the_others() {
+    init_tracing();
+    let ensemble = Ensemble::start_single().await.unwrap();
+    let admin = provision::admin(&ensemble.connect_string()).await.unwrap();
+    provision::queue(&admin, "receipts", "many", QueueConfig::default()).await.unwrap();
+    let paths = paths("many");
+    let producer = zk::Client::connect(&ensemble.connect_string()).await.unwrap();
+    let batch: Vec<NewItem> =
+        (0..5).map(|n| NewItem { group: Some(GroupKey::new(&format!("g{n}")).unwrap()), ..item(n) }).collect();
+
+    // Left alone, the five go (in one multi).
+    queue::enqueue(&producer, &paths, &batch).await.unwrap();
+    eventually_none(&admin, &paths).await;
+
+    // One removed by someone else first: the others still go (tried again if the receipts
+    // went on their own before the removal, on a slow machine).
+    for attempt in 0..20 {
+        queue::enqueue(&producer, &paths, &batch).await.unwrap();
+        let left = receipts(&admin, &paths).await;
+        let Some(receipt) = left.first() else { continue };
+        match admin.delete(receipt, None).await {
+            Ok(()) => {}
+            Err(zk::Error::NoNode) => continue,
+            Err(e) => panic!("deleting {receipt}: {e}"),
+        }
+        eventually_none(&admin, &paths).await;
+        let stats = queue::stats(&admin, &paths).await.unwrap();
+        assert_eq!(stats.depth, 5 * (attempt + 2), "every item, no receipt: {stats:?}");
+        return;
+    }
+    panic!("the receipts were never there to remove one before they went");
+}
