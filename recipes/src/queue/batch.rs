@@ -1,5 +1,5 @@
-//! Claiming several items at once: the candidates are read together (pipelined), and
-//! their claims go in one multi.
+//! Claiming several items at once: the candidates are read together (a multi-read per
+//! 32), and their claims go in one multi.
 //!
 //! A multi is all or none, so a batch that meets a claim made meanwhile by another
 //! consumer fails as a whole. The failing operation names the item; it is dropped, and so
@@ -10,7 +10,9 @@
 
 use std::collections::HashSet;
 
-use super::claim::{Prepared, Read, Reservation, dead_letter_exhausted, next_in_view, read_candidate, resolve_unknown};
+use super::claim::{
+    Prepared, READ_CHUNK, Read, Reservation, dead_letter_exhausted, next_in_view, read_candidates, resolve_unknown,
+};
 use super::view::{ConsumerObserver, QueueView};
 use super::{Delivery, QueueError};
 use crate::config::QueueConfig;
@@ -77,12 +79,13 @@ async fn read_all(
     skip: &mut HashSet<super::item::ItemId>,
     observer: &dyn ConsumerObserver,
 ) -> Result<Vec<Prepared>, QueueError> {
-    let reads = futures::future::join_all(reservations.iter().map(|r| read_candidate(client, paths, &r.id))).await;
-    observer.reads(reads.len() as u64);
+    let ids: Vec<_> = reservations.iter().map(|r| r.id.clone()).collect();
+    let reads = read_candidates(client, paths, &ids).await?;
+    observer.reads(ids.len().div_ceil(READ_CHUNK) as u64);
     let mut prepared = Vec::with_capacity(reads.len());
     for (reservation, read) in reservations.iter().zip(reads) {
         let id = &reservation.id;
-        match read? {
+        match read {
             Read::Found(candidate) if candidate.attempts.attempt >= config.max_attempts => {
                 dead_letter_exhausted(client, paths, view, &candidate, config, observer).await;
                 skip.insert(id.clone());

@@ -48,32 +48,63 @@ pub enum Read {
 
 /// Reads an item and its history in one multi-read.
 pub async fn read_candidate(client: &zk::Client, paths: &QueuePaths, id: &ItemId) -> Result<Read, QueueError> {
-    let path = id.path(paths);
-    let mut reader = client.new_multi_reader();
-    reader.add_get_data(&path)?;
-    reader.add_get_data(&paths.attempts_of(&id.to_string()))?;
-    let mut results = reader.commit().await?.into_iter();
-    let (data, stat) = match results.next() {
+    let mut reads = read_candidates(client, paths, std::slice::from_ref(id)).await?;
+    Ok(reads.pop().unwrap_or(Read::Gone))
+}
+
+/// Most candidates read in one multi-read: its answer holds their payloads (up to
+/// [`super::item::MAX_PAYLOAD_BYTES`] each), so a chunk's answer stays within tens of MB.
+pub(super) const READ_CHUNK: usize = 32;
+
+/// Reads items and their histories, many to a multi-read: one request per
+/// [`READ_CHUNK`] candidates (the chunks go out together), not one each. In `ids`' order.
+pub async fn read_candidates(client: &zk::Client, paths: &QueuePaths, ids: &[ItemId]) -> Result<Vec<Read>, QueueError> {
+    let chunks = ids.chunks(READ_CHUNK).map(|chunk| async move {
+        let mut reader = client.new_multi_reader();
+        for id in chunk {
+            reader.add_get_data(&id.path(paths))?;
+            reader.add_get_data(&paths.attempts_of(&id.to_string()))?;
+        }
+        let mut results = reader.commit().await?.into_iter();
+        Ok::<_, QueueError>(
+            chunk.iter().map(|id| read_of(id, paths, results.next(), results.next())).collect::<Vec<_>>(),
+        )
+    });
+    let mut reads = Vec::with_capacity(ids.len());
+    for chunk in futures::future::join_all(chunks).await {
+        reads.extend(chunk?);
+    }
+    Ok(reads)
+}
+
+/// A candidate from its item's and its history's reads.
+fn read_of(
+    id: &ItemId,
+    paths: &QueuePaths,
+    item: Option<zk::MultiReadResult>,
+    history: Option<zk::MultiReadResult>,
+) -> Read {
+    let (data, stat) = match item {
         Some(zk::MultiReadResult::Data { data, stat }) => (data, stat),
-        _ => return Ok(Read::Gone),
+        _ => return Read::Gone,
     };
-    let Some((envelope, payload)) = decode(&data) else { return Ok(Read::Foreign) };
-    let (attempts, attempts_version) = match results.next() {
+    let Some((envelope, payload)) = decode(&data) else { return Read::Foreign };
+    let (attempts, attempts_version) = match history {
         Some(zk::MultiReadResult::Data { data, stat }) => {
             (serde_json::from_slice::<Attempts>(&data).unwrap_or_default(), Some(stat.version))
         }
         // A moved item carries its history until its first delivery under the new id.
         _ => (envelope.carried.clone().unwrap_or_default(), None),
     };
-    Ok(Read::Found(Box::new(Candidate {
+    Read::Found(Box::new(Candidate {
         id: id.clone(),
-        path,
+        path: id.path(paths),
         version: stat.version,
         payload: payload.to_vec(),
         envelope,
         attempts,
         attempts_version,
-    })))
+    }))
 }
 
 /// What one claim multi did.
