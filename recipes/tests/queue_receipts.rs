@@ -20,6 +20,17 @@ fn paths(queue: &str) -> QueuePaths {
     Layout::new("/paddock").unwrap().queue(&Name::new("ns", "receipts").unwrap(), &Name::new("q", queue).unwrap())
 }
 
+/// A single server with the queue `queue`: (the server, an admin session, the queue's
+/// paths, a producer's session).
+async fn setup(queue: &str) -> (Ensemble, zk::Client, QueuePaths, zk::Client) {
+    init_tracing();
+    let ensemble = Ensemble::start_single().await.unwrap();
+    let admin = provision::admin(&ensemble.connect_string()).await.unwrap();
+    provision::queue(&admin, "receipts", queue, QueueConfig::default()).await.unwrap();
+    let producer = zk::Client::connect(&ensemble.connect_string()).await.unwrap();
+    (ensemble, admin, paths(queue), producer)
+}
+
 /// Every receipt in the queue's buckets and groups, by path.
 async fn receipts(admin: &zk::Client, paths: &QueuePaths) -> Vec<String> {
     let mut dirs: Vec<String> =
@@ -64,12 +75,7 @@ async fn eventually_none(admin: &zk::Client, paths: &QueuePaths) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receipt_goes_with_the_next_enqueue_or_on_its_own() {
-    init_tracing();
-    let ensemble = Ensemble::start_single().await.unwrap();
-    let admin = provision::admin(&ensemble.connect_string()).await.unwrap();
-    provision::queue(&admin, "receipts", "steady", QueueConfig::default()).await.unwrap();
-    let paths = paths("steady");
-    let producer = zk::Client::connect(&ensemble.connect_string()).await.unwrap();
+    let (ensemble, admin, paths, producer) = setup("steady").await;
 
     // Ungrouped, and every third one in a group (a receipt in a group's node): each
     // enqueue's multi also deletes the receipt of the one before, so it takes one request,
@@ -91,12 +97,7 @@ async fn a_receipt_goes_with_the_next_enqueue_or_on_its_own() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_producers_own_count_right_after_an_enqueue_has_no_receipt() {
-    init_tracing();
-    let ensemble = Ensemble::start_single().await.unwrap();
-    let admin = provision::admin(&ensemble.connect_string()).await.unwrap();
-    provision::queue(&admin, "receipts", "count", QueueConfig::default()).await.unwrap();
-    let paths = paths("count");
-    let producer = zk::Client::connect(&ensemble.connect_string()).await.unwrap();
+    let (_ensemble, _admin, paths, producer) = setup("count").await;
 
     for n in 1..=5 {
         queue::enqueue(&producer, &paths, &[item(n)]).await.unwrap();
@@ -107,12 +108,7 @@ async fn the_producers_own_count_right_after_an_enqueue_has_no_receipt() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vanished_receipt_does_not_fail_the_enqueue_that_carries_its_delete() {
-    init_tracing();
-    let ensemble = Ensemble::start_single().await.unwrap();
-    let admin = provision::admin(&ensemble.connect_string()).await.unwrap();
-    provision::queue(&admin, "receipts", "gone", QueueConfig::default()).await.unwrap();
-    let paths = paths("gone");
-    let producer = zk::Client::connect(&ensemble.connect_string()).await.unwrap();
+    let (_ensemble, admin, paths, producer) = setup("gone").await;
 
     // Someone else removes the receipt before the next enqueue can delete it (tried again
     // if the receipt went on its own first, on a slow machine).
@@ -142,12 +138,7 @@ async fn a_vanished_receipt_does_not_fail_the_enqueue_that_carries_its_delete() 
 /// and one at a time when that multi fails because one of them is already gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn left_receipts_go_together_and_one_vanished_does_not_keep_the_others() {
-    init_tracing();
-    let ensemble = Ensemble::start_single().await.unwrap();
-    let admin = provision::admin(&ensemble.connect_string()).await.unwrap();
-    provision::queue(&admin, "receipts", "many", QueueConfig::default()).await.unwrap();
-    let paths = paths("many");
-    let producer = zk::Client::connect(&ensemble.connect_string()).await.unwrap();
+    let (_ensemble, admin, paths, producer) = setup("many").await;
     let batch: Vec<NewItem> =
         (0..5).map(|n| NewItem { group: Some(GroupKey::new(&format!("g{n}")).unwrap()), ..item(n) }).collect();
 
