@@ -54,6 +54,28 @@ pub(super) async fn ensure_place(client: &zk::Client, paths: &QueuePaths, place:
     }
 }
 
+/// Creates the places of a call that do not exist: they are looked for together
+/// (pipelined reads) and the missing ones created together, so that a batch over many
+/// new groups costs two round trips, not one create per place.
+async fn ensure_places(client: &zk::Client, paths: &QueuePaths, places: &[Placed]) -> Result<(), QueueError> {
+    if places.iter().any(|p| matches!(p.place, Place::Group(_))) && client.check_stat(&paths.groups()).await?.is_none()
+    {
+        ensure_child(client, paths, &paths.groups()).await?;
+    }
+    let dirs: Vec<String> = places.iter().map(|p| p.place.dir(paths)).collect();
+    let found = futures::future::join_all(dirs.iter().map(|dir| client.check_stat(dir))).await;
+    let mut missing = Vec::new();
+    for (dir, stat) in dirs.iter().zip(found) {
+        if stat?.is_none() {
+            missing.push(dir);
+        }
+    }
+    for made in futures::future::join_all(missing.into_iter().map(|dir| ensure_child(client, paths, dir))).await {
+        made?;
+    }
+    Ok(())
+}
+
 /// Creates a persistent node of the queue unless it exists.
 async fn ensure_child(client: &zk::Client, paths: &QueuePaths, path: &str) -> Result<(), QueueError> {
     match client.create(path, b"", &zk::CreateMode::Persistent.with_acls(paths.acl.acls())).await {
@@ -200,9 +222,7 @@ async fn send_carrying(
             // An empty group can be removed between its create and ours: try again.
             Err(QueueError::ZooKeeper(zk::Error::NoNode)) if missing_places < 3 => {
                 missing_places += 1;
-                for placed in &prepared.places {
-                    ensure_place(client, paths, &placed.place).await?;
-                }
+                ensure_places(client, paths, &prepared.places).await?;
                 // `keys/` is provisioned with a queue since the version that has keys; a
                 // queue provisioned before gets it from its first deduplicated enqueue.
                 if !prepared.also.is_empty() {

@@ -116,12 +116,15 @@ async fn probe(pod: &PodClient, queue: &str) -> Result<Missing> {
 struct Run {
     wall: Duration,
     produced: Duration,
+    /// Claims that handed out at least one item.
+    claims: usize,
 }
 
 /// One producer enqueues `items` while [`CONSUMERS`] consumers claim and ack them: the
 /// time until the last was acked, and until the last was enqueued.
 async fn end_to_end(pod: &PodClient, queue: &str, items: usize, groups: Option<usize>, batch: bool) -> Result<Run> {
     let acked = Arc::new(AtomicUsize::new(0));
+    let claims = Arc::new(AtomicUsize::new(0));
     let done_at: Arc<Mutex<Option<Instant>>> = Arc::default();
     let start = Instant::now();
     let producer = {
@@ -130,13 +133,15 @@ async fn end_to_end(pod: &PodClient, queue: &str, items: usize, groups: Option<u
     };
     let mut consumers = Vec::new();
     for _ in 0..CONSUMERS {
-        let (pod, queue, acked, done_at) = (pod.clone(), queue.to_owned(), acked.clone(), done_at.clone());
+        let (pod, queue, acked, claims, done_at) =
+            (pod.clone(), queue.to_owned(), acked.clone(), claims.clone(), done_at.clone());
         consumers.push(tokio::spawn(async move {
             while acked.load(Ordering::SeqCst) < items {
                 let ids = claim(&pod, &queue, MAX, "1s").await?;
                 if ids.is_empty() {
                     continue;
                 }
+                claims.fetch_add(1, Ordering::SeqCst);
                 let n = ack(&pod, &queue, &ids, batch).await?;
                 if acked.fetch_add(n, Ordering::SeqCst) + n >= items {
                     done_at.lock().unwrap().get_or_insert_with(Instant::now);
@@ -150,7 +155,7 @@ async fn end_to_end(pod: &PodClient, queue: &str, items: usize, groups: Option<u
         c.await??;
     }
     let end = done_at.lock().unwrap().context("every item acked")?;
-    Ok(Run { wall: end - start, produced })
+    Ok(Run { wall: end - start, produced, claims: claims.load(Ordering::SeqCst) })
 }
 
 /// CPU time so far of the ensemble's servers, the sidecar, and this process (the HTTP
@@ -171,6 +176,7 @@ struct Spent {
     produced: Duration,
     cpu: [Duration; 3],
     requests: u64,
+    claims: usize,
 }
 
 fn spent_note(spent: &Spent, items: usize) -> String {
@@ -178,12 +184,13 @@ fn spent_note(spent: &Spent, items: usize) -> String {
     format!(
         "{CONSUMERS} consumers, producer alongside (done at {:.0} % of the time); \
          CPU ms per 1,000 items: ZooKeeper {:.0}, sidecar {:.0}, client {:.0}; \
-         {:.2} ZooKeeper requests per item",
+         {:.2} ZooKeeper requests per item; {:.0} items per claim",
         100.0 * spent.produced.as_secs_f64() / spent.wall.as_secs_f64().max(1e-9),
         per(spent.cpu[0]),
         per(spent.cpu[1]),
         per(spent.cpu[2]),
         spent.requests as f64 / items.max(1) as f64,
+        items as f64 / spent.claims.max(1) as f64,
     )
 }
 
@@ -216,6 +223,7 @@ pub async fn throughput(bench: &Bench, report: &mut Report) -> Result<()> {
                 let run = end_to_end(pod, queue, total / rounds, *groups, *batch).await?;
                 spent[v].wall += run.wall;
                 spent[v].produced += run.produced;
+                spent[v].claims += run.claims;
                 spent[v].requests += bench.packets_received().await?.saturating_sub(requests_before);
                 for (s, (after, before)) in cpu(bench)?.into_iter().zip(cpu_before).enumerate() {
                     spent[v].cpu[s] += after.saturating_sub(before);
