@@ -84,6 +84,8 @@ struct RunArgs {
     session_timeout: Duration,
     #[command(flatten)]
     webhook: paddock_operator::webhook::WebhookSettings,
+    #[command(flatten)]
+    ensemble: paddock_operator::ensemble_certs::RollSettings,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -160,6 +162,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let operator = args.zk_auth.as_deref().map(DigestIdentity::parse).transpose().context("PADDOCK_ZK_AUTH")?;
     let (auth, cleartext) = namespace_auth(&args)?;
     let layout = Layout::new(&args.zk_root).context("PADDOCK_ZK_ROOT")?;
+    let ensemble_certs = args.ensemble.clone().checked(&args.zookeeper)?;
     let tls = TlsFiles::from_settings(args.zk_tls_ca.clone(), args.zk_tls_cert.clone(), args.zk_tls_key.clone())?
         .map(ZkTls::load)
         .transpose()?;
@@ -192,6 +195,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     serve_metrics(args.metrics_listen, ctx.clone()).await?;
 
     let identity = args.pod_name.filter(|name| !name.is_empty()).unwrap_or_else(default_identity);
+    // The leader restarts the managed ensemble when a server serves a replaced certificate.
+    let _restarts = ensemble_certs.map(|c| c.spawn(client.clone(), args.namespace.clone(), leadership.clone()));
     let election =
         LeaderElection::new(client, &args.namespace, "paddock-operator", &identity, args.lease_duration, leadership);
     let mut shutdown = Box::pin(shutdown_signal());

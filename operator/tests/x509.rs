@@ -105,6 +105,11 @@ struct Setup {
 }
 
 async fn setup() -> Setup {
+    setup_with(&[]).await
+}
+
+/// [`setup`], with the operator's extra environment `env`.
+async fn setup_with(env: &[(&str, String)]) -> Setup {
     init_tracing();
     let ensemble = Ensemble::start_with(EnsembleOptions { tls: true, ..Default::default() }).await.unwrap();
     let tls = ensemble.tls().unwrap();
@@ -127,6 +132,7 @@ async fn setup() -> Setup {
         .env("PADDOCK_CLIENT_CA_CERT", &ca)
         .env("PADDOCK_CLIENT_CA_KEY", &key)
         .env("PADDOCK_CLIENT_CERT_LIFETIME", "30s");
+    let options = env.iter().fold(options, |options, (key, value)| options.env(key, value));
     let operator = Operator::spawn(options).unwrap();
     let client = api.client().unwrap();
     for ns in ["team-a", "team-b"] {
@@ -247,4 +253,166 @@ async fn a_renewed_certificate_reaches_the_secret_before_expiry_and_sidecars_kee
     let users = raw_new.list_auth_users().await.unwrap();
     assert!(users.iter().any(|u| u.scheme() == "x509" && u.user() == "CN=paddock-ns-team-a,O=paddock"), "{users:?}");
     raw_new.get_data("/paddock/team-a/locks/shared").await.expect("the renewed certificate is team-a");
+}
+
+/// The managed ensemble's StatefulSet, as the stand-in stores it (nothing runs it: the
+/// test restarts the servers as its controller would).
+const STATEFULSET: &str = "
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: paddock-zookeeper, namespace: default}
+spec:
+  serviceName: paddock-zookeeper-headless
+  replicas: 3
+  selector: {matchLabels: {app: zookeeper}}
+  template:
+    metadata: {labels: {app: zookeeper}}
+    spec: {containers: [{name: zookeeper, image: paddock-zookeeper}]}
+";
+
+/// The StatefulSet's pod-template annotations.
+async fn template_annotations(client: &kube::Client) -> BTreeMap<String, String> {
+    let api: Api<k8s_openapi::api::apps::v1::StatefulSet> = Api::namespaced(client.clone(), "default");
+    let statefulset = api.get("paddock-zookeeper").await.unwrap();
+    statefulset.spec.template.metadata.and_then(|m| m.annotations).unwrap_or_default()
+}
+
+/// Restarts the servers one at a time, the highest first, each once the one before
+/// serves: what the StatefulSet controller does after a change of the pod template.
+async fn restart_one_at_a_time(ensemble: &mut Ensemble) {
+    for index in (0..ensemble.len()).rev() {
+        ensemble.restart(index, Duration::from_secs(60)).await.unwrap();
+    }
+}
+
+fn der(pem: &str) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap().to_vec()
+}
+
+fn write_replacing(path: &Path, contents: &str) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, contents).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// What each server presents in a TLS handshake.
+async fn served(ensemble: &Ensemble) -> Vec<Option<Vec<u8>>> {
+    let mut served = Vec::new();
+    for index in 0..ensemble.len() {
+        let address = ensemble.address(index);
+        served.push(paddock_recipes::tls::served_certificate(&address.ip().to_string(), address.port()).await);
+    }
+    served
+}
+
+/// ZooKeeper 3.8 reads its key store only at start: the servers' certificate renewed in
+/// their Secret, the operator restarts the ensemble's StatefulSet for it — not while the
+/// servers serve the Secret's certificate, once when they do not, and not again once they
+/// do — and a sidecar's session, lock and queue live through the servers' restart one at a
+/// time: the lock held, nothing lost, a request in flight on a stopping server's connection
+/// answered a retryable 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_server_certificate_restarts_the_ensemble_once_and_sidecars_live_through_it() {
+    use paddock_operator::ensemble_certs::{CERT_ANNOTATION, RESTARTED_AT_ANNOTATION, sha256_hex};
+    let dir = tempfile::tempdir().unwrap();
+    let cert_file = dir.path().join("server-tls/tls.crt");
+    let env = [
+        ("PADDOCK_ZOOKEEPER_STATEFULSET", "paddock-zookeeper".to_owned()),
+        ("PADDOCK_ZOOKEEPER_SERVER_CERT", cert_file.display().to_string()),
+        ("PADDOCK_ZOOKEEPER_CERT_CHECK", "1s".to_owned()),
+    ];
+    let mut setup = setup_with(&env).await;
+    let statefulset = setup.dir.path().join("statefulset.yaml");
+    std::fs::write(&statefulset, STATEFULSET).unwrap();
+    let kubeconfig = setup.dir.path().join("kubeconfig");
+    paddock_testkit::kubectl(&kubeconfig, &["apply", "-f", statefulset.to_str().unwrap()]).unwrap();
+
+    // One certificate served by every server, as the chart's Secret holds one, and the
+    // Secret (its mounted file) holding it: nothing to restart.
+    let first = setup.ensemble.renew_server_certificate("zookeeper-first").unwrap();
+    restart_one_at_a_time(&mut setup.ensemble).await;
+    write_replacing(&cert_file, &first.cert_pem);
+    assert_eq!(served(&setup.ensemble).await, vec![Some(der(&first.cert_pem)); 3]);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(template_annotations(&setup.client).await.get(CERT_ANNOTATION), None, "no restart needed");
+
+    let a = identity(&setup.client, "team-a").await;
+    let (_a, pod) = sidecar(&setup.ensemble, "a-0", "team-a", mount(&setup.dir.path().join("a"), &a)).await;
+    let Acquire::Acquired { token, .. } = pod.acquire("shared", "a-0", "0s").await.unwrap() else { panic!("lock") };
+
+    // Renewed in the Secret: the operator restarts the ensemble for it.
+    let second = setup.ensemble.renew_server_certificate("zookeeper-second").unwrap();
+    write_replacing(&cert_file, &second.cert_pem);
+    let fingerprint = sha256_hex(&der(&second.cert_pem));
+    eventually(Duration::from_secs(30), "the StatefulSet restarted for the renewed certificate", || async {
+        template_annotations(&setup.client).await.get(CERT_ANNOTATION) == Some(&fingerprint)
+    })
+    .await;
+    let restarted_at = template_annotations(&setup.client).await[RESTARTED_AT_ANNOTATION].clone();
+
+    // The StatefulSet controller's part, with a sidecar working all along. A request in
+    // flight on a server's connection when that server stops is answered 503
+    // `zookeeper-unavailable` (its outcome unknown): the worker retries it as the README
+    // tells apps to, the enqueue under an idempotency key so a retry cannot add an item.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let worker = tokio::spawn({
+        let (pod, stop) = (pod.clone(), stop.clone());
+        async move {
+            let (mut rounds, mut unavailable) = (0, 0);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let key = format!("round-{rounds}");
+                let mut tries = 0;
+                loop {
+                    let (code, body) = pod.enqueue_keyed("jobs", "during the restart", Some(&key)).await.unwrap();
+                    match code {
+                        201 => break,
+                        200 if tries > 0 => break, // the first try was applied: its duplicate
+                        503 if body["error"] == "zookeeper-unavailable" => unavailable += 1,
+                        _ => panic!("enqueue: {code} {body}"),
+                    }
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                let item = loop {
+                    match pod.next("jobs", "5s").await {
+                        Ok(Some(item)) => break item,
+                        Err(err) if err.to_string().contains("503") => unavailable += 1,
+                        other => panic!("the item: {other:?}"),
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                };
+                let mut tries = 0;
+                loop {
+                    let (code, body) = pod.settle("jobs", &item.id, "ack", "").await.unwrap();
+                    match code {
+                        200 => break,
+                        404 | 409 if tries > 0 => break, // the first try was applied
+                        503 if body["error"] == "zookeeper-unavailable" => unavailable += 1,
+                        _ => panic!("ack: {code} {body}"),
+                    }
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                rounds += 1;
+            }
+            (rounds, unavailable)
+        }
+    });
+    restart_one_at_a_time(&mut setup.ensemble).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (rounds, unavailable) = worker.await.unwrap();
+    tracing::info!(rounds, unavailable, "worked through the restart");
+    assert!(rounds > 10, "{rounds} rounds during the restart");
+    assert_eq!(served(&setup.ensemble).await, vec![Some(der(&second.cert_pem)); 3]);
+    let (code, status) = pod.lock_status("shared", "a-0").await.unwrap();
+    assert_eq!((code, &status["state"]), (200, &serde_json::json!("held")), "the lock lived through it: {status}");
+    assert_eq!(status["token"], token, "{status}");
+
+    assert_eq!(pod.queue_stats("jobs").await.unwrap()["depth"], 0, "every item enqueued was acked, none left behind");
+
+    // Served now: the operator does not restart the ensemble again.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(template_annotations(&setup.client).await[RESTARTED_AT_ANNOTATION], restarted_at, "restarted once");
 }

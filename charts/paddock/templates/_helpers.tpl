@@ -124,6 +124,18 @@ user gives, required.
 {{- end }}
 
 {{/*
+Each server of the managed ensemble by its pod's name, host:port comma-separated: where the
+operator looks at the certificate each one serves.
+*/}}
+{{- define "paddock.zookeeper.servers" -}}
+{{- $servers := list }}
+{{- range $i := until (int .Values.zookeeper.replicas) }}
+{{- $servers = append $servers (printf "%s-%d.%s.%s.svc.%s:%d" (include "paddock.zookeeper.fullname" $) $i (include "paddock.zookeeper.headlessName" $) $.Release.Namespace $.Values.clusterDomain (int $.Values.zookeeper.clientPort)) }}
+{{- end }}
+{{- join "," $servers }}
+{{- end }}
+
+{{/*
 "[registry/]repository:tag": the tag defaulting to the chart's appVersion, the registry
 being global.imageRegistry (none by default: the names scripts/images.sh gives the images
 it builds, for `kind load image-archive`).

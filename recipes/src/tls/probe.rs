@@ -3,10 +3,14 @@
 //! handshake of its own with the first server and says what it found: the server's
 //! certificate not signed by the CA, not naming the host, the server refusing this
 //! client's certificate, or — without TLS settings — the port serving TLS only.
+//!
+//! [`served_certificate`] reads the certificate a server presents, without trusting or
+//! completing anything: what the operator compares with the servers' Secret to tell that
+//! a server still serves a certificate replaced since it started.
 
 use std::io::Read;
 use std::net::{TcpStream, ToSocketAddrs};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -31,6 +35,21 @@ pub async fn diagnose(tls: Option<&ZkTls>, connect: &str) -> Option<String> {
     tokio::task::spawn_blocking(move || {
         let outcome = handshake(config, &host, port);
         explain(with_tls, &host, port, outcome)
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+/// The certificate (DER) the server at `host:port` presents in a TLS handshake; None when
+/// it cannot be reached or presents none (it does not serve TLS). The handshake stops
+/// once the certificate is seen: no client certificate is sent and nothing is trusted.
+pub async fn served_certificate(host: &str, port: u16) -> Option<Vec<u8>> {
+    let (config, seen) = capture_config();
+    let host = host.to_owned();
+    tokio::task::spawn_blocking(move || {
+        handshake(config, &host, port);
+        seen.lock().expect("not poisoned").take()
     })
     .await
     .ok()
@@ -130,32 +149,45 @@ fn explain(with_tls: bool, host: &str, port: u16, outcome: Outcome) -> Option<St
     Some(what)
 }
 
-/// A config for probing a server without TLS settings: its verifier records that a
-/// certificate came and refuses it, so the probe never carries data.
+/// A config for probing a server without TLS settings: see [`capture_config`].
 fn plain_probe_config() -> Arc<rustls::ClientConfig> {
+    capture_config().0
+}
+
+/// A config whose verifier records the certificate the server presents and refuses it
+/// (with [`SPEAKS_TLS`]), so the probe never carries data; and where it records it.
+fn capture_config() -> (Arc<rustls::ClientConfig>, Seen) {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = Arc::new(RefuseAll(provider.clone()));
+    let seen = Arc::new(Mutex::new(None));
+    let verifier = Arc::new(CaptureAndRefuse { provider: provider.clone(), seen: seen.clone() });
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .expect("ring supports the default protocol versions")
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
-    Arc::new(config)
+    (Arc::new(config), seen)
 }
 
-#[derive(Debug)]
-struct RefuseAll(Arc<rustls::crypto::CryptoProvider>);
+/// Where [`CaptureAndRefuse`] puts the certificate it was shown (DER).
+type Seen = Arc<Mutex<Option<Vec<u8>>>>;
 
-impl ServerCertVerifier for RefuseAll {
+#[derive(Debug)]
+struct CaptureAndRefuse {
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    seen: Seen,
+}
+
+impl ServerCertVerifier for CaptureAndRefuse {
     fn verify_server_cert(
         &self,
-        _: &CertificateDer<'_>,
+        end_entity: &CertificateDer<'_>,
         _: &[CertificateDer<'_>],
         _: &ServerName<'_>,
         _: &[u8],
         _: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
+        *self.seen.lock().expect("not poisoned") = Some(end_entity.to_vec());
         Err(Error::General(SPEAKS_TLS.to_owned()))
     }
 
@@ -178,7 +210,7 @@ impl ServerCertVerifier for RefuseAll {
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
 

@@ -69,6 +69,10 @@ const ZK_TLS_ENV: &[&str] = &[
     "PADDOCK_CLIENT_CA_CERT",
     "PADDOCK_CLIENT_CA_KEY",
     "PADDOCK_CLIENT_CERT_LIFETIME",
+    // The managed ensemble restarted when its servers' certificate is renewed.
+    "PADDOCK_ZOOKEEPER_STATEFULSET",
+    "PADDOCK_ZOOKEEPER_SERVER_CERT",
+    "PADDOCK_ZOOKEEPER_SERVERS",
 ];
 
 /// API calls the operator makes, (group, resource, verb): a floor under
@@ -834,6 +838,23 @@ fn zookeeper_serves_tls_only_by_default_and_the_operator_connects_with_a_certifi
     assert_eq!(env_value(operator, "PADDOCK_CLIENT_CA_KEY"), format!("{ca_dir}/tls.key"));
     assert_eq!(secret_at(operator_pod, operator, &ca_dir), ca["spec"]["secretName"].as_str().unwrap());
     assert_eq!(env_value(operator, "PADDOCK_CLIENT_CERT_LIFETIME"), "720h");
+    // ZooKeeper reads its key store only at start: the operator restarts the StatefulSet
+    // when a server serves another certificate than the servers' Secret holds. It sees
+    // that Secret's certificate and not its key, looks at each server by its pod's name,
+    // and may get and patch that StatefulSet and no other.
+    assert_eq!(env_value(operator, "PADDOCK_ZOOKEEPER_STATEFULSET"), set.metadata.name.as_deref().unwrap());
+    let cert_dir = env_value(operator, "PADDOCK_ZOOKEEPER_SERVER_CERT").strip_suffix("/tls.crt").expect("tls.crt");
+    assert_eq!(secret_at(operator_pod, operator, cert_dir), server_secret);
+    let mount = operator.volume_mounts.iter().flatten().find(|m| m.mount_path == cert_dir).unwrap();
+    let volume = operator_pod.volumes.iter().flatten().find(|v| v.name == mount.name).unwrap();
+    let items: Vec<&str> = volume.secret.as_ref().unwrap().items.iter().flatten().map(|i| i.key.as_str()).collect();
+    assert_eq!(items, ["tls.crt"], "the servers' certificate only, not their key");
+    let servers: Vec<String> =
+        (0..3).map(|i| format!("{}-zookeeper-{i}.{headless}.{NAMESPACE}.svc.cluster.local:2181", fullname())).collect();
+    assert_eq!(env_value(operator, "PADDOCK_ZOOKEEPER_SERVERS"), servers.join(","));
+    let restart =
+        ("apps".to_owned(), "statefulsets".to_owned(), "patch".to_owned(), set.metadata.name.clone().unwrap());
+    assert!(grants(objects.roles[0].rules.as_deref().unwrap()).contains(&restart), "patch of the StatefulSet, by name");
 
     // Secrets of the user's instead: no cert-manager object, the Secrets mounted.
     let objects = Objects::parse(

@@ -124,6 +124,8 @@ impl Store {
             ("", "v1", "pods", "Pod", true),
             // Stored only (nothing runs them): examples/ holds one.
             ("batch", "v1", "cronjobs", "CronJob", true),
+            // Stored only: the operator restarts the managed ensemble's by a patch.
+            ("apps", "v1", "statefulsets", "StatefulSet", true),
             ("events.k8s.io", "v1", "events", "Event", true),
             ("coordination.k8s.io", "v1", "leases", "Lease", true),
             (

@@ -487,6 +487,19 @@ impl Ensemble {
         self.wait_until_serving(timeout).await
     }
 
+    /// A renewed server certificate (`common_name` tells renewals apart), one for every
+    /// server as a chart's Secret holds one, written into each server's key store: served
+    /// by each server from its next start (TLS ensembles only).
+    pub fn renew_server_certificate(&self, common_name: &str) -> Result<crate::tls::Issued> {
+        let tls = self.tls.as_ref().context("renewing a server certificate needs EnsembleOptions::tls")?;
+        let hosts: Vec<std::net::IpAddr> = self.servers.iter().map(|s| s.host.into()).collect();
+        let issued = tls.ca().issue_servers(&hosts, common_name)?;
+        for server in &self.servers {
+            tls.replace_server_store(&server.dir, &issued)?;
+        }
+        Ok(issued)
+    }
+
     /// Process id of one server, while it runs.
     pub fn pid(&self, index: usize) -> Option<u32> {
         self.servers[index].child.as_ref().map(Child::id)

@@ -56,12 +56,17 @@ impl TestCa {
     /// A server certificate naming 127.0.0.1, localhost and `host` (no extended key usage,
     /// so the quorum may use it as a client certificate too).
     pub fn issue_server(&self, host: IpAddr) -> Result<Issued> {
+        self.issue_servers(&[host], &format!("zookeeper-{host}"))
+    }
+
+    /// One server certificate for all of `hosts` (and 127.0.0.1, localhost), as a chart's
+    /// ensemble shares one; `common_name` tells certificates apart.
+    pub fn issue_servers(&self, hosts: &[IpAddr], common_name: &str) -> Result<Issued> {
         let mut names = vec!["127.0.0.1".to_owned(), "localhost".to_owned()];
-        if !host.is_loopback() {
-            names.push(host.to_string());
-        }
+        names.extend(hosts.iter().filter(|h| !h.is_loopback()).map(IpAddr::to_string));
+        names.dedup();
         let mut params = CertificateParams::new(names)?;
-        params.distinguished_name.push(DnType::CommonName, format!("zookeeper-{host}"));
+        params.distinguished_name.push(DnType::CommonName, common_name);
         self.sign(params)
     }
 
@@ -217,6 +222,16 @@ impl EnsembleTls {
         let path = server_dir.join("keystore.pem");
         fs::write(&path, format!("{}{}", issued.key_pem, issued.cert_pem))?;
         Ok(path)
+    }
+
+    /// Writes `issued` as one server's key store, replacing the one it started with (a
+    /// server reads its key store only at start).
+    pub(crate) fn replace_server_store(&self, server_dir: &Path, issued: &Issued) -> Result<()> {
+        let path = server_dir.join("keystore.pem");
+        let tmp = server_dir.join(".keystore.pem.tmp");
+        fs::write(&tmp, format!("{}{}", issued.key_pem, issued.cert_pem))?;
+        fs::rename(&tmp, &path)?;
+        Ok(())
     }
 
     /// A four-letter word over TLS, with the testkit's certificate.
