@@ -187,6 +187,58 @@ impl Standin {
             secret["data"][key].as_str().with_context(|| format!("key {key} of Secret {namespace}/{name}"))?;
         Ok(String::from_utf8(base64::engine::general_purpose::STANDARD.decode(encoded)?)?)
     }
+
+    /// The kubelet's part for the Secret volumes that `container` of `pod` (in `namespace`)
+    /// mounts: each Secret's keys, or its `items`, written as files under `dir/<volume>`,
+    /// readable by any user as the kubelet's default mode (0644) makes them. (volume name,
+    /// directory) pairs, for [`HostVolume`]s.
+    pub fn secret_volumes(
+        &self,
+        pod: &Value,
+        container: &Value,
+        namespace: &str,
+        dir: &Path,
+    ) -> Result<Vec<(String, PathBuf)>> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mounted: Vec<&str> =
+            container["volumeMounts"].as_array().into_iter().flatten().filter_map(|m| m["name"].as_str()).collect();
+        let mut out = Vec::new();
+        for volume in pod["volumes"].as_array().into_iter().flatten() {
+            let (Some(name), Some(secret)) = (volume["name"].as_str(), volume["secret"]["secretName"].as_str()) else {
+                continue;
+            };
+            if !mounted.contains(&name) {
+                continue;
+            }
+            let data: Value =
+                serde_json::from_str(&self.kubectl(&["get", "secret", "-n", namespace, secret, "-o", "json"], None)?)?;
+            let data = data["data"].as_object().with_context(|| format!("Secret {namespace}/{secret} has data"))?;
+            let items: Vec<(String, String)> = match volume["secret"]["items"].as_array() {
+                Some(items) => items
+                    .iter()
+                    .map(|i| {
+                        Ok((
+                            i["key"].as_str().context("key")?.to_owned(),
+                            i["path"].as_str().context("path")?.to_owned(),
+                        ))
+                    })
+                    .collect::<Result<_>>()?,
+                None => data.keys().map(|k| (k.clone(), k.clone())).collect(),
+            };
+            let volume_dir = dir.join(name);
+            std::fs::create_dir_all(&volume_dir)?;
+            std::fs::set_permissions(&volume_dir, std::fs::Permissions::from_mode(0o755))?;
+            for (key, path) in items {
+                let encoded = data.get(&key).and_then(Value::as_str);
+                let encoded = encoded.with_context(|| format!("key {key} of Secret {namespace}/{secret}"))?;
+                let file = volume_dir.join(path);
+                std::fs::write(&file, base64::engine::general_purpose::STANDARD.decode(encoded)?)?;
+                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644))?;
+            }
+            out.push((name.to_owned(), volume_dir));
+        }
+        Ok(out)
+    }
 }
 
 impl Drop for Standin {

@@ -1,10 +1,12 @@
 //! The images `scripts/images.sh` built, run as real containers with podman, configured as
 //! the chart and the webhook configure them in a cluster: three paddock-zookeeper
-//! containers form an ensemble from the chart's zoo.cfg and start script, and the chart's
+//! containers form an ensemble from the chart's default zoo.cfg and start script — TLS
+//! only, certificates as cert-manager would issue them for the chart — and the chart's
 //! probes pass; the paddock-operator container reconciles `examples/` through the
-//! Kubernetes API stand-in against that ensemble; a paddock-sidecar container started
-//! with exactly the environment the webhook's patch gives it serves a lock and a queue to
-//! a client on the host; for the example CronJob's pod (`paddock.dev/cli`) the patch's
+//! Kubernetes API stand-in against that ensemble, issuing namespace `demo` its client
+//! certificate; a paddock-sidecar container started with exactly the environment and
+//! volumes the webhook's patch gives it serves a lock and a queue over TLS to a client on
+//! the host; for the example CronJob's pod (`paddock.dev/cli`) the patch's
 //! init container installs the `paddock` command from the sidecar image, and the app
 //! container finds it through the PATH the patch gives it and runs the report under its
 //! lock. Every container runs as 65532 on a read-only root filesystem (the app's as the
@@ -12,8 +14,9 @@
 //!
 //! Only what cannot work outside a cluster is changed, each named where it is done: DNS
 //! names and fixed ports become 127.0.0.1 and free ports (the containers share the host's
-//! network), and the operator finds the API through a kubeconfig instead of a service
-//! account. The tests need the archives (`bash scripts/images.sh`), so they are ignored
+//! network), the operator finds the API through a kubeconfig instead of a service
+//! account, and the test does cert-manager's part (the Secrets of the chart's
+//! Certificates). The tests need the archives (`bash scripts/images.sh`), so they are ignored
 //! by a plain `cargo test`; `scripts/test.sh` builds the images and runs them.
 
 use std::collections::BTreeMap;
@@ -151,20 +154,12 @@ fn run_the_stack(podman: &Podman) -> Result<()> {
     for image in IMAGES {
         podman.load(image)?;
     }
-    // Small heaps: three JVMs on a shared test machine. In plain text: the injected
-    // sidecar is not given ZooKeeper's TLS settings yet (the chart's TLS ensemble runs from
-    // its rendered configuration in tools/helm-render/tests/helm_chart.rs, not in images).
-    let docs = render_chart(&[
-        "--set",
-        "zookeeper.heapMb=128",
-        "--set",
-        "zookeeper.jvmFlags=-XX:+UseSerialGC",
-        "--set",
-        "zookeeper.tls.enabled=false",
-    ])?;
-    let ensemble = Ensemble::start(podman, &docs)?;
-    ensemble.serves()?;
+    // Small heaps: three JVMs on a shared test machine. TLS as the chart's default.
+    let docs = render_chart(&["--set", "zookeeper.heapMb=128", "--set", "zookeeper.jvmFlags=-XX:+UseSerialGC"])?;
     let api = api_with_the_chart(podman, &docs)?;
+    let tls = cert_manager_s_part(&docs, &api)?;
+    let ensemble = Ensemble::start(podman, &docs, &api)?;
+    ensemble.serves(&tls)?;
     let operator = start_operator(podman, &docs, &api, &ensemble.connect_string())?;
     examples_are_reconciled(&api)?;
     let pod = inject_the_app_pod(&docs, &api, &operator)?;
@@ -177,6 +172,7 @@ fn run_the_stack(podman: &Podman) -> Result<()> {
         ensure!(process_uids(pid)? == [NON_ROOT; 4], "{name} runs as {:?}", process_uids(pid)?);
         ensure!(root_is_read_only(pid)?, "{name}'s root filesystem is read-only");
     }
+    the_operator_restarts_the_ensemble_only_for_a_replaced_certificate(podman, &docs, &api, &tls)?;
     ensemble.a_server_without_quorum_is_live_but_not_ready()
 }
 
@@ -192,7 +188,7 @@ struct Ensemble<'a> {
 impl<'a> Ensemble<'a> {
     const SERVERS: usize = 3;
 
-    fn start(podman: &'a Podman, docs: &'a [Value]) -> Result<Self> {
+    fn start(podman: &'a Podman, docs: &'a [Value], api: &Standin) -> Result<Self> {
         let set = object(docs, "StatefulSet", None);
         let set_name = set["metadata"]["name"].as_str().context("name")?;
         ensure!(set["spec"]["replicas"] == Self::SERVERS, "the chart's default ensemble has 3 servers");
@@ -212,7 +208,12 @@ impl<'a> Ensemble<'a> {
                 std::fs::write(config_dir.join(script), config[script].as_str().context("a script")?)?;
             }
             let env = resolve_env(container, &format!("{set_name}-{i}"), NAMESPACE, |_, _| unreachable!("no Secret"))?;
-            let volumes = [HostVolume { name: "config", dir: &config_dir }, HostVolume { name: "data", dir: &data }];
+            // The servers' certificate (Secret volume `tls`), as the kubelet mounts it.
+            let secrets = api.secret_volumes(pod, container, NAMESPACE, &dir)?;
+            ensure!(secrets.iter().any(|(name, _)| name == "tls"), "the chart mounts the servers' certificate");
+            let mut volumes =
+                vec![HostVolume { name: "config", dir: &config_dir }, HostVolume { name: "data", dir: &data }];
+            volumes.extend(secrets.iter().map(|(name, dir)| HostVolume { name, dir }));
             podman.run(&run_args(&format!("zk-{i}"), pod, container, &env, &volumes, &[])?)?;
         }
         // start.sh gave each server the id of its pod's ordinal plus one.
@@ -243,8 +244,9 @@ impl<'a> Ensemble<'a> {
         Ok(self.podman.succeeds(&args))
     }
 
-    /// Every server ready and live by the chart's probes, one quorum, the chart's words.
-    fn serves(&self) -> Result<()> {
+    /// Every server ready and live by the chart's probes, one quorum, the chart's words,
+    /// over TLS only.
+    fn serves(&self, tls: &TestTls) -> Result<()> {
         for i in 0..Self::SERVERS {
             eventually(Duration::from_secs(120), &format!("server {i} is ready (readinessProbe)"), || {
                 self.probe(i, "readinessProbe").unwrap_or(false)
@@ -253,12 +255,14 @@ impl<'a> Ensemble<'a> {
         }
         let mut modes = Vec::new();
         for i in 0..Self::SERVERS {
-            let reply = four_letter_word(self.client_port(i), "srvr")?;
+            let reply = tls.four_letter_word(self.client_port(i), "srvr")?;
             modes.push(reply.lines().find_map(|l| l.strip_prefix("Mode: ")).context("a mode")?.to_owned());
         }
         ensure!(modes.iter().filter(|m| *m == "leader").count() == 1, "one quorum of three: {modes:?}");
-        let stat = four_letter_word(self.client_port(0), "stat")?;
+        let stat = tls.four_letter_word(self.client_port(0), "stat")?;
         ensure!(stat.contains("not in the whitelist"), "the chart's word whitelist is in force: {stat}");
+        let plain = four_letter_word(self.client_port(0), "srvr");
+        ensure!(!plain.as_ref().is_ok_and(|r| r.contains("Mode:")), "no plain client port: {plain:?}");
         // The snapshots and logs are on the data volume (the root filesystem is read-only).
         for i in 0..Self::SERVERS {
             let data = self.podman.scratch(&format!("zk-{i}"))?.join("data/version-2");
@@ -279,14 +283,16 @@ impl<'a> Ensemble<'a> {
 }
 
 /// The Kubernetes API stand-in holding what of the chart it can: the namespaces, the
-/// CRDs, the operator's ZooKeeper credentials, the ConfigMap, the webhook configuration.
+/// CRDs, the operator's ZooKeeper credentials, the ConfigMap, the webhook configuration,
+/// the ZooKeeper StatefulSet.
 fn api_with_the_chart(podman: &Podman, docs: &[Value]) -> Result<Standin> {
     let api = Standin::start(&podman.scratch("kube")?.join("config"))?;
     let namespaces: Vec<Value> = [NAMESPACE, "demo"]
         .iter()
         .map(|n| json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n}}))
         .collect();
-    let held = ["CustomResourceDefinition", "Secret", "ConfigMap", "MutatingWebhookConfiguration"];
+    // The StatefulSet is stored only: the operator reads it (and would restart it).
+    let held = ["CustomResourceDefinition", "Secret", "ConfigMap", "MutatingWebhookConfiguration", "StatefulSet"];
     let objects = namespaces.iter().chain(docs.iter().filter(|d| held.iter().any(|k| d["kind"] == *k)));
     let stream: String = objects.map(|object| format!("---\n{object}\n")).collect();
     api.kubectl(&["apply", "-f", "-"], Some(&stream))?;
@@ -302,8 +308,9 @@ struct OperatorPorts {
 }
 
 /// The operator: the Deployment's container with its environment resolved. Changed: the
-/// ZooKeeper address (no cluster DNS here), listen addresses and the sidecar's ports
-/// (fixed ports on a shared host network), and KUBECONFIG (no service account).
+/// ZooKeeper addresses (no cluster DNS here), listen addresses and the sidecar's ports
+/// (fixed ports on a shared host network), KUBECONFIG (no service account), and how often
+/// it looks at the servers' certificates.
 fn start_operator(podman: &Podman, docs: &[Value], api: &Standin, connect: &str) -> Result<OperatorPorts> {
     let deployment = object(docs, "Deployment", None);
     let (pod, container) = pod_spec(deployment);
@@ -315,16 +322,23 @@ fn start_operator(podman: &Podman, docs: &[Value], api: &Standin, connect: &str)
         ("PADDOCK_SIDECAR_ZOOKEEPER", connect.to_owned()),
         ("PADDOCK_METRICS_LISTEN", format!("127.0.0.1:{metrics}")),
         ("PADDOCK_WEBHOOK_LISTEN", format!("127.0.0.1:{webhook}")),
+        ("PADDOCK_ZOOKEEPER_SERVERS", connect.to_owned()),
     ] {
         *env.get_mut(name).with_context(|| format!("the chart sets {name}"))? = value;
     }
     env.insert("PADDOCK_SIDECAR_PORT".into(), sidecar.to_string());
     env.insert("PADDOCK_SIDECAR_HEALTH_PORT".into(), sidecar_health.to_string());
     env.insert("KUBECONFIG".into(), "/kube/config".into());
+    // Its servers' certificate looked at every 2 s, not every minute.
+    env.insert("PADDOCK_ZOOKEEPER_CERT_CHECK".into(), "2s".into());
     ensure!(container["command"].is_null(), "the chart runs the image's entrypoint");
     let kube_dir = api.kubeconfig.parent().context("the kubeconfig's directory")?;
     let kubeconfig = [format!("--volume={}:/kube:ro", kube_dir.display())];
-    podman.run(&run_args("operator", pod, container, &env, &[], &kubeconfig)?)?;
+    // Its certificate, the client CA and the servers' certificate, as the kubelet mounts them.
+    let secrets = api.secret_volumes(pod, container, NAMESPACE, &podman.scratch("operator")?)?;
+    ensure!(secrets.len() == 3, "the operator's Secret volumes: {secrets:?}");
+    let volumes: Vec<HostVolume> = secrets.iter().map(|(name, dir)| HostVolume { name, dir }).collect();
+    podman.run(&run_args("operator", pod, container, &env, &volumes, &kubeconfig)?)?;
     // Its probes, as the chart renders them: HTTP on the metrics port.
     for (probe, path) in [("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")] {
         ensure!(container[probe]["httpGet"]["path"] == path && container[probe]["httpGet"]["port"] == "metrics");
@@ -336,7 +350,7 @@ fn start_operator(podman: &Podman, docs: &[Value], api: &Standin, connect: &str)
 }
 
 /// `examples/` applied in namespace demo: every lock and queue Ready against the
-/// ensemble, and the namespace's ZooKeeper identity made.
+/// ensemble, and the namespace's ZooKeeper identity made (a client certificate).
 fn examples_are_reconciled(api: &Standin) -> Result<()> {
     api.kubectl(&["apply", "-n", "demo", "-f", "examples/"], None)?;
     const READY: &str = r#"jsonpath={range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}"#;
@@ -348,8 +362,8 @@ fn examples_are_reconciled(api: &Standin) -> Result<()> {
     })?;
     let locks = api.kubectl(&["get", "distributedlocks", "-n", "demo", "-o", "name"], None)?;
     ensure!(locks.contains("orders") && locks.contains("workers"), "{locks}");
-    eventually(Duration::from_secs(30), "the namespace's credentials", || {
-        api.secret("demo", "paddock-zookeeper-credentials", "credentials").is_ok()
+    eventually(Duration::from_secs(30), "the namespace's certificate", || {
+        api.secret("demo", "paddock-zookeeper-credentials", "tls.crt").is_ok()
     })
 }
 
@@ -413,7 +427,11 @@ fn start_the_sidecar(
     ensure!(sidecar["image"] == operator.sidecar_image.as_str(), "the chart's sidecar image");
     let env = resolve_env(sidecar, "app", "demo", |name, key| api.secret("demo", name, key))?;
     ensure!(env["PADDOCK_ZOOKEEPER"] == connect, "the sidecar reaches the ensemble");
-    let args = run_args("sidecar", spec, sidecar, &env, &[], &[])?;
+    ensure!(env.contains_key("PADDOCK_ZK_TLS_CA"), "the patch gives the sidecar ZooKeeper's TLS settings: {env:?}");
+    let secrets = api.secret_volumes(spec, sidecar, "demo", &podman.scratch("sidecar")?)?;
+    ensure!(secrets.len() == 1, "the namespace's certificate, mounted: {secrets:?}");
+    let volumes: Vec<HostVolume> = secrets.iter().map(|(name, dir)| HostVolume { name, dir }).collect();
+    let args = run_args("sidecar", spec, sidecar, &env, &volumes, &[])?;
     ensure!(args.contains(&"--read-only".to_owned()) && args.contains(&format!("--user={NON_ROOT}")), "{args:?}");
     podman.run(&args)?;
     let startup = &sidecar["startupProbe"]["httpGet"];
@@ -550,11 +568,16 @@ fn on_loopback(config: &str, ports: &[u16], index: usize) -> String {
     for line in config.lines() {
         let line = match line.split_once('=') {
             Some(("clientPort", _)) => format!("clientPort={}\nclientPortAddress=127.0.0.1", ports[3 * index]),
+            Some(("secureClientPort", _)) => {
+                format!("secureClientPort={}\nsecureClientPortAddress=127.0.0.1", ports[3 * index])
+            }
             Some(("quorumListenOnAllIPs", _)) => "quorumListenOnAllIPs=false".to_owned(),
-            Some((key, _)) if key.starts_with("server.") => {
+            // A plain client port only where the chart opens one (`;host:port`).
+            Some((key, value)) if key.starts_with("server.") => {
                 let n: usize = key["server.".len()..].parse().expect("server.N");
                 let (client, peer, election) = (ports[3 * (n - 1)], ports[3 * (n - 1) + 1], ports[3 * (n - 1) + 2]);
-                format!("{key}=127.0.0.1:{peer}:{election};127.0.0.1:{client}")
+                let client = if value.contains(';') { format!(";127.0.0.1:{client}") } else { String::new() };
+                format!("{key}=127.0.0.1:{peer}:{election}{client}")
             }
             _ => line.to_owned(),
         };
@@ -584,4 +607,90 @@ fn http_ok(url: &str) -> bool {
         .timeout(Duration::from_secs(2))
         .send()
         .is_ok_and(|r| r.status().is_success())
+}
+
+/// The CA standing for cert-manager's, and the test's own client certificate.
+struct TestTls {
+    ca: paddock_testkit::TestCa,
+    client: paddock_testkit::tls::Issued,
+}
+
+impl TestTls {
+    /// A four-letter word over TLS to the server on `port`.
+    fn four_letter_word(&self, port: u16, word: &str) -> Result<String> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        runtime.block_on(paddock_testkit::tls::four_letter_word(
+            &self.ca.pem(),
+            &self.client,
+            ([127, 0, 0, 1], port).into(),
+            word,
+        ))
+    }
+}
+
+/// What cert-manager does for the chart: each Certificate's Secret (`ca.crt`, `tls.crt`,
+/// `tls.key`, keys PKCS#8), from one CA — the CA's own, the servers' (`server auth`) for
+/// 127.0.0.1 (changed: its DNS names, which name pods of a cluster), and a client
+/// certificate for a `commonName`. Stored in the stand-in, where the kubelet stand-in mounts them from.
+fn cert_manager_s_part(docs: &[Value], api: &Standin) -> Result<TestTls> {
+    let ca = paddock_testkit::TestCa::new("paddock-images-test-ca")?;
+    let certificates: Vec<&Value> = docs.iter().filter(|d| d["kind"] == "Certificate").collect();
+    ensure!(certificates.len() == 3, "the chart's ZooKeeper Certificates: CA, servers, operator");
+    let mut secrets = String::new();
+    for certificate in certificates {
+        let spec = &certificate["spec"];
+        let serves = spec["usages"].as_array().is_some_and(|u| u.iter().any(|u| u == "server auth"));
+        let (cert, key) = if spec["isCA"] == true {
+            (ca.pem(), ca.key_pem())
+        } else if serves {
+            let issued = ca.issue_server([127, 0, 0, 1].into())?;
+            (issued.cert_pem, issued.key_pem)
+        } else {
+            let name = spec["commonName"].as_str().context("a client certificate's commonName")?;
+            let issued = ca.issue_client(&format!("CN={name}"), false)?;
+            (issued.cert_pem, issued.key_pem)
+        };
+        let encode = |text: &str| base64::engine::general_purpose::STANDARD.encode(text);
+        let secret = json!({
+            "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+            "metadata": {"name": spec["secretName"], "namespace": NAMESPACE},
+            "data": {"ca.crt": encode(&ca.pem()), "tls.crt": encode(&cert), "tls.key": encode(&key)},
+        });
+        secrets.push_str(&format!("---\n{secret}\n"));
+    }
+    api.kubectl(&["apply", "-f", "-"], Some(&secrets))?;
+    let client = ca.issue_client("CN=paddock-images-test", false)?;
+    Ok(TestTls { ca, client })
+}
+
+/// The operator looks at the certificate each server serves (every 2 s here): while they
+/// serve their Secret's, it leaves the StatefulSet alone and says nothing about it; once
+/// the Secret holds a renewed one (cert-manager renews it, the kubelet refreshes the
+/// operator's copy), it restarts the StatefulSet (a pod-template annotation).
+fn the_operator_restarts_the_ensemble_only_for_a_replaced_certificate(
+    podman: &Podman,
+    docs: &[Value],
+    api: &Standin,
+    tls: &TestTls,
+) -> Result<()> {
+    let set = object(docs, "StatefulSet", None)["metadata"]["name"].as_str().context("name")?;
+    let restarted_at = || -> Result<Option<String>> {
+        let stored = api.kubectl(&["get", "statefulset", "-n", NAMESPACE, set, "-o", "json"], None)?;
+        let stored: Value = serde_json::from_str(&stored)?;
+        let at = &stored["spec"]["template"]["metadata"]["annotations"]["paddock.dev/restarted-at"];
+        Ok(at.as_str().map(str::to_owned))
+    };
+    std::thread::sleep(Duration::from_secs(5));
+    ensure!(restarted_at()?.is_none(), "not restarted while the servers serve their Secret's certificate");
+    let logs = podman.logs("operator");
+    for trouble in ["servers' certificates", "replaced certificate"] {
+        ensure!(!logs.contains(trouble), "nothing to say about the servers' certificates ({trouble}):\n{logs}");
+    }
+    let renewed = tls.ca.issue_server([127, 0, 0, 1].into())?;
+    let mounted = podman.scratch("operator")?.join("zookeeper-server-cert");
+    std::fs::write(mounted.join(".tls.crt.new"), &renewed.cert_pem)?;
+    std::fs::rename(mounted.join(".tls.crt.new"), mounted.join("tls.crt"))?;
+    eventually(Duration::from_secs(30), "the operator restarts the StatefulSet for the renewed certificate", || {
+        restarted_at().is_ok_and(|at| at.is_some())
+    })
 }

@@ -53,6 +53,11 @@ impl TestCa {
         self.cert.pem()
     }
 
+    /// The CA's private key, PEM (PKCS#8): what a CA Secret holds as `tls.key`.
+    pub fn key_pem(&self) -> String {
+        self.key.serialize_pem()
+    }
+
     /// A server certificate naming 127.0.0.1, localhost and `host` (no extended key usage,
     /// so the quorum may use it as a client certificate too).
     pub fn issue_server(&self, host: IpAddr) -> Result<Issued> {
@@ -144,7 +149,7 @@ impl EnsembleTls {
         fs::create_dir_all(dir.join("clients"))?;
         let ca = TestCa::new("paddock-test-ca")?;
         fs::write(dir.join("ca.pem"), ca.pem())?;
-        fs::write(dir.join("ca.key"), ca.key.serialize_pem())?;
+        fs::write(dir.join("ca.key"), ca.key_pem())?;
         let admin = write_client(&dir, "testkit", "CN=paddock-testkit", ca.issue_client("CN=paddock-testkit", false)?)?;
         let probe = rustls_config(&ca.pem(), &admin.issued)?;
         Ok(Self { ca, dir, admin, probe })
