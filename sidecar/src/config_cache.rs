@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use paddock_recipes::retry::while_unknown;
 use paddock_recipes::session::Current;
 use paddock_recipes::zk;
 
@@ -47,13 +48,17 @@ impl<T: Clone + Send + 'static> ConfigCache<T> {
         {
             return Ok(value.clone());
         }
-        // Watch first, then read: a change after the read is an event on the watch.
-        let mut watcher = match current.client.watch(path, zk::AddWatchMode::PersistentRecursive).await {
-            Ok(watcher) => watcher,
-            Err(err) => return Err(CacheError::ZooKeeper(err)),
-        };
-        let data = match current.client.get_data(path).await {
-            Ok((data, _)) => data,
+        // Watch first, then read: a change after the read is an event on the watch. An
+        // entry is forgotten when the connection drops, so this read often comes while the
+        // session moves to another server: it is retried until the session is back.
+        let client = &current.client;
+        let read = while_unknown(client, "reading a config", |_| async {
+            let watcher = client.watch(path, zk::AddWatchMode::PersistentRecursive).await?;
+            let (data, _) = client.get_data(path).await?;
+            Ok::<_, zk::Error>((watcher, data))
+        });
+        let (mut watcher, data) = match read.await {
+            Ok(read) => read,
             Err(zk::Error::NoNode) => return Err(CacheError::NoNode),
             Err(err) => return Err(CacheError::ZooKeeper(err)),
         };

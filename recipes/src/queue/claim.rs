@@ -60,12 +60,18 @@ pub(super) const READ_CHUNK: usize = 32;
 /// [`READ_CHUNK`] candidates (the chunks go out together), not one each. In `ids`' order.
 pub async fn read_candidates(client: &zk::Client, paths: &QueuePaths, ids: &[ItemId]) -> Result<Vec<Read>, QueueError> {
     let chunks = ids.chunks(READ_CHUNK).map(|chunk| async move {
-        let mut reader = client.new_multi_reader();
-        for id in chunk {
-            reader.add_get_data(&id.path(paths))?;
-            reader.add_get_data(&paths.attempts_of(&id.to_string()))?;
-        }
-        let mut results = reader.commit().await?.into_iter();
+        // A read is retried when the connection drops under it (the session moving to
+        // another server): it changes nothing.
+        let results = while_unknown(client, "reading candidates", |_| async {
+            let mut reader = client.new_multi_reader();
+            for id in chunk {
+                reader.add_get_data(&id.path(paths))?;
+                reader.add_get_data(&paths.attempts_of(&id.to_string()))?;
+            }
+            reader.commit().await
+        })
+        .await?;
+        let mut results = results.into_iter();
         Ok::<_, QueueError>(
             chunk.iter().map(|id| read_of(id, paths, results.next(), results.next())).collect::<Vec<_>>(),
         )
@@ -268,11 +274,15 @@ pub async fn claim_next(
                 skip.insert(id);
                 pick = 1 + (uuid::Uuid::new_v4().as_u128() % view::PICK_WINDOW as u128) as usize;
             }
-            ClaimOutcome::Unknown { delivery, error } => {
-                let delivery = resolve_unknown(client, paths, delivery, error).await?;
-                view.mark_claimed(&id);
-                return Ok(Some(delivery));
-            }
+            ClaimOutcome::Unknown { delivery, error } => match resolve_unknown(client, paths, delivery, error).await {
+                Ok(delivery) => {
+                    view.mark_claimed(&id);
+                    return Ok(Some(delivery));
+                }
+                // Not applied, and the session is back: the item is there to claim again.
+                Err(_) if client.state() == zk::SessionState::SyncConnected => {}
+                Err(err) => return Err(err),
+            },
         }
     }
     Ok(None)
@@ -294,7 +304,9 @@ pub(super) async fn next_in_view(
             Next::Empty { .. } => return Ok(None),
             Next::Load(bucket) => {
                 view.loading(&bucket);
-                let nodes = match client.list_children(&paths.bucket(&bucket)).await {
+                let listed =
+                    while_unknown(client, "listing a bucket", |_| client.list_children(&paths.bucket(&bucket)));
+                let nodes = match listed.await {
                     Ok(nodes) => Some(nodes),
                     Err(zk::Error::NoNode) => None,
                     Err(err) => return Err(err.into()),

@@ -58,12 +58,11 @@ pub(super) async fn ensure_place(client: &zk::Client, paths: &QueuePaths, place:
 /// (pipelined reads) and the missing ones created together, so that a batch over many
 /// new groups costs two round trips, not one create per place.
 async fn ensure_places(client: &zk::Client, paths: &QueuePaths, places: &[Placed]) -> Result<(), QueueError> {
-    if places.iter().any(|p| matches!(p.place, Place::Group(_))) && client.check_stat(&paths.groups()).await?.is_none()
-    {
+    if places.iter().any(|p| matches!(p.place, Place::Group(_))) && exists(client, &paths.groups()).await?.is_none() {
         ensure_child(client, paths, &paths.groups()).await?;
     }
     let dirs: Vec<String> = places.iter().map(|p| p.place.dir(paths)).collect();
-    let found = futures::future::join_all(dirs.iter().map(|dir| client.check_stat(dir))).await;
+    let found = futures::future::join_all(dirs.iter().map(|dir| exists(client, dir))).await;
     let mut missing = Vec::new();
     for (dir, stat) in dirs.iter().zip(found) {
         if stat?.is_none() {
@@ -76,9 +75,16 @@ async fn ensure_places(client: &zk::Client, paths: &QueuePaths, places: &[Placed
     Ok(())
 }
 
-/// Creates a persistent node of the queue unless it exists.
+/// A node's stat, if it exists; retried when the connection drops under the read.
+async fn exists(client: &zk::Client, path: &str) -> Result<Option<zk::Stat>, zk::Error> {
+    while_unknown(client, "looking for a place", |_| client.check_stat(path)).await
+}
+
+/// Creates a persistent node of the queue unless it exists; retried when the connection
+/// drops under the create (a create applied before finds the node there).
 async fn ensure_child(client: &zk::Client, paths: &QueuePaths, path: &str) -> Result<(), QueueError> {
-    match client.create(path, b"", &zk::CreateMode::Persistent.with_acls(paths.acl.acls())).await {
+    let open = zk::CreateMode::Persistent.with_acls(paths.acl.acls());
+    match while_unknown(client, "making a place", |_| client.create(path, b"", &open)).await {
         Ok(_) | Err(zk::Error::NodeExists) => Ok(()),
         Err(zk::Error::NoNode) => Err(QueueError::NotProvisioned(paths.base.clone())),
         Err(err) => Err(err.into()),

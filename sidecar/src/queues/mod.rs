@@ -17,7 +17,7 @@ use std::time::Duration;
 use paddock_recipes::queue::item::{ItemId, MAX_PAYLOAD_BYTES, now_ms};
 use paddock_recipes::queue::view::{ConsumerObserver, Next, QueueView};
 use paddock_recipes::queue::{self, Delivery, Enqueued, NewItem, QueueError, QueueStats};
-use paddock_recipes::session::SessionError;
+use paddock_recipes::session::{Current, SessionError};
 use paddock_recipes::{Name, QueueConfig, SessionEvent, zk};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -32,6 +32,11 @@ mod settle;
 mod visibility;
 
 use self::visibility::{Held, enforce_visibility};
+
+/// How long a queue request waits for a session that is reconnecting before it is
+/// answered 503: when a ZooKeeper server stops, the session moves to another within a
+/// second.
+const RECONNECT_GRACE: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueueServiceError {
@@ -110,9 +115,15 @@ impl QueueService {
         &self.inner.ctx.namespace
     }
 
+    /// The session for a request: at once when connected, else once it is back within
+    /// [`RECONNECT_GRACE`] (a ZooKeeper server's restart moves it to another server).
+    async fn current(&self) -> Result<Current, SessionError> {
+        self.inner.ctx.session.wait_connected(RECONNECT_GRACE).await
+    }
+
     /// The config of a queue, cached until its znode changes; 404-worthy when missing.
     pub async fn config(&self, queue: &Name) -> Result<QueueConfig, QueueServiceError> {
-        let current = self.inner.ctx.session.client()?;
+        let current = self.current().await?;
         let path = self.paths(queue).base;
         let metrics = &self.inner.ctx.metrics;
         let parse = |path: &str, data: &[u8]| {
@@ -150,7 +161,7 @@ impl QueueService {
         if let Some(item) = items.iter().find(|i| i.payload.len() > limit) {
             return Err(QueueServiceError::PayloadTooLarge { queue: queue.clone(), size: item.payload.len(), limit });
         }
-        let client = self.inner.ctx.session.client()?.client;
+        let client = self.current().await?.client;
         let paths = self.paths(queue);
         let enqueued = if keys.iter().all(Option::is_none) {
             let ids = queue::enqueue(&client, &paths, &items).await?;
@@ -311,7 +322,7 @@ impl QueueService {
         config: &QueueConfig,
         max: usize,
     ) -> Result<Vec<Handed>, QueueServiceError> {
-        let current = self.inner.ctx.session.client()?;
+        let current = self.current().await?;
         let observer = Observer(&self.inner.ctx.metrics, queue);
         let paths = self.paths(queue);
         let pod = &self.inner.ctx.pod_name;

@@ -14,6 +14,8 @@ impl QueueService {
     /// Acks several items in as few transactions as it can, with an answer per item.
     pub async fn ack_many(&self, queue: &Name, ids: &[ItemId]) -> Vec<Result<(), QueueServiceError>> {
         let mut answers: Vec<Option<Result<(), QueueServiceError>>> = Vec::with_capacity(ids.len());
+        // Not connected after the grace: `take_held` answers each id with the session's error.
+        let _ = self.current().await;
         let mut taken = Vec::new();
         for id in ids {
             match self.take_held(queue, id) {
@@ -40,6 +42,7 @@ impl QueueService {
     }
 
     pub async fn ack(&self, queue: &Name, id: &ItemId) -> Result<(), QueueServiceError> {
+        self.current().await?;
         let (client, held) = self.take_held(queue, id)?;
         match queue::ack(&client, &self.paths(queue), id).await {
             Ok(()) => {
