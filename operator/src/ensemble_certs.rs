@@ -79,24 +79,11 @@ impl RollSettings {
             ),
         };
         let list = self.servers.as_deref().unwrap_or(connect);
-        let servers = hosts(list).ok_or_else(|| {
+        let servers = paddock_recipes::tls::servers(list).ok_or_else(|| {
             anyhow::anyhow!("PADDOCK_ZOOKEEPER_SERVERS {list:?}: give each server as host:port, comma-separated")
         })?;
         Ok(Some(EnsembleCerts { statefulset, server_cert, servers, check_interval: self.check_interval }))
     }
-}
-
-/// `host:port` pairs of a connect string (`[tcp+tls://]host:port,...[/chroot]`).
-fn hosts(connect: &str) -> Option<Vec<(String, u16)>> {
-    let list = connect.strip_prefix("tcp+tls://").or_else(|| connect.strip_prefix("tcp://")).unwrap_or(connect);
-    let list = list.split('/').next()?;
-    list.split(',')
-        .map(|server| {
-            let (host, port) = server.trim().rsplit_once(':')?;
-            Some((host.trim_matches(['[', ']']).to_owned(), port.parse().ok()?))
-        })
-        .collect::<Option<Vec<_>>>()
-        .filter(|servers| !servers.is_empty())
 }
 
 /// What one look found.
@@ -211,15 +198,6 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn servers_from_connect_strings() {
-        assert_eq!(hosts("a:1,b:2/chroot"), Some(vec![("a".to_owned(), 1), ("b".to_owned(), 2)]));
-        assert_eq!(hosts("tcp+tls://127.0.0.1:2281"), Some(vec![("127.0.0.1".to_owned(), 2281)]));
-        assert_eq!(hosts("[::1]:2181"), Some(vec![("::1".to_owned(), 2181)]));
-        assert_eq!(hosts("nohost"), None);
-        assert_eq!(hosts("a:1,b"), None);
-    }
 
     #[test]
     fn settings_go_together() {

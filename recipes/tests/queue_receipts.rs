@@ -61,6 +61,18 @@ async fn packets(ensemble: &Ensemble) -> u64 {
         .expect("zk_packets_received in mntr")
 }
 
+/// Removes one receipt left in the queue, as someone else would; false when none was
+/// there to remove (they went on their own first).
+async fn remove_a_receipt(admin: &zk::Client, paths: &QueuePaths) -> bool {
+    let left = receipts(admin, paths).await;
+    let Some(receipt) = left.first() else { return false };
+    match admin.delete(receipt, None).await {
+        Ok(()) => true,
+        Err(zk::Error::NoNode) => false,
+        Err(e) => panic!("deleting {receipt}: {e}"),
+    }
+}
+
 async fn eventually_none(admin: &zk::Client, paths: &QueuePaths) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
@@ -116,12 +128,8 @@ async fn a_vanished_receipt_does_not_fail_the_enqueue_that_carries_its_delete() 
     for attempt in 0..20 {
         let first = queue::enqueue(&producer, &paths, &[item(attempt)]).await.unwrap().remove(0);
         enqueued += 1;
-        let left = receipts(&admin, &paths).await;
-        let Some(receipt) = left.first() else { continue };
-        match admin.delete(receipt, None).await {
-            Ok(()) => {}
-            Err(zk::Error::NoNode) => continue,
-            Err(e) => panic!("deleting {receipt}: {e}"),
+        if !remove_a_receipt(&admin, &paths).await {
+            continue;
         }
         let second = queue::enqueue(&producer, &paths, &[item(100 + attempt)]).await.unwrap().remove(0);
         enqueued += 1;
@@ -150,12 +158,8 @@ async fn left_receipts_go_together_and_one_vanished_does_not_keep_the_others() {
     // went on their own before the removal, on a slow machine).
     for attempt in 0..20 {
         queue::enqueue(&producer, &paths, &batch).await.unwrap();
-        let left = receipts(&admin, &paths).await;
-        let Some(receipt) = left.first() else { continue };
-        match admin.delete(receipt, None).await {
-            Ok(()) => {}
-            Err(zk::Error::NoNode) => continue,
-            Err(e) => panic!("deleting {receipt}: {e}"),
+        if !remove_a_receipt(&admin, &paths).await {
+            continue;
         }
         eventually_none(&admin, &paths).await;
         let stats = queue::stats(&admin, &paths).await.unwrap();

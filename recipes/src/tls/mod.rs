@@ -23,7 +23,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use tokio_util::sync::CancellationToken;
 
-pub use self::probe::{diagnose, served_certificate};
+pub use self::probe::{diagnose, served_certificate, servers};
 use crate::zk;
 
 pub const CA_SETTING: &str = "PADDOCK_ZK_TLS_CA";

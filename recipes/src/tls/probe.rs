@@ -56,12 +56,26 @@ pub async fn served_certificate(host: &str, port: u16) -> Option<Vec<u8>> {
     .flatten()
 }
 
-/// Host and port of the first server: `[tcp+tls://]host:port[,...][/chroot]`.
-fn first_host(connect: &str) -> Option<(String, u16)> {
-    let first = connect.split('/').find(|s| !s.is_empty() && !s.ends_with(':'))?;
-    let first = first.split(',').next()?;
-    let (host, port) = first.rsplit_once(':')?;
+/// The server entries of a connect string: `[tcp+tls://]host:port[,...][/chroot]`.
+fn server_entries(connect: &str) -> impl Iterator<Item = &str> {
+    connect.split('/').find(|s| !s.is_empty() && !s.ends_with(':')).into_iter().flat_map(|list| list.split(','))
+}
+
+/// Host and port of one entry, `host:port` (`[v6]:port` too).
+fn host_port(entry: &str) -> Option<(String, u16)> {
+    let (host, port) = entry.trim().rsplit_once(':')?;
     Some((host.trim_matches(['[', ']']).to_owned(), port.parse().ok()?))
+}
+
+/// Host and port of the first server of a connect string.
+fn first_host(connect: &str) -> Option<(String, u16)> {
+    host_port(server_entries(connect).next()?)
+}
+
+/// Host and port of every server of a connect string; None when one is not `host:port`
+/// or there is none.
+pub fn servers(connect: &str) -> Option<Vec<(String, u16)>> {
+    server_entries(connect).map(host_port).collect::<Option<Vec<_>>>().filter(|servers| !servers.is_empty())
 }
 
 /// What a handshake came to.
@@ -223,5 +237,14 @@ mod tests {
         assert_eq!(first_host("a:1,b:2/chroot"), Some(("a".to_owned(), 1)));
         assert_eq!(first_host("tcp+tls://127.0.0.1:2281,x:1"), Some(("127.0.0.1".to_owned(), 2281)));
         assert_eq!(first_host("nohost"), None);
+    }
+
+    #[test]
+    fn servers_of_connect_strings() {
+        assert_eq!(servers("a:1,b:2/chroot"), Some(vec![("a".to_owned(), 1), ("b".to_owned(), 2)]));
+        assert_eq!(servers("tcp+tls://127.0.0.1:2281"), Some(vec![("127.0.0.1".to_owned(), 2281)]));
+        assert_eq!(servers("[::1]:2181"), Some(vec![("::1".to_owned(), 2181)]));
+        assert_eq!(servers("nohost"), None);
+        assert_eq!(servers("a:1,b"), None);
     }
 }

@@ -223,20 +223,17 @@ impl EnsembleTls {
     /// Writes one server's key store (certificate and key, PEM) into its directory;
     /// returns its path.
     pub(crate) fn write_server_store(&self, server_dir: &Path, host: IpAddr) -> Result<PathBuf> {
-        let issued = self.ca.issue_server(host)?;
-        let path = server_dir.join("keystore.pem");
-        fs::write(&path, format!("{}{}", issued.key_pem, issued.cert_pem))?;
-        Ok(path)
+        self.replace_server_store(server_dir, &self.ca.issue_server(host)?)
     }
 
-    /// Writes `issued` as one server's key store, replacing the one it started with (a
-    /// server reads its key store only at start).
-    pub(crate) fn replace_server_store(&self, server_dir: &Path, issued: &Issued) -> Result<()> {
+    /// Writes `issued` as one server's key store (certificate and key in one file),
+    /// replacing any it had (a server reads its key store only at start); returns its path.
+    pub(crate) fn replace_server_store(&self, server_dir: &Path, issued: &Issued) -> Result<PathBuf> {
         let path = server_dir.join("keystore.pem");
         let tmp = server_dir.join(".keystore.pem.tmp");
         fs::write(&tmp, format!("{}{}", issued.key_pem, issued.cert_pem))?;
         fs::rename(&tmp, &path)?;
-        Ok(())
+        Ok(path)
     }
 
     /// A four-letter word over TLS, with the testkit's certificate.
