@@ -3,7 +3,9 @@
 //! start from it.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use paddock_recipes::session::{Current, SessionError};
 use paddock_recipes::{Layout, Name, Session};
 
 use crate::events::EventBus;
@@ -18,4 +20,17 @@ pub struct ServiceContext {
     pub session: Session,
     pub events: EventBus,
     pub metrics: Arc<Metrics>,
+}
+
+/// How long a request waits for a session that is reconnecting: a ZooKeeper server's
+/// restart moves the session to another server in about a second, and a request that
+/// arrives meanwhile is answered then rather than with a 503.
+pub const RECONNECT_GRACE: Duration = Duration::from_secs(2);
+
+impl ServiceContext {
+    /// The session for a request: at once when connected, else once it is back within
+    /// [`RECONNECT_GRACE`].
+    pub async fn current(&self) -> Result<Current, SessionError> {
+        self.session.wait_connected(RECONNECT_GRACE).await
+    }
 }

@@ -551,3 +551,63 @@ async fn re_acquiring_respects_the_mode() {
     assert!(writer > token);
     assert_eq!((body["reentrant"].as_bool(), body["mode"].as_str()), (Some(false), Some("exclusive")));
 }
+
+/// A ZooKeeper server's restart (a rolling restart for a new certificate or version) moves
+/// sessions to the other servers; with a quorum up all along, no lock request fails: one in
+/// flight on the stopping server's connection, or sent while the session moves, waits for
+/// the session to be back and is answered. Four owners on two sidecars contend for one
+/// mutex (so the waiting, the watches, the grant and the release all run) while every
+/// server is restarted in turn, twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_of_the_servers_fails_no_lock_request() {
+    let mut ensemble = setup(&[("baton", 1)]).await;
+    let (_a, pod_a) = sidecar(&ensemble, "pod-a", NS, SESSION).await;
+    let (_b, pod_b) = sidecar(&ensemble, "pod-b", NS, SESSION).await;
+    let counter = Arc::new(FencedCounter::new());
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for i in 0..4 {
+        let pod = if i % 2 == 0 { pod_a.clone() } else { pod_b.clone() };
+        let (counter, stop) = (counter.clone(), stop.clone());
+        workers.push(tokio::spawn(async move {
+            let owner = format!("worker-{i}");
+            let mut rounds = 0u32;
+            while !stop.load(Ordering::SeqCst) {
+                let token = match pod.acquire("baton", &owner, "60s").await.unwrap() {
+                    Acquire::Acquired { token, .. } => token,
+                    other => panic!("{owner}: no failed request, got {other:?}"),
+                };
+                counter.enter();
+                let value = counter.read();
+                let (code, status) = pod.lock_status("baton", &owner).await.unwrap();
+                assert_eq!((code, &status["state"]), (200, &json!("held")), "{owner}: {status}");
+                assert_eq!(status["token"], token, "{owner}: {status}");
+                assert_eq!(
+                    counter.write(token, value + 1),
+                    Write::Accepted,
+                    "{owner}: token {token} rejected as stale"
+                );
+                counter.exit();
+                let (code, body) = pod.release("baton", &owner).await.unwrap();
+                assert_eq!(code, 200, "{owner}: no failed request: {body}");
+                rounds += 1;
+            }
+            rounds
+        }));
+    }
+    for _ in 0..2 {
+        for index in (0..3).rev() {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            ensemble.restart(index, Duration::from_secs(60)).await.unwrap();
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    let mut total = 0;
+    for worker in workers {
+        let rounds = worker.await.unwrap();
+        assert!(rounds > 5, "{rounds} rounds during the restarts");
+        total += u64::from(rounds);
+    }
+    assert_eq!(counter.overlaps(), 0, "never two holders");
+    assert_eq!(counter.value(), total, "no lost update");
+}

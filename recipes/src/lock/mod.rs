@@ -216,9 +216,8 @@ pub async fn acquire(
     let mut delayed = false;
 
     loop {
-        let listed_at = Instant::now();
-        let children = match client.list_children(request.lock_path).await {
-            Ok(children) => children,
+        let (children, listed_at) = match list_contenders(client, request.lock_path).await {
+            Ok(listed) => listed,
             Err(zk::Error::NoNode) => {
                 ours.guard.disarm();
                 return Err(LockError::NotProvisioned(request.lock_path.to_owned()));
@@ -260,6 +259,17 @@ pub async fn acquire(
     }
 }
 
+/// The lock's children, and when the listing that found them was sent (a grant's proof
+/// dates from it). A listing lost with its connection is sent again once the session is
+/// back, for as long as the session may live.
+async fn list_contenders(client: &zk::Client, lock_path: &str) -> Result<(Vec<String>, Instant), zk::Error> {
+    while_unknown(client, "listing a lock's contenders", |_| async {
+        let sent = Instant::now();
+        client.list_children(lock_path).await.map(|children| (children, sent))
+    })
+    .await
+}
+
 /// Waits until one of the contenders at `paths` changes or goes, or the deadline; at once
 /// when one is already gone.
 async fn wait_for_any(
@@ -270,7 +280,8 @@ async fn wait_for_any(
 ) -> Result<(), LockError> {
     let mut watchers = Vec::new();
     for path in paths {
-        let Some(watcher) = watch_contender(client, &path).await? else { return Ok(()) };
+        let watched = while_unknown(client, "watching a contender", |_| watch_contender(client, &path)).await?;
+        let Some(watcher) = watched else { return Ok(()) };
         watchers.push(Box::pin(watcher.changed()));
     }
     let any_change = futures::future::select_all(watchers);
@@ -369,14 +380,16 @@ async fn delete_node(client: &zk::Client, path: &str, retried: bool) -> Result<b
 
 /// Holders (with who they are) and the number of waiters.
 pub async fn snapshot(client: &zk::Client, lock_path: &str, max_holders: u32) -> Result<LockSnapshot, LockError> {
-    let children = client.list_children(lock_path).await.map_err(|e| LockError::or_not_provisioned(e, lock_path))?;
+    let (children, _) =
+        list_contenders(client, lock_path).await.map_err(|e| LockError::or_not_provisioned(e, lock_path))?;
     let contenders = sorted_contenders(&children);
     let holders: Vec<usize> =
         (0..contenders.len()).filter(|&i| decide(&contenders, i, max_holders) == Decision::Holds).collect();
     let mut views = Vec::with_capacity(holders.len());
     for &i in &holders {
         let c = &contenders[i];
-        let data = match client.get_data(&format!("{lock_path}/{}", c.name)).await {
+        let path = format!("{lock_path}/{}", c.name);
+        let data = match while_unknown(client, "reading a holder", |_| client.get_data(&path)).await {
             Ok((data, _)) => data,
             Err(zk::Error::NoNode) => continue, // released meanwhile
             Err(err) => return Err(err.into()),

@@ -81,7 +81,7 @@ impl LockService {
     /// half a session, and a session that expired meanwhile takes the earlier locks with
     /// it while the later ones are granted on the next session.
     pub(super) async fn confirm_still_held(&self, name: &Name, owner: &str) -> Result<(), LockServiceError> {
-        let current = self.inner.ctx.session.client()?;
+        let current = self.inner.ctx.current().await?;
         let key = (name.clone(), owner.to_owned());
         let entry = self.inner.table.lock().expect("not poisoned").get(&key).cloned();
         let held = match entry {

@@ -246,7 +246,7 @@ impl LockService {
         let mut waiting = ClearWaiting { inner, key: Some(key.clone()) };
 
         let started = Instant::now();
-        let current = inner.ctx.session.client()?;
+        let current = inner.ctx.current().await?;
         let lock_path = self.lock_path(&name);
         let config = self.config(&current, &lock_path).await?;
         let holder = HolderInfo { pod: inner.ctx.pod_name.clone(), owner: owner.clone() };
@@ -311,7 +311,7 @@ impl LockService {
                 let put_back = |held: HeldLock| {
                     inner.table.lock().expect("not poisoned").insert(key.clone(), Entry::Held(held));
                 };
-                let client = match inner.ctx.session.client() {
+                let client = match inner.ctx.current().await {
                     Ok(current) => current.client,
                     Err(err) => {
                         put_back(held);
@@ -382,7 +382,7 @@ impl LockService {
     /// (an app must learn `lost` then too), plus the holders and waiters when reachable.
     pub async fn status(&self, name: Name, owner: String) -> Result<Status, LockServiceError> {
         let remote = async {
-            let current = self.inner.ctx.session.client()?;
+            let current = self.inner.ctx.current().await?;
             let lock_path = self.lock_path(&name);
             let config = self.config(&current, &lock_path).await?;
             Ok::<_, LockServiceError>(lock::snapshot(&current.client, &lock_path, config.max_holders).await?)

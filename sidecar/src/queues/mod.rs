@@ -33,11 +33,6 @@ mod visibility;
 
 use self::visibility::{Held, enforce_visibility};
 
-/// How long a queue request waits for a session that is reconnecting before it is
-/// answered 503: when a ZooKeeper server stops, the session moves to another within a
-/// second.
-const RECONNECT_GRACE: Duration = Duration::from_secs(2);
-
 #[derive(Debug, thiserror::Error)]
 pub enum QueueServiceError {
     #[error(transparent)]
@@ -115,10 +110,9 @@ impl QueueService {
         &self.inner.ctx.namespace
     }
 
-    /// The session for a request: at once when connected, else once it is back within
-    /// [`RECONNECT_GRACE`] (a ZooKeeper server's restart moves it to another server).
+    /// The session for a request, waiting briefly for one that is reconnecting.
     async fn current(&self) -> Result<Current, SessionError> {
-        self.inner.ctx.session.wait_connected(RECONNECT_GRACE).await
+        self.inner.ctx.current().await
     }
 
     /// The config of a queue, cached until its znode changes; 404-worthy when missing.
