@@ -26,9 +26,11 @@ rendered="$(bash "$root/scripts/helm-template.sh" --name paddock --namespace pad
 #     --from-literal=credentials="paddock-operator:$(tr -dc A-Za-z0-9 </dev/urandom | head -c 40)"
 #   kubectl apply -f deploy/paddock.yaml
 #
-# ZooKeeper serves TLS only (zookeeper.tls.enabled): cert-manager issues its certificates
-# (Issuers and Certificates below), so install cert-manager first; or render the chart
-# with Secrets of yours (zookeeper.tls.secretName, zookeeper.tls.operatorSecretName).
+# ZooKeeper serves TLS only (zookeeper.tls.enabled): the operator makes a CA of its own at
+# its first start (Secret paddock-zookeeper-ca), issues the servers' certificate into
+# Secret paddock-zookeeper-tls (the servers wait for it) and renews it; or render the chart
+# with cert-manager (zookeeper.tls.certManager.enabled) or Secrets of yours
+# (zookeeper.tls.secretName, zookeeper.tls.operatorSecretName).
 # A NetworkPolicy lets only the operator and pods of namespaces labelled
 # paddock.dev/client=true reach ZooKeeper's client port: label each namespace with
 # Paddock resources (kubectl label namespace demo paddock.dev/client=true).

@@ -7,6 +7,7 @@
 
 pub mod controller;
 pub mod crd;
+pub mod ensemble_ca;
 pub mod ensemble_certs;
 pub mod error;
 pub mod leader;

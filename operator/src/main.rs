@@ -6,8 +6,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use paddock_operator::controller::{self, Context};
+use paddock_operator::ensemble_ca::{EnsembleCa, OwnFiles};
 use paddock_operator::leader::{LeaderElection, Leadership, default_identity};
-use paddock_operator::reconcile::certificate::ClientCa;
+use paddock_operator::reconcile::certificate::IssuingCa;
 use paddock_operator::reconcile::identity::{IdentitySettings, NamespaceAuth};
 use paddock_operator::webhook::WebhookContext;
 use paddock_recipes::identity::DigestIdentity;
@@ -86,6 +87,8 @@ struct RunArgs {
     webhook: paddock_operator::webhook::WebhookSettings,
     #[command(flatten)]
     ensemble: paddock_operator::ensemble_certs::RollSettings,
+    #[command(flatten)]
+    ensemble_ca: paddock_operator::ensemble_ca::EnsembleCaSettings,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -95,8 +98,9 @@ enum AuthKind {
 }
 
 /// The namespace identities the settings ask for, checked; and whether digest credentials
-/// would cross the network in the clear.
-fn namespace_auth(args: &RunArgs) -> anyhow::Result<(NamespaceAuth, bool)> {
+/// would cross the network in the clear. x509 certificates are signed by the CA of
+/// `PADDOCK_CLIENT_CA_CERT`, or else by the operator's own (`own_ca`).
+fn namespace_auth(args: &RunArgs, own_ca: Option<&EnsembleCa>) -> anyhow::Result<(NamespaceAuth, bool)> {
     let tls = args.zk_tls_ca.is_some();
     match args.namespace_auth.unwrap_or(if tls { AuthKind::X509 } else { AuthKind::Digest }) {
         AuthKind::Digest => {
@@ -119,22 +123,24 @@ fn namespace_auth(args: &RunArgs) -> anyhow::Result<(NamespaceAuth, bool)> {
                      PADDOCK_ZK_TLS_CERT and PADDOCK_ZK_TLS_KEY (or PADDOCK_NAMESPACE_AUTH=digest)"
                 )
             };
-            let (Some(cert), Some(key)) = (&args.client_ca_cert, &args.client_ca_key) else {
-                anyhow::bail!(
-                    "PADDOCK_NAMESPACE_AUTH=x509: set PADDOCK_CLIENT_CA_CERT and PADDOCK_CLIENT_CA_KEY, the CA that \
-                     signs namespace certificates (the ZooKeeper servers must trust it)"
-                )
-            };
             let read = |path: &std::path::Path, setting: &str| {
                 std::fs::read_to_string(path).with_context(|| format!("{setting} {}", path.display()))
             };
-            let client_ca = ClientCa::new(
-                &read(cert, "PADDOCK_CLIENT_CA_CERT")?,
-                &read(key, "PADDOCK_CLIENT_CA_KEY")?,
-                read(ca, "PADDOCK_ZK_TLS_CA")?,
-                args.client_cert_lifetime,
-            )
-            .context("PADDOCK_CLIENT_CA_CERT, PADDOCK_CLIENT_CA_KEY, PADDOCK_CLIENT_CERT_LIFETIME")?;
+            let (cert, key) = match (&args.client_ca_cert, &args.client_ca_key, own_ca) {
+                (Some(cert), Some(key), _) => {
+                    (read(cert, "PADDOCK_CLIENT_CA_CERT")?, read(key, "PADDOCK_CLIENT_CA_KEY")?)
+                }
+                (None, None, Some(own)) => {
+                    let (cert, key) = own.ca_material();
+                    (cert.to_owned(), key.to_owned())
+                }
+                _ => anyhow::bail!(
+                    "PADDOCK_NAMESPACE_AUTH=x509: set PADDOCK_CLIENT_CA_CERT and PADDOCK_CLIENT_CA_KEY, the CA that \
+                     signs namespace certificates (the ZooKeeper servers must trust it), or PADDOCK_ZOOKEEPER_CA_SECRET"
+                ),
+            };
+            let client_ca = IssuingCa::new(&cert, &key, read(ca, "PADDOCK_ZK_TLS_CA")?, args.client_cert_lifetime)
+                .context("PADDOCK_CLIENT_CA_CERT, PADDOCK_CLIENT_CA_KEY, PADDOCK_CLIENT_CERT_LIFETIME")?;
             Ok((NamespaceAuth::X509(Box::new(client_ca)), false))
         }
     }
@@ -151,7 +157,17 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-async fn run(args: RunArgs) -> anyhow::Result<()> {
+/// The files the operator writes when it issues its own certificate.
+fn own_files(args: &RunArgs) -> OwnFiles {
+    OwnFiles {
+        ca: args.zk_tls_ca.clone(),
+        cert: args.zk_tls_cert.clone(),
+        key: args.zk_tls_key.clone(),
+        server_cert: args.ensemble.server_cert.clone(),
+    }
+}
+
+fn init_tracing() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -159,14 +175,21 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    init_tracing();
     let operator = args.zk_auth.as_deref().map(DigestIdentity::parse).transpose().context("PADDOCK_ZK_AUTH")?;
-    let (auth, cleartext) = namespace_auth(&args)?;
     let layout = Layout::new(&args.zk_root).context("PADDOCK_ZK_ROOT")?;
     let ensemble_certs = args.ensemble.clone().checked(&args.zookeeper)?;
+    let client = kube::Client::try_default().await.context("connecting to the Kubernetes API")?;
+    // With its own CA, the operator writes its TLS files before anything reads them.
+    let own_ca = EnsembleCa::start(&args.ensemble_ca, client.clone(), &args.namespace, own_files(&args)).await?;
+    let (auth, cleartext) = namespace_auth(&args, own_ca.as_ref())?;
+    let _renewals = own_ca.map(|ca| tokio::spawn(ca.run()));
     let tls = TlsFiles::from_settings(args.zk_tls_ca.clone(), args.zk_tls_cert.clone(), args.zk_tls_key.clone())?
         .map(ZkTls::load)
         .transpose()?;
-    let client = kube::Client::try_default().await.context("connecting to the Kubernetes API")?;
     let session = Session::start(SessionOptions {
         connect: args.zookeeper.clone(),
         session_timeout: args.session_timeout,

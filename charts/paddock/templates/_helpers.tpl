@@ -186,13 +186,33 @@ external one when zookeeper.tls.operatorSecretName names its certificate's Secre
 {{- end }}
 {{- end }}
 
+{{/*
+The operator issues the managed ensemble's certificates from a CA of its own (the default):
+"true" or "". Else cert-manager does (certManager.enabled), or the Secrets are the user's
+(secretName).
+*/}}
+{{- define "paddock.zookeeper.ownCa" -}}
+{{- if and (include "paddock.zookeeper.tls" .) (not .Values.zookeeper.tls.secretName) (not .Values.zookeeper.tls.certManager.enabled) }}true{{ end }}
+{{- end }}
+
+{{/* The Secret of the operator's own CA. */}}
+{{- define "paddock.zookeeper.caSecretName" -}}
+{{- printf "%s-ca" (include "paddock.zookeeper.fullname" .) }}
+{{- end }}
+
+{{/* What the servers' certificate names: the client Service and each server's pod. */}}
+{{- define "paddock.zookeeper.serverNames" -}}
+{{- $zk := include "paddock.zookeeper.fullname" . }}
+{{- $ns := .Release.Namespace }}
+{{- $domain := .Values.clusterDomain }}
+{{- printf "%s,%s.%s.svc,%s.%s.svc.%s,*.%s.%s.svc.%s" $zk $zk $ns $zk $ns $domain (include "paddock.zookeeper.headlessName" .) $ns $domain }}
+{{- end }}
+
 {{- define "paddock.zookeeper.tlsSecretName" -}}
 {{- if .Values.zookeeper.tls.secretName }}
 {{- .Values.zookeeper.tls.secretName }}
-{{- else if .Values.zookeeper.tls.certManager.enabled }}
-{{- printf "%s-zookeeper-tls" (include "paddock.fullname" .) }}
 {{- else }}
-{{- fail "zookeeper.tls.enabled needs certificates: set zookeeper.tls.certManager.enabled=true (cert-manager issues them), or zookeeper.tls.secretName and zookeeper.tls.operatorSecretName (Secrets of yours), or zookeeper.tls.enabled=false (plain text)" }}
+{{- printf "%s-zookeeper-tls" (include "paddock.fullname" .) }}
 {{- end }}
 {{- end }}
 
@@ -209,12 +229,14 @@ external one when zookeeper.tls.operatorSecretName names its certificate's Secre
 
 {{/*
 The Secret with the CA (tls.crt, tls.key) that the operator signs namespace certificates
-with, for namespaceAuth x509: the one named, else the release's own cert-manager CA.
+with, for namespaceAuth x509: the one named, else the release's own cert-manager CA; empty
+when the operator signs them with its own CA.
 */}}
 {{- define "paddock.zookeeper.clientCaSecretName" -}}
 {{- $tls := .Values.zookeeper.tls }}
 {{- if $tls.clientCaSecretName }}
 {{- $tls.clientCaSecretName }}
+{{- else if include "paddock.zookeeper.ownCa" . }}
 {{- else if and .Values.zookeeper.enabled $tls.certManager.enabled (not $tls.secretName) (not $tls.certManager.issuerRef) }}
 {{- printf "%s-ca" (include "paddock.zookeeper.fullname" .) }}
 {{- else }}

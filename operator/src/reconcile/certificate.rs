@@ -1,5 +1,6 @@
-//! Namespace identities by certificate: the operator signs, with the client CA it is given
-//! (`PADDOCK_CLIENT_CA_CERT`/`_KEY`, which the ZooKeeper servers trust), a client
+//! Certificates the operator signs. Namespace identities: with the CA it is given
+//! (`PADDOCK_CLIENT_CA_CERT`/`_KEY`, which the ZooKeeper servers trust) or its own
+//! (`crate::ensemble_ca`), a client
 //! certificate per namespace whose subject is `CN=paddock-ns-<namespace>,O=paddock`, the
 //! id ZooKeeper's `x509` scheme gives it. It lives in the namespace's Secret (`tls.crt`,
 //! `tls.key`, `ca.crt` — the CA of the ZooKeeper servers — and `operator-id`, the
@@ -18,8 +19,9 @@ pub fn namespace_subject(namespace: &str) -> String {
     format!("CN=paddock-ns-{namespace},O=paddock")
 }
 
-/// The CA that signs namespace certificates, and what goes along with them.
-pub struct ClientCa {
+/// A CA the operator signs with (namespace certificates; with its own CA, the servers'
+/// and its own too), and what goes along with them.
+pub struct IssuingCa {
     issuer: rcgen::Certificate,
     key: KeyPair,
     /// PEM of the CA that signed the ZooKeeper servers (`ca.crt` for the sidecars).
@@ -27,9 +29,9 @@ pub struct ClientCa {
     pub lifetime: Duration,
 }
 
-impl std::fmt::Debug for ClientCa {
+impl std::fmt::Debug for IssuingCa {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClientCa").field("lifetime", &self.lifetime).finish_non_exhaustive()
+        f.debug_struct("IssuingCa").field("lifetime", &self.lifetime).finish_non_exhaustive()
     }
 }
 
@@ -41,7 +43,7 @@ pub struct Issued {
     pub renew_after: SystemTime,
 }
 
-impl ClientCa {
+impl IssuingCa {
     /// The CA from its PEM certificate and key. The issuer name of what it signs is the
     /// CA certificate's subject, read from its DER (rcgen cannot load a CA by itself).
     pub fn new(ca_cert_pem: &str, ca_key_pem: &str, server_ca_pem: String, lifetime: Duration) -> anyhow::Result<Self> {
@@ -61,19 +63,61 @@ impl ClientCa {
 
     /// A new certificate for `namespace`, valid from a minute ago for the lifetime.
     pub fn issue(&self, namespace: &str) -> anyhow::Result<Issued> {
-        let now = SystemTime::now();
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         // DER order is the reverse of RFC 2253's: O first, CN last (and not rcgen's default CN).
         params.distinguished_name = DistinguishedName::new();
         params.distinguished_name.push(DnType::OrganizationName, "paddock");
         params.distinguished_name.push(DnType::CommonName, format!("paddock-ns-{namespace}"));
         params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        self.sign(params)
+    }
+
+    /// A client certificate whose subject is `CN=<common_name>` (the operator's own x509
+    /// identity in ZooKeeper is `CN=paddock-operator`).
+    pub fn issue_client(&self, common_name: &str) -> anyhow::Result<Issued> {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name = DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, common_name);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        self.sign(params)
+    }
+
+    /// The ZooKeeper servers' certificate for `names` (DNS names or IP addresses), for
+    /// server and client auth: the servers connect to each other with it.
+    pub fn issue_server(&self, names: &[String]) -> anyhow::Result<Issued> {
+        let mut params = CertificateParams::new(names.to_vec())?;
+        params.distinguished_name = DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, names.first().cloned().unwrap_or_default());
+        params.extended_key_usages =
+            vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        self.sign(params)
+    }
+
+    /// Signs `params`, valid from a minute ago for the lifetime; due for renewal after two
+    /// thirds of it. Keys are PKCS#8, the only form ZooKeeper 3.8's PEM key store reads.
+    fn sign(&self, mut params: CertificateParams) -> anyhow::Result<Issued> {
+        let now = SystemTime::now();
         params.not_before = (now - Duration::from_secs(60)).into();
         params.not_after = (now + self.lifetime).into();
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer, &self.key)?;
         Ok(Issued { cert_pem: cert.pem(), key_pem: key.serialize_pem(), renew_after: now + self.lifetime * 2 / 3 })
     }
+}
+
+/// A new self-signed CA (valid ten years) named `CN=<common_name>`: certificate and key, PEM.
+pub fn new_ca(common_name: &str) -> anyhow::Result<(String, String)> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name = DistinguishedName::new();
+    params.distinguished_name.push(DnType::CommonName, common_name);
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+    let now = SystemTime::now();
+    params.not_before = (now - Duration::from_secs(60)).into();
+    params.not_after = (now + Duration::from_secs(10 * 365 * 24 * 3600)).into();
+    let key = KeyPair::generate()?;
+    let cert = params.self_signed(&key)?;
+    Ok((cert.pem(), key.serialize_pem()))
 }
 
 /// Unix seconds, for the renewal annotation.
@@ -138,7 +182,7 @@ mod tests {
     #[test]
     fn namespace_certificates_verify_against_the_given_ca() {
         let (cert, key) = ca();
-        let client_ca = ClientCa::new(&cert.pem(), &key.serialize_pem(), cert.pem(), Duration::from_secs(90)).unwrap();
+        let client_ca = IssuingCa::new(&cert.pem(), &key.serialize_pem(), cert.pem(), Duration::from_secs(90)).unwrap();
         assert_eq!(client_ca.issuer.params().distinguished_name, cert.params().distinguished_name);
         let issued = client_ca.issue("shop").unwrap();
         let renew = issued.renew_after.duration_since(SystemTime::now()).unwrap();

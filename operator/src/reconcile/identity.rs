@@ -23,7 +23,7 @@ use paddock_recipes::identity::{DigestIdentity, ZkId};
 use paddock_recipes::{Session, zk};
 use serde_json::json;
 
-use super::certificate::{self, ClientCa, RENEW_AFTER_ANNOTATION};
+use super::certificate::{self, IssuingCa, RENEW_AFTER_ANNOTATION};
 use crate::error::{At, Error, Step};
 use crate::leader::Leadership;
 
@@ -41,7 +41,7 @@ pub const OPERATOR_ID_KEY: &str = "operator-id";
 #[derive(Debug)]
 pub enum NamespaceAuth {
     Digest,
-    X509(Box<ClientCa>),
+    X509(Box<IssuingCa>),
 }
 
 /// The identities a namespace's znodes are protected for.
@@ -194,7 +194,7 @@ impl NamespaceIdentities {
     }
 
     /// Issues the namespace's certificate into its Secret unless the Secret holds a current one.
-    async fn ensure_certificate(&self, namespace: &str, ca: &ClientCa, operator: &str) -> Result<(), Error> {
+    async fn ensure_certificate(&self, namespace: &str, ca: &IssuingCa, operator: &str) -> Result<(), Error> {
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
         let existing = secrets
             .get_opt(CREDENTIALS_SECRET)
@@ -277,7 +277,7 @@ fn text(secret: &Secret, key: &str) -> Option<String> {
 }
 
 /// Whether the Secret holds a certificate not yet due for renewal, for this CA and operator.
-fn is_current(secret: &Secret, ca: &ClientCa, operator: &str) -> bool {
+fn is_current(secret: &Secret, ca: &IssuingCa, operator: &str) -> bool {
     let renew_after = secret.metadata.annotations.as_ref().and_then(|a| a.get(RENEW_AFTER_ANNOTATION));
     let due = renew_after
         .and_then(|s| s.parse::<u64>().ok())
@@ -345,7 +345,7 @@ mod tests {
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         let ca_cert = params.self_signed(&ca_key).unwrap();
         let ca =
-            ClientCa::new(&ca_cert.pem(), &ca_key.serialize_pem(), "servers".into(), Duration::from_secs(60)).unwrap();
+            IssuingCa::new(&ca_cert.pem(), &ca_key.serialize_pem(), "servers".into(), Duration::from_secs(60)).unwrap();
         let issued = ca.issue("shop").unwrap();
         let old = credentials_secret(&DigestIdentity::parse("paddock-ns-shop:pw1").unwrap());
         let secret = certificate_secret(Some(old), &issued, "servers", "CN=op");

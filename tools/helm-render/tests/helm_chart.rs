@@ -66,14 +66,21 @@ const ZK_TLS_ENV: &[&str] = &[
     "PADDOCK_ZK_TLS_KEY",
     // Namespace identities by certificate, the default over TLS.
     "PADDOCK_NAMESPACE_AUTH",
-    "PADDOCK_CLIENT_CA_CERT",
-    "PADDOCK_CLIENT_CA_KEY",
     "PADDOCK_CLIENT_CERT_LIFETIME",
     // The managed ensemble restarted when its servers' certificate is renewed.
     "PADDOCK_ZOOKEEPER_STATEFULSET",
     "PADDOCK_ZOOKEEPER_SERVER_CERT",
     "PADDOCK_ZOOKEEPER_SERVERS",
 ];
+/// The operator's own CA issues the ensemble's certificates (the default).
+const OWN_CA_ENV: &[&str] = &[
+    "PADDOCK_ZOOKEEPER_CA_SECRET",
+    "PADDOCK_ZOOKEEPER_SERVER_SECRET",
+    "PADDOCK_ZOOKEEPER_SERVER_NAMES",
+    "PADDOCK_ZOOKEEPER_CERT_LIFETIME",
+];
+/// A CA the operator is given signs the namespaces' certificates (cert-manager's, the user's).
+const CLIENT_CA_ENV: &[&str] = &["PADDOCK_CLIENT_CA_CERT", "PADDOCK_CLIENT_CA_KEY"];
 
 /// API calls the operator makes, (group, resource, verb): a floor under
 /// deploy/operator-rbac.yaml, so that dropping a rule from both is caught too.
@@ -412,7 +419,13 @@ fn check_links(objects: &Objects, cert_manager: bool) {
     let mode_env = if cert_manager { CERT_MANAGER_ENV } else { SELF_SIGNED_ENV };
     // The managed ensemble serves TLS by default; the tests that turn it off check no links.
     let tls_env = if objects.stateful_sets.is_empty() { &[][..] } else { ZK_TLS_ENV };
-    let expected: BTreeSet<&str> = OPERATOR_ENV.iter().chain(mode_env).chain(tls_env).copied().collect();
+    let own_ca = pod.volumes.iter().flatten().any(|v| v.name == "zookeeper-tls" && v.empty_dir.is_some());
+    let ca_env = match (tls_env.is_empty(), own_ca) {
+        (true, _) => &[][..],
+        (false, true) => OWN_CA_ENV,
+        (false, false) => CLIENT_CA_ENV,
+    };
+    let expected: BTreeSet<&str> = OPERATOR_ENV.iter().chain(mode_env).chain(tls_env).chain(ca_env).copied().collect();
     let names: Vec<&str> = container.env.iter().flatten().map(|e| e.name.as_str()).collect();
     assert_eq!(names.iter().copied().collect::<BTreeSet<_>>(), expected, "the operator's environment");
     assert_eq!(names.len(), expected.len(), "no variable set twice: {names:?}");
@@ -572,7 +585,8 @@ fn check_links(objects: &Objects, cert_manager: bool) {
             assert_eq!(name, configuration_name, "the operator may only patch its own webhook configuration");
         }
         if resource == "secrets" && verb == "update" {
-            assert_eq!(*name, format!("{}-webhook-tls", fullname()), "no Secret but the webhook's is updated");
+            let own = [format!("{}-webhook-tls", fullname()), format!("{}-zookeeper-tls", fullname())];
+            assert!(own.contains(name), "no Secret but the webhook's and the servers' is updated: {name}");
         }
     }
 }
@@ -798,7 +812,42 @@ fn zookeeper_serves_tls_only_by_default_and_the_operator_connects_with_a_certifi
     };
     let server_secret = secret_at(pod, container, "/tls");
 
+    // The default: the operator's own CA issues the servers' certificate into the Secret the
+    // servers mount, for the names clients use, and its own certificate into a directory
+    // of its own (no Secret to mount, so nothing waits for the operator to start); it signs
+    // the namespaces' certificates with it; it may update that one Secret.
+    assert!(objects.zookeeper_cert_manager("Certificate").is_empty(), "no cert-manager needed");
+    let operator = objects.operator_container();
+    let operator_pod = objects.operator().spec.template.spec.as_ref().unwrap();
+    assert_eq!(env_value(operator, "PADDOCK_ZOOKEEPER_SERVER_SECRET"), server_secret);
+    assert_eq!(env_value(operator, "PADDOCK_ZOOKEEPER_CA_SECRET"), format!("{}-zookeeper-ca", fullname()));
+    assert_eq!(env_value(operator, "PADDOCK_ZOOKEEPER_CERT_LIFETIME"), "2160h");
+    let names: Vec<&str> = env_value(operator, "PADDOCK_ZOOKEEPER_SERVER_NAMES").split(',').collect();
+    let headless = objects.stateful_sets[0].spec.service_name.clone().unwrap();
+    let connect_host = env_value(operator, "PADDOCK_ZOOKEEPER").rsplit_once(':').unwrap().0.to_owned();
+    assert!(names.contains(&connect_host.as_str()), "the connect string's host: {names:?}");
+    assert!(names.contains(&format!("*.{headless}.{NAMESPACE}.svc.cluster.local").as_str()), "each server: {names:?}");
+    let dir = env_value(operator, "PADDOCK_ZK_TLS_CA").strip_suffix("/ca.crt").expect("ca.crt").to_owned();
+    for (setting, file) in [
+        ("PADDOCK_ZK_TLS_CERT", "tls.crt"),
+        ("PADDOCK_ZK_TLS_KEY", "tls.key"),
+        ("PADDOCK_ZOOKEEPER_SERVER_CERT", "server.crt"),
+    ] {
+        assert_eq!(env_value(operator, setting), format!("{dir}/{file}"));
+    }
+    let mount = operator.volume_mounts.iter().flatten().find(|m| m.mount_path == dir).expect("mounted");
+    assert_ne!(mount.read_only, Some(true), "the operator writes its files there");
+    let volume = operator_pod.volumes.iter().flatten().find(|v| v.name == mount.name).unwrap();
+    assert!(volume.empty_dir.is_some() && volume.secret.is_none(), "a directory of the operator's own");
+    assert!(operator.env.iter().flatten().all(|e| !e.name.starts_with("PADDOCK_CLIENT_CA")), "its own CA signs");
+    assert_eq!(env_value(operator, "PADDOCK_NAMESPACE_AUTH"), "x509");
+    let update = ("".to_owned(), "secrets".to_owned(), "update".to_owned(), server_secret.clone());
+    assert!(grants(objects.roles[0].rules.as_deref().unwrap()).contains(&update), "renews the servers' Secret");
+
     // cert-manager: a CA of the release's own signs the servers' and the operator's.
+    let objects = Objects::parse(&render(&["--set", "zookeeper.tls.certManager.enabled=true"]).unwrap());
+    check_links(&objects, false);
+    let set = &objects.stateful_sets[0];
     let certificates = objects.zookeeper_cert_manager("Certificate");
     let issuers = objects.zookeeper_cert_manager("Issuer");
     assert_eq!((issuers.len(), certificates.len()), (2, 3), "self-signed and CA Issuers; CA, server, operator");
@@ -886,10 +935,10 @@ fn zookeeper_serves_tls_only_by_default_and_the_operator_connects_with_a_certifi
     assert_eq!(env_value(digest.operator_container(), "PADDOCK_NAMESPACE_AUTH"), "digest");
     assert!(digest.operator_container().env.iter().flatten().all(|e| !e.name.starts_with("PADDOCK_CLIENT_CA")));
     // ... both of them; and neither source is an error that says what to set.
-    let error = render(&["--set", "zookeeper.tls.secretName=zk-certs"]).unwrap_err();
+    let error =
+        render(&["--set", "zookeeper.tls.secretName=zk-certs", "--set", "zookeeper.tls.clientCaSecretName=client-ca"])
+            .unwrap_err();
     assert!(error.contains("zookeeper.tls.operatorSecretName"), "{error}");
-    let error = render(&["--set", "zookeeper.tls.certManager.enabled=false"]).unwrap_err();
-    assert!(error.contains("zookeeper.tls.secretName") && error.contains("zookeeper.tls.enabled=false"), "{error}");
 
     // An external ensemble: the operator over TLS when given its certificate's Secret.
     let external = ["--set", "zookeeper.enabled=false", "--set", "zookeeper.connectString=zk-0:2281"];

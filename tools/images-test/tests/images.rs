@@ -154,8 +154,17 @@ fn run_the_stack(podman: &Podman) -> Result<()> {
     for image in IMAGES {
         podman.load(image)?;
     }
-    // Small heaps: three JVMs on a shared test machine. TLS as the chart's default.
-    let docs = render_chart(&["--set", "zookeeper.heapMb=128", "--set", "zookeeper.jvmFlags=-XX:+UseSerialGC"])?;
+    // Small heaps: three JVMs on a shared test machine. TLS as the chart's default, its
+    // certificates from cert-manager, whose part the test does (the operator's own CA, the
+    // default, is run against a real ensemble by operator/tests/own_ca.rs).
+    let docs = render_chart(&[
+        "--set",
+        "zookeeper.heapMb=128",
+        "--set",
+        "zookeeper.jvmFlags=-XX:+UseSerialGC",
+        "--set",
+        "zookeeper.tls.certManager.enabled=true",
+    ])?;
     let api = api_with_the_chart(podman, &docs)?;
     let tls = cert_manager_s_part(&docs, &api)?;
     let ensemble = Ensemble::start(podman, &docs, &api)?;

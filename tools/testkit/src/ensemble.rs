@@ -494,10 +494,18 @@ impl Ensemble {
         let tls = self.tls.as_ref().context("renewing a server certificate needs EnsembleOptions::tls")?;
         let hosts: Vec<std::net::IpAddr> = self.servers.iter().map(|s| s.host.into()).collect();
         let issued = tls.ca().issue_servers(&hosts, common_name)?;
-        for server in &self.servers {
-            tls.replace_server_store(&server.dir, &issued)?;
-        }
+        self.install_server_certificate(&issued)?;
         Ok(issued)
+    }
+
+    /// Writes `issued` (a certificate from the ensemble's CA, e.g. one an operator issued)
+    /// into every server's key store: served from each server's next start.
+    pub fn install_server_certificate(&self, issued: &crate::tls::Issued) -> Result<()> {
+        let tls = self.tls.as_ref().context("installing a server certificate needs EnsembleOptions::tls")?;
+        for server in &self.servers {
+            tls.replace_server_store(&server.dir, issued)?;
+        }
+        Ok(())
     }
 
     /// Process id of one server, while it runs.

@@ -1,0 +1,331 @@
+//! The managed ensemble's certificates from the operator's own CA (the chart's default;
+//! cert-manager or Secrets of yours are the alternatives), so that a TLS ensemble needs
+//! nothing installed beside Paddock.
+//!
+//! - **The CA**: the Secret `PADDOCK_ZOOKEEPER_CA_SECRET` (`tls.crt`, `tls.key`, `ca.crt`),
+//!   made by the first replica that finds it missing (ten years; a lost create race reads
+//!   the winner's), or a CA of yours put there before the install.
+//! - **The servers' certificate**: the Secret `PADDOCK_ZOOKEEPER_SERVER_SECRET` (`ca.crt`,
+//!   `tls.crt`, `tls.key`, the key PKCS#8) for `PADDOCK_ZOOKEEPER_SERVER_NAMES`, issued
+//!   again after two thirds of `PADDOCK_ZOOKEEPER_CERT_LIFETIME`, or when the names or the
+//!   CA changed. Whichever replica sees it due replaces it, guarded by the Secret's
+//!   version. The servers mount it; the restart that makes them serve a renewed one is
+//!   [`crate::ensemble_certs`]'s, which reads the copy of `tls.crt` written here to
+//!   `PADDOCK_ZOOKEEPER_SERVER_CERT`.
+//! - **The operator's own client certificate** (`CN=paddock-operator`): each replica
+//!   issues its own, kept out of the API, writes it to `PADDOCK_ZK_TLS_CERT` and
+//!   `PADDOCK_ZK_TLS_KEY` with the CA as `PADDOCK_ZK_TLS_CA` (the session reads them again
+//!   on every connection) and renews it the same way.
+//! - The CA signs the namespaces' certificates too, unless `PADDOCK_CLIENT_CA_CERT` names
+//!   another one.
+//!
+//! Invariants: the Secrets are the truth and files follow them (a replica serves what the
+//! Secret holds now, also when another replica renewed it); a file is replaced whole
+//! (written aside, then renamed), so a reader never sees half of one.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context as _;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, PostParams};
+
+use crate::reconcile::certificate::{self, IssuingCa, RENEW_AFTER_ANNOTATION};
+
+/// The annotation on the servers' Secret naming what its certificate covers.
+pub const NAMES_ANNOTATION: &str = "paddock.dev/server-names";
+/// The operator's x509 identity.
+pub const OPERATOR_COMMON_NAME: &str = "paddock-operator";
+/// The longest pause between two looks at the Secrets.
+const RECHECK: Duration = Duration::from_secs(30);
+
+/// Where the operator's own CA lives and what it issues.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EnsembleCaSettings {
+    /// Secret (the operator's namespace) with the CA the operator issues the managed
+    /// ensemble's certificates from, made when missing. Set, the operator writes its own
+    /// client certificate to PADDOCK_ZK_TLS_CERT/KEY and the CA to PADDOCK_ZK_TLS_CA.
+    #[arg(long, env = "PADDOCK_ZOOKEEPER_CA_SECRET", value_name = "PADDOCK_ZOOKEEPER_CA_SECRET")]
+    pub ca_secret: Option<String>,
+    /// Secret (the operator's namespace) the servers' certificate is issued into.
+    #[arg(long, env = "PADDOCK_ZOOKEEPER_SERVER_SECRET", value_name = "PADDOCK_ZOOKEEPER_SERVER_SECRET")]
+    pub server_secret: Option<String>,
+    /// The names the servers' certificate covers (DNS names or IP addresses), comma-separated.
+    #[arg(
+        long,
+        env = "PADDOCK_ZOOKEEPER_SERVER_NAMES",
+        value_name = "PADDOCK_ZOOKEEPER_SERVER_NAMES",
+        value_delimiter = ','
+    )]
+    pub server_names: Vec<String>,
+    /// How long the servers' and the operator's certificates are valid; they are renewed
+    /// after two thirds of it.
+    #[arg(long, env = "PADDOCK_ZOOKEEPER_CERT_LIFETIME", value_name = "PADDOCK_ZOOKEEPER_CERT_LIFETIME", default_value = "2160h", value_parser = humantime::parse_duration)]
+    pub lifetime: Duration,
+}
+
+/// The files the operator writes for its own ZooKeeper session (`PADDOCK_ZK_TLS_CA`,
+/// `_CERT`, `_KEY`) and for the restart check (`PADDOCK_ZOOKEEPER_SERVER_CERT`).
+#[derive(Debug, Clone, Default)]
+pub struct OwnFiles {
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// The copy of the servers' `tls.crt` ([`crate::ensemble_certs`] compares with it).
+    pub server_cert: Option<PathBuf>,
+}
+
+/// [`OwnFiles`] with the session's three given.
+#[derive(Debug, Clone)]
+struct Files {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+    server_cert: Option<PathBuf>,
+}
+
+/// The CA and the Secrets it keeps current.
+pub struct EnsembleCa {
+    secrets: Api<Secret>,
+    ca_secret: String,
+    server_secret: String,
+    server_names: Vec<String>,
+    files: Files,
+    /// The CA's certificate and key, PEM.
+    ca_pem: String,
+    ca_key_pem: String,
+    ca: IssuingCa,
+    /// When this replica's own certificate is due.
+    own_renew_after: SystemTime,
+}
+
+impl EnsembleCaSettings {
+    /// None when the operator does not issue the ensemble's certificates; an error when the
+    /// settings are half given.
+    pub fn checked(&self) -> anyhow::Result<Option<(&str, &str)>> {
+        match (&self.ca_secret, &self.server_secret) {
+            (None, None) => Ok(None),
+            (Some(ca), Some(server)) => {
+                anyhow::ensure!(
+                    !self.server_names.is_empty(),
+                    "PADDOCK_ZOOKEEPER_SERVER_NAMES: the names the servers' certificate covers (their DNS names, \
+                     comma-separated) are needed with PADDOCK_ZOOKEEPER_SERVER_SECRET"
+                );
+                Ok(Some((ca, server)))
+            }
+            _ => anyhow::bail!(
+                "PADDOCK_ZOOKEEPER_CA_SECRET and PADDOCK_ZOOKEEPER_SERVER_SECRET go together: the operator's CA and the \
+                 Secret it issues the servers' certificate into (set both, or neither)"
+            ),
+        }
+    }
+}
+
+impl EnsembleCa {
+    /// Reads (or makes) the CA, issues what is missing or due, and writes the operator's
+    /// files: after this the operator can connect. None when the settings do not ask for it.
+    pub async fn start(
+        settings: &EnsembleCaSettings,
+        client: kube::Client,
+        namespace: &str,
+        files: OwnFiles,
+    ) -> anyhow::Result<Option<Self>> {
+        let Some((ca_secret, server_secret)) = settings.checked()? else { return Ok(None) };
+        let (Some(ca), Some(cert), Some(key)) = (files.ca, files.cert, files.key) else {
+            anyhow::bail!(
+                "PADDOCK_ZOOKEEPER_CA_SECRET needs PADDOCK_ZK_TLS_CA, PADDOCK_ZK_TLS_CERT and PADDOCK_ZK_TLS_KEY: \
+                 the files (in a writable directory) the operator writes its CA and its own certificate to"
+            )
+        };
+        let files = Files { ca, cert, key, server_cert: files.server_cert };
+        let secrets: Api<Secret> = Api::namespaced(client, namespace);
+        let (ca_pem, ca_key_pem) = shared_ca(&secrets, ca_secret).await?;
+        let ca = IssuingCa::new(&ca_pem, &ca_key_pem, ca_pem.clone(), settings.lifetime)
+            .with_context(|| format!("the CA in Secret {namespace}/{ca_secret}"))?;
+        let mut this = Self {
+            secrets,
+            ca_secret: ca_secret.to_owned(),
+            server_secret: server_secret.to_owned(),
+            server_names: settings.server_names.clone(),
+            files,
+            ca_pem,
+            ca_key_pem,
+            ca,
+            own_renew_after: SystemTime::UNIX_EPOCH,
+        };
+        this.renew_own()?;
+        this.keep_server_secret().await?;
+        tracing::info!(
+            ca = this.ca_secret,
+            servers = this.server_secret,
+            "the managed ensemble's certificates come from the operator's own CA"
+        );
+        Ok(Some(this))
+    }
+
+    /// The CA's certificate and key, PEM: what signs the namespaces' certificates.
+    pub fn ca_material(&self) -> (&str, &str) {
+        (&self.ca_pem, &self.ca_key_pem)
+    }
+
+    /// Renews what is due, every [`RECHECK`] (sooner with short lifetimes), forever.
+    pub async fn run(mut self) {
+        let pause = RECHECK.min(self.ca.lifetime / 10);
+        loop {
+            tokio::time::sleep(pause).await;
+            if SystemTime::now() >= self.own_renew_after
+                && let Err(err) = self.renew_own()
+            {
+                tracing::warn!(error = format!("{err:#}"), "renewing the operator's own ZooKeeper certificate");
+            }
+            if let Err(err) = self.keep_server_secret().await {
+                tracing::warn!(
+                    error = format!("{err:#}"),
+                    secret = self.server_secret,
+                    "keeping the servers' certificate"
+                );
+            }
+        }
+    }
+
+    /// Issues this replica's own client certificate and writes it with the CA.
+    fn renew_own(&mut self) -> anyhow::Result<()> {
+        let issued = self.ca.issue_client(OPERATOR_COMMON_NAME)?;
+        write_replacing(&self.files.ca, &self.ca_pem)?;
+        write_replacing(&self.files.key, &issued.key_pem)?;
+        write_replacing(&self.files.cert, &issued.cert_pem)?;
+        self.own_renew_after = issued.renew_after;
+        tracing::info!(cert = %self.files.cert.display(), "issued the operator's own ZooKeeper client certificate");
+        Ok(())
+    }
+
+    /// The servers' Secret made or renewed when it is missing, due, or for other names or
+    /// another CA; its `tls.crt` copied to the restart check's file.
+    async fn keep_server_secret(&self) -> anyhow::Result<()> {
+        let name = &self.server_secret;
+        let existing = self.secrets.get_opt(name).await.with_context(|| format!("reading Secret {name}"))?;
+        let current = existing.as_ref().and_then(|s| self.current_cert(s));
+        let cert_pem = match current {
+            Some(cert_pem) => cert_pem,
+            None => {
+                let issued = self.ca.issue_server(&self.server_names)?;
+                let mut object = server_secret(name, &self.ca_pem, &issued, &self.server_names.join(","));
+                let written = match existing {
+                    Some(existing) => {
+                        object.metadata.resource_version = existing.metadata.resource_version;
+                        self.secrets.replace(name, &PostParams::default(), &object).await
+                    }
+                    None => self.secrets.create(&PostParams::default(), &object).await,
+                };
+                match written {
+                    Ok(_) => {
+                        tracing::info!(secret = name, names = ?self.server_names, "issued the ZooKeeper servers' certificate")
+                    }
+                    // Another replica wrote first: follow it on the next look.
+                    Err(kube::Error::Api(status)) if status.code == 409 => return Ok(()),
+                    Err(err) => return Err(err).with_context(|| format!("writing Secret {name}")),
+                }
+                issued.cert_pem
+            }
+        };
+        if let Some(path) = &self.files.server_cert {
+            write_replacing(path, &cert_pem)?;
+        }
+        Ok(())
+    }
+
+    /// The Secret's certificate when it is still good: for these names, from this CA, not due.
+    fn current_cert(&self, secret: &Secret) -> Option<String> {
+        let annotations = secret.metadata.annotations.as_ref()?;
+        let renew_after: u64 = annotations.get(RENEW_AFTER_ANNOTATION)?.parse().ok()?;
+        let names_match = annotations.get(NAMES_ANNOTATION) == Some(&self.server_names.join(","));
+        let data = secret.data.as_ref()?;
+        let text = |key: &str| data.get(key).and_then(|b| String::from_utf8(b.0.clone()).ok());
+        let same_ca = text("ca.crt").as_deref() == Some(self.ca_pem.as_str());
+        let due = certificate::unix_seconds(SystemTime::now()) >= renew_after;
+        (names_match && same_ca && !due && text("tls.key").is_some()).then(|| text("tls.crt")).flatten()
+    }
+}
+
+/// The CA all replicas share: read from its Secret, or made and stored there by whichever
+/// replica comes first.
+async fn shared_ca(secrets: &Api<Secret>, name: &str) -> anyhow::Result<(String, String)> {
+    for _ in 0..5 {
+        if let Some(existing) = secrets.get_opt(name).await.with_context(|| format!("reading Secret {name}"))? {
+            let data = existing.data.unwrap_or_default();
+            let text = |key: &str| data.get(key).and_then(|b| String::from_utf8(b.0.clone()).ok());
+            let (Some(cert), Some(key)) = (text("tls.crt"), text("tls.key")) else {
+                anyhow::bail!(
+                    "Secret {name} holds no CA: it needs tls.crt and tls.key (PEM), the CA's certificate and key; \
+                     delete it to let the operator make one"
+                );
+            };
+            return Ok((cert, key));
+        }
+        let (cert, key) = certificate::new_ca("paddock-zookeeper-ca")?;
+        let bytes = |s: &str| ByteString(s.as_bytes().to_vec());
+        let object = Secret {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.to_owned()),
+                labels: Some(managed()),
+                ..Default::default()
+            },
+            type_: Some("kubernetes.io/tls".to_owned()),
+            data: Some(
+                [("tls.crt", &cert), ("tls.key", &key), ("ca.crt", &cert)]
+                    .map(|(k, v)| (k.to_owned(), bytes(v)))
+                    .into(),
+            ),
+            ..Default::default()
+        };
+        match secrets.create(&PostParams::default(), &object).await {
+            Ok(_) => {
+                tracing::info!(secret = name, "made the operator's CA for the ZooKeeper ensemble");
+                return Ok((cert, key));
+            }
+            // Another replica made it first: use that one.
+            Err(kube::Error::Api(status)) if status.code == 409 => continue,
+            Err(err) => return Err(err).with_context(|| format!("writing Secret {name}")),
+        }
+    }
+    anyhow::bail!("Secret {name} kept changing while the replicas agreed on a CA")
+}
+
+fn managed() -> std::collections::BTreeMap<String, String> {
+    [("app.kubernetes.io/managed-by".to_owned(), "paddock-operator".to_owned())].into()
+}
+
+fn server_secret(name: &str, ca_pem: &str, issued: &certificate::Issued, names: &str) -> Secret {
+    let bytes = |s: &str| ByteString(s.as_bytes().to_vec());
+    let renew_after = certificate::unix_seconds(issued.renew_after).to_string();
+    Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.to_owned()),
+            annotations: Some(
+                [(RENEW_AFTER_ANNOTATION.to_owned(), renew_after), (NAMES_ANNOTATION.to_owned(), names.to_owned())]
+                    .into(),
+            ),
+            labels: Some(managed()),
+            ..Default::default()
+        },
+        type_: Some("kubernetes.io/tls".to_owned()),
+        data: Some(
+            [("ca.crt", ca_pem), ("tls.crt", &issued.cert_pem), ("tls.key", &issued.key_pem)]
+                .map(|(k, v)| (k.to_owned(), bytes(v)))
+                .into(),
+        ),
+        ..Default::default()
+    }
+}
+
+/// Replaces `path` whole: written aside, then renamed over it.
+fn write_replacing(path: &Path, contents: &str) -> anyhow::Result<()> {
+    let dir = path.parent().context("a file path has a directory")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let tmp = dir.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("file")));
+    std::fs::write(&tmp, contents).with_context(|| format!("writing {}", tmp.display()))?;
+    // Keys among them: readable by the operator alone.
+    std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+}
