@@ -1,7 +1,7 @@
 //! The images `scripts/images.sh` built, run as real containers with podman, configured as
 //! the chart and the webhook configure them in a cluster: three paddock-zookeeper
 //! containers form an ensemble from the chart's default zoo.cfg and start script — TLS
-//! only, certificates as cert-manager would issue them for the chart — and the chart's
+//! only, certificates the operator issues from its CA, as by default — and the chart's
 //! probes pass; the paddock-operator container reconciles `examples/` through the
 //! Kubernetes API stand-in against that ensemble, issuing namespace `demo` its client
 //! certificate; a paddock-sidecar container started with exactly the environment and
@@ -15,8 +15,8 @@
 //! Only what cannot work outside a cluster is changed, each named where it is done: DNS
 //! names and fixed ports become 127.0.0.1 and free ports (the containers share the host's
 //! network), the operator finds the API through a kubeconfig instead of a service
-//! account, and the test does cert-manager's part (the Secrets of the chart's
-//! Certificates). The tests need the archives (`bash scripts/images.sh`), so they are ignored
+//! account, the servers' certificate names 127.0.0.1, and the operator's CA is one the
+//! test put into its Secret (so that it can make a client certificate of its own). The tests need the archives (`bash scripts/images.sh`), so they are ignored
 //! by a plain `cargo test`; `scripts/test.sh` builds the images and runs them.
 
 use std::collections::BTreeMap;
@@ -155,21 +155,15 @@ fn run_the_stack(podman: &Podman) -> Result<()> {
         podman.load(image)?;
     }
     // Small heaps: three JVMs on a shared test machine. TLS as the chart's default, its
-    // certificates from cert-manager, whose part the test does (the operator's own CA, the
-    // default, is run against a real ensemble by operator/tests/own_ca.rs).
-    let docs = render_chart(&[
-        "--set",
-        "zookeeper.heapMb=128",
-        "--set",
-        "zookeeper.jvmFlags=-XX:+UseSerialGC",
-        "--set",
-        "zookeeper.tls.certManager.enabled=true",
-    ])?;
+    // certificates from the operator's own CA: the operator starts first and issues the
+    // servers' certificate into the Secret their containers mount.
+    let docs = render_chart(&["--set", "zookeeper.heapMb=128", "--set", "zookeeper.jvmFlags=-XX:+UseSerialGC"])?;
     let api = api_with_the_chart(podman, &docs)?;
-    let tls = cert_manager_s_part(&docs, &api)?;
-    let ensemble = Ensemble::start(podman, &docs, &api)?;
+    let tls = a_ca_of_the_user_s(&docs, &api)?;
+    let ports = free_ports(3 * Ensemble::SERVERS)?;
+    let operator = start_operator(podman, &docs, &api, &Ensemble::connect_string_of(&ports))?;
+    let ensemble = Ensemble::start(podman, &docs, &api, ports)?;
     ensemble.serves(&tls)?;
-    let operator = start_operator(podman, &docs, &api, &ensemble.connect_string())?;
     examples_are_reconciled(&api)?;
     let pod = inject_the_app_pod(&docs, &api, &operator)?;
     let paddock_url = start_the_sidecar(podman, &api, &pod, &operator, &ensemble.connect_string())?;
@@ -181,7 +175,7 @@ fn run_the_stack(podman: &Podman) -> Result<()> {
         ensure!(process_uids(pid)? == [NON_ROOT; 4], "{name} runs as {:?}", process_uids(pid)?);
         ensure!(root_is_read_only(pid)?, "{name}'s root filesystem is read-only");
     }
-    the_operator_restarts_the_ensemble_only_for_a_replaced_certificate(podman, &docs, &api, &tls)?;
+    the_operator_restarts_the_ensemble_only_for_a_replaced_certificate(&docs, &api, podman)?;
     ensemble.a_server_without_quorum_is_live_but_not_ready()
 }
 
@@ -197,13 +191,18 @@ struct Ensemble<'a> {
 impl<'a> Ensemble<'a> {
     const SERVERS: usize = 3;
 
-    fn start(podman: &'a Podman, docs: &'a [Value], api: &Standin) -> Result<Self> {
+    fn start(podman: &'a Podman, docs: &'a [Value], api: &Standin, ports: Vec<u16>) -> Result<Self> {
         let set = object(docs, "StatefulSet", None);
         let set_name = set["metadata"]["name"].as_str().context("name")?;
         ensure!(set["spec"]["replicas"] == Self::SERVERS, "the chart's default ensemble has 3 servers");
         let (pod, container) = pod_spec(set);
         let config = &object(docs, "ConfigMap", Some(set_name))["data"];
-        let ports = free_ports(3 * Self::SERVERS)?;
+        // The servers' certificate, which the operator issues into their Secret.
+        let secret_name = pod["volumes"].as_array().into_iter().flatten().find(|v| v["name"] == "tls");
+        let secret_name = secret_name.and_then(|v| v["secret"]["secretName"].as_str()).context("the tls volume")?;
+        eventually(Duration::from_secs(60), "the operator issues the servers' certificate", || {
+            api.secret(NAMESPACE, secret_name, "tls.crt").is_ok()
+        })?;
         for i in 0..Self::SERVERS {
             let dir = podman.scratch(&format!("zk-{i}"))?;
             let (config_dir, data) = (dir.join("config"), dir.join("data"));
@@ -238,8 +237,12 @@ impl<'a> Ensemble<'a> {
         self.ports[3 * server]
     }
 
+    fn connect_string_of(ports: &[u16]) -> String {
+        (0..Self::SERVERS).map(|i| format!("127.0.0.1:{}", ports[3 * i])).collect::<Vec<_>>().join(",")
+    }
+
     fn connect_string(&self) -> String {
-        (0..Self::SERVERS).map(|i| format!("127.0.0.1:{}", self.client_port(i))).collect::<Vec<_>>().join(",")
+        Self::connect_string_of(&self.ports)
     }
 
     /// The chart's exec probe `which` in server `server`'s container, as the kubelet runs
@@ -332,6 +335,8 @@ fn start_operator(podman: &Podman, docs: &[Value], api: &Standin, connect: &str)
         ("PADDOCK_METRICS_LISTEN", format!("127.0.0.1:{metrics}")),
         ("PADDOCK_WEBHOOK_LISTEN", format!("127.0.0.1:{webhook}")),
         ("PADDOCK_ZOOKEEPER_SERVERS", connect.to_owned()),
+        // The servers' certificate for the address the servers have here.
+        ("PADDOCK_ZOOKEEPER_SERVER_NAMES", "127.0.0.1".to_owned()),
     ] {
         *env.get_mut(name).with_context(|| format!("the chart sets {name}"))? = value;
     }
@@ -343,11 +348,11 @@ fn start_operator(podman: &Podman, docs: &[Value], api: &Standin, connect: &str)
     ensure!(container["command"].is_null(), "the chart runs the image's entrypoint");
     let kube_dir = api.kubeconfig.parent().context("the kubeconfig's directory")?;
     let kubeconfig = [format!("--volume={}:/kube:ro", kube_dir.display())];
-    // Its certificate, the client CA and the servers' certificate, as the kubelet mounts them.
+    // No Secret to mount: it writes its certificate, the CA and the servers' certificate
+    // into an emptyDir of its own.
     let secrets = api.secret_volumes(pod, container, NAMESPACE, &podman.scratch("operator")?)?;
-    ensure!(secrets.len() == 3, "the operator's Secret volumes: {secrets:?}");
-    let volumes: Vec<HostVolume> = secrets.iter().map(|(name, dir)| HostVolume { name, dir }).collect();
-    podman.run(&run_args("operator", pod, container, &env, &volumes, &kubeconfig)?)?;
+    ensure!(secrets.is_empty(), "the operator's Secret volumes: {secrets:?}");
+    podman.run(&run_args("operator", pod, container, &env, &[], &kubeconfig)?)?;
     // Its probes, as the chart renders them: HTTP on the metrics port.
     for (probe, path) in [("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")] {
         ensure!(container[probe]["httpGet"]["path"] == path && container[probe]["httpGet"]["port"] == "metrics");
@@ -637,51 +642,35 @@ impl TestTls {
     }
 }
 
-/// What cert-manager does for the chart: each Certificate's Secret (`ca.crt`, `tls.crt`,
-/// `tls.key`, keys PKCS#8), from one CA — the CA's own, the servers' (`server auth`) for
-/// 127.0.0.1 (changed: its DNS names, which name pods of a cluster), and a client
-/// certificate for a `commonName`. Stored in the stand-in, where the kubelet stand-in mounts them from.
-fn cert_manager_s_part(docs: &[Value], api: &Standin) -> Result<TestTls> {
+/// A CA of the user's in the Secret where the operator keeps its own CA (it makes one
+/// when there is none, as `operator/tests/own_ca.rs` shows; the test needs the CA's key to
+/// make a client certificate of its own), and the test's client certificate from it.
+fn a_ca_of_the_user_s(docs: &[Value], api: &Standin) -> Result<TestTls> {
+    let (_, operator) = pod_spec(object(docs, "Deployment", None));
+    let setting = operator["env"].as_array().into_iter().flatten().find(|e| e["name"] == "PADDOCK_ZOOKEEPER_CA_SECRET");
+    let name = setting.and_then(|e| e["value"].as_str()).context("the chart gives the operator its own CA")?;
     let ca = paddock_testkit::TestCa::new("paddock-images-test-ca")?;
-    let certificates: Vec<&Value> = docs.iter().filter(|d| d["kind"] == "Certificate").collect();
-    ensure!(certificates.len() == 3, "the chart's ZooKeeper Certificates: CA, servers, operator");
-    let mut secrets = String::new();
-    for certificate in certificates {
-        let spec = &certificate["spec"];
-        let serves = spec["usages"].as_array().is_some_and(|u| u.iter().any(|u| u == "server auth"));
-        let (cert, key) = if spec["isCA"] == true {
-            (ca.pem(), ca.key_pem())
-        } else if serves {
-            let issued = ca.issue_server([127, 0, 0, 1].into())?;
-            (issued.cert_pem, issued.key_pem)
-        } else {
-            let name = spec["commonName"].as_str().context("a client certificate's commonName")?;
-            let issued = ca.issue_client(&format!("CN={name}"), false)?;
-            (issued.cert_pem, issued.key_pem)
-        };
-        let encode = |text: &str| base64::engine::general_purpose::STANDARD.encode(text);
-        let secret = json!({
-            "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
-            "metadata": {"name": spec["secretName"], "namespace": NAMESPACE},
-            "data": {"ca.crt": encode(&ca.pem()), "tls.crt": encode(&cert), "tls.key": encode(&key)},
-        });
-        secrets.push_str(&format!("---\n{secret}\n"));
-    }
-    api.kubectl(&["apply", "-f", "-"], Some(&secrets))?;
+    let encode = |text: &str| base64::engine::general_purpose::STANDARD.encode(text);
+    let secret = json!({
+        "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "data": {"tls.crt": encode(&ca.pem()), "tls.key": encode(&ca.key_pem())},
+    });
+    api.kubectl(&["apply", "-f", "-"], Some(&secret.to_string()))?;
     let client = ca.issue_client("CN=paddock-images-test", false)?;
     Ok(TestTls { ca, client })
 }
 
 /// The operator looks at the certificate each server serves (every 2 s here): while they
 /// serve their Secret's, it leaves the StatefulSet alone and says nothing about it; once
-/// the Secret holds a renewed one (cert-manager renews it, the kubelet refreshes the
-/// operator's copy), it restarts the StatefulSet (a pod-template annotation).
+/// it renews the certificate in the Secret (here: told it is due), it restarts the
+/// StatefulSet (a pod-template annotation) for it.
 fn the_operator_restarts_the_ensemble_only_for_a_replaced_certificate(
-    podman: &Podman,
     docs: &[Value],
     api: &Standin,
-    tls: &TestTls,
+    podman: &Podman,
 ) -> Result<()> {
+    let (pod, _) = pod_spec(object(docs, "StatefulSet", None));
     let set = object(docs, "StatefulSet", None)["metadata"]["name"].as_str().context("name")?;
     let restarted_at = || -> Result<Option<String>> {
         let stored = api.kubectl(&["get", "statefulset", "-n", NAMESPACE, set, "-o", "json"], None)?;
@@ -695,11 +684,16 @@ fn the_operator_restarts_the_ensemble_only_for_a_replaced_certificate(
     for trouble in ["servers' certificates", "replaced certificate"] {
         ensure!(!logs.contains(trouble), "nothing to say about the servers' certificates ({trouble}):\n{logs}");
     }
-    let renewed = tls.ca.issue_server([127, 0, 0, 1].into())?;
-    let mounted = podman.scratch("operator")?.join("zookeeper-server-cert");
-    std::fs::write(mounted.join(".tls.crt.new"), &renewed.cert_pem)?;
-    std::fs::rename(mounted.join(".tls.crt.new"), mounted.join("tls.crt"))?;
-    eventually(Duration::from_secs(30), "the operator restarts the StatefulSet for the renewed certificate", || {
-        restarted_at().is_ok_and(|at| at.is_some())
-    })
+    let secret = pod["volumes"].as_array().into_iter().flatten().find(|v| v["name"] == "tls");
+    let secret = secret.and_then(|v| v["secret"]["secretName"].as_str()).context("the tls volume")?;
+    let first = api.secret(NAMESPACE, secret, "tls.crt")?;
+    api.kubectl(&["annotate", "--overwrite", "secret", "-n", NAMESPACE, secret, "paddock.dev/renew-after=0"], None)?;
+    eventually(
+        Duration::from_secs(90),
+        "the operator renews the servers' certificate and restarts the StatefulSet",
+        || {
+            api.secret(NAMESPACE, secret, "tls.crt").is_ok_and(|now| now != first)
+                && restarted_at().is_ok_and(|at| at.is_some())
+        },
+    )
 }
