@@ -21,7 +21,8 @@ async fn provision_observe_and_clean_up_a_lock_and_a_queue() {
     let ensemble = Ensemble::start().await.unwrap();
     let connect = ensemble.connect_string();
     let (ns_id, op_id) = (DigestIdentity::generate("paddock-ns-shop"), DigestIdentity::generate("paddock-operator"));
-    let ids = Identities { namespace: ZkId::Digest(ns_id.clone()), operator: ZkId::Digest(op_id.clone()) };
+    let ids =
+        Identities { namespace: ZkId::Digest(ns_id.clone()), operator: ZkId::Digest(op_id.clone()), legacy: None };
     let operator = authed(&connect, &op_id).await;
     operator.auth("digest", ns_id.credentials().as_bytes()).await.unwrap();
     let layout = Layout::new("/paddock").unwrap();
@@ -107,6 +108,7 @@ fn an_invalid_spec_builds_nothing() {
     let ids = Identities {
         namespace: ZkId::Digest(DigestIdentity::generate("paddock-ns-shop")),
         operator: ZkId::Digest(DigestIdentity::generate("paddock-operator")),
+        legacy: None,
     };
     let spec =
         DistributedLockSpec { max_holders: 0, ttl: None, lock_delay: None, deletion_policy: DeletionPolicy::Retain };

@@ -56,7 +56,13 @@ async fn resolve(
         let value = match (&var.value, &var.value_from) {
             (Some(value), _) => value.replace(MOUNT_PATH, &root.display().to_string()),
             (None, Some(source)) if source.secret_key_ref.is_some() => {
-                String::from_utf8(data[&source.secret_key_ref.as_ref().unwrap().key].0.clone()).unwrap()
+                let selector = source.secret_key_ref.as_ref().unwrap();
+                match data.get(&selector.key) {
+                    Some(value) => String::from_utf8(value.0.clone()).unwrap(),
+                    // As the kubelet does: an optional key the Secret lacks sets nothing.
+                    None if selector.optional == Some(true) => continue,
+                    None => panic!("env {}: key {} missing", var.name, selector.key),
+                }
             }
             (None, Some(source)) => match source.field_ref.as_ref().unwrap().field_path.as_str() {
                 "metadata.name" => "web-x509".to_owned(),
@@ -132,11 +138,14 @@ async fn a_certificate_namespace_gets_its_secret_mounted_and_the_sidecar_works_o
     let spec = patched.spec.clone().unwrap();
     let sidecar = spec.init_containers.iter().flatten().chain(&spec.containers).find(|c| c.name == "paddock-sidecar");
     let sidecar = sidecar.unwrap().clone();
-    assert!(sidecar.env.iter().flatten().all(|v| v.name != "PADDOCK_ZK_AUTH"), "no digest credentials");
+    // Digest credentials only from a namespace that had them before TLS: none here.
+    let digest = sidecar.env.iter().flatten().find(|v| v.name == "PADDOCK_ZK_AUTH").unwrap();
+    assert_eq!(digest.value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap().optional, Some(true));
 
     let files = dir.path().join("zk-identity");
     std::fs::create_dir_all(&files).unwrap();
     let env = resolve(&sidecar, &patched, &secrets, &files).await;
+    assert!(env.iter().all(|(name, _)| name != "PADDOCK_ZK_AUTH"), "no digest credentials in this namespace");
     let mut command = Command::new(workspace_binary("paddock-sidecar"));
     command.env_clear().envs(env);
     let _sidecar = ProcessHandle::spawn("injected sidecar", command).unwrap();

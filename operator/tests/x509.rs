@@ -385,3 +385,102 @@ async fn a_renewed_server_certificate_restarts_the_ensemble_once_and_sidecars_li
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(template_annotations(&setup.client).await[RESTARTED_AT_ANNOTATION], restarted_at, "restarted once");
 }
+
+/// An install that ran digest identities moves to certificates (the chart's TLS default):
+/// what the namespace's sidecars made under digest names that identity alone. The operator,
+/// restarted with certificates and its digest credentials still given, issues the
+/// namespace's certificate beside the digest credentials in its Secret, keeps the digest
+/// identity in the ACL of what it provisions, and reads with it; a sidecar of the old kind
+/// (digest) keeps enqueueing and locking, and one of the new kind (its certificate, and the
+/// digest credentials as the webhook passes them on) takes the lock after it and claims and
+/// acks every item, the old ones included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_made_under_digest_keeps_its_locks_and_items_when_the_operator_moves_to_certificates() {
+    init_tracing();
+    let ensemble = Ensemble::start_with(EnsembleOptions { tls: true, ..Default::default() }).await.unwrap();
+    let tls = ensemble.tls().unwrap();
+    let api = ApiServer::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, api.kubeconfig()).unwrap();
+    paddock_testkit::kubectl(&kubeconfig, &["apply", "-f", "crds/"]).unwrap();
+    let resources = dir.path().join("resources.yaml");
+    std::fs::write(&resources, RESOURCES).unwrap();
+    paddock_testkit::kubectl(&kubeconfig, &["apply", "-f", resources.to_str().unwrap()]).unwrap();
+    let client = api.client().unwrap();
+    let own = tls.issue_client("operator", "CN=paddock-operator,O=paddock").unwrap();
+    let operator_options = |auth: &str| {
+        let mut options = OperatorOptions::new(
+            workspace_binary("paddock-operator"),
+            &kubeconfig,
+            &ensemble.connect_string(),
+            "paddock-operator:operator-password",
+        );
+        options.env.extend(own.env(&tls.ca_path()));
+        options.env("PADDOCK_NAMESPACE_AUTH", auth)
+    };
+    let ready = || async {
+        let locks: Api<DistributedLock> = Api::namespaced(client.clone(), "team-a");
+        let queues: Api<WorkQueue> = Api::namespaced(client.clone(), "team-a");
+        let ok = |c: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]| {
+            c.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+        };
+        locks.get("shared").await.unwrap().status.is_some_and(|s| ok(&s.conditions))
+            && queues.get("jobs").await.unwrap().status.is_some_and(|s| ok(&s.conditions))
+    };
+
+    // Before: digest identities.
+    let digest_operator = Operator::spawn(operator_options("digest")).unwrap();
+    eventually(Duration::from_secs(60), "provisioned with digest identities", ready).await;
+    let credentials = identity(&client, "team-a").await["credentials"].clone();
+    // A sidecar of the digest kind (its connection's certificate says nothing of the namespace).
+    let transport = tls.issue_client("old-pod", "CN=some-pod").unwrap();
+    let mut old_env = transport.env(&tls.ca_path());
+    old_env.push(("PADDOCK_ZK_AUTH".into(), credentials.clone()));
+    let (_old, old_pod) = sidecar(&ensemble, "old-0", "team-a", old_env).await;
+    for i in 0..3 {
+        let (code, body) = old_pod.enqueue("jobs", format!("made under digest {i}")).await.unwrap();
+        assert_eq!(code, 201, "{body}");
+    }
+
+    // After: certificates, the digest credentials kept in the Secret.
+    drop(digest_operator);
+    let (ca, key) = (tls.ca_path().display().to_string(), tls.ca_key_path().display().to_string());
+    let _operator =
+        Operator::spawn(operator_options("x509").env("PADDOCK_CLIENT_CA_CERT", &ca).env("PADDOCK_CLIENT_CA_KEY", &key))
+            .unwrap();
+    eventually(Duration::from_secs(60), "the namespace's certificate issued", || async {
+        identity(&client, "team-a").await.contains_key("tls.crt")
+    })
+    .await;
+    let moved = identity(&client, "team-a").await;
+    assert_eq!(moved["credentials"], credentials, "the digest credentials stay");
+    eventually(Duration::from_secs(60), "provisioned with certificate identities", ready).await;
+
+    // The old kind keeps working: it enqueues, and holds the lock.
+    let (code, body) = old_pod.enqueue("jobs", "made under digest, after the move").await.unwrap();
+    assert_eq!(code, 201, "an old sidecar enqueues after the move: {body}");
+    let Acquire::Acquired { token: old_token, .. } = old_pod.acquire("shared", "old-0", "0s").await.unwrap() else {
+        panic!("an old sidecar locks after the move")
+    };
+
+    // The new kind, as the webhook configures it: the certificate and the digest credentials.
+    let mut new_env = mount(&dir.path().join("new"), &moved);
+    new_env.push(("PADDOCK_ZK_AUTH".into(), credentials.clone()));
+    let (_new, new_pod) = sidecar(&ensemble, "new-0", "team-a", new_env).await;
+    let waiting = tokio::spawn({
+        let new_pod = new_pod.clone();
+        async move { new_pod.acquire("shared", "new-0", "30s").await.unwrap() }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (code, body) = old_pod.release("shared", "old-0").await.unwrap();
+    assert_eq!(code, 200, "{body}");
+    let Acquire::Acquired { token, .. } = waiting.await.unwrap() else { panic!("the new sidecar gets the lock") };
+    assert!(token > old_token);
+    for _ in 0..4 {
+        let item = new_pod.next("jobs", "5s").await.expect("claims an item made under digest").expect("an item");
+        let (code, body) = new_pod.settle("jobs", &item.id, "ack", "").await.unwrap();
+        assert_eq!(code, 200, "acks an item made under digest: {body}");
+    }
+    assert_eq!(new_pod.queue_stats("jobs").await.unwrap()["depth"], 0);
+}

@@ -23,6 +23,14 @@ fn operator_only(ids: &Identities) -> Vec<zk::Acl> {
     acl_for(&[&ids.operator])
 }
 
+/// The namespace's identities (its digest one too while it is being moved to a
+/// certificate) and the operator's.
+fn namespace_and_operator(ids: &Identities) -> Vec<zk::Acl> {
+    let mut all = vec![&ids.namespace, &ids.operator];
+    all.extend(&ids.legacy);
+    acl_for(&all)
+}
+
 pub fn lock(
     layout: &Layout,
     ns: &Name,
@@ -34,7 +42,7 @@ pub fn lock(
     Ok(Desired {
         path: layout.lock(ns, name),
         data: to_znode(&config),
-        acl: acl_for(&[&ids.namespace, &ids.operator]),
+        acl: namespace_and_operator(ids),
         root_acl: operator_only(ids),
     })
 }
@@ -50,7 +58,7 @@ pub fn queue(
     Ok(Desired {
         path: layout.queue(ns, name).base,
         data: to_znode(&config),
-        acl: acl_for(&[&ids.namespace, &ids.operator]),
+        acl: namespace_and_operator(ids),
         root_acl: operator_only(ids),
     })
 }
@@ -69,7 +77,8 @@ mod tests {
             DigestIdentity::parse("paddock-ns-shop:pw1").unwrap(),
             DigestIdentity::parse("paddock-operator:pw2").unwrap(),
         );
-        let ids = Identities { namespace: ZkId::Digest(ns_id.clone()), operator: ZkId::Digest(op_id.clone()) };
+        let ids =
+            Identities { namespace: ZkId::Digest(ns_id.clone()), operator: ZkId::Digest(op_id.clone()), legacy: None };
         let spec = DistributedLockSpec {
             max_holders: 2,
             ttl: None,
@@ -87,11 +96,18 @@ mod tests {
         let x509 = Identities {
             namespace: ZkId::X509("CN=paddock-ns-shop,O=paddock".into()),
             operator: ZkId::X509("CN=paddock-operator,O=paddock".into()),
+            legacy: None,
         };
         let desired = lock(&layout, &ns, &name, &spec, &x509).unwrap();
         let acl: Vec<(&str, &str)> = desired.acl.iter().map(|a| (a.scheme(), a.id())).collect();
         assert_eq!(acl, [("x509", "CN=paddock-ns-shop,O=paddock"), ("x509", "CN=paddock-operator,O=paddock")]);
         assert_eq!(desired.root_acl.len(), 1);
         assert_eq!(desired.root_acl[0].id(), "CN=paddock-operator,O=paddock");
+        // Moving from digest: the namespace's digest identity stays in the ACL meanwhile.
+        let moving = Identities { legacy: Some(ZkId::Digest(ns_id.clone())), ..x509 };
+        let desired = queue(&layout, &ns, &name, &WorkQueueSpec::default(), &moving).unwrap();
+        let acl: Vec<(&str, &str)> = desired.acl.iter().map(|a| (a.scheme(), a.id())).collect();
+        assert_eq!(acl[2], ("digest", ns_id.acl_id().as_str()), "{acl:?}");
+        assert_eq!(desired.root_acl.len(), 1, "the root stays the operator's alone");
     }
 }

@@ -49,6 +49,10 @@ pub enum NamespaceAuth {
 pub struct Identities {
     pub namespace: ZkId,
     pub operator: ZkId,
+    /// With a certificate: the namespace's digest identity from before TLS, while its
+    /// Secret keeps it. Named in the ACL of what the operator provisions too, so the pods
+    /// not yet moved to the certificate keep working (see [`NamespaceIdentities::get`]).
+    pub legacy: Option<ZkId>,
 }
 
 /// The step's state: the clients it uses and the namespaces each session carries.
@@ -121,16 +125,28 @@ impl NamespaceIdentities {
                 })?;
                 let identity = self.read_or_create(namespace).await?;
                 let client = self.authenticate(namespace, &identity).await?;
-                Ok((Identities { namespace: ZkId::Digest(identity), operator: ZkId::Digest(operator) }, client))
+                let ids =
+                    Identities { namespace: ZkId::Digest(identity), operator: ZkId::Digest(operator), legacy: None };
+                Ok((ids, client))
             }
             NamespaceAuth::X509(ca) => {
                 let at = self.at(namespace);
                 let client = self.session.client().map_err(|e| at.clone().session(e))?.client;
                 let operator = self.operator_x509(namespace, &client).await?;
-                self.ensure_certificate(namespace, ca, &operator).await?;
+                let legacy = self.ensure_certificate(namespace, ca, &operator).await?;
                 self.certified.lock().expect("not poisoned").insert(namespace.to_owned());
-                let namespace = ZkId::X509(certificate::namespace_subject(namespace));
-                Ok((Identities { namespace, operator: ZkId::X509(operator) }, client))
+                // Moving from digest: what the namespace's sidecars made under digest names
+                // that identity alone, so the operator adds it to its session to read them.
+                let client = match &legacy {
+                    Some(identity) => self.authenticate(namespace, identity).await?,
+                    None => client,
+                };
+                let ids = Identities {
+                    namespace: ZkId::X509(certificate::namespace_subject(namespace)),
+                    operator: ZkId::X509(operator),
+                    legacy: legacy.map(ZkId::Digest),
+                };
+                Ok((ids, client))
             }
         }
     }
@@ -193,21 +209,29 @@ impl NamespaceIdentities {
         Ok(user.user().to_owned())
     }
 
-    /// Issues the namespace's certificate into its Secret unless the Secret holds a current one.
-    async fn ensure_certificate(&self, namespace: &str, ca: &IssuingCa, operator: &str) -> Result<(), Error> {
+    /// Issues the namespace's certificate into its Secret unless the Secret holds a current
+    /// one; the digest identity the Secret keeps from before TLS, if any.
+    async fn ensure_certificate(
+        &self,
+        namespace: &str,
+        ca: &IssuingCa,
+        operator: &str,
+    ) -> Result<Option<DigestIdentity>, Error> {
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
         let existing = secrets
             .get_opt(CREDENTIALS_SECRET)
             .await
             .map_err(Error::kube(format!("reading Secret {CREDENTIALS_SECRET}"), namespace))?;
+        let legacy =
+            existing.as_ref().and_then(|s| text(s, CREDENTIALS_KEY)).and_then(|c| DigestIdentity::parse(&c).ok());
         let current = existing.as_ref().is_some_and(|s| is_current(s, ca, operator));
         if current {
-            return Ok(());
+            return Ok(legacy);
         }
         if !self.leadership.is_leading() {
             // A follower uses what the leader wrote; it never writes.
             let has_cert = existing.as_ref().is_some_and(|s| s.data.as_ref().is_some_and(|d| d.contains_key(CERT_KEY)));
-            return if has_cert { Ok(()) } else { Err(Error::NotLeading) };
+            return if has_cert { Ok(legacy) } else { Err(Error::NotLeading) };
         }
         let issued = ca.issue(namespace).map_err(|e| Error::BadCredentials {
             namespace: namespace.to_owned(),
@@ -225,7 +249,7 @@ impl NamespaceIdentities {
                     subject = certificate::namespace_subject(namespace),
                     "issued the namespace's certificate"
                 );
-                Ok(())
+                Ok(legacy)
             }
             // Written by a concurrent reconcile: read it again.
             Err(kube::Error::Api(e)) if e.code == 409 => {

@@ -1,7 +1,12 @@
 //! The injected sidecar of a namespace whose identity is a client certificate: the
 //! namespace's Secret mounted read-only, `PADDOCK_ZK_TLS_CA/CERT/KEY` naming its files
-//! (`ca.crt`, `tls.crt`, `tls.key`) and `PADDOCK_ZK_OPERATOR_ID` from its `operator-id`,
-//! instead of the digest credentials. The kubelet rewrites the mounted files when the
+//! (`ca.crt`, `tls.crt`, `tls.key`) and `PADDOCK_ZK_OPERATOR_ID` from its `operator-id`.
+//! The digest credentials stay, optional: a namespace that had them before TLS keeps them
+//! in its Secret, and its sidecars present both identities — nodes made under digest name
+//! that identity alone, and ZooKeeper's `auth` ACL of what a sidecar makes names every
+//! identity of its session, so pods of both kinds share the namespace's locks and queues
+//! while the app's pods are replaced. A namespace made with TLS has no such key, and the
+//! variable is then left unset. The kubelet rewrites the mounted files when the
 //! operator renews the certificate, and the sidecar reads them again every 10 s.
 
 use k8s_openapi::api::core::v1::{
@@ -45,7 +50,10 @@ pub fn use_certificate(pod: &mut Pod) {
 
 fn switch_env(sidecar: &mut Container) {
     let env = sidecar.env.get_or_insert_with(Vec::new);
-    env.retain(|var| var.name != "PADDOCK_ZK_AUTH");
+    let digest = env.iter_mut().find(|var| var.name == "PADDOCK_ZK_AUTH");
+    if let Some(selector) = digest.and_then(|var| var.value_from.as_mut()).and_then(|f| f.secret_key_ref.as_mut()) {
+        selector.optional = Some(true);
+    }
     let file = |name: &str, key: &str| EnvVar {
         name: name.into(),
         value: Some(format!("{MOUNT_PATH}/{key}")),
@@ -97,7 +105,10 @@ mod tests {
             let sidecar = sidecar(&pod);
             let env = sidecar.env.as_ref().unwrap();
             let get = |name: &str| env.iter().find(|v| v.name == name);
-            assert!(get("PADDOCK_ZK_AUTH").is_none(), "no digest credentials");
+            // The digest credentials of a namespace that had them before TLS, if it still has.
+            let digest = get("PADDOCK_ZK_AUTH").unwrap().value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap();
+            assert_eq!((digest.name.as_str(), digest.key.as_str()), (CREDENTIALS_SECRET, "credentials"));
+            assert_eq!(digest.optional, Some(true), "unset where the Secret has no digest credentials");
             assert_eq!(get("PADDOCK_ZK_TLS_CA").unwrap().value.as_deref(), Some("/var/run/paddock/zk-identity/ca.crt"));
             assert_eq!(
                 get("PADDOCK_ZK_TLS_CERT").unwrap().value.as_deref(),

@@ -16,7 +16,8 @@ use serde_json::{Value, json};
 use crate::{eventually, host_flags, workspace_binary};
 
 /// The environment the kubelet gives `container` of pod `pod_name` in `namespace`: values
-/// as written, downward-API fields, Secret keys through `secret(name, key)`.
+/// as written, downward-API fields, Secret keys through `secret(name, key)` (an optional
+/// one that cannot be read is left out).
 pub fn resolve_env(
     container: &Value,
     pod_name: &str,
@@ -37,7 +38,12 @@ pub fn resolve_env(
             }
         } else if from["secretKeyRef"].is_object() {
             let selector = &from["secretKeyRef"];
-            secret(selector["name"].as_str().context("name")?, selector["key"].as_str().context("key")?)?
+            match secret(selector["name"].as_str().context("name")?, selector["key"].as_str().context("key")?) {
+                Ok(value) => value,
+                // As the kubelet does: an optional key the Secret lacks sets nothing.
+                Err(_) if selector["optional"] == true => continue,
+                Err(err) => return Err(err),
+            }
         } else {
             bail!("{name} has no value the kubelet stand-in can resolve: {var}");
         };
