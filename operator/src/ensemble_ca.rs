@@ -155,7 +155,11 @@ impl EnsembleCa {
             own_renew_after: SystemTime::UNIX_EPOCH,
         };
         this.renew_own()?;
-        this.keep_server_secret().await?;
+        // The servers' Secret may wait (an API hiccup, a Secret to fix by hand): the
+        // operator runs meanwhile and tries again on every look.
+        if let Err(err) = this.keep_server_secret().await {
+            tracing::warn!(error = format!("{err:#}"), secret = this.server_secret, "keeping the servers' certificate");
+        }
         tracing::info!(
             ca = this.ca_secret,
             servers = this.server_secret,
@@ -169,11 +173,29 @@ impl EnsembleCa {
         (&self.ca_pem, &self.ca_key_pem)
     }
 
-    /// Renews what is due, every [`RECHECK`] (sooner with short lifetimes), forever.
+    /// Renews what is due, every [`RECHECK`] (sooner with short lifetimes), until the CA's
+    /// Secret no longer holds this replica's CA (replaced or deleted by hand): then it
+    /// returns, and the operator stops and is restarted with the Secret's CA, so that no
+    /// replica goes on signing with a CA the others no longer use.
     pub async fn run(mut self) {
         let pause = RECHECK.min(self.ca.lifetime / 10);
         loop {
             tokio::time::sleep(pause).await;
+            match self.secrets.get_opt(&self.ca_secret).await {
+                Ok(secret)
+                    if secret.as_ref().and_then(ca_of) != Some((self.ca_pem.clone(), self.ca_key_pem.clone())) =>
+                {
+                    tracing::error!(
+                        secret = self.ca_secret,
+                        "the CA's Secret no longer holds the CA this operator signs with: stopping, to start again \
+                         with the Secret's (a CA of the servers' choosing is not switched to by itself: see the \
+                         servers' Secret)"
+                    );
+                    return;
+                }
+                Ok(_) => {}
+                Err(err) => tracing::warn!(error = %err, secret = self.ca_secret, "reading the CA's Secret"),
+            }
             if SystemTime::now() >= self.own_renew_after
                 && let Err(err) = self.renew_own()
             {
@@ -200,17 +222,34 @@ impl EnsembleCa {
         Ok(())
     }
 
-    /// The servers' Secret made or renewed when it is missing, due, or for other names or
-    /// another CA; its `tls.crt` copied to the restart check's file.
+    /// The servers' Secret made or renewed when it is missing, due, or for other names; its
+    /// `tls.crt` copied to the restart check's file. One whose `ca.crt` does not hold this
+    /// CA is left alone (an error each look): switching the servers to another CA at once
+    /// would leave them and every client trusting different CAs.
     async fn keep_server_secret(&self) -> anyhow::Result<()> {
         let name = &self.server_secret;
         let existing = self.secrets.get_opt(name).await.with_context(|| format!("reading Secret {name}"))?;
+        let trusted = match &existing {
+            None => self.ca_pem.clone(),
+            Some(secret) => {
+                let bundle = text_of(secret, "ca.crt").unwrap_or_default();
+                anyhow::ensure!(
+                    holds(&bundle, &self.ca_pem),
+                    "the servers' Secret {name} holds certificates of another CA (its ca.crt does not hold the CA in \
+                     Secret {}): the operator does not switch the servers' CA by itself. Add that CA to ca.crt of \
+                     the servers and of the clients first, then delete Secret {name} to have one issued from it",
+                    self.ca_secret
+                );
+                bundle
+            }
+        };
         let current = existing.as_ref().and_then(|s| self.current_cert(s));
         let cert_pem = match current {
             Some(cert_pem) => cert_pem,
             None => {
                 let issued = self.ca.issue_server(&self.server_names)?;
-                let mut object = server_secret(name, &self.ca_pem, &issued, &self.server_names.join(","));
+                // The trust bundle as it is (it may hold a CA being rotated in beside this one).
+                let mut object = server_secret(name, &trusted, &issued, &self.server_names.join(","));
                 let written = match existing {
                     Some(existing) => {
                         object.metadata.resource_version = existing.metadata.resource_version;
@@ -235,17 +274,31 @@ impl EnsembleCa {
         Ok(())
     }
 
-    /// The Secret's certificate when it is still good: for these names, from this CA, not due.
+    /// The Secret's certificate when it is still good: for these names, not due.
     fn current_cert(&self, secret: &Secret) -> Option<String> {
         let annotations = secret.metadata.annotations.as_ref()?;
         let renew_after: u64 = annotations.get(RENEW_AFTER_ANNOTATION)?.parse().ok()?;
         let names_match = annotations.get(NAMES_ANNOTATION) == Some(&self.server_names.join(","));
-        let data = secret.data.as_ref()?;
-        let text = |key: &str| data.get(key).and_then(|b| String::from_utf8(b.0.clone()).ok());
-        let same_ca = text("ca.crt").as_deref() == Some(self.ca_pem.as_str());
         let due = certificate::unix_seconds(SystemTime::now()) >= renew_after;
-        (names_match && same_ca && !due && text("tls.key").is_some()).then(|| text("tls.crt")).flatten()
+        (names_match && !due && text_of(secret, "tls.key").is_some()).then(|| text_of(secret, "tls.crt")).flatten()
     }
+}
+
+fn text_of(secret: &Secret, key: &str) -> Option<String> {
+    secret.data.as_ref()?.get(key).and_then(|b| String::from_utf8(b.0.clone()).ok())
+}
+
+/// A CA Secret's certificate and key.
+fn ca_of(secret: &Secret) -> Option<(String, String)> {
+    Some((text_of(secret, "tls.crt")?, text_of(secret, "tls.key")?))
+}
+
+/// Whether the PEM bundle holds the certificate `pem` (compared as DER).
+fn holds(bundle: &str, pem: &str) -> bool {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let Ok(wanted) = CertificateDer::from_pem_slice(pem.as_bytes()) else { return false };
+    CertificateDer::pem_slice_iter(bundle.as_bytes()).flatten().any(|cert| cert == wanted)
 }
 
 /// The CA all replicas share: read from its Secret, or made and stored there by whichever
@@ -253,9 +306,7 @@ impl EnsembleCa {
 async fn shared_ca(secrets: &Api<Secret>, name: &str) -> anyhow::Result<(String, String)> {
     for _ in 0..5 {
         if let Some(existing) = secrets.get_opt(name).await.with_context(|| format!("reading Secret {name}"))? {
-            let data = existing.data.unwrap_or_default();
-            let text = |key: &str| data.get(key).and_then(|b| String::from_utf8(b.0.clone()).ok());
-            let (Some(cert), Some(key)) = (text("tls.crt"), text("tls.key")) else {
+            let Some((cert, key)) = ca_of(&existing) else {
                 anyhow::bail!(
                     "Secret {name} holds no CA: it needs tls.crt and tls.key (PEM), the CA's certificate and key; \
                      delete it to let the operator make one"
@@ -324,8 +375,11 @@ fn write_replacing(path: &Path, contents: &str) -> anyhow::Result<()> {
     let dir = path.parent().context("a file path has a directory")?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let tmp = dir.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("file")));
-    std::fs::write(&tmp, contents).with_context(|| format!("writing {}", tmp.display()))?;
-    // Keys among them: readable by the operator alone.
-    std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    // Keys among them: readable by the operator alone, from the file's creation on.
+    let _ = std::fs::remove_file(&tmp);
+    let mut file = std::fs::OpenOptions::new();
+    std::os::unix::fs::OpenOptionsExt::mode(file.write(true).create_new(true), 0o600);
+    let write = |mut file: std::fs::File| std::io::Write::write_all(&mut file, contents.as_bytes());
+    file.open(&tmp).and_then(write).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
 }

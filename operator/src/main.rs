@@ -186,7 +186,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     // With its own CA, the operator writes its TLS files before anything reads them.
     let own_ca = EnsembleCa::start(&args.ensemble_ca, client.clone(), &args.namespace, own_files(&args)).await?;
     let (auth, cleartext) = namespace_auth(&args, own_ca.as_ref())?;
-    let _renewals = own_ca.map(|ca| tokio::spawn(ca.run()));
+    let renewals = own_ca.map(|ca| tokio::spawn(ca.run()));
     let tls = TlsFiles::from_settings(args.zk_tls_ca.clone(), args.zk_tls_cert.clone(), args.zk_tls_key.clone())?
         .map(ZkTls::load)
         .transpose()?;
@@ -222,10 +222,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let _restarts = ensemble_certs.map(|c| c.spawn(client.clone(), args.namespace.clone(), leadership.clone()));
     let election =
         LeaderElection::new(client, &args.namespace, "paddock-operator", &identity, args.lease_duration, leadership);
-    let mut shutdown = Box::pin(shutdown_signal());
+    let ca_replaced = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut shutdown = Box::pin(stop_signal(renewals, ca_replaced.clone()));
     tokio::select! {
         _ = election.acquire() => {}
-        _ = &mut shutdown => return Ok(()),
+        _ = &mut shutdown => return stopped(&ca_replaced),
     }
     tracing::info!(zookeeper = %args.zookeeper, root = %args.zk_root, identity, "paddock-operator leading");
     let (lost_tx, lost_rx) = tokio::sync::oneshot::channel::<()>();
@@ -247,6 +248,33 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     session.close().await;
     if let Some(lost) = lost {
         anyhow::bail!("stopped leading ({lost:?}); exiting so that a restart rejoins the election");
+    }
+    stopped(&ca_replaced)
+}
+
+/// SIGTERM or SIGINT; or the end of the own CA's renewals, when its Secret holds another
+/// CA now (`ca_replaced` is set then).
+async fn stop_signal(renewals: Option<tokio::task::JoinHandle<()>>, ca_replaced: Arc<std::sync::atomic::AtomicBool>) {
+    let replaced = async {
+        match renewals {
+            Some(renewals) => {
+                let _ = renewals.await;
+                ca_replaced.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = shutdown_signal() => {}
+        _ = replaced => {}
+    }
+}
+
+/// How a stopped operator exits: an error when its CA was replaced, so that it is
+/// restarted with the new one.
+fn stopped(ca_replaced: &std::sync::atomic::AtomicBool) -> anyhow::Result<()> {
+    if ca_replaced.load(std::sync::atomic::Ordering::SeqCst) {
+        anyhow::bail!("the CA in PADDOCK_ZOOKEEPER_CA_SECRET was replaced; exiting so that a restart signs with it");
     }
     tracing::info!("paddock-operator stopped");
     Ok(())

@@ -58,8 +58,19 @@ async fn secret(client: &kube::Client, namespace: &str, name: &str) -> Option<BT
 /// An operator replica with its own CA: its TLS files in `dir`, the servers' certificate
 /// for `names`, valid `lifetime`.
 fn operator(kubeconfig: &Path, zookeeper: &str, dir: &Path, pod: &str, names: &str, lifetime: &str) -> Operator {
+    Operator::spawn(operator_options(kubeconfig, zookeeper, dir, pod, names, lifetime)).unwrap()
+}
+
+fn operator_options(
+    kubeconfig: &Path,
+    zookeeper: &str,
+    dir: &Path,
+    pod: &str,
+    names: &str,
+    lifetime: &str,
+) -> OperatorOptions {
     let file = |name: &str| dir.join(name).display().to_string();
-    let options = OperatorOptions::new(workspace_binary("paddock-operator"), kubeconfig, zookeeper, "")
+    OperatorOptions::new(workspace_binary("paddock-operator"), kubeconfig, zookeeper, "")
         .pod(pod, "default")
         .env("PADDOCK_ZOOKEEPER_CA_SECRET", CA_SECRET)
         .env("PADDOCK_ZOOKEEPER_SERVER_SECRET", SERVER_SECRET)
@@ -71,8 +82,7 @@ fn operator(kubeconfig: &Path, zookeeper: &str, dir: &Path, pod: &str, names: &s
         .env("PADDOCK_ZOOKEEPER_STATEFULSET", "paddock-zookeeper")
         .env("PADDOCK_ZOOKEEPER_SERVER_CERT", &file("server.crt"))
         .env("PADDOCK_ZOOKEEPER_CERT_CHECK", "1s")
-        .env("PADDOCK_CLIENT_CERT_LIFETIME", "1h");
-    Operator::spawn(options).unwrap()
+        .env("PADDOCK_CLIENT_CERT_LIFETIME", "1h")
 }
 
 fn der(pem: &str) -> CertificateDer<'static> {
@@ -129,8 +139,8 @@ async fn two_replicas_make_one_ca_and_issue_and_renew_the_servers_certificate() 
     let names = "paddock-zookeeper.default.svc,*.paddock-zookeeper-headless.default.svc.cluster.local";
     let (dir_a, dir_b) = (stand.dir.path().join("a"), stand.dir.path().join("b"));
     // No ensemble to reach: the certificates come first, from the Kubernetes API alone.
-    let _a = operator(&stand.kubeconfig, "127.0.0.1:9", &dir_a, "operator-a", names, "30s");
-    let _b = operator(&stand.kubeconfig, "127.0.0.1:9", &dir_b, "operator-b", names, "30s");
+    let a = operator(&stand.kubeconfig, "127.0.0.1:9", &dir_a, "operator-a", names, "30s");
+    let b = operator(&stand.kubeconfig, "127.0.0.1:9", &dir_b, "operator-b", names, "30s");
     eventually(Duration::from_secs(30), "the servers' certificate is issued", || async {
         let issued = secret(&stand.client, "default", SERVER_SECRET).await.is_some();
         issued && dir_a.join("tls.crt").exists() && dir_b.join("tls.crt").exists()
@@ -167,6 +177,35 @@ async fn two_replicas_make_one_ca_and_issue_and_renew_the_servers_certificate() 
     })
     .await;
     assert_eq!(secret(&stand.client, "default", CA_SECRET).await.unwrap()["tls.crt"], ca["tls.crt"], "the same CA");
+
+    // The CA replaced by hand: no replica goes on signing with the old one (each stops,
+    // to be restarted with the new), and none switches the servers to the new one by
+    // itself — the servers' Secret is left as it is, and a replica started now says why.
+    let servers_before = secret(&stand.client, "default", SERVER_SECRET).await.unwrap();
+    let other = paddock_testkit::TestCa::new("another-ca").unwrap();
+    let bytes = |s: String| k8s_openapi::ByteString(s.into_bytes());
+    let secrets = Api::<Secret>::namespaced(stand.client.clone(), "default");
+    let mut replaced = secrets.get(CA_SECRET).await.unwrap();
+    replaced.data =
+        Some([("tls.crt".to_owned(), bytes(other.pem())), ("tls.key".to_owned(), bytes(other.key_pem()))].into());
+    secrets.replace(CA_SECRET, &PostParams::default(), &replaced).await.unwrap();
+    let (mut a, mut b) = (a, b);
+    eventually(Duration::from_secs(20), "both replicas stop", || {
+        let stopped = a.process.has_exited() && b.process.has_exited();
+        async move { stopped }
+    })
+    .await;
+    let log = stand.dir.path().join("operator-c.log");
+    let mut options =
+        operator_options(&stand.kubeconfig, "127.0.0.1:9", &stand.dir.path().join("c"), "operator-c", names, "30s");
+    options.log_file = Some(log.clone());
+    let _c = Operator::spawn(options).unwrap();
+    eventually(Duration::from_secs(20), "the new replica says why it leaves the servers' Secret alone", || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        async move { text.contains("does not switch the servers' CA by itself") }
+    })
+    .await;
+    assert_eq!(secret(&stand.client, "default", SERVER_SECRET).await.unwrap(), servers_before, "left as it was");
     drop(stand.api);
 }
 

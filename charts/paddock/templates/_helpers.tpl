@@ -192,7 +192,16 @@ The operator issues the managed ensemble's certificates from a CA of its own (th
 (secretName).
 */}}
 {{- define "paddock.zookeeper.ownCa" -}}
-{{- if and (include "paddock.zookeeper.tls" .) (not .Values.zookeeper.tls.secretName) (not .Values.zookeeper.tls.certManager.enabled) }}true{{ end }}
+{{- $tls := .Values.zookeeper.tls }}
+{{- if and (include "paddock.zookeeper.tls" .) (not $tls.secretName) (not $tls.certManager.enabled) }}
+{{- if $tls.certManager.issuerRef }}
+{{- fail "zookeeper.tls.certManager.issuerRef is set but zookeeper.tls.certManager.enabled is false (the chart's default is now the operator's own CA): set zookeeper.tls.certManager.enabled=true to keep your issuer, or unset issuerRef to move to the operator's CA (a CA change: see the README's TLS to ZooKeeper)" }}
+{{- end }}
+{{- if $tls.clientCaSecretName }}
+{{- fail "zookeeper.tls.clientCaSecretName is set, but with the operator's own CA the servers trust that CA alone and would refuse namespace certificates of another: unset clientCaSecretName (the operator's CA signs them), or use cert-manager or Secrets of yours" }}
+{{- end -}}
+true
+{{- end }}
 {{- end }}
 
 {{/* The Secret of the operator's own CA. */}}

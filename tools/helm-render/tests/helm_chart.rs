@@ -843,6 +843,13 @@ fn zookeeper_serves_tls_only_by_default_and_the_operator_connects_with_a_certifi
     assert_eq!(env_value(operator, "PADDOCK_NAMESPACE_AUTH"), "x509");
     let update = ("".to_owned(), "secrets".to_owned(), "update".to_owned(), server_secret.clone());
     assert!(grants(objects.roles[0].rules.as_deref().unwrap()).contains(&update), "renews the servers' Secret");
+    // What would leave servers and clients trusting different CAs is refused, saying what to set:
+    // an issuer of the user's left from a cert-manager install, a client CA the servers
+    // would not trust.
+    let error = render(&["--set", "zookeeper.tls.certManager.issuerRef.name=corp-ca"]).unwrap_err();
+    assert!(error.contains("zookeeper.tls.certManager.enabled=true"), "{error}");
+    let error = render(&["--set", "zookeeper.tls.clientCaSecretName=client-ca"]).unwrap_err();
+    assert!(error.contains("unset clientCaSecretName"), "{error}");
 
     // cert-manager: a CA of the release's own signs the servers' and the operator's.
     let objects = Objects::parse(&render(&["--set", "zookeeper.tls.certManager.enabled=true"]).unwrap());
