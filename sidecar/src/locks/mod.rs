@@ -141,6 +141,10 @@ impl LockServiceError {
     }
 }
 
+/// How long a status waits for ZooKeeper's part (holders and waiters) before it answers
+/// with what is known locally.
+const STATUS_REMOTE_WAIT: Duration = Duration::from_secs(1);
+
 #[derive(Clone)]
 pub struct LockService {
     inner: Arc<Inner>,
@@ -387,10 +391,17 @@ impl LockService {
             let config = self.config(&current, &lock_path).await?;
             Ok::<_, LockServiceError>(lock::snapshot(&current.client, &lock_path, config.max_holders).await?)
         };
-        let (snapshot, zookeeper) = match remote.await {
-            Ok(snapshot) => (Some(snapshot), None),
-            Err(err) if err.is_unavailable() => (None, Some(format!("{err}; holders and waiters unknown"))),
-            Err(err) => return Err(err),
+        // ZooKeeper's part waits for a reconnecting session and reads again after a lost
+        // connection, but never holds back the local part: an app polls this to learn of a
+        // loss, also while its pod is cut off from ZooKeeper.
+        let (snapshot, zookeeper) = match tokio::time::timeout(STATUS_REMOTE_WAIT, remote).await {
+            Ok(Ok(snapshot)) => (Some(snapshot), None),
+            Ok(Err(err)) if err.is_unavailable() => (None, Some(format!("{err}; holders and waiters unknown"))),
+            Ok(Err(err)) => return Err(err),
+            Err(_) => {
+                let waited = humantime::format_duration(STATUS_REMOTE_WAIT);
+                (None, Some(format!("ZooKeeper did not answer within {waited}; holders and waiters unknown")))
+            }
         };
         let entry = self.inner.table.lock().expect("not poisoned").get(&(name.clone(), owner.clone())).cloned();
         let holding = Holding::of(entry.as_ref());
