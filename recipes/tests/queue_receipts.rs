@@ -168,3 +168,50 @@ async fn left_receipts_go_together_and_one_vanished_does_not_keep_the_others() {
     }
     panic!("the receipts were never there to remove one before they went");
 }
+
+/// A session id is unique only within its ensemble: two servers started in the same
+/// millisecond hand out the same ids (ZooKeeper makes them from its start time and server
+/// id), as two tests' single servers in one test process once did. A receipt left by a
+/// session of one must be deleted there, never carried into the other's multi (where it
+/// is not, so it would be dropped and left behind). Here the second server is made from
+/// the first's data, so it knows the producer's session, and a second producer resumes
+/// that session there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_id_of_two_ensembles_keeps_each_ones_receipts_apart() {
+    let (mut first, first_admin, paths, first_producer) = setup("twins").await;
+    first_producer.list_children(&paths.items()).await.unwrap();
+    let mut second = Ensemble::start_single().await.unwrap();
+    // The same data in both: the queue, and the producer's session (in the log).
+    second.stop_all();
+    first.stop_all();
+    let data = |ensemble: &Ensemble| ensemble.dir().join("server-1/data/version-2");
+    std::fs::remove_dir_all(data(&second)).unwrap();
+    copy_dir(&data(&first), &data(&second));
+    first.start_all(Duration::from_secs(30)).await.unwrap();
+    second.start_all(Duration::from_secs(30)).await.unwrap();
+    let second_producer = zk::Client::connector()
+        .with_session(first_producer.session().clone())
+        .connect(&second.connect_string())
+        .await
+        .unwrap();
+    assert_eq!(first_producer.session_id(), second_producer.session_id());
+    let second_admin = provision::admin(&second.connect_string()).await.unwrap();
+
+    // Each enqueue on one server right after one on the other: each leaves a receipt.
+    for n in 0..10 {
+        queue::enqueue(&first_producer, &paths, &[item(n)]).await.unwrap();
+        queue::enqueue(&second_producer, &paths, &[item(100 + n)]).await.unwrap();
+    }
+    eventually_none(&first_admin, &paths).await;
+    eventually_none(&second_admin, &paths).await;
+    assert_eq!(queue::stats(&first_admin, &paths).await.unwrap().depth, 10);
+    assert_eq!(queue::stats(&second_admin, &paths).await.unwrap().depth, 10);
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}

@@ -12,7 +12,6 @@
 //! write — and one whose delete fails dies with the session. Consumers (of every version)
 //! list only `item-` children.
 
-use std::collections::HashMap;
 use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
@@ -131,15 +130,21 @@ const LEFT_FOR: Duration = Duration::from_millis(50);
 /// Most receipt deletes one multi carries (an enqueue's, or one of their own).
 const CARRIED_MAX: usize = 500;
 
-/// Receipts of answered calls, not deleted yet, by session.
-#[derive(Default)]
+/// Receipts of answered calls of one session, not deleted yet.
 struct Left {
+    /// The session's client: a session id is unique only within its ensemble, so the
+    /// session is told by its client ([`zk::Client::is_clone_of`]), not by its id.
+    client: zk::Client,
     receipts: Vec<(Instant, String)>,
-    /// A task deletes those left longer than [`LEFT_FOR`].
-    timed: bool,
 }
 
-static LEFT: LazyLock<Mutex<HashMap<i64, Left>>> = LazyLock::new(Mutex::default);
+/// Receipts left, per session of this process (a handful: one per ensemble the process
+/// talks to, and a session's successor while the old one's receipts wait).
+static LEFT: LazyLock<Mutex<Vec<Left>>> = LazyLock::new(Mutex::default);
+
+fn left_of<'a>(all: &'a mut [Left], client: &zk::Client) -> Option<&'a mut Left> {
+    all.iter_mut().find(|left| left.client.is_clone_of(client))
+}
 
 /// Deletes a call's receipts once its outcome is known, without a request of their own
 /// when it can: they are left for this session's next enqueue, whose multi deletes them
@@ -151,30 +156,32 @@ pub(super) fn delete(client: &zk::Client, receipts: Vec<String>) {
     if receipts.is_empty() {
         return;
     }
-    let session = client.session_id().0;
     let now = Instant::now();
     let mut all = LEFT.lock().expect("not poisoned");
-    let left = all.entry(session).or_default();
-    left.receipts.extend(receipts.into_iter().map(|r| (now, r)));
-    if !left.timed {
-        left.timed = true;
-        tokio::spawn(delete_when_left_too_long(client.clone()));
+    let receipts = receipts.into_iter().map(|r| (now, r));
+    match left_of(&mut all, client) {
+        Some(left) => left.receipts.extend(receipts),
+        None => {
+            // The session's first: a task deletes them until none is left.
+            all.push(Left { client: client.clone(), receipts: receipts.collect() });
+            tokio::spawn(delete_when_left_too_long(client.clone()));
+        }
     }
 }
 
-/// Deletes this session's receipts left longer than [`LEFT_FOR`], until none is left.
+/// Deletes this session's receipts left longer than [`LEFT_FOR`], until none is left
+/// (then its entry goes, and the session's next receipt starts another task).
 async fn delete_when_left_too_long(client: zk::Client) {
-    let session = client.session_id().0;
     loop {
         let oldest = {
             let mut all = LEFT.lock().expect("not poisoned");
-            let Some(left) = all.get_mut(&session) else { return };
+            let Some(left) = left_of(&mut all, &client) else { return };
             let now = Instant::now();
             let due = left.receipts.iter().take_while(|(at, _)| now.duration_since(*at) >= LEFT_FOR).count();
             let overdue: Vec<String> = left.receipts.drain(..due).map(|(_, r)| r).collect();
             let oldest = left.receipts.first().map(|(at, _)| *at);
             if oldest.is_none() {
-                all.remove(&session);
+                all.retain(|left| !left.client.is_clone_of(&client));
             }
             drop(all);
             delete_now(&client, overdue);
@@ -191,7 +198,7 @@ async fn delete_when_left_too_long(client: zk::Client) {
 /// caller gives back to [`delete`] those its multi did not delete.
 pub(super) fn take_left(client: &zk::Client) -> Vec<String> {
     let mut all = LEFT.lock().expect("not poisoned");
-    let Some(left) = all.get_mut(&client.session_id().0) else { return Vec::new() };
+    let Some(left) = left_of(&mut all, client) else { return Vec::new() };
     let n = left.receipts.len().min(CARRIED_MAX);
     left.receipts.drain(..n).map(|(_, r)| r).collect()
 }
@@ -201,7 +208,7 @@ pub(super) fn take_left(client: &zk::Client) -> Vec<String> {
 pub(super) async fn send_left(client: &zk::Client) {
     let receipts: Vec<String> = {
         let mut all = LEFT.lock().expect("not poisoned");
-        let Some(left) = all.get_mut(&client.session_id().0) else { return };
+        let Some(left) = left_of(&mut all, client) else { return };
         left.receipts.drain(..).map(|(_, r)| r).collect()
     };
     delete_all(client, receipts).await;

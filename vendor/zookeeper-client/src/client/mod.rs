@@ -260,6 +260,14 @@ impl Client {
         self.requester.close_channel();
     }
 
+    /// Whether `other` is this client or a clone of it (they share one session's request
+    /// channel). A session id is unique only within its ensemble, so two clients of two
+    /// ensembles can have the same one; this tells them apart.
+    /// (Paddock patch, see vendor/README.md.)
+    pub fn is_clone_of(&self, other: &Client) -> bool {
+        Arc::ptr_eq(&self.requester, &other.requester)
+    }
+
     fn validate_path<'a>(&'a self, path: &'a str) -> Result<ChrootPath<'a>> {
         ChrootPath::new(self.chroot.as_ref(), path, false)
     }
