@@ -52,15 +52,6 @@ async fn receipts(admin: &zk::Client, paths: &QueuePaths) -> Vec<String> {
     found
 }
 
-/// Requests the server has received so far.
-async fn packets(ensemble: &Ensemble) -> u64 {
-    let mntr = ensemble.four_letter_word(0, "mntr").await.unwrap();
-    paddock_testkit::ensemble::parse_mntr(&mntr)
-        .into_iter()
-        .find_map(|(k, v)| (k == "zk_packets_received").then(|| v.parse().unwrap()))
-        .expect("zk_packets_received in mntr")
-}
-
 /// Removes one receipt left in the queue, as someone else would; false when none was
 /// there to remove (they went on their own first).
 async fn remove_a_receipt(admin: &zk::Client, paths: &QueuePaths) -> bool {
@@ -92,13 +83,13 @@ async fn a_receipt_goes_with_the_next_enqueue_or_on_its_own() {
     // Ungrouped, and every third one in a group (a receipt in a group's node): each
     // enqueue's multi also deletes the receipt of the one before, so it takes one request,
     // not two (plus a failed multi and a create when a bucket or group is new).
-    let before = packets(&ensemble).await;
+    let before = ensemble.packets_received(0).await.unwrap();
     for n in 0..100 {
         let group = (n % 3 == 0).then(|| GroupKey::new(&format!("g{}", n % 2)).unwrap());
         let ids = queue::enqueue(&producer, &paths, &[NewItem { group, ..item(n) }]).await.unwrap();
         assert_eq!(ids.len(), 1);
     }
-    let per_enqueue = (packets(&ensemble).await - before) as f64 / 100.0;
+    let per_enqueue = (ensemble.packets_received(0).await.unwrap() - before) as f64 / 100.0;
     assert!(per_enqueue < 1.5, "{per_enqueue} requests per enqueue: the receipts' deletes went on their own");
     // A batch over two priorities (two buckets, two receipts) leaves both, then both go.
     let batch = [item(100), NewItem { priority: 5, ..item(101) }];

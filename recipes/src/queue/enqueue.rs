@@ -12,6 +12,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use super::ahead;
 use super::item::{Envelope, ItemId, Place, bucket_name, due_after, encode, now_ms};
 use super::receipt::{self, Receipt, Receipted};
 use super::{NewItem, QueueError};
@@ -181,7 +182,8 @@ pub async fn enqueue(client: &zk::Client, paths: &QueuePaths, items: &[NewItem])
 /// what it made, per place. The caller deletes the receipts.
 ///
 /// The multi also deletes receipts this session left from earlier calls
-/// (`receipt::take_left`): those its multi did not delete go back.
+/// (`receipt::take_left`): those its multi did not delete go back. Once sent, the next
+/// slots' buckets are made ahead (`ahead`).
 pub(super) async fn send(
     client: &zk::Client,
     paths: &QueuePaths,
@@ -189,8 +191,16 @@ pub(super) async fn send(
 ) -> Result<Vec<Receipted>, QueueError> {
     let mut carried = receipt::take_left(client);
     let result = send_carrying(client, paths, prepared, &mut carried).await;
-    if result.is_err() {
-        receipt::delete(client, carried);
+    match &result {
+        Ok(_) => {
+            let now = now_ms();
+            for placed in &prepared.places {
+                if let Place::Bucket(bucket) = &placed.place {
+                    ahead::make_next(client, paths, bucket, now);
+                }
+            }
+        }
+        Err(_) => receipt::delete(client, carried),
     }
     result
 }

@@ -10,9 +10,11 @@
 //!     keys/<key>                  persistent, TTL; an idempotency key's item (see `dedup`)
 //! ```
 //!
-//! Files: `enqueue` (creates), `claim` (the next item), `settle` (ack, nack, give up),
-//! `dead` (dead letters), `dedup` (idempotency keys), `inspect` (peek and purge), `receipt` (finding a create whose reply was lost), `view` (the
-//! consumer's watch-fed view), `item` (ids, encoding).
+//! Files: `enqueue` (creates), `ahead` (buckets made before they are needed), `claim`
+//! (the next item), `batch` (several at once), `settle` (ack, nack, give up), `dead` (dead
+//! letters), `dedup` (idempotency keys), `inspect` (peek and purge), `receipt` (finding a
+//! create whose reply was lost), `group` (ordered groups), `view` (the consumer's
+//! watch-fed view), `item` (ids, encoding).
 //!
 //! Invariants:
 //! - An item is removed only by an ack (or moved, by a delayed nack or dead-lettering),
@@ -33,6 +35,7 @@
 //!   item are retried, and a retry that finds its nodes gone tells its own earlier effect
 //!   from someone else's.
 
+mod ahead;
 mod batch;
 pub mod claim;
 mod dead;
@@ -167,9 +170,7 @@ pub async fn read_config(client: &zk::Client, paths: &QueuePaths) -> Result<Queu
 /// enqueue up to 100 ms, see `receipt`).
 pub async fn stats(client: &zk::Client, paths: &QueuePaths) -> Result<QueueStats, QueueError> {
     receipt::send_left(client).await;
-    let buckets = client.list_children(&paths.items()).await.map_err(|e| QueueError::or_not_provisioned(e, paths))?;
-    let under =
-        client.count_descendants_number(&paths.items()).await.map_err(|e| QueueError::or_not_provisioned(e, paths))?;
+    let (buckets, under) = items_and_buckets(client, paths).await?;
     let now = now_ms();
     let mut stats = QueueStats { depth: (under as u64).saturating_sub(buckets.len() as u64), ..QueueStats::default() };
     for bucket in buckets {
@@ -198,6 +199,26 @@ pub async fn stats(client: &zk::Client, paths: &QueuePaths) -> Result<QueueStats
     }
     stats.ready = stats.depth.saturating_sub(stats.delayed + stats.in_flight);
     Ok(stats)
+}
+
+/// The buckets of `items/` and the number of nodes under it, from one moment: read again
+/// when a bucket was made or removed between the two reads (the next slots' buckets are
+/// made in the background, see `ahead`), which would count a bucket as an item.
+async fn items_and_buckets(client: &zk::Client, paths: &QueuePaths) -> Result<(Vec<String>, usize), QueueError> {
+    let items = paths.items();
+    let not_provisioned = |e| QueueError::or_not_provisioned(e, paths);
+    for _ in 0..4 {
+        let (buckets, before) = client.get_children(&items).await.map_err(not_provisioned)?;
+        let under = client.count_descendants_number(&items).await.map_err(not_provisioned)?;
+        let after = client.check_stat(&items).await?.ok_or_else(|| QueueError::NotProvisioned(paths.base.clone()))?;
+        if after.cversion == before.cversion {
+            return Ok((buckets, under));
+        }
+    }
+    // Buckets made and removed all the while: the last reads, off by a bucket at most.
+    let buckets = client.list_children(&items).await.map_err(not_provisioned)?;
+    let under = client.count_descendants_number(&items).await.map_err(not_provisioned)?;
+    Ok((buckets, under))
 }
 
 /// The groups with items, and the longest with its length (one stat per group, a few

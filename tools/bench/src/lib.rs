@@ -103,12 +103,7 @@ impl Bench {
     pub async fn packets_received(&self) -> Result<u64> {
         let mut total = 0;
         for i in 0..self.ensemble.len() {
-            let mntr = self.ensemble.four_letter_word(i, "mntr").await?;
-            for (k, v) in paddock_testkit::ensemble::parse_mntr(&mntr) {
-                if k == "zk_packets_received" {
-                    total += v.parse::<u64>().unwrap_or(0);
-                }
-            }
+            total += self.ensemble.packets_received(i).await?;
         }
         Ok(total)
     }

@@ -314,6 +314,16 @@ impl Ensemble {
         self.dir.as_ref().map(|d| d.path()).expect("ensemble directory exists until drop")
     }
 
+    /// Requests one server has received since it started (`mntr`'s `zk_packets_received`,
+    /// pings included).
+    pub async fn packets_received(&self, index: usize) -> Result<u64> {
+        let mntr = self.four_letter_word(index, "mntr").await?;
+        parse_mntr(&mntr)
+            .into_iter()
+            .find_map(|(k, v)| (k == "zk_packets_received").then(|| v.parse().ok()).flatten())
+            .with_context(|| format!("no zk_packets_received in server {index}'s mntr"))
+    }
+
     /// Sends a four-letter word (`srvr`, `mntr`, `ruok`, ...) to one server.
     pub async fn four_letter_word(&self, index: usize, word: &str) -> Result<String> {
         let addr = self.servers[index].client_addr();
@@ -468,6 +478,15 @@ impl Ensemble {
         self.servers[index].kill();
         self.servers[index].spawn()?;
         self.wait_until_serving(timeout).await
+    }
+
+    /// Restarts the servers one at a time, the highest first, each once the one before
+    /// serves: what a StatefulSet's controller does after a change of its pod template.
+    pub async fn restart_one_at_a_time(&mut self, timeout: Duration) -> Result<()> {
+        for index in (0..self.servers.len()).rev() {
+            self.restart(index, timeout).await.with_context(|| format!("restarting server {index}"))?;
+        }
+        Ok(())
     }
 
     /// Stops every server; the ensemble can be brought back with [`Ensemble::start_all`].
