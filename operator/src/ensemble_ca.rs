@@ -27,11 +27,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
-use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PostParams};
 
 use crate::reconcile::certificate::{self, IssuingCa, RENEW_AFTER_ANNOTATION};
+use crate::shared_secret::{self, Found};
 
 /// The annotation on the servers' Secret naming what its certificate covers.
 pub const NAMES_ANNOTATION: &str = "paddock.dev/server-names";
@@ -232,7 +232,7 @@ impl EnsembleCa {
         let trusted = match &existing {
             None => self.ca_pem.clone(),
             Some(secret) => {
-                let bundle = text_of(secret, "ca.crt").unwrap_or_default();
+                let bundle = shared_secret::text(secret, "ca.crt").unwrap_or_default();
                 anyhow::ensure!(
                     holds(&bundle, &self.ca_pem),
                     "the servers' Secret {name} holds certificates of another CA (its ca.crt does not hold the CA in \
@@ -280,17 +280,15 @@ impl EnsembleCa {
         let renew_after: u64 = annotations.get(RENEW_AFTER_ANNOTATION)?.parse().ok()?;
         let names_match = annotations.get(NAMES_ANNOTATION) == Some(&self.server_names.join(","));
         let due = certificate::unix_seconds(SystemTime::now()) >= renew_after;
-        (names_match && !due && text_of(secret, "tls.key").is_some()).then(|| text_of(secret, "tls.crt")).flatten()
+        (names_match && !due && shared_secret::text(secret, "tls.key").is_some())
+            .then(|| shared_secret::text(secret, "tls.crt"))
+            .flatten()
     }
-}
-
-fn text_of(secret: &Secret, key: &str) -> Option<String> {
-    secret.data.as_ref()?.get(key).and_then(|b| String::from_utf8(b.0.clone()).ok())
 }
 
 /// A CA Secret's certificate and key.
 fn ca_of(secret: &Secret) -> Option<(String, String)> {
-    Some((text_of(secret, "tls.crt")?, text_of(secret, "tls.key")?))
+    Some((shared_secret::text(secret, "tls.crt")?, shared_secret::text(secret, "tls.key")?))
 }
 
 /// Whether the PEM bundle holds the certificate `pem` (compared as DER).
@@ -304,51 +302,31 @@ fn holds(bundle: &str, pem: &str) -> bool {
 /// The CA all replicas share: read from its Secret, or made and stored there by whichever
 /// replica comes first.
 async fn shared_ca(secrets: &Api<Secret>, name: &str) -> anyhow::Result<(String, String)> {
-    for _ in 0..5 {
-        if let Some(existing) = secrets.get_opt(name).await.with_context(|| format!("reading Secret {name}"))? {
-            let Some((cert, key)) = ca_of(&existing) else {
-                anyhow::bail!(
-                    "Secret {name} holds no CA: it needs tls.crt and tls.key (PEM), the CA's certificate and key; \
-                     delete it to let the operator make one"
-                );
-            };
-            return Ok((cert, key));
-        }
+    let read = |existing: &Secret| match ca_of(existing) {
+        Some(ca) => Ok(Found::Use(ca)),
+        None => anyhow::bail!(
+            "Secret {name} holds no CA: it needs tls.crt and tls.key (PEM), the CA's certificate and key; \
+             delete it to let the operator make one"
+        ),
+    };
+    let make = || {
         let (cert, key) = certificate::new_ca("paddock-zookeeper-ca")?;
-        let bytes = |s: &str| ByteString(s.as_bytes().to_vec());
         let object = Secret {
-            metadata: kube::api::ObjectMeta {
-                name: Some(name.to_owned()),
-                labels: Some(managed()),
-                ..Default::default()
-            },
+            metadata: kube::api::ObjectMeta { labels: Some(shared_secret::managed_labels()), ..Default::default() },
             type_: Some("kubernetes.io/tls".to_owned()),
-            data: Some(
-                [("tls.crt", &cert), ("tls.key", &key), ("ca.crt", &cert)]
-                    .map(|(k, v)| (k.to_owned(), bytes(v)))
-                    .into(),
-            ),
+            data: Some(shared_secret::data([("tls.crt", cert.as_str()), ("tls.key", &key), ("ca.crt", &cert)])),
             ..Default::default()
         };
-        match secrets.create(&PostParams::default(), &object).await {
-            Ok(_) => {
-                tracing::info!(secret = name, "made the operator's CA for the ZooKeeper ensemble");
-                return Ok((cert, key));
-            }
-            // Another replica made it first: use that one.
-            Err(kube::Error::Api(status)) if status.code == 409 => continue,
-            Err(err) => return Err(err).with_context(|| format!("writing Secret {name}")),
-        }
+        Ok(((cert, key), object))
+    };
+    let (ca, made) = shared_secret::agreed(secrets, name, read, make).await?;
+    if made {
+        tracing::info!(secret = name, "made the operator's CA for the ZooKeeper ensemble");
     }
-    anyhow::bail!("Secret {name} kept changing while the replicas agreed on a CA")
-}
-
-fn managed() -> std::collections::BTreeMap<String, String> {
-    [("app.kubernetes.io/managed-by".to_owned(), "paddock-operator".to_owned())].into()
+    Ok(ca)
 }
 
 fn server_secret(name: &str, ca_pem: &str, issued: &certificate::Issued, names: &str) -> Secret {
-    let bytes = |s: &str| ByteString(s.as_bytes().to_vec());
     let renew_after = certificate::unix_seconds(issued.renew_after).to_string();
     Secret {
         metadata: kube::api::ObjectMeta {
@@ -357,15 +335,15 @@ fn server_secret(name: &str, ca_pem: &str, issued: &certificate::Issued, names: 
                 [(RENEW_AFTER_ANNOTATION.to_owned(), renew_after), (NAMES_ANNOTATION.to_owned(), names.to_owned())]
                     .into(),
             ),
-            labels: Some(managed()),
+            labels: Some(shared_secret::managed_labels()),
             ..Default::default()
         },
         type_: Some("kubernetes.io/tls".to_owned()),
-        data: Some(
-            [("ca.crt", ca_pem), ("tls.crt", &issued.cert_pem), ("tls.key", &issued.key_pem)]
-                .map(|(k, v)| (k.to_owned(), bytes(v)))
-                .into(),
-        ),
+        data: Some(shared_secret::data([
+            ("ca.crt", ca_pem),
+            ("tls.crt", &issued.cert_pem),
+            ("tls.key", &issued.key_pem),
+        ])),
         ..Default::default()
     }
 }

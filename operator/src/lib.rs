@@ -3,7 +3,8 @@
 //! the leader election that lets one replica at a time do so (`leader`), the
 //! sidecar-injection webhook (`webhook`), the metrics of both (`metrics`), and the
 //! restart of the managed ensemble when its servers' certificate is renewed
-//! (`ensemble_certs`).
+//! (`ensemble_certs`), its CA (`ensemble_ca`), and the Secrets the replicas share
+//! (`shared_secret`).
 
 pub mod controller;
 pub mod crd;
@@ -13,6 +14,7 @@ pub mod error;
 pub mod leader;
 pub mod metrics;
 pub mod reconcile;
+pub mod shared_secret;
 pub mod throttle;
 pub mod validate;
 pub mod webhook;

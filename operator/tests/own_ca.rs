@@ -35,17 +35,6 @@ apiVersion: paddock.dev/v1alpha1
 kind: DistributedLock
 metadata: {name: shared, namespace: team-a}
 spec: {maxHolders: 1}
----
-apiVersion: apps/v1
-kind: StatefulSet
-metadata: {name: paddock-zookeeper, namespace: default}
-spec:
-  serviceName: paddock-zookeeper-headless
-  replicas: 3
-  selector: {matchLabels: {app: zookeeper}}
-  template:
-    metadata: {labels: {app: zookeeper}}
-    spec: {containers: [{name: zookeeper, image: paddock-zookeeper}]}
 ";
 
 /// A Secret's keys, as text.
@@ -122,9 +111,8 @@ async fn stand_in() -> Stand {
     let kubeconfig = dir.path().join("kubeconfig");
     std::fs::write(&kubeconfig, api.kubeconfig()).unwrap();
     paddock_testkit::kubectl(&kubeconfig, &["apply", "-f", "crds/"]).unwrap();
-    let resources = dir.path().join("resources.yaml");
-    std::fs::write(&resources, RESOURCES).unwrap();
-    paddock_testkit::kubectl(&kubeconfig, &["apply", "-f", resources.to_str().unwrap()]).unwrap();
+    paddock_testkit::kubectl_apply(&kubeconfig, RESOURCES).unwrap();
+    paddock_testkit::kubectl_apply(&kubeconfig, paddock_testkit::MANAGED_STATEFULSET).unwrap();
     let client = api.client().unwrap();
     Stand { api, client, kubeconfig, dir }
 }
@@ -243,12 +231,10 @@ async fn an_ensemble_serving_the_operators_certificate_takes_its_clients_and_is_
     let issued =
         paddock_testkit::tls::Issued { cert_pem: server["tls.crt"].clone(), key_pem: server["tls.key"].clone() };
     ensemble.install_server_certificate(&issued).unwrap();
-    for index in (0..ensemble.len()).rev() {
-        ensemble
-            .restart(index, Duration::from_secs(60))
-            .await
-            .expect("a server starts with the operator's certificate");
-    }
+    ensemble
+        .restart_one_at_a_time(Duration::from_secs(60))
+        .await
+        .expect("the servers start with the operator's certificate");
     for index in 0..ensemble.len() {
         let address = ensemble.address(index);
         let served = paddock_recipes::tls::served_certificate(&address.ip().to_string(), address.port()).await;

@@ -95,6 +95,18 @@ async fn raw(ensemble: &Ensemble, identity: &BTreeMap<String, String>) -> zk::Cl
     paddock_testkit::provision::admin_tls(&ensemble.connect_string(), options).await.unwrap()
 }
 
+/// The API stand-in with the CRDs and the test's resources applied: (the server, a
+/// directory for the test's files, its kubeconfig there).
+async fn stand_in() -> (ApiServer, tempfile::TempDir, std::path::PathBuf) {
+    let api = ApiServer::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, api.kubeconfig()).unwrap();
+    paddock_testkit::kubectl(&kubeconfig, &["apply", "-f", "crds/"]).unwrap();
+    paddock_testkit::kubectl_apply(&kubeconfig, RESOURCES).unwrap();
+    (api, dir, kubeconfig)
+}
+
 struct Setup {
     ensemble: Ensemble,
     _api: ApiServer,
@@ -113,14 +125,7 @@ async fn setup_with(env: &[(&str, String)]) -> Setup {
     init_tracing();
     let ensemble = Ensemble::start_with(EnsembleOptions { tls: true, ..Default::default() }).await.unwrap();
     let tls = ensemble.tls().unwrap();
-    let api = ApiServer::start().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(&kubeconfig, api.kubeconfig()).unwrap();
-    paddock_testkit::kubectl(&kubeconfig, &["apply", "-f", "crds/"]).unwrap();
-    let resources = dir.path().join("resources.yaml");
-    std::fs::write(&resources, RESOURCES).unwrap();
-    paddock_testkit::kubectl(&kubeconfig, &["apply", "-f", resources.to_str().unwrap()]).unwrap();
+    let (api, dir, kubeconfig) = stand_in().await;
 
     // The operator: its own certificate, the ensemble's CA as the client CA, no digest.
     let own = tls.issue_client("operator", "CN=paddock-operator,O=paddock").unwrap();
@@ -255,34 +260,11 @@ async fn a_renewed_certificate_reaches_the_secret_before_expiry_and_sidecars_kee
     raw_new.get_data("/paddock/team-a/locks/shared").await.expect("the renewed certificate is team-a");
 }
 
-/// The managed ensemble's StatefulSet, as the stand-in stores it (nothing runs it: the
-/// test restarts the servers as its controller would).
-const STATEFULSET: &str = "
-apiVersion: apps/v1
-kind: StatefulSet
-metadata: {name: paddock-zookeeper, namespace: default}
-spec:
-  serviceName: paddock-zookeeper-headless
-  replicas: 3
-  selector: {matchLabels: {app: zookeeper}}
-  template:
-    metadata: {labels: {app: zookeeper}}
-    spec: {containers: [{name: zookeeper, image: paddock-zookeeper}]}
-";
-
 /// The StatefulSet's pod-template annotations.
 async fn template_annotations(client: &kube::Client) -> BTreeMap<String, String> {
     let api: Api<k8s_openapi::api::apps::v1::StatefulSet> = Api::namespaced(client.clone(), "default");
     let statefulset = api.get("paddock-zookeeper").await.unwrap();
     statefulset.spec.template.metadata.and_then(|m| m.annotations).unwrap_or_default()
-}
-
-/// Restarts the servers one at a time, the highest first, each once the one before
-/// serves: what the StatefulSet controller does after a change of the pod template.
-async fn restart_one_at_a_time(ensemble: &mut Ensemble) {
-    for index in (0..ensemble.len()).rev() {
-        ensemble.restart(index, Duration::from_secs(60)).await.unwrap();
-    }
 }
 
 fn der(pem: &str) -> Vec<u8> {
@@ -323,15 +305,13 @@ async fn a_renewed_server_certificate_restarts_the_ensemble_once_and_sidecars_li
         ("PADDOCK_ZOOKEEPER_CERT_CHECK", "1s".to_owned()),
     ];
     let mut setup = setup_with(&env).await;
-    let statefulset = setup.dir.path().join("statefulset.yaml");
-    std::fs::write(&statefulset, STATEFULSET).unwrap();
     let kubeconfig = setup.dir.path().join("kubeconfig");
-    paddock_testkit::kubectl(&kubeconfig, &["apply", "-f", statefulset.to_str().unwrap()]).unwrap();
+    paddock_testkit::kubectl_apply(&kubeconfig, paddock_testkit::MANAGED_STATEFULSET).unwrap();
 
     // One certificate served by every server, as the chart's Secret holds one, and the
     // Secret (its mounted file) holding it: nothing to restart.
     let first = setup.ensemble.renew_server_certificate("zookeeper-first").unwrap();
-    restart_one_at_a_time(&mut setup.ensemble).await;
+    setup.ensemble.restart_one_at_a_time(Duration::from_secs(60)).await.unwrap();
     write_replacing(&cert_file, &first.cert_pem);
     assert_eq!(served(&setup.ensemble).await, vec![Some(der(&first.cert_pem)); 3]);
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -370,7 +350,7 @@ async fn a_renewed_server_certificate_restarts_the_ensemble_once_and_sidecars_li
             rounds
         }
     });
-    restart_one_at_a_time(&mut setup.ensemble).await;
+    setup.ensemble.restart_one_at_a_time(Duration::from_secs(60)).await.unwrap();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let rounds = worker.await.unwrap();
     assert!(rounds > 10, "{rounds} rounds during the restart");
@@ -399,14 +379,7 @@ async fn a_namespace_made_under_digest_keeps_its_locks_and_items_when_the_operat
     init_tracing();
     let ensemble = Ensemble::start_with(EnsembleOptions { tls: true, ..Default::default() }).await.unwrap();
     let tls = ensemble.tls().unwrap();
-    let api = ApiServer::start().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(&kubeconfig, api.kubeconfig()).unwrap();
-    paddock_testkit::kubectl(&kubeconfig, &["apply", "-f", "crds/"]).unwrap();
-    let resources = dir.path().join("resources.yaml");
-    std::fs::write(&resources, RESOURCES).unwrap();
-    paddock_testkit::kubectl(&kubeconfig, &["apply", "-f", resources.to_str().unwrap()]).unwrap();
+    let (api, dir, kubeconfig) = stand_in().await;
     let client = api.client().unwrap();
     let own = tls.issue_client("operator", "CN=paddock-operator,O=paddock").unwrap();
     let operator_options = |auth: &str| {

@@ -26,6 +26,7 @@ use serde_json::json;
 use super::certificate::{self, IssuingCa, RENEW_AFTER_ANNOTATION};
 use crate::error::{At, Error, Step};
 use crate::leader::Leadership;
+use crate::shared_secret;
 
 /// The Secret in each namespace that holds its ZooKeeper identity.
 pub const CREDENTIALS_SECRET: &str = "paddock-zookeeper-credentials";
@@ -222,8 +223,10 @@ impl NamespaceIdentities {
             .get_opt(CREDENTIALS_SECRET)
             .await
             .map_err(Error::kube(format!("reading Secret {CREDENTIALS_SECRET}"), namespace))?;
-        let legacy =
-            existing.as_ref().and_then(|s| text(s, CREDENTIALS_KEY)).and_then(|c| DigestIdentity::parse(&c).ok());
+        let legacy = existing
+            .as_ref()
+            .and_then(|s| shared_secret::text(s, CREDENTIALS_KEY))
+            .and_then(|c| DigestIdentity::parse(&c).ok());
         let current = existing.as_ref().is_some_and(|s| is_current(s, ca, operator));
         if current {
             return Ok(legacy);
@@ -296,20 +299,16 @@ impl NamespaceIdentities {
     }
 }
 
-fn text(secret: &Secret, key: &str) -> Option<String> {
-    secret.data.as_ref()?.get(key).map(|b| String::from_utf8_lossy(&b.0).into_owned())
-}
-
 /// Whether the Secret holds a certificate not yet due for renewal, for this CA and operator.
 fn is_current(secret: &Secret, ca: &IssuingCa, operator: &str) -> bool {
     let renew_after = secret.metadata.annotations.as_ref().and_then(|a| a.get(RENEW_AFTER_ANNOTATION));
     let due = renew_after
         .and_then(|s| s.parse::<u64>().ok())
         .is_none_or(|at| at <= certificate::unix_seconds(SystemTime::now()));
-    !due && text(secret, CERT_KEY).is_some()
-        && text(secret, KEY_KEY).is_some()
-        && text(secret, CA_KEY).as_deref() == Some(ca.server_ca_pem.as_str())
-        && text(secret, OPERATOR_ID_KEY).as_deref() == Some(operator)
+    !due && shared_secret::text(secret, CERT_KEY).is_some()
+        && shared_secret::text(secret, KEY_KEY).is_some()
+        && shared_secret::text(secret, CA_KEY).as_deref() == Some(ca.server_ca_pem.as_str())
+        && shared_secret::text(secret, OPERATOR_ID_KEY).as_deref() == Some(operator)
 }
 
 /// The Secret with a new certificate: `existing`'s other keys (digest credentials from
@@ -375,7 +374,11 @@ mod tests {
         let secret = certificate_secret(Some(old), &issued, "servers", "CN=op");
         assert!(is_current(&secret, &ca, "CN=op"));
         assert!(!is_current(&secret, &ca, "CN=another-operator"), "the sidecars must name this operator");
-        assert_eq!(text(&secret, CREDENTIALS_KEY).as_deref(), Some("paddock-ns-shop:pw1"), "digest kept");
+        assert_eq!(
+            shared_secret::text(&secret, CREDENTIALS_KEY).as_deref(),
+            Some("paddock-ns-shop:pw1"),
+            "digest kept"
+        );
         let mut due = secret.clone();
         due.metadata.annotations.as_mut().unwrap().insert(RENEW_AFTER_ANNOTATION.into(), "1".into());
         assert!(!is_current(&due, &ca, "CN=op"));

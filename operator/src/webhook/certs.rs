@@ -12,9 +12,11 @@ use axum_server::tls_rustls::RustlsConfig;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::shared_secret::{self, Found};
 
 /// Annotation on the shared Secret naming the DNS names its certificate covers.
 const DNS_NAMES_ANNOTATION: &str = "paddock.dev/dns-names";
@@ -97,63 +99,46 @@ pub async fn shared_self_signed(
 ) -> anyhow::Result<ServingCert> {
     let secrets: Api<Secret> = Api::namespaced(client, namespace);
     let wanted = dns_names.join(",");
-    for _ in 0..5 {
-        let existing = secrets.get_opt(secret).await.with_context(|| format!("reading Secret {namespace}/{secret}"))?;
-        if let Some(existing) = &existing {
-            let names = existing.metadata.annotations.as_ref().and_then(|a| a.get(DNS_NAMES_ANNOTATION));
-            if names == Some(&wanted)
-                && let Some(cert) = from_secret(existing)
-            {
-                return Ok(cert);
-            }
-        }
+    // Made for other names (the Service was renamed) or damaged: replaced.
+    let read = |existing: &Secret| {
+        let names = existing.metadata.annotations.as_ref().and_then(|a| a.get(DNS_NAMES_ANNOTATION));
+        Ok(match from_secret(existing) {
+            Some(cert) if names == Some(&wanted) => Found::Use(cert),
+            _ => Found::Replace,
+        })
+    };
+    let make = || {
         let cert = ServingCert::self_signed(dns_names)?;
-        let mut object = to_secret(secret, &cert, &wanted);
-        let written = match existing {
-            // The Service was renamed (or the Secret damaged): replace it, guarded by its version.
-            Some(existing) => {
-                object.metadata.resource_version = existing.metadata.resource_version;
-                secrets.replace(secret, &PostParams::default(), &object).await
-            }
-            None => secrets.create(&PostParams::default(), &object).await,
-        };
-        match written {
-            Ok(_) => {
-                tracing::info!(secret, ?dns_names, "made the webhook's self-signed serving certificate");
-                return Ok(cert);
-            }
-            // Another replica wrote first: use what it wrote.
-            Err(kube::Error::Api(status)) if status.code == 409 => continue,
-            Err(err) => return Err(err).with_context(|| format!("writing Secret {namespace}/{secret}")),
-        }
+        let object = to_secret(&cert, &wanted);
+        Ok((cert, object))
+    };
+    let (cert, made) = shared_secret::agreed(&secrets, secret, read, make)
+        .await
+        .with_context(|| format!("the webhook's certificate in namespace {namespace}"))?;
+    if made {
+        tracing::info!(secret, ?dns_names, "made the webhook's self-signed serving certificate");
     }
-    anyhow::bail!("Secret {namespace}/{secret} kept changing while the replicas agreed on a certificate")
+    Ok(cert)
 }
 
 fn from_secret(secret: &Secret) -> Option<ServingCert> {
-    let data = secret.data.as_ref()?;
-    let text = |key: &str| data.get(key).and_then(|b| String::from_utf8(b.0.clone()).ok());
+    let text = |key: &str| shared_secret::text(secret, key);
     Some(ServingCert { ca_pem: text("ca.crt")?, cert_pem: text("tls.crt")?, key_pem: text("tls.key")? })
 }
 
-fn to_secret(name: &str, cert: &ServingCert, dns_names: &str) -> Secret {
-    let bytes = |s: &str| ByteString(s.as_bytes().to_vec());
+fn to_secret(cert: &ServingCert, dns_names: &str) -> Secret {
     Secret {
         metadata: kube::api::ObjectMeta {
-            name: Some(name.to_owned()),
             annotations: Some([(DNS_NAMES_ANNOTATION.to_owned(), dns_names.to_owned())].into()),
-            labels: Some([("app.kubernetes.io/managed-by".to_owned(), "paddock-operator".to_owned())].into()),
+            labels: Some(shared_secret::managed_labels()),
             ..Default::default()
         },
         type_: Some("kubernetes.io/tls".to_owned()),
-        data: Some(
-            [
-                ("ca.crt".to_owned(), bytes(&cert.ca_pem)),
-                ("tls.crt".to_owned(), bytes(&cert.cert_pem)),
-                ("tls.key".to_owned(), bytes(&cert.key_pem)),
-            ]
-            .into(),
-        ),
+        data: Some(shared_secret::data([
+            ("ca.crt", cert.ca_pem.as_str()),
+            ("tls.crt", &cert.cert_pem),
+            ("tls.key", &cert.key_pem),
+        ])),
         ..Default::default()
     }
 }

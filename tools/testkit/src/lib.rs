@@ -79,3 +79,37 @@ pub fn kubectl(kubeconfig: &std::path::Path, args: &[&str]) -> anyhow::Result<St
     anyhow::ensure!(output.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
+
+/// `kubectl apply` of a manifest given as text (YAML documents), against a kubeconfig.
+pub fn kubectl_apply(kubeconfig: &std::path::Path, manifest: &str) -> anyhow::Result<String> {
+    use anyhow::Context as _;
+    use std::io::Write as _;
+    let mut child = std::process::Command::new("kubectl")
+        .args(["apply", "-f", "-"])
+        .env("KUBECONFIG", kubeconfig)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("running kubectl")?;
+    child.stdin.take().context("kubectl's stdin")?.write_all(manifest.as_bytes()).context("writing to kubectl")?;
+    let output = child.wait_with_output().context("waiting for kubectl")?;
+    anyhow::ensure!(output.status.success(), "kubectl apply: {}", String::from_utf8_lossy(&output.stderr));
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// The chart's ZooKeeper StatefulSet (`paddock-zookeeper` in `default`) as the API
+/// stand-in stores it for the operator to restart: nothing runs it, a test restarts the
+/// servers as its controller would ([`Ensemble::restart_one_at_a_time`]).
+pub const MANAGED_STATEFULSET: &str = "
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: paddock-zookeeper, namespace: default}
+spec:
+  serviceName: paddock-zookeeper-headless
+  replicas: 3
+  selector: {matchLabels: {app: zookeeper}}
+  template:
+    metadata: {labels: {app: zookeeper}}
+    spec: {containers: [{name: zookeeper, image: paddock-zookeeper}]}
+";
