@@ -169,8 +169,23 @@ async fn left_receipts_go_together_and_one_vanished_does_not_keep_the_others() {
 /// that session there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_id_of_two_ensembles_keeps_each_ones_receipts_apart() {
-    let (mut first, first_admin, paths, first_producer) = setup("twins").await;
-    first_producer.list_children(&paths.items()).await.unwrap();
+    init_tracing();
+    let mut first = Ensemble::start_single().await.unwrap();
+    provision::queue(
+        &provision::admin(&first.connect_string()).await.unwrap(),
+        "receipts",
+        "twins",
+        QueueConfig::default(),
+    )
+    .await
+    .unwrap();
+    let paths = paths("twins");
+    // A session that outlives the servers' restart below, however slow.
+    let first_producer = zk::Client::connector()
+        .with_session_timeout(Duration::from_secs(60))
+        .connect(&first.connect_string())
+        .await
+        .unwrap();
     let mut second = Ensemble::start_single().await.unwrap();
     // The same data in both: the queue, and the producer's session (in the log).
     second.stop_all();
@@ -186,6 +201,7 @@ async fn a_session_id_of_two_ensembles_keeps_each_ones_receipts_apart() {
         .await
         .unwrap();
     assert_eq!(first_producer.session_id(), second_producer.session_id());
+    let first_admin = provision::admin(&first.connect_string()).await.unwrap();
     let second_admin = provision::admin(&second.connect_string()).await.unwrap();
 
     // Each enqueue on one server right after one on the other: each leaves a receipt.

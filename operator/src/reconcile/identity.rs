@@ -270,9 +270,10 @@ impl NamespaceIdentities {
             .await
             .map_err(Error::kube(format!("reading Secret {CREDENTIALS_SECRET}"), namespace))?;
         if let Some(secret) = existing {
-            let raw = secret.data.and_then(|d| d.get(CREDENTIALS_KEY).cloned()).map(|b| b.0).unwrap_or_default();
-            return DigestIdentity::parse(&String::from_utf8_lossy(&raw))
-                .map_err(|e| Error::BadCredentials { namespace: namespace.to_owned(), reason: e.to_string() });
+            let bad = |reason: String| Error::BadCredentials { namespace: namespace.to_owned(), reason };
+            let text = shared_secret::text(&secret, CREDENTIALS_KEY)
+                .ok_or_else(|| bad(format!("key {CREDENTIALS_KEY} is missing or not text")))?;
+            return DigestIdentity::parse(&text).map_err(|e| bad(e.to_string()));
         }
         if !self.leadership.is_leading() {
             return Err(Error::NotLeading);

@@ -24,31 +24,43 @@ use crate::zk;
 /// Slots made ahead of the current one.
 const SLOTS_AHEAD: u64 = 2;
 
-/// The furthest slot made ahead, by bucket directory and priority.
-static MADE: LazyLock<Mutex<HashMap<(String, u8), u64>>> = LazyLock::new(Mutex::default);
+/// A producer's queue and priority: (its session, the bucket directory, the priority).
+/// Keyed by session id, which two ensembles can share: a process talking to both (tests)
+/// may then skip a bucket on one, which its first enqueue makes (slower, not wrong).
+type Producer = (i64, String, u8);
+
+/// The furthest slot made ahead, by producer.
+static MADE: LazyLock<Mutex<HashMap<Producer, u64>>> = LazyLock::new(Mutex::default);
+
+/// Slots after which a producer's entry is dropped (a queue no longer written, a session
+/// that ended).
+const FORGET_AFTER_SLOTS: u64 = 600;
 
 /// After an enqueue into `bucket`: makes, in the background, the buckets of the next
 /// slots of its priority that this process has not made yet. Buckets of delayed items
 /// (due in a later slot) are left alone: a delay spreads them over many slots.
 pub(super) fn make_next(client: &zk::Client, paths: &QueuePaths, bucket: &str, now_ms: u64) {
     let Some((priority, due_ms)) = parse_bucket(bucket) else { return };
-    let slot = due_ms / BUCKET_SPAN_MS;
-    if slot != now_ms / BUCKET_SPAN_MS {
+    let (slot, now_slot) = (due_ms / BUCKET_SPAN_MS, now_ms / BUCKET_SPAN_MS);
+    if slot > now_slot {
         return;
     }
+    // The enqueue may have been sent in an earlier slot than it was answered in.
+    let last = now_slot + SLOTS_AHEAD;
     let from = {
         let mut made = MADE.lock().expect("not poisoned");
-        let furthest = made.entry((paths.items(), priority)).or_default();
-        if *furthest >= slot + SLOTS_AHEAD {
+        let furthest = made.entry((client.session_id().0, paths.items(), priority)).or_default();
+        if *furthest >= last {
             return;
         }
-        let from = (*furthest + 1).max(slot + 1);
-        *furthest = slot + SLOTS_AHEAD;
+        let from = (*furthest + 1).max(now_slot + 1);
+        *furthest = last;
+        made.retain(|_, furthest| *furthest + FORGET_AFTER_SLOTS > now_slot);
         from
     };
     let (client, paths) = (client.clone(), paths.clone());
     tokio::spawn(async move {
-        for ahead in from..=slot + SLOTS_AHEAD {
+        for ahead in from..=last {
             let bucket = bucket_name(priority, ahead * BUCKET_SPAN_MS);
             if let Err(err) = ensure_bucket(&client, &paths, &bucket).await {
                 tracing::debug!(bucket, error = %err, "a bucket was not made ahead; its first enqueue makes it");

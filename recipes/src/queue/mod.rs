@@ -163,8 +163,8 @@ pub async fn read_config(client: &zk::Client, paths: &QueuePaths) -> Result<Queu
     Ok(QueueConfig::from_znode(&paths.base, &data)?)
 }
 
-/// Counts from ZooKeeper: the number of nodes under `items/` (one read, however many
-/// buckets; less the buckets themselves), one stat per delayed bucket, plus claims and
+/// Counts from ZooKeeper: the number of nodes under `items/` (three reads, however many
+/// buckets, see [`items_and_buckets`]; less the buckets themselves), one stat per delayed bucket, plus claims and
 /// dead letters. Receipts of enqueues in flight count as items for that moment (this
 /// session's answered ones are deleted first; another session's may wait for its next
 /// enqueue up to 100 ms, see `receipt`).

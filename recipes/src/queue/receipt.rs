@@ -172,10 +172,26 @@ pub(super) fn delete(client: &zk::Client, receipts: Vec<String>) {
 /// Deletes this session's receipts left longer than [`LEFT_FOR`], until none is left
 /// (then its entry goes, and the session's next receipt starts another task).
 async fn delete_when_left_too_long(client: zk::Client) {
+    // Cancelled (its runtime shut down), the task takes the session's entry with it: a
+    // later receipt then starts a new task, and the entry's client clone is let go.
+    struct Cancelled(Option<zk::Client>);
+    impl Drop for Cancelled {
+        fn drop(&mut self) {
+            if let Some(client) = self.0.take() {
+                LEFT.lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .retain(|left| !left.client.is_clone_of(&client));
+            }
+        }
+    }
+    let mut cancelled = Cancelled(Some(client.clone()));
     loop {
         let oldest = {
             let mut all = LEFT.lock().expect("not poisoned");
-            let Some(left) = left_of(&mut all, &client) else { return };
+            let Some(left) = left_of(&mut all, &client) else {
+                cancelled.0 = None;
+                return;
+            };
             let now = Instant::now();
             let due = left.receipts.iter().take_while(|(at, _)| now.duration_since(*at) >= LEFT_FOR).count();
             let overdue: Vec<String> = left.receipts.drain(..due).map(|(_, r)| r).collect();
@@ -189,7 +205,11 @@ async fn delete_when_left_too_long(client: zk::Client) {
         };
         match oldest {
             Some(at) => tokio::time::sleep_until(at + LEFT_FOR).await,
-            None => return,
+            // The entry went with its last receipt (under the lock, above).
+            None => {
+                cancelled.0 = None;
+                return;
+            }
         }
     }
 }

@@ -65,12 +65,15 @@ impl Inner {
                 state.groups.remove(&id, &state.claimed);
                 false
             }
+            // A bucket made while the view follows is empty, and every item put in it
+            // comes as an event after this one: known without a listing. Nothing in it to
+            // offer yet (buckets are made ahead of the enqueues that fill them).
             Change::BucketCreated(bucket) => {
                 if !state.buckets.contains_key(&bucket) {
                     state.counted.insert(bucket.clone(), 0);
+                    state.buckets.insert(bucket, Bucket::Loaded(Default::default()));
                 }
-                state.buckets.entry(bucket).or_default();
-                true
+                false
             }
             Change::BucketDeleted(bucket) => {
                 state.counted.remove(&bucket);

@@ -153,7 +153,14 @@ impl QueueView {
         for (name, bucket) in &state.buckets {
             let Some((_, due)) = super::item::parse_bucket(name) else { continue };
             if due > now {
-                next_due = Some(next_due.map_or(due, |d: u64| d.min(due)));
+                // A bucket known to be empty (made ahead) is nothing to wait for.
+                let empty = match bucket {
+                    Bucket::Loaded(seqs) => seqs.is_empty(),
+                    Bucket::Unloaded => state.counted.get(name) == Some(&0),
+                };
+                if !empty {
+                    next_due = Some(next_due.map_or(due, |d: u64| d.min(due)));
+                }
                 continue;
             }
             match bucket {
