@@ -8,6 +8,9 @@ use clap::Parser;
 use paddock_recipes::tls::{TlsFiles, ZkTls};
 use paddock_recipes::{Layout, Name};
 
+/// Worker threads when `PADDOCK_WORKER_THREADS` is unset (fewer on fewer cores).
+pub const DEFAULT_WORKER_THREADS: usize = 2;
+
 #[derive(Debug, Clone, Parser)]
 #[command(name = "paddock-sidecar", version, about = "Locks and work queues over ZooKeeper, on a localhost HTTP API")]
 pub struct Config {
@@ -89,12 +92,27 @@ pub struct Config {
     #[arg(long, env = "PADDOCK_HEADER_READ_TIMEOUT", value_name = "PADDOCK_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub header_read_timeout: Duration,
 
+    /// Threads that serve the API and the ZooKeeper session (the runtime's workers); unset:
+    /// two, or one where the pod has one core. Not one per core of the node: a sidecar in
+    /// every pod of a 32-core node would start 32 each. One gives each request the shortest
+    /// path (lowest latency); more serve more concurrent requests (docs/benchmarks.md).
+    #[arg(long, env = "PADDOCK_WORKER_THREADS", value_name = "PADDOCK_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub worker_threads: Option<u16>,
+
     /// Log format: `text` or `json`.
     #[arg(long, env = "PADDOCK_LOG_FORMAT", value_name = "PADDOCK_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
 }
 
 impl Config {
+    /// The runtime's worker threads: `PADDOCK_WORKER_THREADS`, else two, or one on one core
+    /// (the cores the process may use: its cgroup's CPU limit counts).
+    pub fn worker_threads(&self) -> usize {
+        self.worker_threads.map(usize::from).unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get).min(DEFAULT_WORKER_THREADS)
+        })
+    }
+
     /// The digest credentials from `--zk-auth` or the file named by `--zk-auth-file`.
     pub fn digest_auth(&self) -> anyhow::Result<Option<String>> {
         if let Some(path) = &self.zk_auth_file {
@@ -175,6 +193,9 @@ mod tests {
         assert_eq!(c.zk_root.root(), "/paddock");
         assert_eq!(c.session_timeout, Duration::from_secs(10));
         assert_eq!(c.queue, None);
+        let cores = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(c.worker_threads(), cores.min(2), "two workers, or one on one core, whatever the node has");
+        assert_eq!(parse(&["--worker-threads", "5"]).unwrap().worker_threads(), 5);
     }
 
     #[test]
@@ -188,6 +209,8 @@ mod tests {
             (&["--pod-namespace", "Team_A"][..], "POD_NAMESPACE"),
             (&["--queue", "../x"][..], "PADDOCK_QUEUE"),
             (&["--zk-auth", "nopassword"][..], "PADDOCK_ZK_AUTH"),
+            (&["--worker-threads", "0"][..], "PADDOCK_WORKER_THREADS"),
+            (&["--worker-threads", "many"][..], "PADDOCK_WORKER_THREADS"),
         ] {
             let err = parse(args).unwrap_err().to_string();
             assert!(err.contains(setting), "{args:?}: {err}");

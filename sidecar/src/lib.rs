@@ -113,6 +113,7 @@ impl App {
             tls = config.zk_tls_ca.is_some(),
             pod = %config.pod_name,
             namespace = %config.pod_namespace,
+            workers = tokio::runtime::Handle::current().metrics().num_workers(),
             "paddock-sidecar serving"
         );
         let server = tokio::spawn(server::serve(listener, api::router(state.clone()), limits, shutdown.clone()));

@@ -6,11 +6,15 @@ use clap::Parser;
 use paddock_sidecar::{App, Config};
 use tokio::signal::unix::{SignalKind, signal};
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     init_tracing(&config.log_format);
-    App::new(config)?.serve(shutdown_signal()).await
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.worker_threads())
+        .enable_all()
+        .build()
+        .map_err(|e| anyhow::anyhow!("starting the runtime: {e}"))?;
+    runtime.block_on(async { App::new(config)?.serve(shutdown_signal()).await })
 }
 
 async fn shutdown_signal() {

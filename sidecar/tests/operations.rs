@@ -211,3 +211,43 @@ async fn the_probe_port_serves_metrics_and_probes_and_never_the_api() {
         assert!(body["message"].as_str().unwrap().contains("PADDOCK_URL"), "{body}");
     }
 }
+
+/// The sidecar's threads do not grow with the node's cores: two workers unless told
+/// (`PADDOCK_WORKER_THREADS`), and a single one serves a lock and a queue as well. The
+/// start-up line says how many the runtime runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sidecar_runs_the_workers_it_is_told_and_one_serves_locks_and_queues() {
+    use paddock_recipes::{LockConfig, QueueConfig};
+    use paddock_testkit::{Acquire, PodClient, provision};
+    init_tracing();
+    let ensemble = Ensemble::start_single().await.unwrap();
+    let admin = provision::admin(&ensemble.connect_string()).await.unwrap();
+    provision::queue(&admin, "ops", "jobs", QueueConfig::default()).await.unwrap();
+    provision::lock(&admin, "ops", "leader", LockConfig::default()).await.unwrap();
+    for (setting, expected) in [(Some("1"), 1), (Some("3"), 3), (None, 2)] {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("sidecar.log");
+        let mut options = SidecarOptions::new(SIDECAR, ensemble.connect_string(), "pod-a", "ops")
+            .env("RUST_LOG", "info")
+            .env("PADDOCK_LOG_FORMAT", "json");
+        if let Some(setting) = setting {
+            options = options.env("PADDOCK_WORKER_THREADS", setting);
+        }
+        options.log_file = Some(log.clone());
+        let sidecar = Sidecar::start(options).await.unwrap();
+        let pod = PodClient::new(sidecar.url(""));
+        let Acquire::Acquired { .. } = pod.acquire("leader", "pod-a", "5s").await.unwrap() else { panic!("the lock") };
+        assert_eq!(pod.enqueue("jobs", "work").await.unwrap().0, 201);
+        let item = pod.next("jobs", "5s").await.unwrap().expect("the item");
+        assert_eq!(pod.settle("jobs", &item.id, "ack", "").await.unwrap().0, 200);
+        assert_eq!(pod.release("leader", "pod-a").await.unwrap().0, 200);
+        // Unset: two, or one on a single core (never one per core of a bigger node).
+        let cores = std::thread::available_parallelism().unwrap().get();
+        let expected = if setting.is_none() { expected.min(cores) } else { expected };
+        // As the runtime counts them, in the start-up line.
+        let started = std::fs::read_to_string(&log).unwrap();
+        let line = started.lines().find(|l| l.contains("paddock-sidecar serving")).expect("the start-up line");
+        let fields: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(fields["fields"]["workers"], expected, "PADDOCK_WORKER_THREADS={setting:?}: {line}");
+    }
+}
