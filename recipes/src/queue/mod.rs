@@ -164,8 +164,8 @@ pub async fn read_config(client: &zk::Client, paths: &QueuePaths) -> Result<Queu
 }
 
 /// Counts from ZooKeeper: the number of nodes under `items/` (three reads, however many
-/// buckets, see [`items_and_buckets`]; less the buckets themselves), one stat per delayed bucket, plus claims and
-/// dead letters. Receipts of enqueues in flight count as items for that moment (this
+/// buckets, see [`items_and_buckets`]; less the buckets themselves), one stat per delayed
+/// bucket, plus claims and dead letters. Receipts of enqueues in flight count as items for that moment (this
 /// session's answered ones are deleted first; another session's may wait for its next
 /// enqueue up to 100 ms, see `receipt`).
 pub async fn stats(client: &zk::Client, paths: &QueuePaths) -> Result<QueueStats, QueueError> {
@@ -203,22 +203,22 @@ pub async fn stats(client: &zk::Client, paths: &QueuePaths) -> Result<QueueStats
 
 /// The buckets of `items/` and the number of nodes under it, from one moment: read again
 /// when a bucket was made or removed between the two reads (the next slots' buckets are
-/// made in the background, see `ahead`), which would count a bucket as an item.
+/// made in the background, see `ahead`), which would count a bucket as an item. After
+/// four tries (buckets made and removed all the while), the last reads: off by a bucket
+/// at most.
 async fn items_and_buckets(client: &zk::Client, paths: &QueuePaths) -> Result<(Vec<String>, usize), QueueError> {
     let items = paths.items();
     let not_provisioned = |e| QueueError::or_not_provisioned(e, paths);
-    for _ in 0..4 {
+    let mut tries = 0;
+    loop {
+        tries += 1;
         let (buckets, before) = client.get_children(&items).await.map_err(not_provisioned)?;
         let under = client.count_descendants_number(&items).await.map_err(not_provisioned)?;
         let after = client.check_stat(&items).await?.ok_or_else(|| QueueError::NotProvisioned(paths.base.clone()))?;
-        if after.cversion == before.cversion {
+        if after.cversion == before.cversion || tries == 4 {
             return Ok((buckets, under));
         }
     }
-    // Buckets made and removed all the while: the last reads, off by a bucket at most.
-    let buckets = client.list_children(&items).await.map_err(not_provisioned)?;
-    let under = client.count_descendants_number(&items).await.map_err(not_provisioned)?;
-    Ok((buckets, under))
 }
 
 /// The groups with items, and the longest with its length (one stat per group, a few

@@ -146,6 +146,11 @@ fn left_of<'a>(all: &'a mut [Left], client: &zk::Client) -> Option<&'a mut Left>
     all.iter_mut().find(|left| left.client.is_clone_of(client))
 }
 
+/// Removes a session's entry.
+fn forget(all: &mut Vec<Left>, client: &zk::Client) {
+    all.retain(|left| !left.client.is_clone_of(client));
+}
+
 /// Deletes a call's receipts once its outcome is known, without a request of their own
 /// when it can: they are left for this session's next enqueue, whose multi deletes them
 /// ([`take_left`]), and deleted on their own when none comes within [`LEFT_FOR`]. A
@@ -178,9 +183,7 @@ async fn delete_when_left_too_long(client: zk::Client) {
     impl Drop for Cancelled {
         fn drop(&mut self) {
             if let Some(client) = self.0.take() {
-                LEFT.lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner())
-                    .retain(|left| !left.client.is_clone_of(&client));
+                forget(&mut LEFT.lock().unwrap_or_else(|poisoned| poisoned.into_inner()), &client);
             }
         }
     }
@@ -197,7 +200,7 @@ async fn delete_when_left_too_long(client: zk::Client) {
             let overdue: Vec<String> = left.receipts.drain(..due).map(|(_, r)| r).collect();
             let oldest = left.receipts.first().map(|(at, _)| *at);
             if oldest.is_none() {
-                all.retain(|left| !left.client.is_clone_of(&client));
+                forget(&mut all, &client);
             }
             drop(all);
             delete_now(&client, overdue);

@@ -68,33 +68,34 @@ pub fn find_binary(name: &str) -> anyhow::Result<std::path::PathBuf> {
 
 /// `kubectl` against a kubeconfig, from the workspace root (so `-f crds/` works).
 pub fn kubectl(kubeconfig: &std::path::Path, args: &[&str]) -> anyhow::Result<String> {
-    use anyhow::Context as _;
-    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
-    let output = std::process::Command::new("kubectl")
-        .args(args)
-        .env("KUBECONFIG", kubeconfig)
-        .current_dir(root)
-        .output()
-        .context("running kubectl")?;
-    anyhow::ensure!(output.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    run_kubectl(kubeconfig, args, None)
 }
 
 /// `kubectl apply` of a manifest given as text (YAML documents), against a kubeconfig.
 pub fn kubectl_apply(kubeconfig: &std::path::Path, manifest: &str) -> anyhow::Result<String> {
+    run_kubectl(kubeconfig, &["apply", "-f", "-"], Some(manifest))
+}
+
+/// `kubectl` from the workspace root, `stdin` written to it; its output, or its error.
+fn run_kubectl(kubeconfig: &std::path::Path, args: &[&str], stdin: Option<&str>) -> anyhow::Result<String> {
     use anyhow::Context as _;
     use std::io::Write as _;
+    use std::process::Stdio;
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
     let mut child = std::process::Command::new("kubectl")
-        .args(["apply", "-f", "-"])
+        .args(args)
         .env("KUBECONFIG", kubeconfig)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
+        .current_dir(root)
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .context("running kubectl")?;
-    child.stdin.take().context("kubectl's stdin")?.write_all(manifest.as_bytes()).context("writing to kubectl")?;
+    if let Some(text) = stdin {
+        child.stdin.take().context("kubectl's stdin")?.write_all(text.as_bytes()).context("writing to kubectl")?;
+    }
     let output = child.wait_with_output().context("waiting for kubectl")?;
-    anyhow::ensure!(output.status.success(), "kubectl apply: {}", String::from_utf8_lossy(&output.stderr));
+    anyhow::ensure!(output.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
