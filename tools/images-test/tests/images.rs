@@ -224,11 +224,14 @@ impl<'a> Ensemble<'a> {
             volumes.extend(secrets.iter().map(|(name, dir)| HostVolume { name, dir }));
             podman.run(&run_args(&format!("zk-{i}"), pod, container, &env, &volumes, &[])?)?;
         }
-        // start.sh gave each server the id of its pod's ordinal plus one.
+        // start.sh gave each server the id of its pod's ordinal plus one. Its `echo >` creates
+        // the file before it writes the id: wait for the id, not for the file.
         for i in 0..Self::SERVERS {
             let myid = podman.scratch(&format!("zk-{i}"))?.join("data/myid");
-            eventually(Duration::from_secs(30), "start.sh writes myid", || myid.exists())?;
-            ensure!(std::fs::read_to_string(&myid)?.trim() == (i + 1).to_string(), "myid of server {i}");
+            let written = || std::fs::read_to_string(&myid).is_ok_and(|id| id.ends_with('\n'));
+            eventually(Duration::from_secs(30), "start.sh writes myid", written)?;
+            let id = std::fs::read_to_string(&myid)?;
+            ensure!(id.trim() == (i + 1).to_string(), "myid of server {i} is {id:?}");
         }
         Ok(Self { podman, container, ports })
     }
