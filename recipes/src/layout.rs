@@ -100,11 +100,6 @@ impl QueuePaths {
         format!("{}/groups/{encoded_key}", self.base)
     }
 
-    /// The ephemeral node of a group's one claim.
-    pub fn group_claim(&self, encoded_key: &str) -> String {
-        format!("{}/groups/{encoded_key}/claim", self.base)
-    }
-
     pub fn claims(&self) -> String {
         format!("{}/claims", self.base)
     }

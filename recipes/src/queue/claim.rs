@@ -154,17 +154,12 @@ impl Prepared {
     }
 
     /// Adds the claim's writes to `multi`: the item is unchanged (version), `claims/<id>`
-    /// (and a grouped item's group claim) made, the attempt counted. Returns how many.
+    /// made, the attempt counted. Returns how many.
     pub fn add_to(&self, multi: &mut zk::MultiWriter<'_>, paths: &QueuePaths) -> Result<usize, zk::Error> {
         let id = self.delivery.id.to_string();
         let ephemeral = zk::CreateMode::Ephemeral.with_acls(paths.acl.acls());
         multi.add_check_version(&self.path, self.version)?;
         multi.add_create(&paths.claim(&id), &self.claim, &ephemeral)?;
-        let mut ops = 3;
-        if let Some(group) = &self.delivery.id.group {
-            multi.add_create(&paths.group_claim(group.encoded()), b"", &ephemeral)?;
-            ops += 1;
-        }
         match self.attempts_version {
             Some(version) => multi.add_set_data(&paths.attempts_of(&id), &self.history, Some(version))?,
             None => multi.add_create(
@@ -173,7 +168,7 @@ impl Prepared {
                 &zk::CreateMode::Persistent.with_acls(paths.acl.acls()),
             )?,
         }
-        Ok(ops)
+        Ok(3)
     }
 }
 

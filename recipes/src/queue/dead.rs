@@ -12,7 +12,6 @@ use super::enqueue::ensure_place;
 use super::group::GroupKey;
 use super::item::{DeadLetter, Envelope, ItemId, Place, bucket_name, decode_dead, encode, encode_dead, now_ms};
 use super::receipt::{self, Receipt};
-use super::settle::claim_paths;
 use super::{Candidate, QueueError};
 use crate::layout::QueuePaths;
 use crate::retry::{Try, while_unknown};
@@ -54,15 +53,13 @@ pub(super) async fn move_to_dead(
             if let Some(version) = item.attempts_version {
                 multi.add_delete(&paths.attempts_of(id_text), Some(version))?;
             }
-            // A grouped item's group claim is settled (or checked) with its own.
-            for claim_path in &claim_paths(paths, &item.id) {
-                match claim {
-                    ClaimCheck::Ours => multi.add_delete(claim_path, None)?,
-                    ClaimCheck::NoneHeld => {
-                        let open = zk::CreateMode::Persistent.with_acls(paths.acl.acls());
-                        multi.add_create(claim_path, b"", &open)?;
-                        multi.add_delete(claim_path, None)?;
-                    }
+            let claim_path = paths.claim(id_text);
+            match claim {
+                ClaimCheck::Ours => multi.add_delete(&claim_path, None)?,
+                ClaimCheck::NoneHeld => {
+                    let open = zk::CreateMode::Persistent.with_acls(paths.acl.acls());
+                    multi.add_create(&claim_path, b"", &open)?;
+                    multi.add_delete(&claim_path, None)?;
                 }
             }
             let dead = zk::CreateMode::Persistent.with_acls(paths.acl.acls());

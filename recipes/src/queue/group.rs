@@ -5,7 +5,6 @@
 //! ```text
 //! <queue>/groups/<key>/<bucket>-<seq>   an item of group <key> (persistent sequential)
 //! <queue>/groups/<key>/receipt-...      an enqueue's receipt (see `receipt`)
-//! <queue>/groups/<key>/claim            ephemeral; the group's one claim (see below)
 //! ```
 //!
 //! A group is a node named by its key (URL-safe base64, so any key of up to
@@ -19,9 +18,11 @@
 //!   sequence, so an item that was the head in any correct listing is the head until it
 //!   leaves: a claim of a stale view's head fails because the item is gone, never hands
 //!   out an item behind another.
-//! - A claim of a grouped item also creates the group's ephemeral `claim` node in the same
-//!   multi, and every settle removes it in the multi that removes the item's claim: so at
-//!   most one item of a group is in flight, decided by ZooKeeper, whatever a view says.
+//! - So at most one item of a group is in flight, decided by ZooKeeper whatever a view
+//!   says: the head's `claims/<id>` (an ephemeral create, which fails while anyone holds
+//!   it) is the group's one claim. An item behind the head can be in a view only with the
+//!   head (a listing is one snapshot, and an item is listed after every item made before
+//!   it or not at all), and after the head left it is the head.
 //! - A nacked or timed-out item stays where it is: the head. A nack's back-off keeps the
 //!   claim until the delay has passed (the group waits with it); the consumer's death
 //!   ends the wait early.

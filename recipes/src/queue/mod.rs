@@ -183,8 +183,8 @@ pub async fn stats(client: &zk::Client, paths: &QueuePaths) -> Result<QueueStats
     }
     stats.in_flight = client.check_stat(&paths.claims()).await?.map_or(0, |s| s.num_children as u64);
     stats.dead_lettered = client.check_stat(&paths.dead()).await?.map_or(0, |s| s.num_children as u64);
-    // Groups: every node under `groups/` is a group, an item, or a group's claim (one per
-    // grouped item in flight) — or a receipt, for a moment.
+    // Groups: every node under `groups/` is a group or an item — or a receipt, for a
+    // moment.
     if let Some(groups) = client.check_stat(&paths.groups()).await?.filter(|s| s.num_children > 0) {
         let group_nodes = groups.num_children as u64;
         let under = match client.count_descendants_number(&paths.groups()).await {
@@ -192,10 +192,7 @@ pub async fn stats(client: &zk::Client, paths: &QueuePaths) -> Result<QueueStats
             Err(zk::Error::NoNode) => 0,
             Err(err) => return Err(err.into()),
         };
-        let claims = client.list_children(&paths.claims()).await.unwrap_or_default();
-        let grouped_in_flight =
-            claims.iter().filter(|c| ItemId::parse(c).is_ok_and(|id| id.group.is_some())).count() as u64;
-        stats.depth += under.saturating_sub(group_nodes + grouped_in_flight);
+        stats.depth += under.saturating_sub(group_nodes);
     }
     stats.ready = stats.depth.saturating_sub(stats.delayed + stats.in_flight);
     Ok(stats)

@@ -65,22 +65,10 @@ async fn commit_owned(client: &zk::Client, acl: NodeAcl, ops: &[Op]) -> Result<C
     .await
 }
 
-/// The nodes of a claim on an item: `claims/<id>`, and a grouped item's group claim (see
-/// `group`), made and removed together.
-pub(super) fn claim_paths(paths: &QueuePaths, id: &ItemId) -> Vec<String> {
-    let mut claims = vec![paths.claim(&id.to_string())];
-    if let Some(group) = &id.group {
-        claims.push(paths.group_claim(group.encoded()));
-    }
-    claims
-}
-
 /// The nodes an ack deletes: the claim, the item, its history.
 fn ack_deletes(paths: &QueuePaths, id: &ItemId) -> Vec<String> {
-    let mut deletes = claim_paths(paths, id);
-    deletes.push(id.path(paths));
-    deletes.push(paths.attempts_of(&id.to_string()));
-    deletes
+    let id_text = id.to_string();
+    vec![paths.claim(&id_text), id.path(paths), paths.attempts_of(&id_text)]
 }
 
 /// Acks a claimed item: it is gone with its claim and history. The caller must hold the
@@ -168,19 +156,7 @@ async fn settle_gone(client: &zk::Client, paths: &QueuePaths, id: &ItemId, item_
 /// Gives a claim up without counting anything (visibility timeout, shutdown): the item
 /// is ready again at once; its next delivery counts the next attempt.
 pub async fn release_claim(client: &zk::Client, paths: &QueuePaths, id: &ItemId) -> Result<(), QueueError> {
-    let result = match claim_paths(paths, id).as_slice() {
-        [claim] => client.delete(claim, None).await,
-        claims => {
-            let mut multi = client.new_multi_writer();
-            for claim in claims {
-                multi.add_delete(claim, None)?;
-            }
-            multi.commit().await.map(drop).map_err(zk::Error::from)
-        }
-    };
-    match result {
-        // Both claims are this session's ephemerals, made and removed together: one gone
-        // means both are.
+    match client.delete(&paths.claim(&id.to_string()), None).await {
         Ok(()) | Err(zk::Error::NoNode) => Ok(()),
         Err(err) => Err(err.into()),
     }
@@ -247,8 +223,7 @@ pub async fn nack(
     }
     if delay.is_zero() {
         // Same place in the queue; the history notes the nack.
-        let mut ops = vec![Op::SetData(paths.attempts_of(&id_text), history)];
-        ops.extend(claim_paths(paths, id).into_iter().map(Op::Delete));
+        let ops = [Op::SetData(paths.attempts_of(&id_text), history), Op::Delete(paths.claim(&id_text))];
         if let Committed::Gone { retried: false } = commit_owned(client, paths.acl, &ops).await? {
             settle_gone(client, paths, id, &item.path).await?;
         }
