@@ -29,7 +29,7 @@ async fn a_steady_producer_finds_each_new_slots_bucket_made() {
     let mut buckets = HashSet::new();
     for n in 0..120 {
         let ids = queue::enqueue(&producer, &paths, &[item(n, (n % 2) as u8 * 5)]).await.unwrap();
-        buckets.insert(ids[0].bucket.clone());
+        buckets.insert(ids[0].as_ref().expect("an id").bucket.clone());
         tokio::time::sleep(Duration::from_millis(BUCKET_SPAN_MS / 5)).await;
     }
     assert!(buckets.len() >= 10, "the enqueues spanned {} buckets", buckets.len());

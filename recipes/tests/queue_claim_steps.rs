@@ -29,7 +29,7 @@ async fn world() -> World {
         Layout::new("/paddock").unwrap().queue(&Name::new("ns", "steps").unwrap(), &Name::new("q", "q").unwrap());
     let item =
         NewItem { payload: b"job".to_vec(), content_type: None, priority: 0, delay: Duration::ZERO, group: None };
-    let id = queue::enqueue(&admin, &paths, &[item]).await.unwrap().remove(0);
+    let id = queue::enqueue(&admin, &paths, &[item]).await.unwrap().remove(0).expect("an id");
     World { ensemble, admin, paths, id }
 }
 

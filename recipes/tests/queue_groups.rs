@@ -197,7 +197,11 @@ async fn a_grouped_id_is_never_given_to_a_second_item_after_its_group_is_removed
     let mut given = HashMap::new();
     let (mut last_seq, mut made_again) = (0, 0);
     for round in 0..120 {
-        let id = queue::enqueue(&client, &paths, &[grouped("g", round.to_string())]).await.unwrap().remove(0);
+        let id = queue::enqueue(&client, &paths, &[grouped("g", round.to_string())])
+            .await
+            .unwrap()
+            .remove(0)
+            .expect("an id");
         assert!(given.insert(id.to_string(), round).is_none(), "round {round}: id {id} given twice");
         if id.seq_number() < last_seq {
             made_again += 1;

@@ -45,7 +45,7 @@ async fn an_id_is_never_given_to_a_second_item_after_its_bucket_empties() {
     let mut rounds_in_an_emptied_bucket = 0;
     let mut last_bucket = String::new();
     for round in 0..ROUNDS {
-        let id = queue::enqueue(&client, &paths, &[item(round)]).await.unwrap().remove(0);
+        let id = queue::enqueue(&client, &paths, &[item(round)]).await.unwrap().remove(0).expect("an id");
         if let Some(earlier) = given.insert(id.to_string(), round) {
             panic!("round {round}: id {id} was already given to the item of round {earlier}");
         }
@@ -94,7 +94,7 @@ async fn old_empty_buckets_are_removed_and_full_ones_kept() {
     // Five buckets that are emptied, and one whose item is left in it.
     let mut used = std::collections::BTreeSet::new();
     for n in 0..5 {
-        let id = queue::enqueue(&client, &paths, &[item(n)]).await.unwrap().remove(0);
+        let id = queue::enqueue(&client, &paths, &[item(n)]).await.unwrap().remove(0).expect("an id");
         used.insert(id.bucket.clone());
         let delivery = loop {
             match queue::claim_next(&client, &paths, &view, &config, "pod", &()).await.unwrap() {
@@ -106,7 +106,7 @@ async fn old_empty_buckets_are_removed_and_full_ones_kept() {
         queue::ack(&client, &paths, &id).await.unwrap();
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
-    let kept = queue::enqueue(&client, &paths, &[item(5)]).await.unwrap().remove(0);
+    let kept = queue::enqueue(&client, &paths, &[item(5)]).await.unwrap().remove(0).expect("an id");
     used.insert(kept.bucket.clone());
     assert_eq!(used.len(), 6, "a bucket per 100 ms slot");
     // (Besides them, the next slots' buckets made ahead, which empty go the same way.)

@@ -117,12 +117,12 @@ async fn a_vanished_receipt_does_not_fail_the_enqueue_that_carries_its_delete() 
     // if the receipt went on its own first, on a slow machine).
     let mut enqueued = 0;
     for attempt in 0..20 {
-        let first = queue::enqueue(&producer, &paths, &[item(attempt)]).await.unwrap().remove(0);
+        let first = queue::enqueue(&producer, &paths, &[item(attempt)]).await.unwrap().remove(0).expect("an id");
         enqueued += 1;
         if !remove_a_receipt(&admin, &paths).await {
             continue;
         }
-        let second = queue::enqueue(&producer, &paths, &[item(100 + attempt)]).await.unwrap().remove(0);
+        let second = queue::enqueue(&producer, &paths, &[item(100 + attempt)]).await.unwrap().remove(0).expect("an id");
         enqueued += 1;
         assert_ne!(first, second);
         eventually_none(&admin, &paths).await;

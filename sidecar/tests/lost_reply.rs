@@ -14,6 +14,7 @@
 //! | release | 200 released (the retried delete finds its own delete) |
 //! | release of a lock with a lock-delay (a multi: contender and held record) | 200 released, the next granted at once (the retried multi finds its own delete) |
 //! | enqueue, batch enqueue | 201 with the ids (the multi's receipt is found, also when the items were consumed meanwhile; nothing to retry) |
+//! | batch enqueue over several groups | 201 with the ids (one receipt, in the first place; the other groups' items found by the multi's transaction), null for a group's items that were all consumed meanwhile |
 //! | claim | 200 with the item (the claim is found to be this session's) |
 //! | ack, nack, delayed nack | 200 (the retried multi finds its own effect; a moved item's id by its receipt) |
 //! | dead-letter (nack on the last attempt) | 200 dead-lettered (the retried multi finds the dead letter) |
@@ -25,13 +26,14 @@ use std::time::Duration;
 
 use common::{SIDECAR, all_threads_stopped, eventually};
 use paddock_recipes::queue::claim::{Read, read_candidate, try_claim};
-use paddock_recipes::queue::item::{Attempts, ItemId, decode};
+use paddock_recipes::queue::group::GroupKey;
+use paddock_recipes::queue::item::{Attempts, ItemId, Place, decode};
 use paddock_recipes::queue::{self, ClaimOutcome};
 use paddock_recipes::{Layout, LockConfig, Name, QueueConfig, zk};
 use paddock_testkit::fault_proxy::{Fired, Match, Outcome, Then, op};
 use paddock_testkit::process::Sidecar;
 use paddock_testkit::{Acquire, Ensemble, FaultProxy, PodClient, SidecarOptions, init_tracing, provision};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 const NS: &str = "team-lost";
 /// Long enough that the reconnect through the proxy always keeps the session.
@@ -461,6 +463,68 @@ async fn batch_enqueue_reply_lost_answers_created_once_for_the_whole_batch() {
     consumed.sort();
     expected.sort();
     assert_eq!(consumed, expected, "every accepted item is delivered");
+    assert_drained(&w, "jobs").await;
+}
+
+/// The ids of a group's items as they are in ZooKeeper, in the group's order.
+async fn group_ids(admin: &zk::Client, queue: &str, group: &str) -> Vec<String> {
+    let key = GroupKey::new(group).unwrap();
+    let nodes = children(admin, &format!("{}/groups/{}", queue_path(queue), key.encoded())).await;
+    let mut ids: Vec<ItemId> = nodes.iter().filter_map(|node| Place::Group(key.clone()).id_of_node(node)).collect();
+    ids.sort_by_key(ItemId::seq_number);
+    ids.iter().map(ToString::to_string).collect()
+}
+
+/// A batch over three groups carries one receipt, in its first group, and its reply is
+/// lost. While the sidecar cannot reach ZooKeeper, another consumer takes and acks the
+/// head of the second group and the one item of the third. The answer: 201 with the ids
+/// of the items still there and of the second group's consumed head (the group's other
+/// items of the batch tell it: a group is consumed from its head), and null for the
+/// third's, whose id nothing tells any more. The rest is delivered once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grouped_batch_enqueue_reply_lost_answers_the_ids_its_groups_still_tell() {
+    let w = world(&[], &[("jobs", queue_config(5))]).await;
+    let lost = w.proxy.lose_next_reply(Match {
+        opcodes: &[op::MULTI],
+        body_contains: Some("/groups/"),
+        then: Then::Refuse,
+        ..Default::default()
+    });
+    let batch = json!({ "items": [
+        { "payload": "a1", "group": "a" }, { "payload": "b1", "group": "b" }, { "payload": "a2", "group": "a" },
+        { "payload": "b2", "group": "b" }, { "payload": "c1", "group": "c" }, { "payload": "b3", "group": "b" },
+    ] });
+    let enqueue = tokio::spawn({
+        let pod = w.pod.clone();
+        async move {
+            let response = pod.http().post(pod.url("/queue/jobs/batch")).json(&batch).send().await.unwrap();
+            (response.status().as_u16(), response.json::<Value>().await.unwrap())
+        }
+    });
+    let fired = applied(lost).await;
+    let receipts = fired.operations().iter().filter(|(_, path)| path.contains("/receipt-")).count();
+    assert_eq!(receipts, 1, "one receipt, in the first group: {:?}", fired.operations());
+    let (a, b, c) = (
+        group_ids(&w.admin, "jobs", "a").await,
+        group_ids(&w.admin, "jobs", "b").await,
+        group_ids(&w.admin, "jobs", "c").await,
+    );
+    assert_eq!((a.len(), b.len(), c.len()), (2, 3, 1), "{a:?} {b:?} {c:?}");
+    taken_and_acked_elsewhere(&w, "jobs", &b[0]).await;
+    taken_and_acked_elsewhere(&w, "jobs", &c[0]).await;
+    w.proxy.heal();
+    let (status, body) = enqueue.await.unwrap();
+    answered("grouped batch enqueue", status, &body);
+
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["ids"], json!([a[0], b[0], a[1], b[1], null, b[2]]), "{body}");
+    let mut consumed = Vec::new();
+    for _ in 0..4 {
+        consumed.push(consume(&w.pod, "jobs").await);
+    }
+    consumed.sort();
+    assert_eq!(consumed, ["a1", "a2", "b2", "b3"], "every item not consumed elsewhere, once");
+    assert!(group_ids(&w.admin, "jobs", "b").await.is_empty());
     assert_drained(&w, "jobs").await;
 }
 

@@ -28,9 +28,10 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 
 use super::enqueue::{Also, Prepared, send};
+use super::enqueue::{Made, Receipts};
 use super::group::GroupKey;
 use super::item::{ItemId, Place, now_ms};
-use super::receipt::{self, Receipt, Receipted};
+use super::receipt::{self, Receipt, made_by};
 use super::{NewItem, QueueError};
 use crate::layout::QueuePaths;
 use crate::retry::while_unknown;
@@ -125,9 +126,10 @@ pub async fn enqueue_deduplicated(
         } else {
             let new_items: Vec<NewItem> = fresh.iter().map(|&i| items[i].clone()).collect();
             let mut prepared = Prepared::new(&new_items);
+            prepared.receipts = Receipts::EachPlace;
             add_records(paths, &mut prepared, &fresh, keys, &seen, window);
             match send(client, paths, &prepared).await {
-                Ok(created) => name_items(client, paths, &prepared, &fresh, keys, created),
+                Ok(made) => name_items(client, paths, &prepared, &fresh, keys, made),
                 // Another producer of a key was faster: read the keys again.
                 Err(QueueError::ZooKeeper(zk::Error::NodeExists | zk::Error::BadVersion)) if rounds < 5 => continue,
                 Err(err) => return Err(err),
@@ -135,7 +137,7 @@ pub async fn enqueue_deduplicated(
         };
         let mut answers: Vec<Option<Enqueued>> = vec![None; items.len()];
         for (&index, id) in fresh.iter().zip(made) {
-            answers[index] = Some(Enqueued { id: Some(id), duplicate: false });
+            answers[index] = Some(Enqueued { id, duplicate: false });
         }
         for (index, key) in keys.iter().enumerate() {
             if answers[index].is_some() {
@@ -194,20 +196,20 @@ fn name_items(
     prepared: &Prepared,
     fresh: &[usize],
     keys: &[Option<String>],
-    created: Vec<Receipted>,
-) -> Vec<ItemId> {
-    let ids = prepared.ids(&created);
+    made: Made,
+) -> Vec<Option<ItemId>> {
+    let ids = prepared.ids(&made);
     let named: Vec<_> = fresh
         .iter()
         .zip(&ids)
         .filter_map(|(&index, id)| {
-            let key = keys[index].as_deref()?;
+            let (key, id) = (keys[index].as_deref()?, id.as_ref()?);
             let data =
                 serde_json::to_vec(&Record { id: Some(id.to_string()), ..Record::default() }).expect("serializes");
             Some(client.set_data(&record_path(paths, key), &data, None))
         })
         .collect();
-    receipt::delete(client, created.into_iter().map(|c| c.receipt).collect());
+    receipt::delete(client, made.receipts);
     tokio::spawn(async move {
         for write in named {
             if let Err(err) = write.await {
@@ -283,29 +285,5 @@ async fn resolve(
         Err(zk::Error::NoNode) => return Ok(None),
         Err(err) => return Err(err.into()),
     }
-    made_by(client, paths, &place, czxid).await.map(|made| made.get(record.index as usize).cloned())
-}
-
-/// The items of `place` that transaction `czxid` made, in order.
-async fn made_by(
-    client: &zk::Client,
-    paths: &QueuePaths,
-    place: &Place,
-    czxid: i64,
-) -> Result<Vec<ItemId>, QueueError> {
-    let nodes = match client.list_children(&place.dir(paths)).await {
-        Ok(nodes) => nodes,
-        Err(zk::Error::NoNode) => return Ok(Vec::new()),
-        Err(err) => return Err(err.into()),
-    };
-    let mut ids: Vec<ItemId> = nodes.iter().filter_map(|node| place.id_of_node(node)).collect();
-    ids.sort_by_key(ItemId::seq_number);
-    let stats = futures::future::join_all(ids.iter().map(|id| client.check_stat(&id.path(paths)))).await;
-    let mut made = Vec::new();
-    for (id, stat) in ids.into_iter().zip(stats) {
-        if stat?.is_some_and(|stat| stat.czxid == czxid) {
-            made.push(id);
-        }
-    }
-    Ok(made)
+    made_by(client, paths, &place, czxid, deadline).await.map(|made| made.get(record.index as usize).cloned())
 }

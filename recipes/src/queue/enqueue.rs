@@ -2,10 +2,11 @@
 //! look-up that resolves an enqueue whose reply was lost.
 //!
 //! Invariants:
-//! - One `Ok` is one stored item (or batch), also across lost replies: each place (bucket
-//!   or group) the call writes to gets a [`Receipt`] in the same multi, just before its items, which
-//!   tells after an unknown outcome whether the multi was applied and gives the items'
-//!   ids (see `receipt`).
+//! - One `Ok` is one stored item (or batch), also across lost replies: the call's first
+//!   place (bucket or group), and every bucket it writes to, gets a [`Receipt`] in the
+//!   same multi, just before its items, which tells after an unknown outcome whether the
+//!   multi was applied and gives the items' ids (see `receipt`). The other groups' items
+//!   are then found by the multi's transaction (see [`Receipts`]).
 //! - Consumers list only `item-` children, so receipts are not items to them (nor to
 //!   older sidecars); a bucket's child count (`stats`) includes the receipts of enqueues
 //!   in flight.
@@ -14,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::ahead;
 use super::item::{Envelope, ItemId, Place, bucket_name, due_after, encode, now_ms};
-use super::receipt::{self, Receipt, Receipted};
+use super::receipt::{self, Receipt, made_by};
 use super::{NewItem, QueueError};
 use crate::layout::QueuePaths;
 use crate::retry::while_unknown;
@@ -92,10 +93,30 @@ async fn ensure_child(client: &zk::Client, paths: &QueuePaths, path: &str) -> Re
     }
 }
 
+/// Which places of a call get a receipt.
+///
+/// A receipt costs two writes (its create, and its delete once the call is answered), so a
+/// batch over 500 groups with one per place wrote 1,000 more. A receipt in the first place
+/// tells whether the multi was applied (all or none); in a bucket it also gives its items'
+/// ids, which could otherwise not be told: a bucket's items are consumed in any order. A
+/// group's are consumed from its head only, so those the call made there and that are still
+/// there are its last ones, found by the multi's transaction id (`czxid`), and give the
+/// others' ids. Only when every one of them was consumed before the lost reply was looked
+/// into are their ids unknown (`None`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Receipts {
+    /// The first place and every bucket.
+    FirstPlaceAndBuckets,
+    /// Every place: an idempotency record names its item by the receipt in the item's
+    /// place (`dedup`).
+    EachPlace,
+}
+
 /// One enqueue call, ready to be sent: its items' stored data, by the place they go to.
 pub(super) struct Prepared {
-    /// This call's receipt (one per place).
+    /// This call's receipt (its name, the same in each place that gets one).
     pub receipt: Receipt,
+    pub receipts: Receipts,
     pub places: Vec<Placed>,
     /// Items in the caller's order: (place, position in it).
     pub order: Vec<(usize, usize)>,
@@ -146,35 +167,58 @@ impl Prepared {
             order.push((index, places[index].items.len()));
             places[index].items.push((bucket, data));
         }
-        Self { receipt: Receipt::new(), places, order, also: Vec::new() }
+        let receipts = Receipts::FirstPlaceAndBuckets;
+        Self { receipt: Receipt::new(), receipts, places, order, also: Vec::new() }
+    }
+
+    /// Whether the place at `index` gets the call's receipt.
+    fn receipted(&self, index: usize) -> bool {
+        index == 0 || self.receipts == Receipts::EachPlace || matches!(self.places[index].place, Place::Bucket(_))
     }
 
     /// The operations of its multi, less the receipts' deletes carried along.
     pub fn ops(&self) -> usize {
-        self.places.iter().map(|p| 1 + p.items.len()).sum::<usize>() + self.also.len()
+        let receipts = (0..self.places.len()).filter(|&i| self.receipted(i)).count();
+        receipts + self.places.iter().map(|p| p.items.len()).sum::<usize>() + self.also.len()
     }
 
     /// The items' ids in the caller's order, from each place's first sequence number.
-    pub fn ids(&self, created: &[Receipted]) -> Vec<ItemId> {
+    pub fn ids(&self, made: &Made) -> Vec<Option<ItemId>> {
         self.order
             .iter()
             .map(|&(index, position)| {
                 let placed = &self.places[index];
-                created[index].id(&placed.place, &placed.items[position].0, position as u64)
+                let first = made.first_seqs[index]?;
+                Some(placed.place.id(&placed.items[position].0, first + position as u64))
             })
             .collect()
     }
 }
 
-/// Enqueues items in one multi (all or none). Returns their ids in order.
+/// What a call's multi made: per place, the sequence number of its first item there (None
+/// only after a lost reply, see [`Receipts`]); and its receipts, to delete once the call
+/// is answered.
+pub(super) struct Made {
+    pub first_seqs: Vec<Option<u64>>,
+    pub receipts: Vec<String>,
+}
+
+/// Enqueues items in one multi (all or none). Returns their ids in order: `None` for a
+/// grouped item whose id could not be known because its multi's reply was lost and it was
+/// consumed (with every other item of the call in its group) before the multi was found
+/// applied (see [`Receipts`]).
 ///
 /// A multi whose reply was lost is looked for by its receipts once the connection is
 /// back: found, the ids are returned; not there, it is sent again.
-pub async fn enqueue(client: &zk::Client, paths: &QueuePaths, items: &[NewItem]) -> Result<Vec<ItemId>, QueueError> {
+pub async fn enqueue(
+    client: &zk::Client,
+    paths: &QueuePaths,
+    items: &[NewItem],
+) -> Result<Vec<Option<ItemId>>, QueueError> {
     let prepared = Prepared::new(items);
-    let created = send(client, paths, &prepared).await?;
-    let ids = prepared.ids(&created);
-    receipt::delete(client, created.into_iter().map(|c| c.receipt).collect());
+    let made = send(client, paths, &prepared).await?;
+    let ids = prepared.ids(&made);
+    receipt::delete(client, made.receipts);
     Ok(ids)
 }
 
@@ -184,11 +228,7 @@ pub async fn enqueue(client: &zk::Client, paths: &QueuePaths, items: &[NewItem])
 /// The multi also deletes receipts this session left from earlier calls
 /// (`receipt::take_left`): those its multi did not delete go back. Once sent, the next
 /// slots' buckets are made ahead (`ahead`).
-pub(super) async fn send(
-    client: &zk::Client,
-    paths: &QueuePaths,
-    prepared: &Prepared,
-) -> Result<Vec<Receipted>, QueueError> {
+pub(super) async fn send(client: &zk::Client, paths: &QueuePaths, prepared: &Prepared) -> Result<Made, QueueError> {
     let mut carried = receipt::take_left(client);
     let result = send_carrying(client, paths, prepared, &mut carried).await;
     match &result {
@@ -210,7 +250,7 @@ async fn send_carrying(
     paths: &QueuePaths,
     prepared: &Prepared,
     carried: &mut Vec<String>,
-) -> Result<Vec<Receipted>, QueueError> {
+) -> Result<Made, QueueError> {
     let mut missing_places = 0;
     loop {
         let carried_gone = AtomicBool::new(false);
@@ -254,17 +294,31 @@ async fn send_carrying(
 }
 
 /// After an unknown outcome: what the multi made if it was applied (all or none, so the
-/// first place's receipt tells), None if it was not.
+/// first place's receipt tells), None if it was not. A place without a receipt (a group)
+/// has its items found by the multi's transaction, the first receipt's `czxid`.
 async fn find_receipts(
     client: &zk::Client,
     paths: &QueuePaths,
     prepared: &Prepared,
     deadline: tokio::time::Instant,
-) -> Result<Option<Vec<Receipted>>, QueueError> {
-    let mut found = Vec::with_capacity(prepared.places.len());
+) -> Result<Option<Made>, QueueError> {
+    let mut made = Made { first_seqs: Vec::with_capacity(prepared.places.len()), receipts: Vec::new() };
+    let mut czxid = None;
     for (index, placed) in prepared.places.iter().enumerate() {
+        if !prepared.receipted(index) {
+            let czxid = match czxid {
+                Some(czxid) => czxid,
+                None => *czxid.insert(transaction_of(client, &made.receipts[0], deadline).await?),
+            };
+            let ids = made_by(client, paths, &placed.place, czxid, deadline).await?;
+            made.first_seqs.push(first_of_last(&ids, placed.items.len()));
+            continue;
+        }
         match prepared.receipt.find(client, paths, &placed.place, deadline).await? {
-            Some(receipted) => found.push(receipted),
+            Some(receipted) => {
+                made.first_seqs.push(Some(receipted.first_seq));
+                made.receipts.push(receipted.receipt);
+            }
             None if index == 0 => {
                 tracing::debug!("enqueue interrupted and not applied; sending it again");
                 return Ok(None);
@@ -278,23 +332,43 @@ async fn find_receipts(
         }
     }
     tracing::debug!("enqueue interrupted but applied: found by its receipt");
-    Ok(Some(found))
+    Ok(Some(made))
 }
 
-/// The multi: per place, its receipt, then its items; then the other writes; then the
-/// deletes of receipts `carried` along.
+/// The transaction that made a receipt of this session (which only its session deletes).
+async fn transaction_of(client: &zk::Client, receipt: &str, deadline: tokio::time::Instant) -> Result<i64, QueueError> {
+    let stat = crate::retry::while_unknown_until(deadline, "reading a receipt", |_| client.check_stat(receipt)).await?;
+    let stat =
+        stat.ok_or_else(|| zk::Error::UnexpectedError(format!("the receipt {receipt} went while it was read")))?;
+    Ok(stat.czxid)
+}
+
+/// The first sequence number of the `count` items a call made in a group, from `found`,
+/// those of them still there, in order. A group's items leave from its head only, so these
+/// are the call's last ones, one after another; None when none is left, or they are not
+/// one after another (a purge took some from among them).
+fn first_of_last(found: &[ItemId], count: usize) -> Option<u64> {
+    let (first, last) = (found.first()?.seq_number(), found.last()?.seq_number());
+    let consecutive = last - first + 1 == found.len() as u64 && found.len() <= count;
+    consecutive.then(|| first - (count - found.len()) as u64)
+}
+
+/// The multi: per place, its receipt (see [`Receipts`]), then its items; then the other
+/// writes; then the deletes of receipts `carried` along.
 async fn create_all(
     client: &zk::Client,
     paths: &QueuePaths,
     prepared: &Prepared,
     carried: &[String],
-) -> Result<Vec<Receipted>, zk::MultiWriteError> {
+) -> Result<Made, zk::MultiWriteError> {
     let items = zk::CreateMode::PersistentSequential.with_acls(paths.acl.acls());
     let receipts = Receipt::mode(paths.acl);
     let mut multi = client.new_multi_writer();
-    for placed in &prepared.places {
+    for (index, placed) in prepared.places.iter().enumerate() {
         let dir = placed.place.dir(paths);
-        multi.add_create(&prepared.receipt.create_in(&dir), b"", &receipts)?;
+        if prepared.receipted(index) {
+            multi.add_create(&prepared.receipt.create_in(&dir), b"", &receipts)?;
+        }
         for (bucket, data) in &placed.items {
             multi.add_create(&format!("{dir}/{}", placed.place.item_prefix(bucket)), data, &items)?;
         }
@@ -315,14 +389,16 @@ async fn create_all(
         Some(zk::MultiWriteResult::Create { path, .. }) => Ok(path),
         other => Err(zk::Error::UnexpectedError(format!("expected a create result, got {other:?}"))),
     };
-    let mut created = Vec::with_capacity(prepared.places.len());
-    for placed in &prepared.places {
-        let receipt = path_of(results.next())?;
+    let mut made = Made { first_seqs: Vec::with_capacity(prepared.places.len()), receipts: Vec::new() };
+    for (index, placed) in prepared.places.iter().enumerate() {
+        if prepared.receipted(index) {
+            made.receipts.push(path_of(results.next())?);
+        }
         let first = path_of(results.next())?;
         for _ in 1..placed.items.len() {
             path_of(results.next())?;
         }
-        created.push(Receipt::made(receipt, &first)?);
+        made.first_seqs.push(Some(receipt::seq_of_item(&first)?));
     }
-    Ok(created)
+    Ok(made)
 }

@@ -29,7 +29,8 @@
 //!   item to `dead/` in a multi that also creates and deletes `claims/<id>`, which fails
 //!   while anyone holds it.
 //! - Every write has three outcomes, and the unknown one (reply lost) is resolved here,
-//!   not by the caller: a multi that creates items also creates a receipt, looked for
+//!   not by the caller: a multi that creates items also creates a receipt (in its first
+//!   place and its buckets; a group's items are consumed from its head), looked for
 //!   after `sync` (`receipt`), and deleted once the call is answered (by the session's
 //!   next enqueue multi when one comes soon, `receipt::take_left`); multis on a claimed
 //!   item are retried, and a retry that finds its nodes gone tells its own earlier effect

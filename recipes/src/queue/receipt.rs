@@ -7,7 +7,8 @@
 //! an *ephemeral* sequential receipt `receipt-<call id>-<seq>` of this session. After an
 //! unknown outcome the receipt is looked for by name: there, the multi was applied (it is
 //! one transaction) and the items' ids are the receipt's next sequence numbers; not
-//! there, it was not. Its owner deletes it once the outcome is known — in the multi of its
+//! there, it was not. (An enqueue over several groups puts one only in its first place:
+//! see `enqueue::Receipts`.) Its owner deletes it once the outcome is known — in the multi of its
 //! session's next enqueue when one comes soon, so that a steady producer's enqueue is one
 //! write — and one whose delete fails dies with the session. Consumers (of every version)
 //! list only `item-` children.
@@ -53,6 +54,51 @@ fn seq_of(path: &str) -> Option<u64> {
     digits.bytes().all(|b| b.is_ascii_digit()).then(|| digits.parse().ok()).flatten()
 }
 
+/// The sequence number of a created item's path.
+pub(super) fn seq_of_item(path: &str) -> Result<u64, zk::Error> {
+    seq_of(path).ok_or_else(|| zk::Error::UnexpectedError(format!("an item created at {path}")))
+}
+
+/// The items of `place` that transaction `czxid` made and that are still there, in order.
+/// Read from the newest down, a chunk of stats at a time, until an item older than the
+/// transaction: the items made after it are read, not the whole place.
+pub(super) async fn made_by(
+    client: &zk::Client,
+    paths: &QueuePaths,
+    place: &Place,
+    czxid: i64,
+    deadline: Instant,
+) -> Result<Vec<ItemId>, QueueError> {
+    let dir = place.dir(paths);
+    let nodes = match while_unknown_until(deadline, "listing a place", |_| client.list_children(&dir)).await {
+        Ok(nodes) => nodes,
+        Err(zk::Error::NoNode) => return Ok(Vec::new()),
+        Err(err) => return Err(err.into()),
+    };
+    let mut ids: Vec<ItemId> = nodes.iter().filter_map(|node| place.id_of_node(node)).collect();
+    ids.sort_by_key(|id| std::cmp::Reverse(id.seq_number()));
+    let mut made = Vec::new();
+    for chunk in ids.chunks(32) {
+        let stats = futures::future::join_all(chunk.iter().map(|id| {
+            let path = id.path(paths);
+            async move { while_unknown_until(deadline, "reading an item", |_| client.check_stat(&path)).await }
+        }))
+        .await;
+        for (id, stat) in chunk.iter().zip(stats) {
+            match stat? {
+                Some(stat) if stat.czxid == czxid => made.push(id.clone()),
+                Some(stat) if stat.czxid < czxid => {
+                    made.reverse();
+                    return Ok(made);
+                }
+                _ => {}
+            }
+        }
+    }
+    made.reverse();
+    Ok(made)
+}
+
 impl Receipt {
     pub fn new() -> Self {
         Self { prefix: format!("receipt-{}-", uuid::Uuid::new_v4().simple()) }
@@ -79,9 +125,7 @@ impl Receipt {
 
     /// From the created paths of a multi's receipt and its first item after it.
     pub fn made(receipt: String, first_item: &str) -> Result<Receipted, zk::Error> {
-        let first_seq =
-            seq_of(first_item).ok_or_else(|| zk::Error::UnexpectedError(format!("an item created at {first_item}")))?;
-        Ok(Receipted { receipt, first_seq })
+        Ok(Receipted { receipt, first_seq: seq_of_item(first_item)? })
     }
 
     /// From the results of an applied multi that made one receipt and then the item(s)

@@ -159,7 +159,7 @@ impl QueueService {
         let paths = self.paths(queue);
         let enqueued = if keys.iter().all(Option::is_none) {
             let ids = queue::enqueue(&client, &paths, &items).await?;
-            ids.into_iter().map(|id| Enqueued { id: Some(id), duplicate: false }).collect()
+            ids.into_iter().map(|id| Enqueued { id, duplicate: false }).collect()
         } else {
             queue::enqueue_deduplicated(&client, &paths, &items, &keys, config.deduplication_window()).await?
         };
