@@ -349,8 +349,8 @@ async fn transaction_of(client: &zk::Client, receipt: &str, deadline: tokio::tim
 /// one after another (a purge took some from among them).
 fn first_of_last(found: &[ItemId], count: usize) -> Option<u64> {
     let (first, last) = (found.first()?.seq_number(), found.last()?.seq_number());
-    let consecutive = last - first + 1 == found.len() as u64 && found.len() <= count;
-    consecutive.then(|| first - (count - found.len()) as u64)
+    let consecutive = last - first + 1 == found.len() as u64;
+    first.checked_sub(count.checked_sub(found.len())? as u64).filter(|_| consecutive)
 }
 
 /// The multi: per place, its receipt (see [`Receipts`]), then its items; then the other
@@ -401,4 +401,28 @@ async fn create_all(
         made.first_seqs.push(Some(receipt::seq_of_item(&first)?));
     }
     Ok(made)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::group::GroupKey;
+
+    fn ids(seqs: &[u64]) -> Vec<ItemId> {
+        let place = Place::Group(GroupKey::new("g").unwrap());
+        seqs.iter().map(|&seq| place.id(&bucket_name(0, 1_000), seq)).collect()
+    }
+
+    #[test]
+    fn a_group_s_remaining_items_of_a_call_tell_its_first_sequence_number() {
+        // The call made 40..=43; its head side was consumed.
+        assert_eq!(first_of_last(&ids(&[40, 41, 42, 43]), 4), Some(40));
+        assert_eq!(first_of_last(&ids(&[42, 43]), 4), Some(40));
+        assert_eq!(first_of_last(&ids(&[43]), 4), Some(40));
+        // Nothing left tells it; nor items with a gap, nor more than the call made.
+        assert_eq!(first_of_last(&ids(&[]), 4), None);
+        assert_eq!(first_of_last(&ids(&[41, 43]), 4), None);
+        assert_eq!(first_of_last(&ids(&[40, 41, 42]), 2), None);
+        assert_eq!(first_of_last(&ids(&[1, 2]), 5), None);
+    }
 }
