@@ -31,7 +31,7 @@ use super::enqueue::{Also, Prepared, send};
 use super::enqueue::{Made, Receipts};
 use super::group::GroupKey;
 use super::item::{ItemId, Place, now_ms};
-use super::receipt::{self, Receipt, made_by};
+use super::receipt::{self, Receipt, made_in_transaction};
 use super::{NewItem, QueueError};
 use crate::layout::QueuePaths;
 use crate::retry::while_unknown;
@@ -125,8 +125,7 @@ pub async fn enqueue_deduplicated(
             Vec::new()
         } else {
             let new_items: Vec<NewItem> = fresh.iter().map(|&i| items[i].clone()).collect();
-            let mut prepared = Prepared::new(&new_items);
-            prepared.receipts = Receipts::EachPlace;
+            let mut prepared = Prepared::new(&new_items, Receipts::EachPlace);
             add_records(paths, &mut prepared, &fresh, keys, &seen, window);
             match send(client, paths, &prepared).await {
                 Ok(made) => name_items(client, paths, &prepared, &fresh, keys, made),
@@ -285,5 +284,7 @@ async fn resolve(
         Err(zk::Error::NoNode) => return Ok(None),
         Err(err) => return Err(err.into()),
     }
-    made_by(client, paths, &place, czxid, deadline).await.map(|made| made.get(record.index as usize).cloned())
+    made_in_transaction(client, paths, &place, czxid, deadline)
+        .await
+        .map(|made| made.get(record.index as usize).cloned())
 }

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::ahead;
 use super::item::{Envelope, ItemId, Place, bucket_name, due_after, encode, now_ms};
-use super::receipt::{self, Receipt, made_by};
+use super::receipt::{self, Receipt, made_in_transaction};
 use super::{NewItem, QueueError};
 use crate::layout::QueuePaths;
 use crate::retry::while_unknown;
@@ -116,7 +116,8 @@ pub(super) enum Receipts {
 pub(super) struct Prepared {
     /// This call's receipt (its name, the same in each place that gets one).
     pub receipt: Receipt,
-    pub receipts: Receipts,
+    /// Which of its places get it.
+    receipts: Receipts,
     pub places: Vec<Placed>,
     /// Items in the caller's order: (place, position in it).
     pub order: Vec<(usize, usize)>,
@@ -145,7 +146,7 @@ pub(super) struct Placed {
 }
 
 impl Prepared {
-    pub fn new(items: &[NewItem]) -> Self {
+    pub fn new(items: &[NewItem], receipts: Receipts) -> Self {
         let now = now_ms();
         let mut places: Vec<Placed> = Vec::new();
         let mut order = Vec::with_capacity(items.len());
@@ -167,7 +168,6 @@ impl Prepared {
             order.push((index, places[index].items.len()));
             places[index].items.push((bucket, data));
         }
-        let receipts = Receipts::FirstPlaceAndBuckets;
         Self { receipt: Receipt::new(), receipts, places, order, also: Vec::new() }
     }
 
@@ -215,7 +215,7 @@ pub async fn enqueue(
     paths: &QueuePaths,
     items: &[NewItem],
 ) -> Result<Vec<Option<ItemId>>, QueueError> {
-    let prepared = Prepared::new(items);
+    let prepared = Prepared::new(items, Receipts::FirstPlaceAndBuckets);
     let made = send(client, paths, &prepared).await?;
     let ids = prepared.ids(&made);
     receipt::delete(client, made.receipts);
@@ -310,7 +310,7 @@ async fn find_receipts(
                 Some(czxid) => czxid,
                 None => *czxid.insert(transaction_of(client, &made.receipts[0], deadline).await?),
             };
-            let ids = made_by(client, paths, &placed.place, czxid, deadline).await?;
+            let ids = made_in_transaction(client, paths, &placed.place, czxid, deadline).await?;
             made.first_seqs.push(first_of_last(&ids, placed.items.len()));
             continue;
         }

@@ -62,7 +62,7 @@ pub(super) fn seq_of_item(path: &str) -> Result<u64, zk::Error> {
 /// The items of `place` that transaction `czxid` made and that are still there, in order.
 /// Read from the newest down, a chunk of stats at a time, until an item older than the
 /// transaction: the items made after it are read, not the whole place.
-pub(super) async fn made_by(
+pub(super) async fn made_in_transaction(
     client: &zk::Client,
     paths: &QueuePaths,
     place: &Place,
@@ -78,7 +78,7 @@ pub(super) async fn made_by(
     let mut ids: Vec<ItemId> = nodes.iter().filter_map(|node| place.id_of_node(node)).collect();
     ids.sort_by_key(|id| std::cmp::Reverse(id.seq_number()));
     let mut made = Vec::new();
-    for chunk in ids.chunks(32) {
+    'newest_first: for chunk in ids.chunks(32) {
         let stats = futures::future::join_all(chunk.iter().map(|id| {
             let path = id.path(paths);
             async move { while_unknown_until(deadline, "reading an item", |_| client.check_stat(&path)).await }
@@ -87,10 +87,7 @@ pub(super) async fn made_by(
         for (id, stat) in chunk.iter().zip(stats) {
             match stat? {
                 Some(stat) if stat.czxid == czxid => made.push(id.clone()),
-                Some(stat) if stat.czxid < czxid => {
-                    made.reverse();
-                    return Ok(made);
-                }
+                Some(stat) if stat.czxid < czxid => break 'newest_first,
                 _ => {}
             }
         }
