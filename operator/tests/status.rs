@@ -16,7 +16,7 @@ use paddock_recipes::identity::{DigestIdentity, NodeAcl};
 use paddock_recipes::lock::{self, AcquireRequest, HolderInfo, LockMode};
 use paddock_recipes::queue::{self, NewItem, view::QueueView};
 use paddock_recipes::{Layout, Name, Session, SessionOptions, zk};
-use paddock_testkit::{Ensemble, Operator, OperatorOptions, eventually, init_tracing, workspace_binary};
+use paddock_testkit::{Ensemble, FaultProxy, Operator, OperatorOptions, eventually, init_tracing, workspace_binary};
 use serde_json::json;
 
 /// A single ZooKeeper server, the stand-in with the CRDs, and one operator.
@@ -367,4 +367,59 @@ async fn status_figures_are_gauges_per_resource() {
     })
     .await;
     assert!(setup.metric(holders).await.is_some(), "the lock's stay");
+}
+
+/// A reconcile that runs before the operator's cache has seen the operator's own last
+/// status write. ZooKeeper goes away: Ready turns False. It comes back at once, while the
+/// API server's watch still lags (a loaded API server does): the cache still shows the
+/// Ready=True from before, equal to the new outcome. The operator must write Ready=True
+/// all the same (before the fix it wrote nothing, and status changes do not reconcile, so
+/// Ready stayed False for five minutes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_comes_back_with_zookeeper_while_the_watch_lags_the_operator_s_own_writes() {
+    init_tracing();
+    let ensemble = Ensemble::start_single().await.unwrap();
+    let proxy = FaultProxy::for_ensemble(&ensemble).await.unwrap();
+    let api = ApiServer::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, api.kubeconfig()).unwrap();
+    paddock_testkit::kubectl(&kubeconfig, &["apply", "-f", "crds/"]).unwrap();
+    let identity = DigestIdentity::generate("paddock-operator");
+    let options = OperatorOptions::new(
+        workspace_binary("paddock-operator"),
+        &kubeconfig,
+        &proxy.connect_string(),
+        &identity.credentials(),
+    );
+    let _operator = Operator::spawn(options).unwrap();
+    let client = api.client().unwrap();
+    let locks: Api<DistributedLock> = Api::namespaced(client, "default");
+    locks.create(&PostParams::default(), &lock("orders")).await.unwrap();
+    let is = |want: &'static str| {
+        let locks = locks.clone();
+        move || {
+            let locks = locks.clone();
+            async move { lock_ready(&locks, "orders").await.is_some_and(|c| c.status == want) }
+        }
+    };
+    eventually(Duration::from_secs(60), "the lock is Ready", is("True")).await;
+    let first = lock_ready(&locks, "orders").await.unwrap();
+
+    // From now on the operator's watch delivers every change 20 s late (and the next
+    // transition is in a later second than the first).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    api.store.lock().unwrap().watch_lag = Duration::from_secs(20);
+    proxy.refuse();
+    eventually(Duration::from_secs(15), "Ready=False while ZooKeeper is away", is("False")).await;
+    let away = Instant::now();
+    proxy.heal();
+    eventually(Duration::from_secs(40), "Ready=True once ZooKeeper is back", is("True")).await;
+    assert!(
+        away.elapsed() < Duration::from_secs(20),
+        "Ready came back only once the watch caught up ({:?}): the test did not test the lag",
+        away.elapsed()
+    );
+    let back = lock_ready(&locks, "orders").await.unwrap();
+    assert!(back.last_transition_time.0 > first.last_transition_time.0, "True again is a transition: {back:?}");
 }

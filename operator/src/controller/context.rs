@@ -1,6 +1,6 @@
 //! What the controllers share: the clients, the layout, the operator's identity, the
-//! leadership, the namespace identity step, the metrics, the Event recorder and the
-//! back-off.
+//! leadership, the namespace identity step, the metrics, the Event recorder, the
+//! back-off and the statuses last written.
 //!
 //! Invariants: every write is preceded by a check of the one [`Leadership`] — status
 //! patches, Events and znodes through [`Context::leading`], Secrets in the identity step —
@@ -11,6 +11,7 @@ use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use paddock_recipes::{Layout, Session};
 
 use super::backoff::Backoff;
+use super::last_written::LastWritten;
 use crate::error::{At, Error, Step};
 use crate::leader::Leadership;
 use crate::metrics::Metrics;
@@ -28,6 +29,8 @@ pub struct Context {
     recorder: Recorder,
     /// Consecutive failures per object.
     pub(super) backoff: Backoff,
+    /// The status this replica last wrote, per object.
+    pub(super) written: LastWritten,
 }
 
 impl Context {
@@ -49,6 +52,7 @@ impl Context {
             identities,
             recorder,
             backoff: Backoff::default(),
+            written: LastWritten::default(),
             metrics: Metrics::new(),
         }
     }

@@ -28,6 +28,8 @@ use crate::reconcile::status;
 pub async fn reconcile<K: Kind>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Action, Error> {
     let key = backoff::key(&*obj);
     if ctx.leading().is_err() {
+        // Another replica may write statuses meanwhile: this one's records say nothing.
+        ctx.written.forget_all();
         tracing::debug!(object = key, "not leading: reconciling nothing");
         return Ok(Action::await_change());
     }
@@ -71,10 +73,12 @@ async fn apply<K: Kind>(obj: &K, ctx: &Context) -> Result<Action, Error> {
     let target = Target { client: &client, layout: &ctx.layout, ns: &ns, name: &name };
     K::provision(target, &desired).await.map_err(|e| ctx.at(Step::Provision, &e.path, ns.as_str()).zk(e.source))?;
     let at = ctx.at(Step::Observe, &desired.path, ns.as_str());
-    let ready = status::ready(obj.conditions(), obj.meta().generation);
+    let key = backoff::key(obj);
+    let known: Option<K::Status> = ctx.written.get(&key);
+    let ready = status::ready(known.as_ref().map_or(obj.conditions(), K::status_conditions), obj.meta().generation);
     let status = obj.observe(target, desired, ready, at).await?;
     K::report(&status, &ctx.metrics.status, &object_label(&ns, &name));
-    if obj.status() != Some(&status) {
+    if !ctx.written.holds(&key, obj.status() == Some(&status), |known: &K::Status| known == &status) {
         let api: Api<K> = Api::namespaced(ctx.client.clone(), ns.as_str());
         patch_status(&api, ctx, obj, serde_json::to_value(status).expect("status serializes")).await?;
     }
@@ -89,6 +93,7 @@ async fn cleanup<K: Kind>(obj: &K, ctx: &Context) -> Result<Action, Error> {
     let target = Target { client: &client, layout: &ctx.layout, ns: &ns, name: &name };
     let notice = obj.cleanup(target, at).await?;
     ctx.metrics.status.forget(&object_label(&ns, &name));
+    ctx.written.forget(&backoff::key(obj));
     ctx.event(obj, notice.type_, notice.reason, notice.note).await;
     Ok(Action::await_change())
 }
@@ -127,8 +132,13 @@ async fn settle<K: Kind>(
     }
     let reason = err.reason();
     tracing::warn!(kind = %K::kind(&()), namespace, object = %obj.name_any(), reason, error = %err, "reconcile failed");
-    let condition = status::not_ready(obj.conditions(), reason, err.to_string(), obj.meta().generation);
-    let unchanged = obj.conditions().contains(&condition);
+    let key = backoff::key(obj);
+    let known: Option<K::Status> = ctx.written.get(&key);
+    let previous = known.as_ref().map_or(obj.conditions(), K::status_conditions);
+    let condition = status::not_ready(previous, reason, err.to_string(), obj.meta().generation);
+    let unchanged = ctx.written.holds(&key, obj.conditions().contains(&condition), |known: &K::Status| {
+        K::status_conditions(known).contains(&condition)
+    });
     if !unchanged && let Err(e) = patch_status(api, ctx, obj, json!({ "conditions": [condition] })).await {
         tracing::warn!(error = %e, "could not set Ready=False");
     }
@@ -144,14 +154,17 @@ fn names(obj: &impl ResourceExt) -> Result<(Name, Name), Error> {
     Ok((ns, name))
 }
 
-/// Merges `status` into the resource's status (leading only).
+/// Merges `status` into the resource's status (leading only), and records the status the
+/// API server answered with (`last_written`).
 async fn patch_status<K: Kind>(api: &Api<K>, ctx: &Context, obj: &K, status: serde_json::Value) -> Result<(), Error> {
     ctx.leading()?;
     let name = obj.meta().name.clone().unwrap_or_default();
     let namespace = obj.meta().namespace.clone().unwrap_or_default();
-    api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&json!({ "status": status })))
+    let written = api
+        .patch_status(&name, &PatchParams::default(), &Patch::Merge(&json!({ "status": status })))
         .await
         .map_err(Error::kube(format!("writing the status of {} {name}", K::kind(&())), &namespace))?;
+    ctx.written.record(backoff::key(obj), written.status());
     Ok(())
 }
 

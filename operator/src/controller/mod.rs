@@ -4,7 +4,8 @@
 //! re-reconcile the resource whose znodes changed ([`triggers`]), so `kubectl get` shows
 //! holders and depth within a second of a change.
 //!
-//! - [`context`]: what the reconciles share; [`backoff`]: the retries of failed ones.
+//! - [`context`]: what the reconciles share; [`backoff`]: the retries of failed ones;
+//!   [`last_written`]: the status this replica wrote, which its cache may not show yet.
 //! - Errors ([`crate::error`]): each says which step failed where, with its own reason on
 //!   the condition, the Event and the failure metric. An invalid spec sets `Ready=False`
 //!   and waits for a change; anything else is retried with back-off.
@@ -16,6 +17,7 @@
 pub mod backoff;
 pub mod context;
 pub mod flow;
+pub mod last_written;
 pub mod triggers;
 
 use std::sync::Arc;

@@ -55,12 +55,16 @@ pub trait Kind:
     + Sync
     + 'static
 {
-    type Status: Serialize + PartialEq + Send;
+    type Status: Serialize + DeserializeOwned + PartialEq + Send;
 
     /// The status as last written.
     fn status(&self) -> Option<&Self::Status>;
-    /// The conditions of that status (none yet: empty).
-    fn conditions(&self) -> &[Condition];
+    /// The conditions of a status.
+    fn status_conditions(status: &Self::Status) -> &[Condition];
+    /// The conditions of the status as last written (none yet: empty).
+    fn conditions(&self) -> &[Condition] {
+        self.status().map_or(&[], Self::status_conditions)
+    }
     /// The resource's znode.
     fn path(layout: &Layout, ns: &Name, name: &Name) -> String;
     /// Build: the desired znodes from the spec (no client).
@@ -88,8 +92,8 @@ impl Kind for DistributedLock {
         self.status.as_ref()
     }
 
-    fn conditions(&self) -> &[Condition] {
-        self.status.as_ref().map_or(&[], |s| &s.conditions)
+    fn status_conditions(status: &Self::Status) -> &[Condition] {
+        &status.conditions
     }
 
     fn path(layout: &Layout, ns: &Name, name: &Name) -> String {
@@ -143,8 +147,8 @@ impl Kind for WorkQueue {
         self.status.as_ref()
     }
 
-    fn conditions(&self) -> &[Condition] {
-        self.status.as_ref().map_or(&[], |s| &s.conditions)
+    fn status_conditions(status: &Self::Status) -> &[Condition] {
+        &status.conditions
     }
 
     fn path(layout: &Layout, ns: &Name, name: &Name) -> String {

@@ -6,7 +6,8 @@
 //! update / patch (merge, JSON; server-side apply treated as a merge of the applied
 //! object) / delete, the status subresource, resourceVersion with 409 conflicts,
 //! finalizers and deletionTimestamp, and watch from a resourceVersion (410 when the
-//! history no longer reaches back), Table output with a CRD's printer columns for
+//! history no longer reaches back; a test may make live watches lag the writes, as a loaded
+//! API server's do, with [`Store::watch_lag`]), Table output with a CRD's printer columns for
 //! `kubectl get`, and validation and defaulting of custom resources against their CRD's
 //! structural schema. Not modelled: CEL rules, field managers, admission webhooks.
 

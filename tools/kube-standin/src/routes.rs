@@ -402,7 +402,12 @@ fn watch(store: Shared, target: Target, rv: u64, timeout: Duration) -> Response 
     let backlog = futures::stream::iter(backlog.into_iter().filter(wanted));
     let live = tokio_stream::wrappers::BroadcastStream::new(live).filter_map(move |c| {
         let keep = c.ok().filter(|c| c.rv > last && wanted_live(c));
-        async move { keep }
+        let lag = store.lock().expect("not poisoned").watch_lag;
+        async move {
+            let change = keep?;
+            tokio::time::sleep_until(change.at + lag).await;
+            Some(change)
+        }
     });
     let stream = backlog
         .chain(live)

@@ -48,6 +48,8 @@ pub struct Change {
     pub rv: u64,
     pub kind: &'static str,
     pub object: Value,
+    /// When it was made: a watch with a lag delivers it [`Store::watch_lag`] later.
+    pub at: tokio::time::Instant,
 }
 
 /// What a request can fail with, as Kubernetes says it.
@@ -92,6 +94,10 @@ pub struct Store {
     dropped_up_to: u64,
 
     pub changes: broadcast::Sender<Change>,
+    /// How long after a change the live watches deliver it (zero unless a test sets it):
+    /// a real API server's watch lags its writes, most under load, so a client's cache may
+    /// not have seen the client's own write yet when it reads the cache again.
+    pub watch_lag: std::time::Duration,
 }
 
 const HISTORY: usize = 10_000;
@@ -115,6 +121,7 @@ impl Store {
             history: VecDeque::new(),
             dropped_up_to: 0,
             changes: broadcast::channel(4096).0,
+            watch_lag: std::time::Duration::ZERO,
         };
         for (group, version, plural, kind, namespaced) in [
             ("", "v1", "namespaces", "Namespace", false),
@@ -175,7 +182,14 @@ impl Store {
     }
 
     fn record(&mut self, key: &ResourceKey, namespace: Option<&str>, kind: &'static str, object: Value) {
-        let change = Change { key: key.clone(), namespace: namespace.map(str::to_owned), rv: self.rv, kind, object };
+        let change = Change {
+            key: key.clone(),
+            namespace: namespace.map(str::to_owned),
+            rv: self.rv,
+            kind,
+            object,
+            at: tokio::time::Instant::now(),
+        };
         self.history.push_back(change.clone());
         if self.history.len() > HISTORY
             && let Some(dropped) = self.history.pop_front()
