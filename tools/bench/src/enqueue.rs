@@ -3,13 +3,21 @@
 //! `POST /queue/{name}`. One client, one item at a time; the variants take turns in
 //! rounds so that the machine's load falls on all of them alike. Each row also gives the
 //! ZooKeeper requests per enqueue (`mntr`, pings included).
+//!
+//! Every client here — the library's, the sidecar's session (a sidecar of its own) and
+//! Curator — is connected to the same server, a follower: a write through a follower
+//! takes one hop more than one through the leader, and with the whole connect string each
+//! process picks its server at random, so one run compared a sidecar on a follower with a
+//! Curator on the leader, the next the other way round.
 
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use paddock_recipes::queue::{self, NewItem};
 use paddock_recipes::{QueueConfig, zk};
-use paddock_testkit::provision;
+use paddock_testkit::{PodClient, Sidecar, SidecarOptions, provision};
 
 use super::queues::paths;
 use super::{Bench, Figure, NS, Report};
@@ -42,7 +50,10 @@ impl Curator {
             rate: self.ops / self.seconds.max(1e-9),
             median_us: mean(&self.medians),
             p99_us: mean(&self.p99s),
-            note: format!("its own process per round; median and p99: means of the {} rounds'", self.medians.len()),
+            note: format!(
+                "its own process per round, on the follower; median and p99: means of the {} rounds'",
+                self.medians.len()
+            ),
         }
     }
 }
@@ -62,14 +73,17 @@ enum Variant {
     /// The same, on a session that watches the queue recursively (as the sidecar's config
     /// cache and consumers' views do).
     LibraryWatched,
-    /// `POST /queue/{name}` through the sidecar.
+    /// `POST /queue/{name}` through the sidecar, from reqwest on the bench's tokio runtime.
     Http,
+    /// The same from a blocking socket kept alive, as curl or Python's `requests` send it:
+    /// no client runtime between the caller and its socket.
+    HttpBlocking,
     /// `GET /healthz`: the HTTP exchange alone.
     HttpHop,
 }
 
 impl Variant {
-    const ALL: [Variant; 8] = [
+    const ALL: [Variant; 9] = [
         Variant::Create,
         Variant::Multi,
         Variant::MultiCarrying,
@@ -77,6 +91,7 @@ impl Variant {
         Variant::Library,
         Variant::LibraryWatched,
         Variant::Http,
+        Variant::HttpBlocking,
         Variant::HttpHop,
     ];
 
@@ -89,6 +104,7 @@ impl Variant {
             Variant::Library => "library enqueue",
             Variant::LibraryWatched => "library enqueue, queue watched",
             Variant::Http => "sidecar HTTP enqueue",
+            Variant::HttpBlocking => "sidecar HTTP enqueue, blocking client",
             Variant::HttpHop => "sidecar HTTP GET /healthz",
         }
     }
@@ -101,6 +117,45 @@ struct Clients {
     pod: paddock_testkit::PodClient,
     /// The receipt the last `MultiCarrying` made.
     last_receipt: std::sync::Mutex<Option<String>>,
+    blocking: std::sync::Mutex<Option<BlockingHttp>>,
+}
+
+/// An HTTP/1.1 client on a blocking socket, one request at a time on one connection.
+struct BlockingHttp {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl BlockingHttp {
+    fn connect(addr: std::net::SocketAddr) -> Result<Self> {
+        let writer = TcpStream::connect(addr)?;
+        writer.set_nodelay(true)?;
+        Ok(Self { reader: BufReader::new(writer.try_clone()?), writer })
+    }
+
+    /// `POST /queue/anatomy-http` with a 16-byte payload; Err unless 201.
+    fn enqueue(&mut self) -> Result<()> {
+        const REQUEST: &[u8] =
+            b"POST /queue/anatomy-http HTTP/1.1\r\nhost: sidecar\r\ncontent-length: 16\r\n\r\nsixteen-bytes-xx";
+        self.writer.write_all(REQUEST)?;
+        let mut line = String::new();
+        self.reader.read_line(&mut line)?;
+        anyhow::ensure!(line.starts_with("HTTP/1.1 201"), "enqueue: {}", line.trim());
+        let mut length = 0;
+        loop {
+            line.clear();
+            self.reader.read_line(&mut line)?;
+            if line == "\r\n" {
+                break;
+            }
+            if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = value.trim().parse()?;
+            }
+        }
+        let mut body = vec![0; length];
+        self.reader.read_exact(&mut body)?;
+        Ok(())
+    }
 }
 
 fn item() -> NewItem {
@@ -149,6 +204,9 @@ async fn once(clients: &Clients, variant: Variant) -> Result<()> {
             let (status, body) = clients.pod.enqueue("anatomy-http", "sixteen-bytes-xx").await?;
             anyhow::ensure!(status == 201, "enqueue: {status} {body}");
         }
+        Variant::HttpBlocking => {
+            blocking_round(clients, 1).await?;
+        }
         Variant::HttpHop => {
             let response = clients.pod.http().get(clients.pod.url("/healthz")).send().await?;
             anyhow::ensure!(response.status().is_success(), "healthz: {}", response.status());
@@ -158,7 +216,33 @@ async fn once(clients: &Clients, variant: Variant) -> Result<()> {
     Ok(())
 }
 
+/// `n` enqueues from the blocking client, on a thread of their own (not the runtime's), on
+/// a new connection (the sidecar closes idle ones between rounds): their latencies.
+async fn blocking_round(clients: &Clients, n: usize) -> Result<Vec<Duration>> {
+    let mut http = clients.blocking.lock().unwrap().take().expect("one blocking client");
+    http = BlockingHttp::connect(http.writer.peer_addr()?)?;
+    let (http, latencies) = tokio::task::spawn_blocking(move || {
+        let mut latencies = Vec::with_capacity(n);
+        for _ in 0..n {
+            let t = Instant::now();
+            if let Err(err) = http.enqueue() {
+                return (http, Err(err));
+            }
+            latencies.push(t.elapsed());
+        }
+        (http, Ok(latencies))
+    })
+    .await?;
+    *clients.blocking.lock().unwrap() = Some(http);
+    latencies
+}
+
 pub async fn anatomy(bench: &Bench, report: &mut Report) -> Result<()> {
+    let leader = bench.ensemble.wait_for_leader(Duration::from_secs(30)).await?;
+    let follower = (leader + 1) % bench.ensemble.len();
+    let connect = bench.ensemble.address(follower).to_string();
+    let options = SidecarOptions::new(&bench.sidecar_binary, connect.clone(), "bench-anatomy", NS);
+    let sidecar = Sidecar::start(options).await?;
     let admin = bench.admin().await?;
     let open = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
     admin.mkdir("/bench/anatomy/raw", &open).await?;
@@ -166,7 +250,6 @@ pub async fn anatomy(bench: &Bench, report: &mut Report) -> Result<()> {
     for q in ["anatomy-lib", "anatomy-watched", "anatomy-http"] {
         provision::queue(&admin, NS, q, QueueConfig::default()).await?;
     }
-    let connect = bench.ensemble.connect_string();
     let watched = zk::Client::connect(&connect).await?;
     let mut watcher = watched.watch(&paths("anatomy-watched").base, zk::AddWatchMode::PersistentRecursive).await?;
     // Its events are read as the sidecar's config cache reads them.
@@ -181,7 +264,8 @@ pub async fn anatomy(bench: &Bench, report: &mut Report) -> Result<()> {
         plain: zk::Client::connect(&connect).await?,
         watched,
         watch,
-        pod: bench.pod.clone(),
+        pod: PodClient::new(sidecar.url("")),
+        blocking: std::sync::Mutex::new(Some(BlockingHttp::connect(sidecar.addr)?)),
         last_receipt: Default::default(),
     };
     // Warm every path once (buckets, connections, the sidecar's config cache).
@@ -206,10 +290,14 @@ pub async fn anatomy(bench: &Bench, report: &mut Report) -> Result<()> {
             super::settle().await;
             let before = bench.packets_received().await?;
             let start = Instant::now();
-            for _ in 0..per_round {
-                let t = Instant::now();
-                once(&clients, variant).await?;
-                latencies[v].push(t.elapsed());
+            if variant == Variant::HttpBlocking {
+                latencies[v].extend(blocking_round(&clients, per_round).await?);
+            } else {
+                for _ in 0..per_round {
+                    let t = Instant::now();
+                    once(&clients, variant).await?;
+                    latencies[v].push(t.elapsed());
+                }
             }
             walls[v] += start.elapsed();
             // The receipts' deletes are awaited in the background: let them land.
@@ -219,7 +307,7 @@ pub async fn anatomy(bench: &Bench, report: &mut Report) -> Result<()> {
     }
     for (v, variant) in Variant::ALL.iter().enumerate() {
         let ops = latencies[v].len();
-        let note = format!("{:.2} ZooKeeper requests per op", requests[v] as f64 / ops as f64);
+        let note = format!("{:.2} ZooKeeper requests per op, on a follower", requests[v] as f64 / ops as f64);
         let figure =
             Figure::from_latencies("enqueue parts", variant.name(), std::mem::take(&mut latencies[v]), walls[v]);
         report.push(figure.note(note));
@@ -229,6 +317,13 @@ pub async fn anatomy(bench: &Bench, report: &mut Report) -> Result<()> {
         report.ratio(
             "sidecar HTTP enqueue / curator put, single, same rounds (rate)",
             ("enqueue parts", Variant::Http.name()),
+            ("enqueue parts", CURATOR),
+            false,
+            ">= 1",
+        );
+        report.ratio(
+            "the same from a blocking client / curator put (rate)",
+            ("enqueue parts", Variant::HttpBlocking.name()),
             ("enqueue parts", CURATOR),
             false,
             ">= 1",

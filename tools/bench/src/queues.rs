@@ -125,12 +125,14 @@ pub async fn rates(bench: &Bench, report: &mut Report) -> Result<()> {
         // kazoo's plain Queue: get() takes and deletes in one step (at most once).
         let f = peers.run("kazoo", &connect, &["queue-take-plain", &ns, "1"]).await?;
         report.push(f.named("dequeue", "kazoo Queue, 1 consumer(s)").note("Queue.get: get+delete, at most once"));
+        // Each process here picks its server at random (a write through a follower takes a
+        // hop more): the goal's comparison is the anatomy's (`enqueue`), on one server.
         report.ratio(
             "paddock single enqueue (HTTP) / curator put",
             ("enqueue", "paddock sidecar HTTP, single"),
             ("enqueue", "curator, single"),
             false,
-            ">= 1",
+            "servers at random; goal: enqueue parts",
         );
         report.ratio(
             "paddock batched enqueue (HTTP) / curator put",
