@@ -22,7 +22,7 @@ use serde_json::json;
 /// A single ZooKeeper server, the stand-in with the CRDs, and one operator.
 struct Setup {
     ensemble: Ensemble,
-    _api: ApiServer,
+    api: ApiServer,
     client: kube::Client,
     operator_identity: DigestIdentity,
     operator: Operator,
@@ -30,8 +30,15 @@ struct Setup {
 }
 
 async fn setup() -> Setup {
-    init_tracing();
     let ensemble = Ensemble::start_single().await.unwrap();
+    let connect = ensemble.connect_string();
+    setup_on(ensemble, &connect).await
+}
+
+/// The stand-in with the CRDs, and one operator connected to `connect`: the ensemble's
+/// servers, or a proxy in front of them.
+async fn setup_on(ensemble: Ensemble, connect: &str) -> Setup {
+    init_tracing();
     let api = ApiServer::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
@@ -41,12 +48,12 @@ async fn setup() -> Setup {
     let options = OperatorOptions::new(
         workspace_binary("paddock-operator"),
         &kubeconfig,
-        &ensemble.connect_string(),
+        connect,
         &operator_identity.credentials(),
     );
     let operator = Operator::spawn(options).unwrap();
     let client = api.client().unwrap();
-    Setup { ensemble, _api: api, client, operator_identity, operator, _dir: dir }
+    Setup { ensemble, api, client, operator_identity, operator, _dir: dir }
 }
 
 impl Setup {
@@ -377,24 +384,10 @@ async fn status_figures_are_gauges_per_resource() {
 /// Ready stayed False for five minutes).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ready_comes_back_with_zookeeper_while_the_watch_lags_the_operator_s_own_writes() {
-    init_tracing();
     let ensemble = Ensemble::start_single().await.unwrap();
     let proxy = FaultProxy::for_ensemble(&ensemble).await.unwrap();
-    let api = ApiServer::start().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(&kubeconfig, api.kubeconfig()).unwrap();
-    paddock_testkit::kubectl(&kubeconfig, &["apply", "-f", "crds/"]).unwrap();
-    let identity = DigestIdentity::generate("paddock-operator");
-    let options = OperatorOptions::new(
-        workspace_binary("paddock-operator"),
-        &kubeconfig,
-        &proxy.connect_string(),
-        &identity.credentials(),
-    );
-    let _operator = Operator::spawn(options).unwrap();
-    let client = api.client().unwrap();
-    let locks: Api<DistributedLock> = Api::namespaced(client, "default");
+    let setup = setup_on(ensemble, &proxy.connect_string()).await;
+    let locks: Api<DistributedLock> = Api::namespaced(setup.client.clone(), "default");
     locks.create(&PostParams::default(), &lock("orders")).await.unwrap();
     let is = |want: &'static str| {
         let locks = locks.clone();
@@ -409,7 +402,7 @@ async fn ready_comes_back_with_zookeeper_while_the_watch_lags_the_operator_s_own
     // From now on the operator's watch delivers every change 20 s late (and the next
     // transition is in a later second than the first).
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    api.store.lock().unwrap().watch_lag = Duration::from_secs(20);
+    setup.api.store.lock().unwrap().watch_lag = Duration::from_secs(20);
     proxy.refuse();
     eventually(Duration::from_secs(15), "Ready=False while ZooKeeper is away", is("False")).await;
     let away = Instant::now();
