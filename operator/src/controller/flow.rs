@@ -17,7 +17,7 @@ use kube::runtime::finalizer::{self, Event as Finalizer, finalizer};
 use paddock_recipes::Name;
 use serde_json::json;
 
-use super::{Context, FINALIZER, backoff};
+use super::{Context, FINALIZER, backoff, last_written};
 use crate::error::{Error, Step};
 use crate::metrics::ObjectLabel;
 use crate::reconcile::kind::{Kind, Target};
@@ -73,12 +73,11 @@ async fn apply<K: Kind>(obj: &K, ctx: &Context) -> Result<Action, Error> {
     let target = Target { client: &client, layout: &ctx.layout, ns: &ns, name: &name };
     K::provision(target, &desired).await.map_err(|e| ctx.at(Step::Provision, &e.path, ns.as_str()).zk(e.source))?;
     let at = ctx.at(Step::Observe, &desired.path, ns.as_str());
-    let key = backoff::key(obj);
-    let known: Option<K::Status> = ctx.written.get(&key);
+    let known: Option<K::Status> = ctx.written.get(&backoff::key(obj));
     let ready = status::ready(known.as_ref().map_or(obj.conditions(), K::status_conditions), obj.meta().generation);
     let status = obj.observe(target, desired, ready, at).await?;
     K::report(&status, &ctx.metrics.status, &object_label(&ns, &name));
-    if !ctx.written.holds(&key, obj.status() == Some(&status), |known: &K::Status| known == &status) {
+    if !last_written::unchanged(obj.status() == Some(&status), known.as_ref(), |known| known == &status) {
         let api: Api<K> = Api::namespaced(ctx.client.clone(), ns.as_str());
         patch_status(&api, ctx, obj, serde_json::to_value(status).expect("status serializes")).await?;
     }
@@ -132,11 +131,10 @@ async fn settle<K: Kind>(
     }
     let reason = err.reason();
     tracing::warn!(kind = %K::kind(&()), namespace, object = %obj.name_any(), reason, error = %err, "reconcile failed");
-    let key = backoff::key(obj);
-    let known: Option<K::Status> = ctx.written.get(&key);
+    let known: Option<K::Status> = ctx.written.get(&backoff::key(obj));
     let previous = known.as_ref().map_or(obj.conditions(), K::status_conditions);
     let condition = status::not_ready(previous, reason, err.to_string(), obj.meta().generation);
-    let unchanged = ctx.written.holds(&key, obj.conditions().contains(&condition), |known: &K::Status| {
+    let unchanged = last_written::unchanged(obj.conditions().contains(&condition), known.as_ref(), |known| {
         K::status_conditions(known).contains(&condition)
     });
     if !unchanged && let Err(e) = patch_status(api, ctx, obj, json!({ "conditions": [condition] })).await {

@@ -117,7 +117,8 @@ struct Clients {
     pod: paddock_testkit::PodClient,
     /// The receipt the last `MultiCarrying` made.
     last_receipt: std::sync::Mutex<Option<String>>,
-    blocking: std::sync::Mutex<Option<BlockingHttp>>,
+    /// Where the blocking client connects: the sidecar.
+    sidecar: std::net::SocketAddr,
 }
 
 /// An HTTP/1.1 client on a blocking socket, one request at a time on one connection.
@@ -219,22 +220,17 @@ async fn once(clients: &Clients, variant: Variant) -> Result<()> {
 /// `n` enqueues from the blocking client, on a thread of their own (not the runtime's), on
 /// a new connection (the sidecar closes idle ones between rounds): their latencies.
 async fn blocking_round(clients: &Clients, n: usize) -> Result<Vec<Duration>> {
-    let mut http = clients.blocking.lock().unwrap().take().expect("one blocking client");
-    http = BlockingHttp::connect(http.writer.peer_addr()?)?;
-    let (http, latencies) = tokio::task::spawn_blocking(move || {
+    let mut http = BlockingHttp::connect(clients.sidecar)?;
+    tokio::task::spawn_blocking(move || {
         let mut latencies = Vec::with_capacity(n);
         for _ in 0..n {
             let t = Instant::now();
-            if let Err(err) = http.enqueue() {
-                return (http, Err(err));
-            }
+            http.enqueue()?;
             latencies.push(t.elapsed());
         }
-        (http, Ok(latencies))
+        Ok(latencies)
     })
-    .await?;
-    *clients.blocking.lock().unwrap() = Some(http);
-    latencies
+    .await?
 }
 
 pub async fn anatomy(bench: &Bench, report: &mut Report) -> Result<()> {
@@ -265,7 +261,7 @@ pub async fn anatomy(bench: &Bench, report: &mut Report) -> Result<()> {
         watched,
         watch,
         pod: PodClient::new(sidecar.url("")),
-        blocking: std::sync::Mutex::new(Some(BlockingHttp::connect(sidecar.addr)?)),
+        sidecar: sidecar.addr,
         last_receipt: Default::default(),
     };
     // Warm every path once (buckets, connections, the sidecar's config cache).
